@@ -1,0 +1,36 @@
+# One-command set-up: every target creates the virtual environment first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
+TORCH := torch==2.13.0
+DEMO_DIR ?= demo
+
+.PHONY: venv demo test test-slow lint clean
+
+$(BIN)/slimformer: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/slimformer
+
+venv: $(BIN)/slimformer
+
+demo: venv
+	$(BIN)/slimformer run --output $(DEMO_DIR)
+
+test: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m ci_slow
+
+test-slow: venv
+	$(BIN)/pytest -q -m slow
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

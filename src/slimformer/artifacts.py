@@ -1,0 +1,84 @@
+"""Artefact folders: every stage writes one folder atomically, with a `metrics.json` beside the model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from slimformer.errors import SlimformerError
+
+METRICS_FILE = "metrics.json"
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".bin", ".pt", ".npz")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(output: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder next to `output`; rename it to `output` only when the block succeeds.
+
+    A crash or kill mid-way leaves a `.tmp-*` folder, never something that looks like a finished artefact.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise SlimformerError(f"output path {output} exists and is not a folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output.name}-", dir=output.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise SlimformerError(f"output folder {output} already exists")
+        old = output.with_name(f".old-{output.name}-{os.getpid()}")
+        output.rename(old)
+        tmp.rename(output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(output)
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write `payload` as indented JSON (atomically: temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write `metrics.json` into an artefact folder."""
+    return write_json(Path(folder) / METRICS_FILE, metrics)
+
+
+def read_metrics(folder: str | Path) -> dict[str, Any]:
+    """Read an artefact folder's `metrics.json` ({} when absent)."""
+    path = Path(folder) / METRICS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def weights_size_bytes(folder: str | Path) -> int:
+    """Bytes of the weight files in a model folder (safetensors / ONNX and its external data)."""
+    folder = Path(folder)
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def folder_size_bytes(folder: str | Path) -> int:
+    """Bytes of every file under a folder."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())

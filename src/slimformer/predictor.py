@@ -1,0 +1,175 @@
+"""One predictor type for every artefact: PyTorch checkpoint folders and ONNX Runtime folders.
+
+``load(path)`` picks the backend from the folder's content (``model.onnx`` → ONNX Runtime, otherwise a
+PyTorch/transformers checkpoint) and returns a :class:`Predictor` with ``predict(texts) -> (labels, scores)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimformer.errors import ModelError
+
+ONNX_FILE = "model.onnx"
+SESSION_FILE = "session.json"
+DEFAULT_MAX_LENGTH = 128
+
+
+def default_threads() -> int:
+    """Threads to use when none are given: every core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Predictor(ABC):
+    """Text in, labels and scores out; tokenization is part of every call (it is part of the latency)."""
+
+    backend: str = ""
+
+    def __init__(self, path: Path, threads: int, max_length: int) -> None:
+        from slimformer.models import load_tokenizer
+
+        self.path = Path(path)
+        self.threads = threads
+        self.max_length = max_length
+        self.tokenizer = load_tokenizer(self.path)
+        self.labels: list[str] = _labels_from_config(self.path)
+
+    @abstractmethod
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw logits, shape (len(texts), num_labels)."""
+
+    def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
+        """Predicted label and its softmax probability for each text."""
+        probs = softmax(self.predict_logits(texts))
+        best = probs.argmax(axis=-1)
+        return [self.labels[i] for i in best], [float(probs[row, i]) for row, i in enumerate(best)]
+
+    def predict_top_k(self, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
+        """The k most probable labels with their probabilities, for each text."""
+        probs = softmax(self.predict_logits(texts))
+        order = np.argsort(-probs, axis=-1)[:, :k]
+        return [[(self.labels[i], float(probs[row, i])) for i in idx] for row, idx in enumerate(order)]
+
+    def tokenize(self, texts: list[str], return_tensors: str) -> Any:
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors=return_tensors
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What a benchmark or model card must record about how this predictor runs."""
+        return {"backend": self.backend, "threads": self.threads, "max_length": self.max_length}
+
+
+class TorchPredictor(Predictor):
+    """A transformers sequence-classification checkpoint run by PyTorch in eval mode."""
+
+    backend = "pytorch"
+
+    def __init__(self, path: Path, threads: int, max_length: int) -> None:
+        import torch
+
+        from slimformer.models import load_classifier
+
+        super().__init__(path, threads, max_length)
+        torch.set_num_threads(threads)
+        self.model = load_classifier(path).eval()
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**self.tokenize(texts, "pt")).logits.float().numpy()
+
+    def settings(self) -> dict[str, Any]:
+        import torch
+
+        return {**super().settings(), "torch_threads": torch.get_num_threads()}
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX model folder (model.onnx + tokenizer + config.json) run by ONNX Runtime on the CPU."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int, max_length: int, graph_optimization: str = "all") -> None:
+        import onnxruntime as ort
+
+        super().__init__(path, threads, max_length)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        if graph_optimization not in levels:
+            raise ModelError(f"unknown graph optimization {graph_optimization!r}; use one of {', '.join(levels)}")
+        options.graph_optimization_level = levels[graph_optimization]
+        self.graph_optimization = graph_optimization
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ModelError(f"ONNX Runtime cannot load {self.path / ONNX_FILE}: {str(exc).splitlines()[0]}") from exc
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        encoded = self.tokenize(texts, "np")
+        feed = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
+        if "token_type_ids" in self.input_names and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(encoded["input_ids"], dtype=np.int64)
+        return self.session.run(None, feed)[0]
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "intra_op_num_threads": self.threads,
+            "inter_op_num_threads": 1,
+            "execution_mode": "sequential",
+            "graph_optimization_level": self.graph_optimization,
+        }
+
+
+def load(path: str | Path, threads: int | None = None, max_length: int | None = None) -> Predictor:
+    """Load an artefact folder as a :class:`Predictor` (ONNX Runtime when it holds model.onnx, else PyTorch).
+
+    Session settings saved by an earlier stage (`session.json`) are used unless overridden here.
+    """
+    from slimformer.models import resolve_model_path
+
+    folder = resolve_model_path(path)
+    saved = json.loads((folder / SESSION_FILE).read_text()) if (folder / SESSION_FILE).is_file() else {}
+    threads = threads or saved.get("threads") or default_threads()
+    max_length = max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH
+    if (folder / ONNX_FILE).is_file():
+        return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
+    return TorchPredictor(folder, threads, max_length)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _labels_from_config(path: Path) -> list[str]:
+    from slimformer.models import classifier_labels, read_config
+
+    labels = classifier_labels(path)
+    if labels is None:
+        # ONNX folders keep the transformers config; a bare head without architectures still names its labels
+        id2label = read_config(path).get("id2label") or {}
+        if not id2label:
+            raise ModelError(f"{path} has no id2label in config.json; it is not a fine-tuned classifier")
+        labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return labels

@@ -1,0 +1,89 @@
+"""Pieces shared by every training stage (fine-tuning, distillation, pruning, QAT)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimformer.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+
+    from slimformer.data import DataSplits
+
+DEFAULT_MAX_LENGTH = 128
+
+
+def tokenize_dataset(
+    dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = DEFAULT_MAX_LENGTH
+) -> datasets.Dataset:
+    """Token ids without padding (the collator pads each batch to its longest row), `labels` kept."""
+
+    def encode(batch: dict[str, list]) -> dict[str, Any]:
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    encoded = dataset.map(encode, batched=True, desc="tokenizing")
+    return encoded.rename_column("label", "labels").remove_columns(["text"])
+
+
+def metrics_function(oos_label_id: int | None) -> Callable[[EvalPrediction], dict[str, float]]:
+    """A `compute_metrics` for `transformers.Trainer`."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        return classification_metrics(prediction.label_ids, np.argmax(logits, axis=-1), oos_label_id)
+
+    return compute
+
+
+def evaluate_classifier(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    oos_label_id: int | None,
+    batch_size: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
+) -> dict[str, float]:
+    """Metrics of a PyTorch classifier on a split (columns text, label)."""
+    import torch
+
+    from slimformer.data import column
+
+    texts, labels = column(dataset, "text"), column(dataset, "label")
+    model.eval()
+    predictions = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            predictions.append(model(**batch).logits.argmax(-1).numpy())
+    return classification_metrics(labels, np.concatenate(predictions), oos_label_id)
+
+
+def base_training_arguments(output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """TrainingArguments keywords every stage shares: CPU, no hub, no reporting, progress bars on."""
+    arguments = {
+        "output_dir": str(output_dir),
+        "eval_strategy": "epoch",
+        "save_strategy": "no",
+        "logging_strategy": "epoch",
+        "report_to": "none",
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "per_device_eval_batch_size": 128,
+        "disable_tqdm": os.environ.get("SLIMFORMER_NO_PROGRESS") == "1",
+    }
+    arguments.update(overrides)
+    return arguments
+
