@@ -82,8 +82,12 @@ def build_tiny_bert(folder: Path, texts: list[str], labels: list[str] | None, la
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(folder, texts)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     if labels is None:
         model = BertModel(config)
@@ -101,7 +105,9 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory, clinc_slice) -
     """A tiny random BERT classifier over the CLINC slice's labels (read-only: copy it to change it)."""
     from slimformer.data import column
 
-    texts = column(clinc_slice.train, "text") + column(clinc_slice.test, "text") + column(clinc_slice.validation, "text")
+    texts = (
+        column(clinc_slice.train, "text") + column(clinc_slice.test, "text") + column(clinc_slice.validation, "text")
+    )
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_classifier"), texts, clinc_slice.labels)
 
 
@@ -110,7 +116,9 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory, clinc_slice) -> Path
     """A tiny random BERT body without a classification head (a 'base' model)."""
     from slimformer.data import column
 
-    texts = column(clinc_slice.train, "text") + column(clinc_slice.test, "text") + column(clinc_slice.validation, "text")
+    texts = (
+        column(clinc_slice.train, "text") + column(clinc_slice.test, "text") + column(clinc_slice.validation, "text")
+    )
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_base"), texts, None)
 
 

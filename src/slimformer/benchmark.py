@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,13 @@ import numpy as np
 
 from slimformer.errors import ConfigError, ModelError, SlimformerError
 
-ISA_FLAGS = {"avx2": "avx2", "avx512": "avx512f", "avx512_vnni": "avx512_vnni", "avx_vnni": "avx_vnni", "amx": "amx_int8"}
+ISA_FLAGS = {
+    "avx2": "avx2",
+    "avx512": "avx512f",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "amx": "amx_int8",
+}
 
 
 @dataclass
@@ -204,11 +211,23 @@ def write_plot(results: list[dict[str, Any]], path: str | Path, title: str = "Ac
     for i, result in enumerate(results):
         area = 80 + 2400 * result["size_mb"] / largest
         ax.scatter(
-            result["latency_ms"]["p50"], 100 * result["accuracy"], s=area, alpha=0.55, color=colours(i % 10),
-            edgecolors="black", linewidths=0.6, label=f"{result['model']} ({result['size_mb']:.1f} MB)",
+            result["latency_ms"]["p50"],
+            100 * result["accuracy"],
+            s=area,
+            alpha=0.55,
+            color=colours(i % 10),
+            edgecolors="black",
+            linewidths=0.6,
+            label=f"{result['model']} ({result['size_mb']:.1f} MB)",
         )
-        ax.annotate(result["model"], (result["latency_ms"]["p50"], 100 * result["accuracy"]),
-                    textcoords="offset points", xytext=(0, 12), ha="center", fontsize=8)
+        ax.annotate(
+            result["model"],
+            (result["latency_ms"]["p50"], 100 * result["accuracy"]),
+            textcoords="offset points",
+            xytext=(0, 12),
+            ha="center",
+            fontsize=8,
+        )
     accuracies = [100 * r["accuracy"] for r in results]
     latencies = [r["latency_ms"]["p50"] for r in results]
     ax.set_ylim(min(accuracies) - 3, max(accuracies) + 3)
@@ -238,19 +257,43 @@ def print_table(report: dict[str, Any]) -> None:
         caption=f"{environment['cpu']} · ISA: {isa} · {environment['threads']} threads · "
         f"torch {environment['versions']['torch']} · onnxruntime {environment['versions']['onnxruntime']}",
     )
-    for header in ("model", "backend", "accuracy", "macro-F1", "in-scope", "OOS recall", "p50 ms", "p95 ms",
-                   "p99 ms", "mean ± std ms", "batch-32 /s", "size MB", "params", "peak RSS MB"):
+    for header in (
+        "model",
+        "backend",
+        "accuracy",
+        "macro-F1",
+        "in-scope",
+        "OOS recall",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "mean ± std ms",
+        "batch-32 /s",
+        "size MB",
+        "params",
+        "peak RSS MB",
+    ):
         table.add_column(header, justify="left" if header in ("model", "backend") else "right")
     for r in report["results"]:
         lat = r["latency_ms"]
         table.add_row(
-            r["model"], r["backend"], f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
-            _maybe(r.get("in_scope_accuracy")), _maybe(r.get("oos_recall")),
-            f"{lat['p50']:.2f}", f"{lat['p95']:.2f}", f"{lat['p99']:.2f}", f"{lat['mean']:.2f} ± {lat['std']:.2f}",
-            f"{r['throughput_per_s']:.0f}", f"{r['size_mb']:.1f}", f"{r['parameters'] / 1e6:.1f}M",
+            r["model"],
+            r["backend"],
+            f"{r['accuracy']:.4f}",
+            f"{r['macro_f1']:.4f}",
+            _maybe(r.get("in_scope_accuracy")),
+            _maybe(r.get("oos_recall")),
+            f"{lat['p50']:.2f}",
+            f"{lat['p95']:.2f}",
+            f"{lat['p99']:.2f}",
+            f"{lat['mean']:.2f} ± {lat['std']:.2f}",
+            f"{r['throughput_per_s']:.0f}",
+            f"{r['size_mb']:.1f}",
+            f"{r['parameters'] / 1e6:.1f}M",
             f"{r['peak_rss_mb']:.0f}",
         )
-    Console().print(table)
+    # a 14-column table needs more than the 80 columns rich assumes when output is not a terminal
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _maybe(value: float | None) -> str:

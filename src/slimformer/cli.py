@@ -26,18 +26,20 @@ register_all(app)
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
-    import click
-
     try:
         code = app(args=argv, standalone_mode=False, prog_name="slimformer")
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        sys.exit(exc.exit_code or 2)
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option value, ...
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message())
+            sys.exit(0)
+        message = " ".join(exc.format_message().split())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except SlimformerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -184,6 +184,8 @@ def _read_file(path: Path) -> datasets.Dataset:
         return datasets.load_dataset(fmt, data_files=str(path), split="train")
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "corresponds to no data" in first_line or path.stat().st_size == 0:
+            raise DataError(f"{path} is empty (no data rows)") from exc
         raise DataError(f"cannot read {path}: {first_line}") from exc
 
 
@@ -197,9 +199,7 @@ def _find_split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _read_local(
-    path: Path, seed: int, validation_fraction: float, test_fraction: float
-) -> dict[str, datasets.Dataset]:
+def _read_local(path: Path, seed: int, validation_fraction: float, test_fraction: float) -> dict[str, datasets.Dataset]:
     if path.is_file():
         full = _read_file(path)
         if len(full) < 3:
@@ -224,9 +224,7 @@ def _read_local(
     return raw
 
 
-def _to_splits(
-    name: str, raw: dict[str, datasets.Dataset], text_column: str, label_column: str
-) -> DataSplits:
+def _to_splits(name: str, raw: dict[str, datasets.Dataset], text_column: str, label_column: str) -> DataSplits:
     for split, ds in raw.items():
         missing = [c for c in (text_column, label_column) if c not in ds.column_names]
         if missing:

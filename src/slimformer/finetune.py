@@ -36,9 +36,7 @@ class FinetuneConfig:
             raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
-def finetune(
-    model: str | Path, data: Any, output: str | Path, config: FinetuneConfig | None = None
-) -> dict[str, Any]:
+def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneConfig | None = None) -> dict[str, Any]:
     """Train `model` (folder or ``default``) on `data` (a DataSplits) and write an HF checkpoint to `output`.
 
     The folder gets model.safetensors, the tokenizer, config.json with id2label and `metrics.json` holding

@@ -116,9 +116,7 @@ class OnnxPredictor(Predictor):
         options.graph_optimization_level = levels[graph_optimization]
         self.graph_optimization = graph_optimization
         try:
-            self.session = ort.InferenceSession(
-                str(self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(str(self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"ONNX Runtime cannot load {self.path / ONNX_FILE}: {str(exc).splitlines()[0]}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -163,13 +161,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _labels_from_config(path: Path) -> list[str]:
-    from slimformer.models import classifier_labels, read_config
+    from slimformer.models import classifier_labels
 
     labels = classifier_labels(path)
     if labels is None:
-        # ONNX folders keep the transformers config; a bare head without architectures still names its labels
-        id2label = read_config(path).get("id2label") or {}
-        if not id2label:
-            raise ModelError(f"{path} has no id2label in config.json; it is not a fine-tuned classifier")
-        labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        raise ModelError(
+            f"{path} is a base model without a classification head; "
+            "fine-tune it first: slimformer finetune --model ... --data ... --output DIR"
+        )
     return labels

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import datasets
     from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
-    from slimformer.data import DataSplits
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -86,4 +85,3 @@ def base_training_arguments(output_dir: Path, **overrides: Any) -> dict[str, Any
     }
     arguments.update(overrides)
     return arguments
-

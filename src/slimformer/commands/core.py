@@ -20,7 +20,9 @@ from slimformer.commands.options import (
 
 def finetune(
     output: OutputOption,
-    model: Annotated[str, typer.Option("--model", help="Checkpoint folder, or 'default' (packaged MiniLM-L6).")] = "default",
+    model: Annotated[
+        str, typer.Option("--model", help="Checkpoint folder, or 'default' (packaged MiniLM-L6).")
+    ] = "default",
     data: DataOption = "clinc150",
     data_dir: DataDirOption = None,
     text_column: TextColumnOption = "text",
@@ -29,7 +31,9 @@ def finetune(
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="Peak learning rate.")] = 1e-4,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
     max_length: Annotated[int, typer.Option("--max-length", help="Truncate texts to this many tokens.")] = 64,
-    max_train_samples: Annotated[int | None, typer.Option("--max-train-samples", help="Subsample training rows.")] = None,
+    max_train_samples: Annotated[
+        int | None, typer.Option("--max-train-samples", help="Subsample training rows.")
+    ] = None,
     max_eval_samples: Annotated[int | None, typer.Option("--max-eval-samples", help="Subsample eval rows.")] = None,
     seed: SeedOption = 42,
 ) -> None:
@@ -40,8 +44,13 @@ def finetune(
 
     splits = load_data_option(data, data_dir, text_column, label_column, seed)
     config = FinetuneConfig(
-        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length, seed=seed,
-        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples,
     )
     metrics = run_finetune(model, splits, output, config)
     print_json({"output": str(output), "validation": metrics["validation"], "test": metrics["test"]})
@@ -68,7 +77,11 @@ def benchmark(
 
     splits = load_data_option(data, data_dir, text_column, label_column)
     config = BenchmarkConfig(
-        threads=threads, max_samples=max_samples, latency_samples=latency_samples, warmup=warmup, split=split,
+        threads=threads,
+        max_samples=max_samples,
+        latency_samples=latency_samples,
+        warmup=warmup,
+        split=split,
         isolate=isolate,
     )
     report = benchmark_models(models, splits, config)

@@ -16,8 +16,10 @@ DataOption = Annotated[
 ]
 DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Folder of the CLINC150 JSON files (default: $SLIMFORMER_DATA_DIR or "
-                 "../shared/data/clinc150)."),
+    typer.Option(
+        "--data-dir",
+        help="Folder of the CLINC150 JSON files (default: $SLIMFORMER_DATA_DIR or ../shared/data/clinc150).",
+    ),
 ]
 TextColumnOption = Annotated[str, typer.Option("--text-column", help="Text column of a local dataset.")]
 LabelColumnOption = Annotated[str, typer.Option("--label-column", help="Label column of a local dataset.")]

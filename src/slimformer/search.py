@@ -1,0 +1,489 @@
+"""Hyper-parameter search for distillation with Optuna: alpha, temperature, epochs and learning rate.
+
+One trial is one :func:`slimformer.distill.distill` run. TPE proposes the parameters (seeded), a median
+pruner stops a trial whose per-epoch validation accuracy falls below the median of earlier trials at the same
+epoch, and the study lives in a storage URL (an SQLite file in the output folder by default; any URL optuna
+understands, e.g. postgresql://..., is passed straight through). The study name is derived from the teacher,
+the data fingerprint, the student and the objective, so re-running the same command resumes the study and
+only runs the trials still missing to reach `trials`. Every trial reads the teacher's logits from the cache.
+
+Which model ends in `best_model/`: each trial trains into `trials/trial-N/`; after every trial only the
+folders of the best trial (single objective) or of the Pareto front (accuracy,latency) are kept, the others
+deleted; the best one is copied to `best_model/` (no re-training). When its folder is gone (the study was
+resumed from another machine's storage), the best parameters are re-trained into `best_model/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
+from slimformer.errors import ConfigError, SlimformerError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from slimformer.data import DataSplits
+
+OBJECTIVES = ("accuracy", "accuracy,latency")
+TRIALS_FOLDER = "trials"
+BEST_MODEL_FOLDER = "best_model"
+
+
+@dataclass
+class SearchConfig:
+    """Options of `slimformer search`; ranges are (low, high), inclusive."""
+
+    trials: int = 8  # total finished (complete or pruned) trials the study should hold
+    objective: str = "accuracy"  # or "accuracy,latency": maximise accuracy, minimise batch-1 p50 latency
+    storage: str | None = None  # optuna storage URL (default: sqlite:///<output>/study.db)
+    study_name: str | None = None  # default: derived from teacher, data, student and objective
+    student: str | None = None  # student checkpoint folder or "default" ...
+    student_layers: int | None = None  # ... or K evenly spaced teacher layers ...
+    layers_choices: tuple[int, ...] | None = None  # ... or search K among these (makes latency differ)
+    epochs_range: tuple[int, int] = (5, 10)  # the book's num_train_epochs range
+    max_epochs: int | None = None  # cap on epochs (so a search fits a time budget)
+    alpha_range: tuple[float, float] = (0.0, 1.0)  # the book's range
+    temperature_range: tuple[int, int] = (2, 20)  # the book's range (integers)
+    learning_rate_range: tuple[float, float] = (1e-5, 1e-3)  # sampled on a log scale
+    startup_trials: int = 4  # random trials before TPE models the results (optuna's 10 suits long studies)
+    enqueue_defaults: bool = True  # a new study's first trial uses DistillConfig's alpha/T (the baseline)
+    pruner_startup_trials: int = 2  # trials that finish before the median pruner stops anything
+    pruner_warmup_epochs: int = 1  # epochs a trial always gets before it can be pruned
+    latency_queries: int = 50  # validation queries timed at batch 1 for the latency objective
+    batch_size: int = 32
+    max_length: int = 64
+    seed: int = 42
+    max_train_samples: int | None = None  # subsample the training split (quick searches)
+    max_eval_samples: int | None = None  # subsample validation and test
+    cache_dir: str | None = None  # teacher-logit cache (default: see slimformer.distill.default_cache_dir)
+
+    def validate(self) -> None:
+        given = [x for x in (self.student, self.student_layers, self.layers_choices) if x is not None]
+        if len(given) != 1:
+            raise ConfigError(
+                "give exactly one of --student PATH|default, --student-layers K and --layers-choices"
+            )
+        if self.trials < 1:
+            raise ConfigError(f"trials must be >= 1, got {self.trials}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        for name in ("epochs_range", "alpha_range", "temperature_range", "learning_rate_range"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(f"{name.replace('_', ' ')} is empty: {low} > {high}")
+        if self.epochs_range[0] < 1 or (self.max_epochs is not None and self.max_epochs < 1):
+            raise ConfigError("epochs must be >= 1")
+        if self.alpha_range[0] < 0 or self.alpha_range[1] > 1:
+            raise ConfigError(f"alpha range must lie in [0, 1], got {self.alpha_range}")
+        if self.temperature_range[0] <= 0 or self.learning_rate_range[0] <= 0:
+            raise ConfigError("temperature and learning rate ranges must be > 0")
+
+    @property
+    def epoch_bounds(self) -> tuple[int, int]:
+        """The epochs range after the --max-epochs cap."""
+        low, high = self.epochs_range
+        if self.max_epochs is not None:
+            low, high = min(low, self.max_epochs), min(high, self.max_epochs)
+        return low, high
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objective == "accuracy,latency"
+
+
+def search(
+    teacher_dir: str | Path, data: DataSplits, output: str | Path, config: SearchConfig | None = None
+) -> dict[str, Any]:
+    """Run (or resume) an Optuna study of distillation settings and write its results to `output`.
+
+    `output` gets `study.db` (the default storage), `best_params.json`, `trials.csv`,
+    `optimization_history.png`, `pareto_front.json` + `.png` (multi-objective), `best_model/` (an HF
+    checkpoint with its metrics.json) and `metrics.json` ("stage": "search"). Returns those metrics.
+    """
+    import optuna
+
+    from slimformer.distill import model_files_hash
+    from slimformer.models import check_classifier_fits, resolve_model_path
+
+    config = config or SearchConfig()
+    config.validate()
+    teacher_path = resolve_model_path(teacher_dir)
+    check_classifier_fits(teacher_path, data.labels)
+    splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
+    output = Path(output)
+    trials_dir = output / TRIALS_FOLDER
+    trials_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in trials_dir.glob(".tmp-*"):  # a killed trial's half-written folder
+        shutil.rmtree(leftover, ignore_errors=True)
+
+    storage_url = config.storage or f"sqlite:///{output.resolve() / 'study.db'}"
+    study_name = config.study_name or _study_name(model_files_hash(teacher_path), splits.fingerprint, config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed below instead
+    study = _open_study(storage_url, study_name, config)
+    done = _finished(study)
+    remaining = max(0, config.trials - len(done))
+    if config.enqueue_defaults and not study.trials:
+        study.enqueue_trial(_default_params(config))
+    _say(f"study {study_name} in {storage_url}: {len(done)} trial(s) finished, {remaining} to run")
+
+    objective = _Objective(teacher_path, splits, trials_dir, config)
+    if remaining:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            callbacks=[_KeepBestTrialFolders(trials_dir, config), _TrialPrinter(config.trials)],
+            gc_after_trial=True,
+        )
+    return _write_results(study, storage_url, teacher_path, splits, output, config)
+
+
+def _study_name(teacher_hash: str, data_fingerprint: str, config: SearchConfig) -> str:
+    if config.student_layers is not None:
+        student = f"L{config.student_layers}"
+    elif config.layers_choices is not None:
+        student = "L" + "-".join(str(k) for k in config.layers_choices)
+    else:
+        student = "s" + hashlib.sha256(str(config.student).encode()).hexdigest()[:6]
+    objective = "acc" if config.objective == "accuracy" else "acc-lat"
+    return f"distill-{teacher_hash[:10]}-{data_fingerprint[:10]}-{student}-{objective}"
+
+
+def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optuna.Study:
+    import optuna
+
+    try:
+        # heartbeats let a later run mark a trial of a killed process as failed instead of running forever
+        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180)
+    except ImportError as exc:
+        raise ConfigError(f"storage {storage_url.split(':')[0]} needs a database driver: {exc}") from exc
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot open the optuna storage {storage_url}: {reason}") from exc
+    sampler = optuna.samplers.TPESampler(
+        # a resumed study reseeds differently so its random start-up trials do not repeat earlier ones
+        seed=config.seed + _trial_count(storage, study_name),
+        n_startup_trials=config.startup_trials,
+        multivariate=True,
+        warn_independent_sampling=False,
+    )
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=config.pruner_startup_trials, n_warmup_steps=config.pruner_warmup_epochs
+    )
+    directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            storage=storage, study_name=study_name, sampler=sampler, pruner=pruner, directions=directions,
+            load_if_exists=True,
+        )
+        study.set_metric_names(["validation_accuracy", "p50_ms"][: len(directions)])
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ConfigError(f"study {study_name} exists with other objectives; give another --study-name")
+    return study
+
+
+def _trial_count(storage: Any, study_name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _default_params(config: SearchConfig) -> dict[str, Any]:
+    """DistillConfig's defaults, clipped into the search ranges: the study's baseline trial."""
+    from slimformer.distill import DistillConfig
+
+    defaults = DistillConfig()
+    low, high = config.epoch_bounds
+    params = {
+        "num_train_epochs": int(_clip(defaults.epochs, (low, high))),
+        "alpha": _clip(defaults.alpha, config.alpha_range),
+        "temperature": int(_clip(defaults.temperature, config.temperature_range)),
+        "learning_rate": _clip(defaults.learning_rate, config.learning_rate_range),
+    }
+    if config.layers_choices is not None:
+        params["student_layers"] = max(config.layers_choices)
+    return params
+
+
+def _clip(value: float, bounds: tuple[float, float]) -> float:
+    return min(max(value, bounds[0]), bounds[1])
+
+
+def suggest_params(trial: optuna.Trial, config: SearchConfig) -> dict[str, Any]:
+    """The search space: the book's num_train_epochs, alpha and temperature, plus the learning rate."""
+    low, high = config.epoch_bounds
+    params = {
+        "num_train_epochs": trial.suggest_int("num_train_epochs", low, high),
+        "alpha": trial.suggest_float("alpha", *config.alpha_range),
+        "temperature": trial.suggest_int("temperature", *config.temperature_range),
+        "learning_rate": trial.suggest_float("learning_rate", *config.learning_rate_range, log=True),
+    }
+    if config.layers_choices is not None:
+        params["student_layers"] = trial.suggest_categorical("student_layers", list(config.layers_choices))
+    return params
+
+
+def _distill_config(params: dict[str, Any], config: SearchConfig) -> Any:
+    from slimformer.distill import DistillConfig
+
+    layers = params.get("student_layers", config.student_layers)
+    return DistillConfig(
+        student=config.student if layers is None else None,
+        student_layers=layers,
+        alpha=params["alpha"],
+        temperature=float(params["temperature"]),
+        epochs=float(params["num_train_epochs"]),
+        learning_rate=params["learning_rate"],
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+    )
+
+
+class _Objective:
+    """One trial: distil with the suggested parameters into trials/trial-N and score the result."""
+
+    def __init__(
+        self, teacher_path: Path, splits: DataSplits, trials_dir: Path, config: SearchConfig
+    ) -> None:
+        from slimformer.data import column
+
+        self.teacher_path = teacher_path
+        self.splits = splits
+        self.trials_dir = trials_dir
+        self.config = config
+        # the same queries time every trial's model
+        self.latency_texts = column(splits.validation, "text")[: config.latency_queries]
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        from slimformer.distill import distill
+
+        params = suggest_params(trial, self.config)
+        callbacks = [] if self.config.multi_objective else [OptunaPruningCallback(trial)]
+        folder = self.trials_dir / f"trial-{trial.number}"
+        distill_config = _distill_config(params, self.config)
+        metrics = distill(self.teacher_path, self.splits, folder, distill_config, callbacks)
+        accuracy = metrics["validation"]["accuracy"]
+        trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
+        trial.set_user_attr("train_seconds", metrics["train_seconds"])
+        trial.set_user_attr("teacher_logits_hit", (metrics["teacher_logits"] or {}).get("hit"))
+        if not self.config.multi_objective:
+            return accuracy
+        p50_ms = measure_p50_ms(folder, self.latency_texts, self.config.max_length)
+        trial.set_user_attr("p50_ms", p50_ms)
+        return accuracy, p50_ms
+
+
+class OptunaPruningCallback(TrainerCallback):
+    """Reports each epoch's validation accuracy to the trial and stops training (TrialPruned) when the
+    pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str = "eval_accuracy") -> None:
+        self.trial = trial
+        self.metric = metric
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **kwargs: Any) -> None:
+        import optuna
+
+        if not metrics or self.metric not in metrics:
+            return
+        epoch = round(state.epoch or 0)
+        self.trial.report(metrics[self.metric], step=epoch)
+        if self.trial.should_prune():
+            control.should_training_stop = True
+            # raising ends the trial before the model is saved and tested: a pruned trial leaves no folder
+            raise optuna.TrialPruned(f"validation accuracy {metrics[self.metric]:.4f} at epoch {epoch}")
+
+
+def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int = 64, warmup: int = 5) -> float:
+    """Median batch-1 latency (ms) of a model folder over `texts`, after `warmup` untimed calls."""
+    from slimformer.predictor import load
+
+    predictor = load(model_dir, max_length=max_length)
+    for text in texts[:warmup]:
+        predictor.predict_logits([text])
+    times = []
+    for text in texts:
+        started = time.perf_counter()
+        predictor.predict_logits([text])
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 3)
+
+
+def _best_trials(study: optuna.Study, config: SearchConfig) -> list[optuna.trial.FrozenTrial]:
+    """The best trial first; for accuracy,latency the Pareto front sorted by accuracy then latency."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    if not config.multi_objective:
+        return [study.best_trial]
+    return sorted(study.best_trials, key=lambda t: (-t.values[0], t.values[1]))
+
+
+class _KeepBestTrialFolders:
+    """After each trial, delete the model folders of trials that are not (or no longer) the best."""
+
+    def __init__(self, trials_dir: Path, config: SearchConfig) -> None:
+        self.trials_dir = trials_dir
+        self.config = config
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        keep = {f"trial-{t.number}" for t in _best_trials(study, self.config)}
+        for folder in self.trials_dir.glob("trial-*"):
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class _TrialPrinter:
+    """One line per finished trial (the Trainer's own bars show progress within a trial)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+        values = "" if trial.values is None else " / ".join(f"{v:.4f}" for v in trial.values)
+        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        _say(
+            f"trial {trial.number} ({len(_finished(study))}/{self.total}) {trial.state.name.lower()} "
+            f"{values} [{params}] in {seconds:.0f} s"
+        )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _say(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold]search[/bold] {message}", highlight=False)
+
+
+def _write_results(
+    study: optuna.Study, storage_url: str, teacher_path: Path, splits: DataSplits, output: Path,
+    config: SearchConfig,
+) -> dict[str, Any]:
+    best_trials = _best_trials(study, config)
+    if not best_trials:
+        raise SlimformerError(f"no trial of study {study.study_name} completed (all pruned or failed)")
+    best = best_trials[0]
+    write_json(output / "best_params.json", {
+        "study_name": study.study_name,
+        "trial": best.number,
+        "params": best.params,
+        "values": dict(zip(study.metric_names or ["value"], best.values, strict=False)),
+    })
+    study.trials_dataframe().to_csv(output / "trials.csv", index=False)
+    if config.multi_objective:
+        write_json(output / "pareto_front.json", [
+            {"trial": t.number, "validation_accuracy": t.values[0], "p50_ms": t.values[1], "params": t.params}
+            for t in best_trials
+        ])
+    _write_plots(study, output, config)
+    best_model_metrics = _save_best_model(best, study.study_name, teacher_path, splits, output, config)
+
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    metrics = {
+        "stage": "search",
+        "teacher": str(teacher_path),
+        "data": splits.name,
+        "data_fingerprint": splits.fingerprint,
+        "study_name": study.study_name,
+        "storage": storage_url,
+        "objective": config.objective,
+        "config": asdict(config),
+        "trials": {state.name.lower(): states.count(state) for state in TrialState if states.count(state)},
+        "best_trial": best.number,
+        "best_params": best.params,
+        "best_values": list(best.values),
+        "baseline_trial": _baseline(study),
+        "validation": best_model_metrics["validation"],
+        "test": best_model_metrics["test"],
+    }
+    write_metrics(output, metrics)
+    return metrics
+
+
+def _baseline(study: optuna.Study) -> dict[str, Any] | None:
+    """The enqueued default-parameter trial (trial 0 of a new study), for the 'beats the defaults' check."""
+    first = [t for t in study.get_trials(deepcopy=False) if t.number == 0]
+    if not first or first[0].values is None:
+        return None
+    return {"trial": 0, "params": first[0].params, "values": list(first[0].values),
+            "test_accuracy": first[0].user_attrs.get("test_accuracy")}
+
+
+def _save_best_model(
+    best: optuna.trial.FrozenTrial, study_name: str, teacher_path: Path, splits: DataSplits, output: Path,
+    config: SearchConfig,
+) -> dict[str, Any]:
+    from slimformer.distill import distill
+
+    source = output / TRIALS_FOLDER / f"trial-{best.number}"
+    target = output / BEST_MODEL_FOLDER
+    if source.is_dir():
+        with atomic_output_dir(target) as folder:
+            shutil.copytree(source, folder, dirs_exist_ok=True, copy_function=_link_or_copy)
+            metrics = read_metrics(folder)
+    else:  # the trial ran elsewhere (shared storage) or its folder was removed: re-train its parameters
+        _say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
+        metrics = distill(teacher_path, splits, target, _distill_config(best.params, config))
+    metrics["search"] = {
+        "study_name": study_name, "trial": best.number, "params": best.params, "values": list(best.values)
+    }
+    write_metrics(target, metrics)
+    return metrics
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    # a hard link costs no space; the trial folder is only deleted, never modified
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _write_plots(study: optuna.Study, output: Path, config: SearchConfig) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = optuna_plots.plot_optimization_history(
+            study, target=lambda t: t.values[0], target_name="validation accuracy"
+        )
+        history.figure.savefig(output / "optimization_history.png", dpi=120, bbox_inches="tight")
+        plt.close(history.figure)
+        if config.multi_objective:
+            front = optuna_plots.plot_pareto_front(study, target_names=["validation accuracy", "p50 ms"])
+            front.figure.savefig(output / "pareto_front.png", dpi=120, bbox_inches="tight")
+            plt.close(front.figure)

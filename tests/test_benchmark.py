@@ -1,0 +1,148 @@
+"""The benchmark: every documented field, real values, label mapping by name, the plot and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from slimformer.benchmark import BenchmarkConfig, benchmark_models, display_names, latency_summary, write_plot
+from slimformer.data import column
+from slimformer.errors import ConfigError, ModelError
+from slimformer.metrics import classification_metrics
+from slimformer.predictor import load
+
+RESULT_FIELDS = {
+    "model",
+    "backend",
+    "accuracy",
+    "macro_f1",
+    "in_scope_accuracy",
+    "oos_recall",
+    "latency_ms",
+    "throughput_per_s",
+    "size_mb",
+    "parameters",
+    "peak_rss_mb",
+    "settings",
+}
+
+
+@pytest.fixture(scope="module")
+def report(tiny_classifier_dir, clinc_slice):
+    config = BenchmarkConfig(threads=1, latency_samples=25, warmup=3, isolate=False)
+    return benchmark_models([tiny_classifier_dir], clinc_slice, config)
+
+
+def test_report_has_every_field(report):
+    assert set(report) >= {"environment", "results", "data"}
+    environment = report["environment"]
+    assert environment["threads"] == 1
+    assert set(environment["isa"]) >= {"avx2", "avx512", "avx512_vnni"}
+    assert environment["versions"]["torch"]
+    assert environment["cpu"]
+    (result,) = report["results"]
+    assert set(result) >= RESULT_FIELDS
+    assert set(result["latency_ms"]) >= {"mean", "std", "p50", "p95", "p99"}
+    assert result["latency_ms"]["n"] == 25
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"] <= result["latency_ms"]["p99"]
+    assert result["throughput_per_s"] > 0
+    assert result["settings"]["torch_threads"] == 1
+    json.dumps(report)  # serialisable as written
+
+
+def test_accuracy_matches_the_predictor(report, tiny_classifier_dir, clinc_slice):
+    predictor = load(tiny_classifier_dir, threads=1)
+    labels, _ = predictor.predict(column(clinc_slice.test, "text"))
+    expected = classification_metrics(
+        column(clinc_slice.test, "label"), [clinc_slice.labels.index(x) for x in labels], clinc_slice.oos_label_id
+    )
+    (result,) = report["results"]
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value)
+
+
+def test_size_and_parameters(report, tiny_classifier_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    (result,) = report["results"]
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_classifier_dir))
+    assert result["parameters"] == sum(p.numel() for p in model.parameters())
+    size = (tiny_classifier_dir / "model.safetensors").stat().st_size / 1e6
+    assert result["size_mb"] == pytest.approx(size, abs=0.01)
+
+
+def test_isolated_run_reports_its_own_process(tiny_classifier_dir, clinc_slice):
+    config = BenchmarkConfig(threads=1, latency_samples=5, warmup=1, max_samples=16)
+    report = benchmark_models([tiny_classifier_dir], clinc_slice, config)
+    (result,) = report["results"]
+    assert report["data"]["rows"] == 16
+    assert result["peak_rss_mb"] > 50  # a fresh interpreter with torch loaded
+    assert result["latency_ms"]["n"] == 5
+
+
+def test_labels_are_matched_by_name_not_position(tiny_classifier, clinc_slice):
+    """A model whose id order differs from the dataset's must score the same."""
+    config_path = tiny_classifier / "config.json"
+    base = BenchmarkConfig(threads=1, latency_samples=2, warmup=0, isolate=False)
+    before = benchmark_models([tiny_classifier], clinc_slice, base)["results"][0]["accuracy"]
+    # swap the names of ids 0 and 1 *and* the matching classifier rows: same model, different id order
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_classifier))
+    with torch.no_grad():
+        model.classifier.weight[[0, 1]] = model.classifier.weight[[1, 0]].clone()
+        model.classifier.bias[[0, 1]] = model.classifier.bias[[1, 0]].clone()
+    id2label = dict(model.config.id2label)
+    id2label[0], id2label[1] = id2label[1], id2label[0]
+    model.config.id2label = id2label
+    model.config.label2id = {v: k for k, v in id2label.items()}
+    model.save_pretrained(tiny_classifier)
+    assert json.loads(config_path.read_text())["id2label"]["0"] == clinc_slice.labels[1]
+    after = benchmark_models([tiny_classifier], clinc_slice, base)["results"][0]["accuracy"]
+    assert after == pytest.approx(before)
+
+
+def test_model_for_other_labels_is_refused(tiny_classifier_dir, tmp_path):
+    from slimformer.data import load_data
+
+    for split in ("train", "validation", "test"):
+        (tmp_path / f"{split}.csv").write_text("text,label\nhello,a\nbye,b\n")
+    with pytest.raises(ModelError, match="not the dataset's 2"):
+        benchmark_models([tiny_classifier_dir], load_data(str(tmp_path)), BenchmarkConfig(isolate=False))
+
+
+def test_bad_config_values(clinc_slice, tiny_classifier_dir):
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        benchmark_models([tiny_classifier_dir], clinc_slice, BenchmarkConfig(threads=0))
+    with pytest.raises(ConfigError, match="at least one model"):
+        benchmark_models([], clinc_slice)
+
+
+def test_latency_summary_values():
+    summary = latency_summary(list(range(1, 101)))
+    assert summary["mean"] == 50.5
+    assert summary["p50"] == 50.5
+    assert summary["p95"] == pytest.approx(95.05)
+    assert summary["p99"] == pytest.approx(99.01)
+    assert summary["std"] == pytest.approx(float(np.std(range(1, 101))), abs=1e-3)
+
+
+def test_display_names_are_short_and_unique():
+    assert display_names(["/a/x/model", "/b/y/model"]) == ["x/model", "y/model"]
+    assert display_names(["/runs/teacher", "/runs/student"]) == ["teacher", "student"]
+
+
+def test_plot_is_a_png_with_one_bubble_per_model(tmp_path):
+    from PIL import Image
+
+    results = [
+        {"model": "teacher", "accuracy": 0.88, "size_mb": 90.0, "latency_ms": {"p50": 10.0}},
+        {"model": "student", "accuracy": 0.86, "size_mb": 20.0, "latency_ms": {"p50": 2.0}},
+    ]
+    path = write_plot(results, tmp_path / "plot.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size == (960, 660)

@@ -1,0 +1,78 @@
+"""The command line: results files, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimformer.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exited.value.code, captured.out, captured.err
+
+
+def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tmp_path, capsys):
+    code, out, _ = run_cli(
+        [
+            "benchmark",
+            tiny_classifier_dir,
+            "--data",
+            clinc_slice_dir,
+            "--threads",
+            1,
+            "--latency-samples",
+            10,
+            "--warmup",
+            1,
+            "--no-isolate",
+            "--output",
+            tmp_path / "r.json",
+            "--plot",
+            tmp_path / "p.png",
+        ],
+        capsys,
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["results"][0]["latency_ms"]["n"] == 10
+    assert report["data"]["rows"] == 48
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert "tiny_classifier" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["benchmark", "/no/such/model"], "model folder not found"),
+        (["benchmark", "{base}", "--data", "{data}"], "base model"),
+        (["benchmark", "{model}", "--data", "/no/such/data"], "dataset '/no/such/data' not found"),
+        (["benchmark", "{model}", "--data", "{data}", "--threads", "0"], "threads must be >= 1"),
+        (["benchmark", "{model}", "--data", "clinc150:huge"], "unknown clinc150 config"),
+        (["benchmark", "{model}", "--threads", "many"], "Invalid value for '--threads'"),
+        (["finetune", "--output", "{tmp}/o", "--data", "{data}", "--epochs", "-1"], "epochs must be > 0"),
+        (["finetune", "--output", "{tmp}/o", "--model", "/nope"], "model folder not found"),
+        (["nosuchcommand"], "No such command"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args, message, tiny_classifier_dir, tiny_base_dir, clinc_slice_dir, tmp_path, capsys
+):
+    filled = [a.format(model=tiny_classifier_dir, base=tiny_base_dir, data=clinc_slice_dir, tmp=tmp_path) for a in args]
+    code, _, err = run_cli(filled, capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert message in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_exits_zero(capsys):
+    code, out, _ = run_cli(["--help"], capsys)
+    assert code == 0
+    assert "benchmark" in out and "finetune" in out

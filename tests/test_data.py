@@ -1,0 +1,152 @@
+"""Data loading: CLINC150 from the oos-eval JSON files, local datasets, and every bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slimformer.data import column, load_data
+from slimformer.errors import DataError
+from tests.conftest import clinc_dir
+
+
+def test_clinc150_plus_has_151_labels_and_book_split_sizes():
+    splits = load_data("clinc150", data_dir=clinc_dir())
+    assert splits.name == "clinc150:plus"
+    assert splits.num_labels == 151
+    assert "oos" in splits.labels
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (15250, 3100, 5500)
+    assert splits.labels[splits.oos_label_id] == "oos"
+    assert sum(1 for label in column(splits.test, "label") if label == splits.oos_label_id) == 1000
+
+
+@pytest.mark.parametrize(("config", "train_rows"), [("full", 15100), ("small", 7600)])
+def test_clinc150_other_configs(config, train_rows):
+    splits = load_data(f"clinc150:{config}", data_dir=clinc_dir())
+    assert len(splits.train) == train_rows
+    assert splits.num_labels == 151
+
+
+def test_clinc150_env_var_is_used(monkeypatch):
+    monkeypatch.setenv("SLIMFORMER_DATA_DIR", str(clinc_dir()))
+    assert load_data("clinc150:small").num_labels == 151
+
+
+def test_clinc150_unknown_config_and_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="unknown clinc150 config 'nope'"):
+        load_data("clinc150:nope", data_dir=clinc_dir())
+    with pytest.raises(DataError, match="CLINC150 file not found"):
+        load_data("clinc150", data_dir=tmp_path)
+
+
+def test_fingerprint_is_stable_and_tracks_content(clinc_slice_dir, tmp_path):
+    first = load_data(str(clinc_slice_dir))
+    assert load_data(str(clinc_slice_dir)).fingerprint == first.fingerprint
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    for name in ("train.csv", "validation.csv", "test.csv"):
+        (changed / name).write_text((clinc_slice_dir / name).read_text())
+    with (changed / "train.csv").open("a") as handle:
+        handle.write("one more weather question,weather\n")
+    assert load_data(str(changed)).fingerprint != first.fingerprint
+
+
+def test_local_folder_with_csv_splits(clinc_slice):
+    assert clinc_slice.labels == sorted(["oos", "balance", "book_flight", "translate", "weather", "alarm"])
+    assert (len(clinc_slice.train), len(clinc_slice.validation), len(clinc_slice.test)) == (144, 48, 48)
+    assert clinc_slice.oos_label_id == clinc_slice.labels.index("oos")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_single_jsonl_file_split_with_seed_and_custom_columns(tmp_path):
+    rows = [{"utterance": f"query number {i}", "intent": ["a", "b", "c"][i % 3]} for i in range(60)]
+    path = tmp_path / "all.jsonl"
+    _write_jsonl(path, rows)
+    splits = load_data(str(path), text_column="utterance", label_column="intent", seed=1)
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 60
+    assert (len(splits.validation), len(splits.test)) == (6, 6)
+    assert splits.labels == ["a", "b", "c"]
+    again = load_data(str(path), text_column="utterance", label_column="intent", seed=1)
+    assert column(again.test, "text") == column(splits.test, "text")
+
+
+def test_folder_without_validation_carves_it_from_train(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": f"t {i}", "label": i % 2} for i in range(50)])
+    _write_jsonl(tmp_path / "test.jsonl", [{"text": f"x {i}", "label": i % 2} for i in range(10)])
+    splits = load_data(str(tmp_path))
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (45, 5, 10)
+    assert splits.labels == ["0", "1"]
+
+
+def test_parquet_folder(tmp_path):
+    import datasets
+
+    for split in ("train", "validation", "test"):
+        datasets.Dataset.from_dict({"text": ["hi there", "bye now"], "label": ["greet", "leave"]}).to_parquet(
+            str(tmp_path / f"{split}.parquet")
+        )
+    assert load_data(str(tmp_path)).labels == ["greet", "leave"]
+
+
+@pytest.mark.parametrize(
+    ("files", "kwargs", "message"),
+    [
+        ({}, {}, "no train file"),
+        ({"train.csv": "text,label\nhello,a\nbye,b\n"}, {}, "no test file"),
+        (
+            {"train.csv": "text,label\nhello,a\nbye,b\n", "test.csv": "text,label\nhi,a\n"},
+            {"text_column": "utterance"},
+            "has no column 'utterance'",
+        ),
+        (
+            {
+                "train.csv": "text,label\nhello,a\nbye,b\n",
+                "validation.csv": "text,label\n",
+                "test.csv": "text,label\nhi,a\n",
+            },
+            {},
+            "validation.csv is empty",
+        ),
+        (
+            {"train.csv": 'text,label\nhello,a\n"",b\n"  ",a\nok,b\n', "test.csv": "text,label\nhi,a\n"},
+            {},
+            "has 2 empty text row",
+        ),
+        (
+            {
+                "train.csv": "text,label\nhello,a\nbye,b\n",
+                "validation.csv": "text,label\nhey,b\n",
+                "test.csv": "text,label\nhi,a\nyo,zzz\n",
+            },
+            {},
+            "test split of .* has 1 row.* unknown to train: 'zzz'",
+        ),
+    ],
+)
+def test_bad_local_datasets_raise_one_line_errors(tmp_path, files, kwargs, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message) as caught:
+        load_data(str(tmp_path), **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_path_and_unsupported_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_data(str(tmp_path / "nope"))
+    bad = tmp_path / "data.txt"
+    bad.write_text("x")
+    with pytest.raises(DataError, match="unsupported file type '.txt'"):
+        load_data(str(bad))
+
+
+def test_subset_is_smaller_and_keeps_labels(clinc_slice):
+    small = clinc_slice.subset(max_train=10, max_eval=5)
+    assert (len(small.train), len(small.validation), len(small.test)) == (10, 5, 5)
+    assert small.labels == clinc_slice.labels
+    assert small.fingerprint != clinc_slice.fingerprint

@@ -1,0 +1,83 @@
+"""Fine-tuning writes a normal, loadable HF classifier with honest metrics, atomically."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimformer.artifacts import read_metrics
+from slimformer.errors import ConfigError
+from slimformer.finetune import FinetuneConfig, finetune
+from slimformer.predictor import load
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_base_dir, clinc_slice, tmp_path_factory):
+    output = tmp_path_factory.mktemp("ft") / "model"
+    config = FinetuneConfig(epochs=8, learning_rate=3e-3, batch_size=16, warmup_ratio=0.0)
+    return output, finetune(tiny_base_dir, clinc_slice, output, config)
+
+
+def test_writes_a_loadable_checkpoint_with_labels(finetuned, clinc_slice):
+    from transformers import AutoModelForSequenceClassification
+
+    output, _ = finetuned
+    assert (output / "model.safetensors").is_file()
+    assert (output / "tokenizer.json").is_file()
+    assert not (output / "trainer").exists()
+    config = json.loads((output / "config.json").read_text())
+    assert [config["id2label"][str(i)] for i in range(6)] == clinc_slice.labels
+    model = AutoModelForSequenceClassification.from_pretrained(str(output))
+    assert model.config.num_labels == 6
+
+
+def test_metrics_match_a_fresh_evaluation(finetuned, clinc_slice):
+    from slimformer.data import column
+    from slimformer.metrics import classification_metrics
+
+    output, metrics = finetuned
+    assert read_metrics(output)["test"] == metrics["test"]
+    labels, _ = load(output, threads=1).predict(column(clinc_slice.test, "text"))
+    fresh = classification_metrics(
+        column(clinc_slice.test, "label"), [clinc_slice.labels.index(x) for x in labels], clinc_slice.oos_label_id
+    )
+    assert metrics["test"]["accuracy"] == pytest.approx(fresh["accuracy"])
+    assert set(metrics["validation"]) == {"accuracy", "macro_f1", "in_scope_accuracy", "oos_recall"}
+
+
+def test_training_learns(finetuned):
+    _, metrics = finetuned
+    history = metrics["history"]
+    assert len(history) == 8
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["validation"]["accuracy"] > 1.5 / 6  # clearly better than chance on 6 intents
+
+
+def test_bad_config_writes_nothing(tiny_base_dir, clinc_slice, tmp_path):
+    with pytest.raises(ConfigError, match="epochs must be > 0"):
+        finetune(tiny_base_dir, clinc_slice, tmp_path / "out", FinetuneConfig(epochs=0))
+    assert not (tmp_path / "out").exists()
+
+
+def test_failure_mid_way_leaves_no_artifact(tiny_base_dir, clinc_slice, tmp_path, monkeypatch):
+    import transformers
+
+    def explode(self, *args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(transformers.Trainer, "train", explode)
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune(tiny_base_dir, clinc_slice, tmp_path / "out", FinetuneConfig(epochs=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.ci_slow
+def test_packaged_minilm_learns_a_clinc_slice(clinc_slice, tmp_path):
+    """The real packaged MiniLM-L6, fine-tuned on 144 real CLINC150 queries of 6 intents."""
+    metrics = finetune(
+        "default", clinc_slice, tmp_path / "minilm", FinetuneConfig(epochs=6, learning_rate=2e-4, batch_size=16)
+    )
+    assert metrics["test"]["accuracy"] >= 0.75
+    assert load(tmp_path / "minilm").predict(["wake me up at 7 tomorrow"])[0] == ["alarm"]

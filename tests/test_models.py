@@ -1,0 +1,52 @@
+"""Model folders: resolving names, telling base models from classifiers, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimformer.errors import ModelError
+from slimformer.models import check_classifier_fits, classifier_labels, load_classifier, resolve_model_path
+
+
+def test_default_resolves_to_packaged_minilm():
+    path = resolve_model_path("default")
+    config = json.loads((path / "config.json").read_text())
+    assert config["num_hidden_layers"] == 6
+    assert config["hidden_size"] == 384
+    assert (path / "model.safetensors").is_file()
+
+
+def test_default_is_a_base_model_for_clinc(clinc_slice):
+    with pytest.raises(ModelError, match="base model .* fine-tune it first"):
+        check_classifier_fits(resolve_model_path("default"), clinc_slice.labels)
+
+
+def test_classifier_labels_and_fit(tiny_classifier_dir, tiny_base_dir, clinc_slice):
+    assert classifier_labels(tiny_classifier_dir) == clinc_slice.labels
+    assert classifier_labels(tiny_base_dir) is None
+    assert check_classifier_fits(tiny_classifier_dir, list(reversed(clinc_slice.labels))) == clinc_slice.labels
+    with pytest.raises(ModelError, match="classifies 6 labels but the dataset has 2"):
+        check_classifier_fits(tiny_classifier_dir, ["a", "b"])
+
+
+def test_load_classifier_refuses_base_model_without_labels(tiny_base_dir):
+    with pytest.raises(ModelError, match="base model"):
+        load_classifier(tiny_base_dir)
+    model = load_classifier(tiny_base_dir, labels=["x", "y", "z"])
+    assert model.config.num_labels == 3
+    assert model.config.id2label == {0: "x", 1: "y", 2: "z"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "no_config"])
+def test_bad_model_paths(tmp_path, kind):
+    target = tmp_path / "model"
+    if kind == "file":
+        target.write_text("not a folder")
+    elif kind == "no_config":
+        target.mkdir()
+    with pytest.raises(
+        ModelError, match={"missing": "not found", "file": "is a file", "no_config": "no config.json"}[kind]
+    ):
+        resolve_model_path(target)
