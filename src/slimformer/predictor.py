@@ -18,6 +18,7 @@ from slimformer.errors import ModelError
 
 ONNX_FILE = "model.onnx"
 SESSION_FILE = "session.json"
+QUANTIZATION_FILE = "quantization.json"  # a PyTorch folder to be quantized at load time (see slimformer.onnx.quantize)
 DEFAULT_MAX_LENGTH = 128
 
 
@@ -79,6 +80,9 @@ class TorchPredictor(Predictor):
         super().__init__(path, threads, max_length)
         torch.set_num_threads(threads)
         self.model = load_classifier(path).eval()
+        self.quantization = _saved_quantization(self.path)
+        if self.quantization:
+            self.model = apply_torch_dynamic_quantization(self.model)
 
     def predict_logits(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -89,7 +93,8 @@ class TorchPredictor(Predictor):
     def settings(self) -> dict[str, Any]:
         import torch
 
-        return {**super().settings(), "torch_threads": torch.get_num_threads()}
+        extra = {"quantization": self.quantization["method"]} if self.quantization else {}
+        return {**super().settings(), "torch_threads": torch.get_num_threads(), **extra}
 
 
 class OnnxPredictor(Predictor):
@@ -170,3 +175,26 @@ def _labels_from_config(path: Path) -> list[str]:
             "fine-tune it first: slimformer finetune --model ... --data ... --output DIR"
         )
     return labels
+
+
+def _saved_quantization(folder: Path) -> dict[str, Any] | None:
+    """The `quantization.json` marker of a PyTorch folder written by `slimformer quantize --method torch-dynamic`."""
+    path = folder / QUANTIZATION_FILE
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text())
+    if spec.get("method") != "torch-dynamic":
+        raise ModelError(f"{path} asks for quantization {spec.get('method')!r}; only torch-dynamic is applied at load")
+    return spec
+
+
+def apply_torch_dynamic_quantization(model: Any) -> Any:
+    """The book's PyTorch path: int8 dynamic quantization of every nn.Linear (weights int8, activations
+    quantized per batch at run time)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao, still works
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -1,0 +1,46 @@
+"""`run`: one command for the whole recipe (distil → prune → export → optimize → quantize → report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def run(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML (default: the packaged recipe, see `slimformer recipe`).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder: stages, report, model/.")] = Path(
+        "slimformer-run"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="Same recipe on a small subset, 1 epoch per stage.")] = False,
+    model: Annotated[str | None, typer.Option("--model", help="Override the recipe's model.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Override the recipe's dataset.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of the CLINC150 JSON files.")] = None,
+) -> None:
+    """Run a recipe; finished stages are reused, a killed stage is redone. Writes report.md/.html and model/."""
+    from slimformer.pipeline import load_recipe, run_recipe
+
+    parsed = load_recipe(recipe)
+    if model:
+        parsed.model = model
+    if data:
+        parsed.data = data
+    if data_dir:
+        parsed.data_dir = str(data_dir)
+    summary = run_recipe(parsed, output, quick=quick)
+    typer.echo(f"final model: {output / 'model'} (from {summary['final_model']})")
+
+
+def recipe() -> None:
+    """Print the packaged default recipe (copy it to start your own)."""
+    from slimformer.pipeline import default_recipe_path
+
+    typer.echo(default_recipe_path().read_text())
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+    app.command()(recipe)

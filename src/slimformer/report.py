@@ -1,0 +1,303 @@
+"""Reports: `report.md` and a self-contained `report.html` comparing every variant, and the deployable folder."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimformer.artifacts import write_json
+
+
+@dataclass
+class ReportConfig:
+    """Options of the report stage."""
+
+    title: str = "slimformer report"  # heading of report.md / report.html
+    deploy: bool = True  # also write the deployable OUTPUT/model/ folder
+
+
+def comparison_rows(benchmark: dict[str, Any], baseline: str = "teacher") -> list[dict[str, Any]]:
+    """One row per variant with its figures and its speed-up / shrink / accuracy delta against `baseline`."""
+    results = benchmark["results"]
+    base = next((r for r in results if r["model"] == baseline), results[0])
+    rows = []
+    for r in results:
+        rows.append(
+            {
+                "model": r["model"],
+                "stage": r.get("stage", ""),
+                "backend": r["backend"],
+                "accuracy": r["accuracy"],
+                "in_scope_accuracy": r.get("in_scope_accuracy"),
+                "oos_recall": r.get("oos_recall"),
+                "accuracy_delta_points": 100 * (r["accuracy"] - base["accuracy"]),
+                "p50_ms": r["latency_ms"]["p50"],
+                "p95_ms": r["latency_ms"]["p95"],
+                "throughput_per_s": r["throughput_per_s"],
+                "size_mb": r["size_mb"],
+                "speedup": base["latency_ms"]["p50"] / r["latency_ms"]["p50"],
+                "shrink": base["size_mb"] / r["size_mb"] if r["size_mb"] else float("nan"),
+                "peak_rss_mb": r["peak_rss_mb"],
+            }
+        )
+    return rows
+
+
+def write_size_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Horizontal bars of size on disk per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+    names = [r["model"] for r in rows]
+    sizes = [r["size_mb"] for r in rows]
+    bars = ax.barh(names, sizes, color=plt.get_cmap("tab10").colors[: len(rows)])
+    ax.bar_label(bars, labels=[f"{s:.1f} MB" for s in sizes], padding=3, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_xlim(0, max(sizes) * 1.2)
+    ax.set_title("Model size per variant")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_history_plot(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Validation accuracy per epoch of each training stage (fine-tuning, distillation, pruning)."""
+    histories = {name: h for name, h in histories.items() if h and any("validation_accuracy" in e for e in h)}
+    if not histories:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, history in histories.items():
+        points = [(e["epoch"], 100 * e["validation_accuracy"]) for e in history if "validation_accuracy" in e]
+        ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Training history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(output: Path, benchmark: dict[str, Any], variants: list[Any], config: ReportConfig) -> Path:
+    """Write report.md, report.html (images embedded) and the plots they show into `output`."""
+    from slimformer.benchmark import write_plot
+
+    output = Path(output)
+    rows = comparison_rows(benchmark)
+    images = {
+        "Accuracy vs latency (bubble area = size on disk)": write_plot(
+            benchmark["results"], output / "accuracy_vs_latency.png"
+        ),
+        "Size on disk": write_size_plot(rows, output / "sizes.png"),
+    }
+    histories = {v.name: v.metrics.get("history", []) for v in variants}
+    history_plot = write_history_plot(histories, output / "history.png")
+    if history_plot:
+        images["Training history (validation accuracy per epoch)"] = history_plot
+    search = _search_section(variants)
+    environment = benchmark["environment"]
+    markdown = _markdown(config.title, benchmark, rows, images, search, environment)
+    (output / "report.md").write_text(markdown)
+    (output / "report.html").write_text(_html(config.title, benchmark, rows, images, search, environment))
+    write_json(output / "comparison.json", rows)
+    return output / "report.html"
+
+
+TABLE_COLUMNS = [
+    ("model", "variant", "{}"),
+    ("backend", "backend", "{}"),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("in_scope_accuracy", "in-scope acc.", "{:.4f}"),
+    ("oos_recall", "OOS recall", "{:.4f}"),
+    ("accuracy_delta_points", "Δ acc. (points)", "{:+.2f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p95_ms", "p95 ms", "{:.2f}"),
+    ("throughput_per_s", "batch-32 /s", "{:.0f}"),
+    ("size_mb", "size MB", "{:.1f}"),
+    ("speedup", "speed-up", "{:.1f}x"),
+    ("shrink", "shrink", "{:.1f}x"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+]
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    return "—" if value is None else fmt.format(value)
+
+
+def _environment_line(environment: dict[str, Any]) -> str:
+    isa = ", ".join(k for k, v in environment["isa"].items() if v) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items() if v)
+    return (
+        f"{environment['cpu']} ({environment['cpu_count']} cores; ISA: {isa}); {environment['threads']} threads; "
+        f"Python {environment['python']}; {versions}; {environment['platform']}"
+    )
+
+
+def _method_line(benchmark: dict[str, Any]) -> str:
+    config, data = benchmark["config"], benchmark["data"]
+    return (
+        f"{data['name']} {data['split']} split, {data['rows']} rows. Latency: batch 1, tokenization included, "
+        f"{config['latency_samples']} real queries after {config['warmup']} warm-up calls; throughput at batch "
+        f"{config['batch_size']}. Each model ran in a fresh process; all in the same run."
+    )
+
+
+def _search_section(variants: list[Any]) -> list[dict[str, Any]]:
+    for variant in variants:
+        if variant.stage == "search":
+            folder = Path(variant.path)
+            for candidate in (folder / "trials.json", folder.parent / "trials.json"):
+                if candidate.is_file():
+                    return json.loads(candidate.read_text())
+            return variant.metrics.get("trials", [])
+    return []
+
+
+def _markdown(title, benchmark, rows, images, search, environment) -> str:
+    lines = [f"# {title}", "", _method_line(benchmark), ""]
+    lines.append("| " + " | ".join(header for _, header, _ in TABLE_COLUMNS) + " |")
+    lines.append("|" + "---|" * len(TABLE_COLUMNS))
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row, key, fmt) for key, _, fmt in TABLE_COLUMNS) + " |")
+    lines.append("")
+    lines.append("Speed-up and shrink are against the teacher (PyTorch fp32) in the same run; Δ acc. in points.")
+    lines.append("")
+    for caption, path in images.items():
+        lines += [f"## {caption}", "", f"![{caption}]({Path(path).name})", ""]
+    if search:
+        lines += ["## Hyperparameter search", "", "| " + " | ".join(search[0]) + " |", "|" + "---|" * len(search[0])]
+        lines += ["| " + " | ".join(str(v) for v in trial.values()) + " |" for trial in search]
+        lines.append("")
+    lines += ["## Environment", "", _environment_line(environment), ""]
+    return "\n".join(lines)
+
+
+def _html(title, benchmark, rows, images, search, environment) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(header)}</th>" for _, header, _ in TABLE_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{esc(_cell(row, key, fmt))}</td>" for key, _, fmt in TABLE_COLUMNS) + "</tr>"
+        for row in rows
+    )
+    figures = "".join(
+        f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,'
+        f'{base64.b64encode(Path(path).read_bytes()).decode()}"><figcaption>{esc(caption)}</figcaption></figure>'
+        for caption, path in images.items()
+    )
+    search_html = ""
+    if search:
+        search_html = (
+            "<h2>Hyperparameter search</h2><table><tr>"
+            + "".join(f"<th>{esc(str(k))}</th>" for k in search[0])
+            + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in t.values()) + "</tr>" for t in search)
+            + "</table>"
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}"
+        "table{border-collapse:collapse;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f3f3f3}td:first-child,td:nth-child(2){text-align:left}"
+        "figure{display:inline-block;margin:1em}img{max-width:560px}figcaption{text-align:center;color:#555}"
+    )
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{esc(title)}</h1><p>{esc(_method_line(benchmark))}</p>"
+        f"<table id='comparison'><tr>{head}</tr>{body}</table>"
+        "<p>Speed-up and shrink are against the teacher (PyTorch fp32) in the same run; Δ acc. in points.</p>"
+        f"{figures}{search_html}<h2>Environment</h2><p>{esc(_environment_line(environment))}</p></body></html>"
+    )
+
+
+def write_deployable_model(
+    model: Path,
+    output: Path,
+    benchmark: dict[str, Any],
+    variants: list[Any],
+    config: ReportConfig,
+    threads: int | None = None,
+) -> Path | None:
+    """Copy the final model to `output` with its session settings and a model card holding the measured numbers."""
+    from slimformer.artifacts import atomic_output_dir
+    from slimformer.predictor import SESSION_FILE, default_threads
+
+    if not config.deploy:
+        return None
+    model = Path(model)
+    final = next((v for v in variants if Path(v.path) == model), None)
+    row = next((r for r in comparison_rows(benchmark) if final and r["model"] == final.name), None)
+    with atomic_output_dir(output) as folder:
+        for item in model.iterdir():
+            if item.is_file() and item.name not in ("metrics.json", SESSION_FILE):
+                shutil.copy2(item, folder / item.name)
+        session = {"threads": threads or default_threads(), "max_length": 64, "graph_optimization_level": "all"}
+        if (model / SESSION_FILE).is_file():
+            session.update(json.loads((model / SESSION_FILE).read_text()))
+        write_json(folder / SESSION_FILE, session)
+        write_json(folder / "labels.json", _labels(model))
+        (folder / "README.md").write_text(_model_card(model, row, benchmark, variants))
+        write_json(folder / "metrics.json", {"stage": "deploy", "source": str(model), "benchmark": row})
+    return output
+
+
+def _labels(model: Path) -> list[str]:
+    from slimformer.models import classifier_labels
+
+    return classifier_labels(model) or []
+
+
+def _model_card(model: Path, row: dict[str, Any] | None, benchmark: dict[str, Any], variants: list[Any]) -> str:
+    lineage = " → ".join(f"{v.name} ({v.stage})" for v in variants)
+    backend = "ONNX Runtime (`model.onnx`)" if (model / "model.onnx").is_file() else "PyTorch / transformers"
+    lines = [
+        "# slimformer model",
+        "",
+        f"Intent classifier produced by `slimformer run`. Backend: {backend}.",
+        "",
+        f"Made by: {lineage}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import slimformer",
+        "predictor = slimformer.load('model')",
+        "labels, scores = predictor.predict(['how do i set an alarm for 7am'])",
+        "```",
+        "",
+        "or serve it: `slimformer serve model --port 8000`.",
+        "",
+        "## Measured",
+        "",
+    ]
+    if row:
+        lines += [
+            f"- accuracy {row['accuracy']:.4f} ({row['accuracy_delta_points']:+.2f} points vs the teacher); "
+            f"in-scope accuracy {_fmt(row['in_scope_accuracy'])}; OOS recall {_fmt(row['oos_recall'])}",
+            f"- latency p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms at batch 1 "
+            f"({row['speedup']:.1f}x faster than the teacher in PyTorch fp32)",
+            f"- size {row['size_mb']:.1f} MB ({row['shrink']:.1f}x smaller than the teacher)",
+            f"- throughput {row['throughput_per_s']:.0f} queries/s at batch 32",
+        ]
+    lines += ["", "## How it was measured", "", _method_line(benchmark), "", _environment_line(benchmark["environment"])]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"

@@ -1,0 +1,123 @@
+"""Recipes: validation errors are one line, finished stages are reused, a killed stage is redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimformer.errors import ConfigError
+from slimformer.pipeline import load_recipe, parse_recipe, run_recipe
+
+
+def write_recipe(path: Path, model: Path, data: Path, stages: list) -> Path:
+    path.write_text(yaml.safe_dump({"model": str(model), "data": str(data), "seed": 1, "threads": 1, "stages": stages}))
+    return path
+
+
+FAST_FINETUNE = {"stage": "finetune-teacher", "epochs": 1, "learning_rate": 1e-3, "batch_size": 16}
+FAST_BENCH = {"latency_samples": 5, "warmup": 1, "max_samples": 24}
+
+
+def test_default_recipe_is_valid_and_commented():
+    recipe = load_recipe()
+    kinds = [stage.kind for stage in recipe.stages]
+    assert kinds[0] == "finetune-teacher"
+    assert kinds[-2:] == ["benchmark-all", "report"]
+    text = Path(recipe.source).read_text()
+    assert text.count("#") >= 20  # every key explained
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"stages": [{"stage": "distil"}]}, "unknown stage 'distil'"),
+        ({"stages": [{"stage": "finetune-teacher", "epoch": 2}]}, "unknown option 'epoch'"),
+        ({"stages": [{"stage": "finetune-teacher", "epochs": -1}]}, "epochs must be > 0"),
+        ({"stages": [{"stage": "benchmark-all", "threads": 0}]}, "threads must be >= 1"),
+        ({"stages": []}, "'stages' must be a non-empty list"),
+        ({"stages": [{"epochs": 1}]}, "must be a mapping with a 'stage' key"),
+        ({"modle": "x", "stages": ["report"]}, "unknown recipe key 'modle'"),
+        ([1, 2], "a recipe is a mapping"),
+    ],
+)
+def test_recipe_validation_errors(raw, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_recipe(raw)
+    assert "\n" not in str(caught.value)
+
+
+def test_cli_reports_bad_recipe_in_one_line(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("stages:\n  - stage: quantise\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown stage 'quantise'" in result.stderr
+    (tmp_path / "broken.yaml").write_text("stages: [\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "slimformer.cli", "run", str(tmp_path / "broken.yaml")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_run_reuses_finished_stages(tiny_base_dir, clinc_slice_dir, tmp_path, monkeypatch):
+    import slimformer.finetune
+
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path / "r.yaml", tiny_base_dir, clinc_slice_dir,
+            [FAST_FINETUNE, {"stage": "benchmark-teacher", **FAST_BENCH}, {"stage": "benchmark-all", **FAST_BENCH},
+             "report"],
+        )
+    )
+    calls = []
+    real = slimformer.finetune.finetune
+    monkeypatch.setattr(slimformer.finetune, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = run_recipe(recipe, tmp_path / "run")
+    assert [s["cached"] for s in first["stages"]] == [False, False, False, False]
+    second = run_recipe(recipe, tmp_path / "run")
+    assert [s["cached"] for s in second["stages"]][:3] == [True, True, True]
+    assert len(calls) == 1
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert (tmp_path / "run" / "model" / "README.md").is_file()
+    assert json.loads((tmp_path / "run" / "model" / "labels.json").read_text())[0] == "alarm"
+
+
+def test_killed_stage_leaves_no_finished_artifact_and_is_redone(tiny_base_dir, clinc_slice_dir, tmp_path):
+    """kill -9 in the middle of fine-tuning; the next run redoes only that stage."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_base_dir, clinc_slice_dir,
+        [{**FAST_FINETUNE, "epochs": 400}, {"stage": "benchmark-teacher", **FAST_BENCH}],
+    )
+    stages = tmp_path / "run" / "stages"
+    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(stages.glob(".tmp-*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(stages.glob(".tmp-*")), "the stage should have been mid-way"
+    assert not [p for p in stages.iterdir() if not p.name.startswith(".")]  # nothing looks finished
+
+    quick = load_recipe(recipe)
+    quick.stages[0].options["epochs"] = 1
+    summary = run_recipe(quick, tmp_path / "run")
+    assert [s["cached"] for s in summary["stages"]] == [False, False]
+    assert not list(stages.glob(".tmp-*"))
+    assert len([p for p in stages.iterdir() if (p / "metrics.json").is_file()]) == 2
