@@ -224,7 +224,7 @@ def write_plot(results: list[dict[str, Any]], path: str | Path, title: str = "Ac
             result["model"],
             (result["latency_ms"]["p50"], 100 * result["accuracy"]),
             textcoords="offset points",
-            xytext=(0, 12),
+            xytext=(0, area**0.5 / 2 + 4),
             ha="center",
             fontsize=8,
         )
