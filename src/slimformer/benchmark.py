@@ -344,4 +344,12 @@ def _current_rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS of this process. VmHWM belongs to the address space, so a spawned child reports its own peak;
+    ru_maxrss would carry the parent's peak across fork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -285,9 +285,20 @@ def _stage_config(state: RunState, stage: Stage) -> Any:
             overrides["latency_samples"] = min(int(stage.options.get("latency_samples", 1000)), QUICK_LATENCY_SAMPLES)
         if "trials" in names:
             overrides["trials"] = min(int(stage.options.get("trials", 8)), 2)
-    if STAGE_KINDS[stage.kind].uses_teacher and "teacher" in names and "teacher" not in stage.options:
-        overrides["teacher"] = str(state.teacher) if state.teacher else None
+    if _wants_teacher(stage) and "teacher" in names and "teacher" not in stage.options and state.teacher:
+        overrides["teacher"] = str(state.teacher)
     return build_config(stage, overrides=overrides)
+
+
+def _wants_teacher(stage: Stage) -> bool:
+    """Only stages that train against the teacher get it: vocabulary pruning and post-training quantization don't."""
+    if not STAGE_KINDS[stage.kind].uses_teacher:
+        return False
+    if stage.kind == "prune":
+        return stage.options.get("method") != "vocab"
+    if stage.kind == "quantize":
+        return stage.options.get("method") == "qat"
+    return True
 
 
 def _constructible(cls: type) -> bool:

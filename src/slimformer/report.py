@@ -249,7 +249,8 @@ def write_deployable_model(
                 shutil.copy2(item, folder / item.name)
         session = {"threads": threads or default_threads(), "max_length": 64, "graph_optimization_level": "all"}
         if (model / SESSION_FILE).is_file():
-            session.update(json.loads((model / SESSION_FILE).read_text()))
+            saved = json.loads((model / SESSION_FILE).read_text())
+            session.update({key: value for key, value in saved.items() if value is not None})
         write_json(folder / SESSION_FILE, session)
         write_json(folder / "labels.json", _labels(model))
         (folder / "README.md").write_text(_model_card(model, row, benchmark, variants))
