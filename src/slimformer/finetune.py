@@ -21,6 +21,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
     max_length: int = 64  # CLINC150 queries are at most 33 tokens
+    group_by_length: bool = True  # batch queries of similar length: far less padding, about 2x faster on CPU
     seed: int = 42
     max_train_samples: int | None = None  # subsample the training split (quick runs)
     max_eval_samples: int | None = None  # subsample validation and test
@@ -67,6 +68,7 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
                 weight_decay=config.weight_decay,
                 warmup_steps=config.warmup_ratio,
                 seed=config.seed,
+                train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             )
         )
         trainer = Trainer(
