@@ -153,10 +153,18 @@ def load(path: str | Path, threads: int | None = None, max_length: int | None = 
     folder = resolve_model_path(path)
     saved = json.loads((folder / SESSION_FILE).read_text()) if (folder / SESSION_FILE).is_file() else {}
     threads = threads or saved.get("threads") or default_threads()
-    max_length = max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH
+    max_length = max_length or saved.get("max_length") or _model_max_length(folder)
     if (folder / ONNX_FILE).is_file():
         return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
     return TorchPredictor(folder, threads, max_length)
+
+
+def _model_max_length(folder: Path) -> int:
+    """DEFAULT_MAX_LENGTH, capped by the model's position embeddings (a tiny model may have fewer than 128)."""
+    from slimformer.models import read_config
+
+    positions = read_config(folder).get("max_position_embeddings") or DEFAULT_MAX_LENGTH
+    return min(DEFAULT_MAX_LENGTH, int(positions))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

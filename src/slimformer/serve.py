@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 MODEL_ENV = "SLIMFORMER_SERVE_MODEL"
 CONFIG_ENV = "SLIMFORMER_SERVE_CONFIG"
 JSON_MEDIA_TYPES = ("application/json",)
+NOT_ONLY_WHITESPACE = r"[^ \t\n\r\f\v]"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
@@ -53,7 +55,8 @@ class ServeConfig:
     max_batch_size: int = 32  # most texts the predictor sees in one call
     max_wait_ms: float = 2.0  # how long a batch waits for more requests, once requests arrive together
     max_pending_texts: int = 4096  # queued texts beyond which new requests get 503 (back-pressure)
-    threads: int | None = None  # predictor intra-op threads (default: available cores / workers)
+    inline_lone_requests: bool = True  # run a lone request on the event loop: no thread hop when idle
+    threads: int | None = None  # predictor intra-op threads (default: (available cores - 1) / workers)
     max_length: int | None = None  # model max tokens (default: the folder's session.json, else 128)
     top_k: int = 0  # top-k list returned when a request does not ask (0: none)
     max_top_k: int = 20  # largest top_k a request may ask for
@@ -79,12 +82,18 @@ class ServeConfig:
             raise ConfigError(f"max length must be >= 2 tokens, got {self.max_length}")
         if not 0 <= self.top_k <= self.max_top_k:
             raise ConfigError(f"top k must be in 0..{self.max_top_k}, got {self.top_k}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
 
     def predictor_threads(self) -> int:
-        """Intra-op threads per worker: the cores this process may use, shared between the workers."""
+        """Intra-op threads per worker: all cores but one (the event loop's), shared between the workers.
+
+        The event loop parses and answers requests while a batch runs; giving the model every core makes
+        the two fight over them (on 2 loaded cores, 2 threads ran the teacher ~6x slower than 1).
+        """
         from slimformer.predictor import default_threads
 
-        return self.threads or max(1, default_threads() // self.workers)
+        return self.threads or max(1, (default_threads() - 1) // self.workers)
 
 
 class ServeError(Exception):
@@ -109,13 +118,21 @@ def _drop_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+def _json_integer(value: Any) -> Any:
+    # an integer as JSON Schema means it: 2 and 2.0 are, true and "2" are not (pydantic's lax mode takes them)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"must be an integer, not {_json_type(value)}")
+    return value
+
+
 def build_models(config: ServeConfig) -> dict[str, type]:
     """Pydantic models for /predict and the other endpoints, with this config's limits in their schema."""
-    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
     text_type = Annotated[
         str,
-        StringConstraints(min_length=1, max_length=config.max_chars_per_text, pattern=r"\S"),
+        # not only ASCII whitespace; `\S` would differ between regex engines (U+0085 and friends)
+        StringConstraints(min_length=1, max_length=config.max_chars_per_text, pattern=NOT_ONLY_WHITESPACE),
     ]
 
     class PredictRequest(BaseModel):
@@ -141,6 +158,8 @@ def build_models(config: ServeConfig) -> dict[str, type]:
             description=f"Also return the k most probable labels (0: none; default {config.top_k}; "
             "capped at the number of labels).",
         )
+
+        _top_k_is_integer = field_validator("top_k", mode="before")(_json_integer)
 
         @model_validator(mode="after")
         def _exactly_one_input(self) -> "PredictRequest":
@@ -207,7 +226,6 @@ class _Job:
     texts: list[str]
     top_k: int
     future: asyncio.Future
-    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
@@ -216,7 +234,9 @@ class MicroBatcher:
     One asyncio task forms batches; the predictor runs in a single dedicated thread, so inference never
     blocks the event loop and never runs twice at once. A batch waits up to `max_wait_ms` for more requests
     only while load shows they arrive together (the previous batch held more than one request), so a lone
-    request pays no waiting time.
+    request pays no waiting time. With `inline_lone_requests`, a lone request on an idle server runs on the
+    event loop itself: the hand-over to the thread and back costs more than a fast model's whole call when
+    the CPUs are busy, and with nothing else queued there is nothing for the loop to do meanwhile.
     """
 
     def __init__(
@@ -227,6 +247,7 @@ class MicroBatcher:
         max_wait_ms: float,
         max_pending_texts: int,
         on_batch: Callable[[int, float], None] | None = None,
+        inline_lone_requests: bool = False,
     ) -> None:
         self.run_batch = run_batch
         self.executor = executor
@@ -234,6 +255,7 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_pending_texts = max_pending_texts
         self.on_batch = on_batch
+        self.inline_lone_requests = inline_lone_requests
         self._pending: deque[_Job] = deque()
         self._pending_texts = 0
         self._wakeup = asyncio.Event()
@@ -257,9 +279,13 @@ class MicroBatcher:
     def pending_texts(self) -> int:
         return self._pending_texts
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def submit(self, texts: list[str], top_k: int) -> list[TextResult]:
         """Queue `texts` and wait for their results (in order)."""
-        if self._task is None or self._task.done():
+        if not self.running:
             raise ServeError(503, "not_ready", "the model is not loaded")
         if self._pending_texts + len(texts) > self.max_pending_texts:
             message = f"more than {self.max_pending_texts} texts are queued; retry later"
@@ -284,8 +310,12 @@ class MicroBatcher:
             texts = [text for job in jobs for text in job.texts]
             top_k = max(job.top_k for job in jobs)
             started = time.perf_counter()
+            inline = self.inline_lone_requests and len(jobs) == 1 and not self._pending and len(texts) == 1
             try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, texts, top_k)
+                if inline:
+                    results = self.run_batch(texts, top_k)
+                else:
+                    results = await loop.run_in_executor(self.executor, self.run_batch, texts, top_k)
             except Exception as exc:  # a failing batch fails its requests, never the batcher
                 for job in jobs:
                     if not job.future.done():
@@ -521,7 +551,7 @@ def _error_response(exc: ServeError, headers: dict[str, str] | None = None) -> A
 
 _MESSAGES = {
     "string_too_short": lambda e: "must not be empty",
-    "string_pattern_mismatch": lambda e: "must contain at least one non-whitespace character",
+    "string_pattern_mismatch": lambda e: "must contain a character other than spaces, tabs and line breaks",
     "string_too_long": lambda e: (
         f"has {len(e['input'])} characters; the limit is {e['ctx']['max_length']} "
         "(texts under the limit but over the model's max tokens are truncated, not rejected)"
@@ -535,6 +565,10 @@ _MESSAGES = {
     "string_type": lambda e: f"must be a string, not {_json_type(e.get('input'))}",
     "list_type": lambda e: f"must be a list of strings, not {_json_type(e.get('input'))}",
     "string_unicode": lambda e: "is not valid Unicode (it holds a lone surrogate)",
+    "less_than_equal": lambda e: f"must be <= {e['ctx']['le']}",
+    "greater_than_equal": lambda e: f"must be >= {e['ctx']['ge']}",
+    "int_from_float": lambda e: "must be a whole number",
+    "int_type": lambda e: f"must be an integer, not {_json_type(e.get('input'))}",
 }
 
 
@@ -634,10 +668,12 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
                 "max_length": state.predictor.max_length,
                 "predictor": predictor_settings,
                 "process_cpus": _process_cpus(),
-                "threads_choice": "intra-op threads = cores available / workers, one inference at a time: "
-                                  "batches use every core and never compete for them",
+                "threads_choice": "set by the threads option" if config.threads else
+                "(cores available - 1) / workers: one core stays with the event loop; one inference at a "
+                "time per worker, so batches never compete with each other",
                 "batching": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
-                             "max_pending_texts": config.max_pending_texts},
+                             "max_pending_texts": config.max_pending_texts,
+                             "inline_lone_requests": config.inline_lone_requests},
                 "limits": {"max_texts_per_request": config.max_texts_per_request,
                            "max_chars_per_text": config.max_chars_per_text,
                            "max_body_bytes": config.max_body_bytes, "max_top_k": config.max_top_k},
@@ -646,9 +682,10 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
             state.batcher = MicroBatcher(
                 lambda texts, k: predict_batch(state.predictor, texts, k, config.max_batch_size),
                 executor, config.max_batch_size, config.max_wait_ms, config.max_pending_texts,
-                on_batch=metrics.observe_batch,
+                on_batch=metrics.observe_batch, inline_lone_requests=config.inline_lone_requests,
             )
             state.batcher.start()
+            metrics.pending.set_function(lambda: state.batcher.pending_texts)  # read at scrape time
             state.ready = True
             yield
         finally:
@@ -708,7 +745,6 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
             raise ServeError(503, "not_ready", "the model is not loaded yet")
         texts = body.all_texts()
         top_k = config.top_k if body.top_k is None else body.top_k
-        metrics.pending.set(state.batcher.pending_texts + len(texts))
         results = await state.batcher.submit(texts, top_k)
         metrics.texts.inc(len(results))
         truncated = sum(r.truncated for r in results)
@@ -730,7 +766,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
                                                                 "description": "Model not loaded"}},
              summary="The model is loaded and requests are served")
     async def readyz() -> Any:
-        if not state.ready:
+        if not state.ready or state.batcher is None or not state.batcher.running:
             raise ServeError(503, "not_ready", "the model is not loaded yet")
         return {"status": "ready"}
 
