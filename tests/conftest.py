@@ -68,7 +68,8 @@ def build_tokenizer(folder: Path, texts: list[str]):
     vocab = SPECIAL_TOKENS + chars + [f"##{c}" for c in chars] + [w for w in words if w not in chars]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores `vocab_file=` here: pass the vocabulary itself
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(folder)
     return tokenizer

@@ -1,0 +1,785 @@
+"""`slimformer quantize`: INT8 models, each compared with its fp32 reference on the validation split.
+
+Methods (``QuantizeConfig.method``):
+
+- ``dynamic``: ONNX Runtime dynamic quantization (int8 weights, per-channel by default, embeddings included;
+  activations quantized per batch at run time). The fast path on CPU.
+- ``static``: ONNX Runtime static QDQ quantization, activation ranges calibrated on N training examples
+  (MinMax, Entropy or Percentile).
+- ``torch-dynamic``: the book's ``torch.ao.quantization.quantize_dynamic`` on the Linear layers, kept as a
+  baseline. PyTorch cannot save that model portably (only pickling it would), so the folder holds the fp32
+  checkpoint plus ``quantization.json``; :func:`slimformer.load` applies the same quantization when loading.
+- ``qat``: quantization-aware fine-tuning — every encoder Linear sees int8 fake-quantized weights and
+  activations (the rounding ORT's dynamic quantization will apply), trained with the distillation loss
+  against an fp32 teacher (the model itself unless another is given) — then exported and quantized with
+  ORT dynamic quantization using the same settings.
+
+With ``max_accuracy_drop``, the ONNX methods become accuracy-aware: when validation accuracy falls by more
+than that many points, a sensitivity pass quantizes everything but one layer group at a time, and the most
+sensitive groups are kept in fp32 (``nodes_to_exclude``) until the drop fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
+from slimformer.errors import ConfigError, DataError, ModelError
+from slimformer.onnx.runtime import (
+    ONNX_FILE,
+    EncodedBatches,
+    copy_model_files,
+    encode_batches,
+    isa_flags,
+    make_session,
+    onnx_logits,
+    parity,
+    parity_texts,
+    split_metrics,
+    torch_logits,
+    write_session_file,
+)
+
+if TYPE_CHECKING:
+    from slimformer.data import DataSplits
+
+QUANTIZATION_METHODS = ("dynamic", "static", "torch-dynamic", "qat")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANTIZATION_FILE = "quantization.json"
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# ops whose weights ORT dynamic quantization turns to int8 (Gather / EmbedLayerNormalization: embeddings;
+# Gemm: the pooler and classifier, quantized as MatMulInteger)
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
+# ops static QDQ quantization covers here: ORT has no QDQ form of the fused Attention op
+STATIC_OPS = ("MatMul", "Gemm", "Gather")
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
+# op types that show a graph was quantized, counted in metrics.json
+QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "QAttention", "QEmbedLayerNormalization",
+                 "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass
+class QuantizeConfig:
+    """Options of `slimformer quantize`."""
+
+    method: str = "dynamic"  # dynamic | static | torch-dynamic | qat
+    per_channel: bool = True  # one weight scale per output channel (more accurate, about as fast)
+    reduce_range: bool | None = None  # 7-bit weights; None: True exactly when the CPU lacks VNNI
+    quantize_embeddings: bool = True  # int8 word/position embeddings too (most of MiniLM's size)
+    calibration_samples: int = 256  # static: training examples the activation ranges are calibrated on
+    calibration_method: str = "minmax"  # static: minmax | entropy | percentile
+    max_accuracy_drop: float | None = None  # accuracy-aware mode: allowed validation accuracy loss in points
+    optimize_level: int = 2  # ORT optimizer level used when a PyTorch checkpoint is exported first
+    max_eval_samples: int | None = None  # validation rows used for accuracy (None: all)
+    sensitivity_samples: int | None = 1000  # validation rows used by the per-layer sensitivity pass
+    max_length: int = 128  # tokenizer truncation (saved in session.json)
+    threads: int | None = None  # intra-op threads saved in session.json (None: every core at load time)
+    # qat only
+    teacher: str | None = None  # fp32 teacher of the distillation loss (None: the model itself before QAT)
+    alpha: float = 0.5  # weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher
+    temperature: float = 2.0  # distillation softmax temperature
+    epochs: float = 1.0  # QAT passes over the training split (a short fine-tune from the fp32 weights)
+    learning_rate: float = 2e-5  # small: QAT starts from trained weights
+    batch_size: int = 32
+    max_train_samples: int | None = None  # subsample the training split (QAT and calibration)
+    seed: int = 42
+
+    def validate(self, data: DataSplits | None = None) -> None:
+        if self.method not in QUANTIZATION_METHODS:
+            methods = ", ".join(QUANTIZATION_METHODS)
+            raise ConfigError(f"unknown quantization method {self.method!r}; use one of {methods}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"unknown calibration method {self.calibration_method!r}; use one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        if self.calibration_samples < 1:
+            raise ConfigError(f"calibration samples must be >= 1, got {self.calibration_samples}")
+        if self.max_accuracy_drop is not None and not -100 <= self.max_accuracy_drop <= 100:
+            raise ConfigError(f"max accuracy drop is in points (0-100), got {self.max_accuracy_drop}")
+        if self.max_accuracy_drop is not None and self.method == "torch-dynamic":
+            raise ConfigError("accuracy-aware mode (--max-accuracy-drop) works on the ONNX methods, not torch-dynamic")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("qat needs 0 <= alpha <= 1, temperature > 0, epochs > 0 and learning rate > 0")
+        if data is None and (self.method in ("static", "qat") or self.max_accuracy_drop is not None):
+            what = "accuracy-aware mode" if self.max_accuracy_drop is not None else f"method {self.method!r}"
+            raise DataError(f"{what} needs a dataset (--data): it calibrates, trains or measures accuracy on it")
+
+
+def choose_reduce_range(requested: bool | None) -> tuple[bool, str]:
+    """reduce_range and why: asked for explicitly, or True exactly when the CPU has no VNNI instructions."""
+    if requested is not None:
+        return requested, "set explicitly"
+    found = sorted(set(VNNI_FLAGS) & isa_flags())
+    if found:
+        return False, (f"CPU has VNNI ({', '.join(found)}): 8-bit products accumulate without saturation, "
+                       "so full 8-bit weights (onnxruntime's guidance for U8S8 on VNNI CPUs)")
+    return True, ("CPU has no VNNI: 7-bit weights avoid int16 saturation of U8S8 products "
+                  "(onnxruntime's guidance for x86 CPUs without VNNI)")
+
+
+def quantize(
+    model_dir: str | Path, output: str | Path, config: QuantizeConfig, data: DataSplits | None = None
+) -> dict[str, Any]:
+    """Quantize `model_dir` with ``config.method`` into `output` and return its metrics.
+
+    `model_dir` is a PyTorch classifier checkpoint (exported and optimized on the way for the ONNX methods)
+    or, for dynamic / static, an ONNX folder (quantized as it is: give the optimized one). `data` gives the
+    validation split for accuracy and agreement (else built-in sentences, agreement only) and the training
+    split for calibration / QAT. metrics.json records the method, settings (reduce_range and why), accuracy
+    of the fp32 reference and the INT8 model, their delta in points, argmax agreement, sizes and, in
+    accuracy-aware mode, the sensitivity pass and the layers kept in fp32.
+    """
+    from slimformer.models import resolve_model_path
+
+    config.validate(data)
+    source = resolve_model_path(model_dir)
+    is_onnx = (source / ONNX_FILE).is_file()
+    if config.method in ("torch-dynamic", "qat") and is_onnx:
+        raise ModelError(f"method {config.method!r} takes a PyTorch checkpoint, and {source} is an ONNX folder")
+    if not is_onnx:
+        _check_classifier(source, data)
+    if config.method == "torch-dynamic":
+        return _torch_dynamic(source, output, config, data)
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".work-{output.name}-", dir=output.parent) as work_dir:
+        work = Path(work_dir)
+        qat_report: dict[str, Any] | None = None
+        reference_model = source
+        if config.method == "qat":
+            assert data is not None  # validate() checked
+            # the accuracy delta stays against `reference_model`: the model as it was before QAT
+            qat_report = _quantization_aware_training(source, work / "qat", config, data)
+            source = work / "qat"
+        fp32_dir = source if is_onnx else _export_and_optimize(source, work, config)
+        return _ort_quantize_folder(fp32_dir, output, work, config, data, reference_model, qat_report)
+
+
+# --- ONNX Runtime methods ---------------------------------------------------------------------------------
+
+
+def _export_and_optimize(checkpoint: Path, work: Path, config: QuantizeConfig) -> Path:
+    from slimformer.onnx.export import ExportConfig, export_onnx
+    from slimformer.onnx.optimize import OptimizeConfig, optimize_onnx
+
+    export_onnx(checkpoint, work / "fp32", ExportConfig(max_length=config.max_length, threads=config.threads))
+    optimize_onnx(work / "fp32", work / "fp32-optimized",
+                  OptimizeConfig(level=config.optimize_level, max_length=config.max_length, threads=config.threads))
+    return work / "fp32-optimized"
+
+
+@dataclass
+class _Evaluation:
+    """Pre-tokenized texts with labels in the model's label order (None: agreement only)."""
+
+    encoded: EncodedBatches
+    labels: np.ndarray | None
+
+    def accuracy(self, logits: np.ndarray) -> float | None:
+        return None if self.labels is None else float((logits.argmax(axis=-1) == self.labels).mean())
+
+
+def _ort_quantize_folder(
+    fp32_dir: Path,
+    output: Path,
+    work: Path,
+    config: QuantizeConfig,
+    data: DataSplits | None,
+    reference_model: Path,
+    qat_report: dict[str, Any] | None,
+) -> dict[str, Any]:
+    from slimformer.models import classifier_labels, load_tokenizer, read_config
+
+    fp32_model = fp32_dir / ONNX_FILE
+    tokenizer = load_tokenizer(fp32_dir)
+    model_labels = classifier_labels(fp32_dir) or _id2label(read_config(fp32_dir))
+    texts, label_ids, text_source = parity_texts(data, config.max_eval_samples)
+    evaluation = _evaluation(tokenizer, texts, label_ids, model_labels, data, config.max_length)
+    sensitivity_set = evaluation
+    if config.sensitivity_samples is not None and config.sensitivity_samples < len(texts):
+        # evenly spaced rows: a split stored intent by intent would otherwise give a few intents only
+        rows = np.linspace(0, len(texts) - 1, config.sensitivity_samples).astype(int)
+        sensitivity_set = _evaluation(
+            tokenizer, [texts[i] for i in rows], None if label_ids is None else [label_ids[i] for i in rows],
+            model_labels, data, config.max_length,
+        )
+    reduce_range, reduce_range_reason = choose_reduce_range(config.reduce_range)
+    op_types = _op_types(config)
+    calibration = _calibration(tokenizer, data, config, work) if config.method == "static" else None
+    static_input = _with_inferred_shapes(fp32_model, work / "shape-inferred.onnx") if calibration else fp32_model
+
+    def quantize_excluding(excluded: list[str], path: Path) -> Path:
+        # the dynamic quantizer rewrites a Gemm into a MatMul named "<gemm>_MatMul" before it reads the list
+        excluded = [*excluded, *(f"{name}_MatMul" for name in excluded)]
+        if config.method == "static":
+            _static(static_input, path, config, reduce_range, op_types, excluded, calibration)
+        else:
+            _dynamic(fp32_model, path, config, reduce_range, op_types, excluded)
+        return path
+
+    reference_logits = _reference_logits(fp32_model, reference_model, evaluation, qat_report is not None, config)
+    reference_accuracy = evaluation.accuracy(reference_logits)
+    started = time.perf_counter()
+    candidate = quantize_excluding([], work / "int8-all.onnx")
+    search: dict[str, Any] | None = None
+    if config.max_accuracy_drop is not None:
+        candidate, search = _fit_accuracy_budget(
+            fp32_model, candidate, work, config, op_types, evaluation, sensitivity_set, reference_accuracy,
+            quantize_excluding,
+        )
+    quantize_seconds = time.perf_counter() - started
+
+    with atomic_output_dir(output) as folder:
+        shutil.copy2(candidate, folder / ONNX_FILE)
+        copy_model_files(fp32_dir, folder)
+        settings = write_session_file(folder, config.threads, config.max_length)
+        quantized_logits = onnx_logits(make_session(folder / ONNX_FILE, config.threads), evaluation.encoded)
+        agreement = parity(reference_logits, quantized_logits)
+        metrics: dict[str, Any] = {
+            "stage": "quantize",
+            "method": config.method,
+            "source_model": str(reference_model),
+            "config": asdict(config),
+            "format": "QDQ (static activation ranges)" if config.method == "static" else "dynamic (QOperator)",
+            "weight_type": "int8 (symmetric)",
+            "activation_type": "uint8 (asymmetric)",
+            "per_channel": config.per_channel,
+            "reduce_range": reduce_range,
+            "reduce_range_reason": reduce_range_reason,
+            "quantized_op_types": list(op_types),
+            "embeddings_quantized": config.quantize_embeddings,
+            "quantized_nodes": _op_histogram(folder / ONNX_FILE, QUANTIZED_OPS),
+            "reference": "fp32 PyTorch model before QAT" if qat_report else "fp32 ONNX model (= PyTorch within 1e-4)",
+            "agreement": {**agreement, "texts": text_source},
+            "quantize_seconds": round(quantize_seconds, 1),
+            "fp32_size_mb": round(fp32_model.stat().st_size / 1e6, 2),
+            "size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
+            "session": settings,
+        }
+        metrics["size_ratio"] = round(metrics["fp32_size_mb"] / metrics["size_mb"], 2)
+        if config.method == "static":
+            metrics["calibration"] = {"method": config.calibration_method, "samples": calibration["samples"],
+                                      "texts": "training split"}
+        if qat_report is not None:
+            metrics["qat"] = qat_report
+        if search is not None:
+            metrics["accuracy_aware"] = search
+        if data is not None and label_ids is not None:
+            metrics["data"] = data.name
+            metrics["data_fingerprint"] = data.fingerprint
+            metrics["reference_validation"] = split_metrics(reference_logits, label_ids, model_labels, data)
+            metrics["validation"] = split_metrics(quantized_logits, label_ids, model_labels, data)
+            metrics["accuracy_delta_points"] = round(
+                100 * (metrics["validation"]["accuracy"] - metrics["reference_validation"]["accuracy"]), 3
+            )
+        write_metrics(folder, metrics)
+    return metrics
+
+
+def _reference_logits(
+    fp32_model: Path, reference_model: Path, evaluation: _Evaluation, before_qat: bool, config: QuantizeConfig
+) -> np.ndarray:
+    """fp32 logits the INT8 model is compared with: the fp32 ONNX graph, or the original PyTorch model for QAT."""
+    if not before_qat:
+        return onnx_logits(make_session(fp32_model, config.threads), evaluation.encoded)
+    from slimformer.models import load_classifier
+
+    return torch_logits(load_classifier(reference_model), evaluation.encoded)
+
+
+def _dynamic(
+    fp32_model: Path, output: Path, config: QuantizeConfig, reduce_range: bool, op_types: tuple[str, ...],
+    excluded: list[str],
+) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(
+            fp32_model, output, op_types_to_quantize=list(op_types), per_channel=config.per_channel,
+            reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            # the optimizer's fused contrib ops lack type info the quantizer needs: assume float tensors
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+
+def _static(
+    fp32_model: Path, output: Path, config: QuantizeConfig, reduce_range: bool, op_types: tuple[str, ...],
+    excluded: list[str], calibration: dict[str, Any] | None,
+) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    assert calibration is not None
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    with _quiet():
+        quantize_static(
+            fp32_model, output, calibration["reader"](), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types), per_channel=config.per_channel, reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            calibrate_method=methods[config.calibration_method],
+            # ranges are computed once and reused by every quantization of the accuracy-aware search
+            calibration_cache_path=calibration["cache"],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "CalibMovingAverage": False},
+        )
+
+
+def _with_inferred_shapes(fp32_model: Path, output: Path) -> Path:
+    """A fused graph with every tensor's type known (static quantization skips tensors of unknown type, and ONNX
+    shape inference cannot see through the optimizer's contrib ops): ORT's symbolic shape inference, without
+    its graph optimization. A plain exported graph is returned as it is."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    graph = onnx.load(str(fp32_model), load_external_data=False).graph
+    if not any(node.domain == "com.microsoft" for node in graph.node):
+        return fp32_model
+    try:
+        # chdir: on failure the shape inference drops a debug model into the working directory
+        with _quiet(), contextlib.chdir(output.parent):
+            quant_pre_process(fp32_model.resolve(), output.resolve(), skip_optimization=True)
+    except Exception as exc:  # symbolic shape inference raises bare Exceptions
+        raise ModelError(f"shape inference for static quantization failed on {fp32_model}: {exc}") from exc
+    return output
+
+
+def _calibration(tokenizer: Any, data: DataSplits | None, config: QuantizeConfig, work: Path) -> dict[str, Any]:
+    """A factory of CalibrationDataReaders over N shuffled training texts (one text per call)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    from slimformer.data import column
+
+    assert data is not None
+    train = data.train.shuffle(seed=config.seed)
+    texts = column(train.select(range(min(config.calibration_samples, len(train)))), "text")
+    # one row per call, all padded to the longest text: the histogram calibrators (entropy, percentile) stack
+    # every call's activations into one array, so their shapes must match
+    longest = max(len(ids) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"])
+    feeds = []
+    for text in texts:
+        row = tokenizer([text], padding="max_length", truncation=True, max_length=longest, return_tensors="np")
+        feeds.append({name: np.asarray(value, dtype=np.int64) for name, value in row.items()})
+
+    class TextReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    return {"reader": TextReader, "samples": len(texts), "cache": work / "calibration-ranges.json"}
+
+
+def _op_types(config: QuantizeConfig) -> tuple[str, ...]:
+    ops = STATIC_OPS if config.method == "static" else DYNAMIC_OPS
+    return ops if config.quantize_embeddings else tuple(op for op in ops if op not in EMBEDDING_OPS)
+
+
+# --- accuracy-aware mode ----------------------------------------------------------------------------------
+
+
+def layer_groups(model_path: str | Path, op_types: tuple[str, ...]) -> dict[str, list[str]]:
+    """The nodes quantization would touch, grouped by transformer layer ("embeddings", "layer.N", "head").
+
+    Fused Attention nodes are numbered in graph order (one per layer); other nodes carry the layer in the
+    module path the TorchScript exporter gives them (``/bert/encoder/layer.3/...``).
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    weights = {init.name for init in graph.initializer if len(init.dims) >= 2}
+    groups: dict[str, list[str]] = {}
+    attention_index = 0
+    for node in graph.node:
+        if node.op_type not in op_types or not any(name in weights for name in node.input):
+            continue  # e.g. a Gather of an activation: nothing to quantize
+        if node.op_type in ("Attention", "MultiHeadAttention"):
+            group = f"layer.{attention_index}"
+            attention_index += 1
+        elif match := re.search(r"layer\.(\d+)", node.name):
+            group = f"layer.{match.group(1)}"
+        elif node.op_type in EMBEDDING_OPS or "embedding" in node.name.lower():
+            group = "embeddings"
+        else:
+            group = "head"
+        groups.setdefault(group, []).append(node.name)
+    return groups
+
+
+def _fit_accuracy_budget(
+    fp32_model: Path,
+    all_quantized: Path,
+    work: Path,
+    config: QuantizeConfig,
+    op_types: tuple[str, ...],
+    evaluation: _Evaluation,
+    sensitivity_set: _Evaluation,
+    reference_accuracy: float | None,
+    quantize_excluding: Callable[[list[str], Path], Path],
+) -> tuple[Path, dict[str, Any]]:
+    """Keep the most sensitive layer groups in fp32 until the accuracy drop is within the budget."""
+    assert reference_accuracy is not None and config.max_accuracy_drop is not None
+
+    def accuracy_of(path: Path, on: _Evaluation) -> float:
+        return on.accuracy(onnx_logits(make_session(path, config.threads), on.encoded)) or 0.0
+
+    def drop_points(accuracy: float) -> float:
+        return round(100 * (reference_accuracy - accuracy), 3)
+
+    accuracy = accuracy_of(all_quantized, evaluation)
+    report: dict[str, Any] = {
+        "max_accuracy_drop": config.max_accuracy_drop,
+        "reference_accuracy": reference_accuracy,
+        "all_quantized_accuracy": accuracy,
+        "all_quantized_drop_points": drop_points(accuracy),
+        "sensitivity": [],
+        "kept_fp32": [],
+        "nodes_kept_fp32": [],
+    }
+    if drop_points(accuracy) <= config.max_accuracy_drop:
+        report.update(fits=True, final_accuracy=accuracy, final_drop_points=drop_points(accuracy))
+        return all_quantized, report
+
+    # sensitivity: quantize everything but one group; the accuracy that buys back is that group's cost
+    groups = layer_groups(fp32_model, op_types)
+    baseline = accuracy_of(all_quantized, sensitivity_set)
+    for index, (group, nodes) in enumerate(groups.items()):
+        candidate = quantize_excluding(nodes, work / f"sensitivity-{index}.onnx")
+        gain = accuracy_of(candidate, sensitivity_set) - baseline
+        report["sensitivity"].append(
+            {"group": group, "nodes": len(nodes), "accuracy_gain_points": round(100 * gain, 3)}
+        )
+        candidate.unlink()
+    ranked = sorted(report["sensitivity"], key=lambda entry: -entry["accuracy_gain_points"])
+
+    best, excluded = all_quantized, []
+    for step, entry in enumerate(ranked):
+        excluded += groups[entry["group"]]
+        report["kept_fp32"].append(entry["group"])
+        best = quantize_excluding(list(excluded), work / f"kept-{step}.onnx")
+        accuracy = accuracy_of(best, evaluation)
+        if drop_points(accuracy) <= config.max_accuracy_drop:
+            break
+    report.update(
+        nodes_kept_fp32=excluded,
+        fits=drop_points(accuracy) <= config.max_accuracy_drop,
+        final_accuracy=accuracy,
+        final_drop_points=drop_points(accuracy),
+    )
+    if not report["fits"]:
+        warnings.warn(
+            f"accuracy drop {drop_points(accuracy)} points still exceeds {config.max_accuracy_drop} with every "
+            "layer group in fp32", stacklevel=3,
+        )
+    return best, report
+
+
+# --- PyTorch dynamic quantization (baseline) --------------------------------------------------------------
+
+
+def _torch_dynamic(source: Path, output: str | Path, config: QuantizeConfig, data: DataSplits | None) -> dict[str, Any]:
+    import torch
+
+    from slimformer.models import classifier_labels, load_classifier, load_tokenizer
+    from slimformer.predictor import apply_torch_dynamic_quantization
+
+    tokenizer = load_tokenizer(source)
+    fp32 = load_classifier(source).eval()
+    model_labels = classifier_labels(source) or []
+    texts, label_ids, text_source = parity_texts(data, config.max_eval_samples)
+    evaluation = _evaluation(tokenizer, texts, label_ids, model_labels, data, config.max_length)
+    reference_logits = torch_logits(fp32, evaluation.encoded)
+    fp32_bytes = _state_dict_bytes(fp32)
+    started = time.perf_counter()
+    quantized = apply_torch_dynamic_quantization(load_classifier(source).eval())  # as load() does
+    quantize_seconds = time.perf_counter() - started
+    quantized_logits = torch_logits(quantized, evaluation.encoded)
+
+    with atomic_output_dir(output) as folder:
+        fp32.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        marker = {
+            "method": "torch-dynamic",
+            "modules": ["torch.nn.Linear"],
+            "dtype": "qint8",
+            "engine": torch.backends.quantized.engine,
+            "note": "weights are stored in fp32; slimformer.load applies "
+                    "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8) when loading this folder",
+        }
+        write_json(folder / QUANTIZATION_FILE, marker)
+        (folder / "README.md").write_text(
+            "# PyTorch dynamic INT8 (baseline)\n\n"
+            "`model.safetensors` holds the fp32 weights. A dynamically quantized PyTorch model can only be saved by "
+            "pickling it, so instead `quantization.json` tells `slimformer.load` to apply "
+            "`torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` at load time "
+            "(deterministic: the same int8 weights every time). Size on disk is therefore the fp32 size; "
+            "`metrics.json` records the in-memory int8 state size.\n"
+        )
+        metrics: dict[str, Any] = {
+            "stage": "quantize",
+            "method": "torch-dynamic",
+            "source_model": str(source),
+            "config": asdict(config),
+            "quantization": marker,
+            "quantized_linear_layers": sum(
+                1 for m in quantized.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+            ),
+            "reference": "fp32 PyTorch model",
+            "agreement": {**parity(reference_logits, quantized_logits), "texts": text_source},
+            "quantize_seconds": round(quantize_seconds, 2),
+            "fp32_state_mb": round(fp32_bytes / 1e6, 2),
+            "int8_state_mb": round(_state_dict_bytes(quantized) / 1e6, 2),
+            "size_on_disk": "fp32 checkpoint (quantized at load time)",
+        }
+        if data is not None and label_ids is not None:
+            metrics["data"] = data.name
+            metrics["data_fingerprint"] = data.fingerprint
+            metrics["reference_validation"] = split_metrics(reference_logits, label_ids, model_labels, data)
+            metrics["validation"] = split_metrics(quantized_logits, label_ids, model_labels, data)
+            metrics["accuracy_delta_points"] = round(
+                100 * (metrics["validation"]["accuracy"] - metrics["reference_validation"]["accuracy"]), 3
+            )
+        write_metrics(folder, metrics)
+    return metrics
+
+
+def _state_dict_bytes(model: Any) -> int:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
+
+
+# --- quantization-aware training --------------------------------------------------------------------------
+
+
+def _quantization_aware_training(
+    source: Path, output: Path, config: QuantizeConfig, data: DataSplits
+) -> dict[str, Any]:
+    """Fine-tune `source` with fake-quantized encoder Linears and the distillation loss; save the fp32
+    weights (fake-quant removed) as a checkpoint in `output` and return what was done."""
+    from transformers import set_seed
+
+    from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer, resolve_model_path
+    from slimformer.training import base_training_arguments, evaluate_classifier, tokenize_dataset
+
+    set_seed(config.seed)
+    reduce_range, _ = choose_reduce_range(config.reduce_range)
+    tokenizer = load_tokenizer(source)
+    model = load_classifier(source, attn_implementation="eager")
+    model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    splits = _in_label_order(data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed),
+                             model_labels)
+    train = splits.train
+    teacher_report: dict[str, Any] | None = None
+    trainer_cls, arguments_cls, extra_args, collator = _distillation_parts(tokenizer, config)
+    if config.alpha < 1.0 and trainer_cls is not None:
+        from slimformer.distill import TEACHER_LOGITS_COLUMN, cached_teacher_logits
+
+        teacher = resolve_model_path(config.teacher) if config.teacher else source
+        teacher_labels = check_classifier_fits(teacher, data.labels)
+        cache = cached_teacher_logits(teacher, train, config.max_length)
+        columns = [teacher_labels.index(label) for label in model_labels]
+        train = train.add_column(TEACHER_LOGITS_COLUMN, cache.logits[:, columns].tolist())
+        teacher_report = {"teacher": str(config.teacher or "the model itself (fp32, before QAT)"),
+                          "alpha": config.alpha, "temperature": config.temperature, "cache_hit": cache.hit}
+
+    wrapped = _wrap_linears(model, reduce_range)
+    output.mkdir(parents=True, exist_ok=True)
+    arguments = arguments_cls(
+        **extra_args,
+        **base_training_arguments(
+            output / "trainer", num_train_epochs=config.epochs, learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size, warmup_steps=0.1, seed=config.seed,
+            eval_strategy="no", logging_strategy="no",
+        ),
+    )
+    trainer = trainer_cls(
+        model=model, args=arguments, train_dataset=tokenize_dataset(train, tokenizer, config.max_length),
+        data_collator=collator, processing_class=tokenizer,
+    )
+    started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - started
+    fake_quant_validation = evaluate_classifier(model, tokenizer, splits.validation, splits.oos_label_id,
+                                                max_length=config.max_length)
+    _unwrap_linears(model)
+    shutil.rmtree(output / "trainer", ignore_errors=True)
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return {
+        "fake_quantized_linears": wrapped,
+        "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
+                     "as ORT dynamic quantization computes them; embedding quantization is not simulated",
+        "loss": "distillation (slimformer.distill)" if teacher_report else "cross-entropy",
+        "distillation": teacher_report,
+        "epochs": config.epochs,
+        "learning_rate": config.learning_rate,
+        "train_seconds": round(train_seconds, 1),
+        "fake_quant_validation_accuracy": fake_quant_validation["accuracy"],
+        "exported_as": "fp32 weights after QAT, then ORT dynamic INT8 with the same settings",
+    }
+
+
+def _distillation_parts(tokenizer: Any, config: QuantizeConfig) -> tuple[Any, Any, dict[str, Any], Any]:
+    """Trainer class, arguments class, their extra keywords and collator: slimformer.distill's when the
+    distillation loss is wanted (alpha < 1), else the plain Trainer with cross-entropy."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    if config.alpha < 1.0:
+        try:
+            from slimformer.distill import (
+                DistillationDataCollator,
+                DistillationTrainer,
+                DistillationTrainingArguments,
+            )
+        except ImportError:  # pragma: no cover - the distill module ships with the package
+            warnings.warn("slimformer.distill unavailable: QAT falls back to cross-entropy", stacklevel=3)
+        else:
+            return (DistillationTrainer, DistillationTrainingArguments,
+                    {"alpha": config.alpha, "temperature": config.temperature}, DistillationDataCollator(tokenizer))
+    return Trainer, TrainingArguments, {}, DataCollatorWithPadding(tokenizer)
+
+
+def _wrap_linears(model: Any, reduce_range: bool) -> int:
+    """Replace every Linear (encoder, pooler, classifier: all of them become int8 in ORT) by a fake-quantized
+    one; return how many."""
+    import torch
+
+    fake_quant_linear = _fake_quant_linear_class()
+    count = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, child_name, fake_quant_linear(child, reduce_range))
+                count += 1
+    return count
+
+
+def _unwrap_linears(model: Any) -> None:
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child).__name__ == "FakeQuantLinear":
+                setattr(module, child_name, child.linear)
+
+
+def _fake_quant_linear_class() -> type:
+    import torch
+    import torch.nn.functional as F
+
+    class FakeQuantLinear(torch.nn.Module):
+        """A Linear whose weights and inputs are rounded to int8 in the forward pass (straight-through
+        gradients), mirroring ORT dynamic quantization: symmetric per-output-channel int8 weights, asymmetric
+        uint8 activations with the batch's own range."""
+
+        def __init__(self, linear: torch.nn.Linear, reduce_range: bool) -> None:
+            super().__init__()
+            self.linear = linear
+            self.weight_max = 63 if reduce_range else 127
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            weight = self.linear.weight
+            weight_scale = (weight.detach().abs().amax(dim=1) / self.weight_max).clamp(min=1e-8)
+            zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
+            weight_q = torch.fake_quantize_per_channel_affine(
+                weight, weight_scale, zero, 0, -self.weight_max, self.weight_max
+            )
+            low = x.detach().min().clamp(max=0.0)
+            high = x.detach().max().clamp(min=0.0)
+            scale = ((high - low) / 255.0).clamp(min=1e-8).reshape(1).float()
+            zero_point = torch.round(-low / scale).clamp(0, 255).to(torch.int32).reshape(1)
+            x_q = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+            return F.linear(x_q, weight_q, self.linear.bias)
+
+    return FakeQuantLinear
+
+
+# --- shared helpers ---------------------------------------------------------------------------------------
+
+
+def _check_classifier(source: Path, data: DataSplits | None) -> None:
+    from slimformer.models import check_classifier_fits, classifier_labels
+
+    if classifier_labels(source) is None:
+        raise ModelError(f"{source} is a base model without a classification head; fine-tune it first")
+    if data is not None:
+        check_classifier_fits(source, data.labels)
+
+
+def _evaluation(
+    tokenizer: Any, texts: list[str], label_ids: list[int] | None, model_labels: list[str],
+    data: DataSplits | None, max_length: int,
+) -> _Evaluation:
+    encoded = encode_batches(tokenizer, texts, max_length)
+    if data is None or label_ids is None:
+        return _Evaluation(encoded, None)
+    position = {label: i for i, label in enumerate(model_labels)}
+    if set(position) != set(data.labels):
+        raise ModelError("the model's labels are not the dataset's; quantize it on the data it was trained for")
+    return _Evaluation(encoded, np.array([position[data.labels[i]] for i in label_ids]))
+
+
+def _in_label_order(splits: DataSplits, model_labels: list[str]) -> DataSplits:
+    """The same splits with label ids renumbered into the model's label order (for training)."""
+    import dataclasses
+
+    position = {label: i for i, label in enumerate(model_labels)}
+    mapping = [position[label] for label in splits.labels]
+
+    def renumber(ds: Any) -> Any:
+        return ds.map(lambda row: {"label": mapping[row["label"]]}, desc="relabeling")
+
+    return dataclasses.replace(
+        splits, labels=list(model_labels), train=renumber(splits.train), validation=renumber(splits.validation),
+        test=renumber(splits.test),
+    )
+
+
+def _id2label(config: dict[str, Any]) -> list[str]:
+    id2label = config.get("id2label") or {}
+    if not id2label:
+        raise ModelError("config.json has no id2label; it is not a fine-tuned classifier")
+    return [str(id2label[k]) for k in sorted(id2label, key=int)]
+
+
+def _op_histogram(model_path: Path, op_types: tuple[str, ...]) -> dict[str, int]:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(model_path)).graph.node:
+        if node.op_type in op_types:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+class _quiet:
+    """Silence the quantizer's warnings and INFO logging (it logs every node it skips)."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._root = logging.getLogger()
+        self._level = self._root.level
+        self._root.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self._root.setLevel(self._level)
+        self._warnings.__exit__(*exc)

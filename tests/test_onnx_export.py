@@ -1,0 +1,228 @@
+"""ONNX export and ONNX Runtime optimization on a tiny BERT trained on the CLINC slice."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimformer.errors import ModelError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_trained_tiny_classifier(folder: Path, data, epochs: int = 12, seed: int = 0) -> Path:
+    """A tiny BERT classifier (hidden 32, 4 heads, 2 layers) with a word-level vocabulary, trained for a few
+    seconds on `data` so that its predictions depend on the input (a random head's logits are nearly equal,
+    which would make every agreement check trivially true)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from slimformer.data import column
+
+    torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    texts = column(data.train, "text") + column(data.validation, "text") + column(data.test, "text")
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + words)}
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)  # transformers 5: `vocab`, not vocab_file
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
+        label2id={label: i for i, label in enumerate(data.labels)},
+    )
+    model = BertForSequenceClassification(config)
+    train_texts, train_labels = column(data.train, "text"), column(data.train, "label")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(train_texts)).tolist()
+        for start in range(0, len(order), 16):
+            rows = order[start : start + 16]
+            batch = tokenizer([train_texts[i] for i in rows], padding=True, return_tensors="pt")
+            loss = model(**batch, labels=torch.tensor([train_labels[i] for i in rows])).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.eval().save_pretrained(folder)
+    torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a CPU shared with other jobs makes thread sync very slow."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_dir(tmp_path_factory: pytest.TempPathFactory, clinc_slice) -> Path:
+    return build_trained_tiny_classifier(tmp_path_factory.mktemp("trained_tiny"), clinc_slice)
+
+
+@pytest.fixture(scope="session")
+def exported_dir(tmp_path_factory: pytest.TempPathFactory, trained_tiny_dir: Path, clinc_slice) -> Path:
+    from slimformer.onnx import ExportConfig, export_onnx
+
+    output = tmp_path_factory.mktemp("exported") / "onnx"
+    export_onnx(trained_tiny_dir, output, ExportConfig(threads=1), data=clinc_slice)
+    return output
+
+
+@pytest.fixture(scope="session")
+def optimized_dir(tmp_path_factory: pytest.TempPathFactory, exported_dir: Path) -> Path:
+    from slimformer.onnx import OptimizeConfig, optimize_onnx
+
+    output = tmp_path_factory.mktemp("optimized") / "onnx-opt"
+    optimize_onnx(exported_dir, output, OptimizeConfig(threads=1))
+    return output
+
+
+def test_trained_fixture_predicts_from_the_input(trained_tiny_dir: Path, clinc_slice) -> None:
+    from slimformer import load
+    from slimformer.data import column
+
+    labels, _ = load(trained_tiny_dir).predict(column(clinc_slice.validation, "text"))
+    assert len(set(labels)) >= 3  # not one constant answer
+
+
+def test_export_matches_pytorch_and_is_self_contained(exported_dir: Path, trained_tiny_dir: Path, clinc_slice) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from slimformer import load
+    from slimformer.data import column
+    from slimformer.predictor import OnnxPredictor
+
+    parity = json.loads((exported_dir / "parity.json").read_text())
+    assert parity["passed"] and parity["max_abs_logit_diff"] <= 1e-4
+    assert parity["examples"] == len(clinc_slice.validation) and parity["argmax_agreement"] == 1.0
+    metrics = json.loads((exported_dir / "metrics.json").read_text())
+    assert metrics["stage"] == "export" and metrics["config"]["opset"] >= 17
+    assert metrics["validation"]["accuracy"] == pytest.approx(metrics["validation_pytorch"]["accuracy"])
+    assert json.loads((exported_dir / "config.json").read_text())["id2label"]["1"] == clinc_slice.labels[1]
+    assert json.loads((exported_dir / "session.json").read_text())["graph_optimization_level"] == "all"
+
+    # dynamic batch and sequence axes, and a plain InferenceSession runs it at two shapes
+    graph = onnx.load(str(exported_dir / "model.onnx")).graph
+    assert all([d.dim_param for d in i.type.tensor_type.shape.dim] == ["batch", "sequence"] for i in graph.input)
+    assert max(o.version for o in onnx.load(str(exported_dir / "model.onnx")).opset_import if o.domain == "") >= 17
+    session = ort.InferenceSession(str(exported_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 5), (3, 11)):
+        feed = {i.name: np.ones((batch, length), dtype=np.int64) for i in session.get_inputs()}
+        assert session.run(None, feed)[0].shape == (batch, len(clinc_slice.labels))
+
+    # one predictor type for both folders, same answers
+    texts = column(clinc_slice.validation, "text")
+    onnx_predictor, torch_predictor = load(exported_dir), load(trained_tiny_dir)
+    assert isinstance(onnx_predictor, OnnxPredictor)
+    assert onnx_predictor.predict(texts)[0] == torch_predictor.predict(texts)[0]
+    np.testing.assert_allclose(onnx_predictor.predict(texts)[1], torch_predictor.predict(texts)[1], atol=1e-5)
+
+
+def test_export_without_data_uses_builtin_sentences(trained_tiny_dir: Path, tmp_path: Path) -> None:
+    from slimformer.onnx import ExportConfig, export_onnx
+    from slimformer.onnx.runtime import BUILTIN_SENTENCES
+
+    metrics = export_onnx(trained_tiny_dir, tmp_path / "out", ExportConfig(threads=1))
+    assert metrics["parity"]["texts"] == "built-in sentences"
+    assert metrics["parity"]["examples"] == len(BUILTIN_SENTENCES) and "validation" not in metrics
+
+
+def test_export_refuses_a_base_model(tiny_base_dir: Path, tmp_path: Path) -> None:
+    from slimformer.onnx import export_onnx
+
+    with pytest.raises(ModelError, match="base model without a classification head"):
+        export_onnx(tiny_base_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_reports_a_broken_checkpoint(trained_tiny_dir: Path, tmp_path: Path) -> None:
+    from slimformer.onnx import export_onnx
+
+    broken = Path(shutil.copytree(trained_tiny_dir, tmp_path / "broken"))
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="cannot load a classifier"):
+        export_onnx(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_fails_when_parity_is_broken(trained_tiny_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    import slimformer.onnx.export as export_module
+
+    real = export_module.torch_logits
+    monkeypatch.setattr(export_module, "torch_logits", lambda model, encoded: real(model, encoded) + 1e-3)
+    with pytest.raises(ModelError, match="not faithful"):
+        export_module.export_onnx(trained_tiny_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_optimize_fuses_attention_in_every_layer(optimized_dir: Path) -> None:
+    import onnxruntime as ort
+
+    from slimformer import load
+
+    metrics = json.loads((optimized_dir / "metrics.json").read_text())
+    assert metrics["stage"] == "optimize" and metrics["num_heads"] == 4 and metrics["hidden_size"] == 32
+    assert metrics["fusions"]["Attention"] == metrics["num_layers"] == 2
+    assert metrics["fusions"]["EmbedLayerNormalization"] == 1
+    assert metrics["fusions"]["SkipLayerNormalization"] == 4 and metrics["fusions"]["BiasGelu"] == 2
+    assert metrics["attention_fully_fused"] and metrics["warnings"] == []
+    assert metrics["parity_vs_input"]["max_abs_logit_diff"] < 1e-4
+    assert {n.op_type for n in __import__("onnx").load(str(optimized_dir / "model.onnx")).graph.node} >= {"Attention"}
+    ort.InferenceSession(str(optimized_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert load(optimized_dir).predict(["book a flight to paris"])[0][0] in load(optimized_dir).labels
+
+
+def test_optimize_warns_when_attention_is_not_fused(exported_dir: Path, tmp_path: Path) -> None:
+    from slimformer.onnx import OptimizeConfig, optimize_onnx
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wrong_heads = OptimizeConfig(num_heads=8, threads=1)  # the model has 4
+        metrics = optimize_onnx(exported_dir, tmp_path / "out", wrong_heads)
+    assert metrics["fusions"]["Attention"] == 0 and not metrics["attention_fully_fused"]
+    assert any("attention fused in 0 of 2 layers" in str(w.message) for w in caught)
+    assert metrics["warnings"]
+
+
+def test_optimize_needs_an_onnx_folder(trained_tiny_dir: Path, tmp_path: Path) -> None:
+    from slimformer.onnx import optimize_onnx
+
+    with pytest.raises(ModelError, match="run `slimformer export` first"):
+        optimize_onnx(trained_tiny_dir, tmp_path / "out")
+
+
+def test_cli_export_and_optimize(trained_tiny_dir: Path, tiny_base_dir: Path, clinc_slice_dir: Path, tmp_path: Path,
+                                 capsys) -> None:
+    from slimformer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(trained_tiny_dir), "--output", str(tmp_path / "onnx"), "--data", str(clinc_slice_dir),
+              "--parity-examples", "12", "--threads", "1"])
+    assert exit_info.value.code == 0
+    assert json.loads((tmp_path / "onnx" / "parity.json").read_text())["examples"] == 12
+    with pytest.raises(SystemExit) as exit_info:
+        main(["optimize", str(tmp_path / "onnx"), "--output", str(tmp_path / "opt"), "--level", "1", "--threads", "1"])
+    assert exit_info.value.code == 0
+    assert json.loads((tmp_path / "opt" / "metrics.json").read_text())["config"]["level"] == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(tiny_base_dir), "--output", str(tmp_path / "bad"), "--data", "none"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "classification head" in error and "\n" not in error
