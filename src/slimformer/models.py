@@ -101,11 +101,13 @@ def load_classifier(
     elif classifier_labels(path) is None:
         raise ModelError(f"{path} is a base model without a classification head; fine-tune it first")
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter benchmark and serve output  # the "newly initialized head" report is expected when fine-tuning
+    hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected when fine-tuning
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter benchmark and serve output
+    from safetensors import SafetensorError
+
     try:
         return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelError(f"cannot load a classifier from {path}: {str(exc).splitlines()[0]}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -404,9 +404,7 @@ def _quantize(state: RunState, stage: Stage, index: int, console: Any) -> bool:
 
     _ensure_teacher(state)
     source = state.current
-    return _run_model_stage(
-        state, stage, index, console, lambda out, cfg: quantize(source, out, cfg, data=state.data)
-    )
+    return _run_model_stage(state, stage, index, console, lambda out, cfg: quantize(source, out, cfg, data=state.data))
 
 
 def _benchmark(state: RunState, stage: Stage, index: int, console: Any, models: list[Variant]) -> bool:
@@ -451,8 +449,9 @@ def _report(state: RunState, stage: Stage, index: int, console: Any) -> bool:
         raise ConfigError("the report stage needs a benchmark-all (or benchmark-teacher) stage before it")
     final = state.current
     write_report(state.output, benchmark["report"], state.variants, config)
-    write_deployable_model(final, state.output / "model", benchmark["report"], state.variants, config,
-                           threads=state.recipe.threads)
+    write_deployable_model(
+        final, state.output / "model", benchmark["report"], state.variants, config, threads=state.recipe.threads
+    )
     console.print(f"  report: {state.output / 'report.html'} · deployable model: {state.output / 'model'}")
     return False
 

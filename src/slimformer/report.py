@@ -296,7 +296,14 @@ def _model_card(model: Path, row: dict[str, Any] | None, benchmark: dict[str, An
             f"- size {row['size_mb']:.1f} MB ({row['shrink']:.1f}x smaller than the teacher)",
             f"- throughput {row['throughput_per_s']:.0f} queries/s at batch 32",
         ]
-    lines += ["", "## How it was measured", "", _method_line(benchmark), "", _environment_line(benchmark["environment"])]
+    lines += [
+        "",
+        "## How it was measured",
+        "",
+        _method_line(benchmark),
+        "",
+        _environment_line(benchmark["environment"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
