@@ -1,0 +1,384 @@
+"""`prune(model_dir, data, output, config)`: one pruning method applied to a fine-tuned classifier, written as
+a plain dense HF checkpoint (zeros where pruned) plus compressed sparse weights and `metrics.json`."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from slimformer.errors import ConfigError, ModelError
+
+METHODS = ("magnitude", "movement", "structured", "vocab")
+COMPRESSED_DIR = "compressed"  # a subfolder, so a benchmark's "size on disk" of the dense folder stays honest
+SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int8.safetensors"}
+
+
+@dataclass
+class PruneConfig:
+    """Options of `slimformer prune`; defaults suit a MiniLM-sized classifier on CLINC150."""
+
+    method: str = "magnitude"  # magnitude | movement | structured | vocab
+    sparsity: float = 0.9  # final fraction of encoder linear weights set to zero (structured: FFN fraction)
+    teacher: str | None = None  # classifier folder to distil from while pruning (same labels and tokenizer)
+    epochs: float = 3.0  # training passes (structured: recovery passes; 0 = slice only)
+    learning_rate: float = 5e-5  # weights' learning rate
+    scores_learning_rate: float = 1e-2  # movement scores' learning rate (Sanh et al. use 1e-2)
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
+    max_length: int = 64  # CLINC150 queries are at most 33 tokens
+    seed: int = 42
+    initial_sparsity: float = 0.0  # s_i of the cubic schedule
+    pruning_frequency: int = 10  # dt: optimizer steps between mask updates
+    pruning_start: float = 0.1  # t0 as a fraction of the training steps
+    pruning_end: float = 0.7  # last mask update as a fraction of the training steps; then train at s_f
+    alpha: float = 0.5  # weight of the hard-label loss when distilling (1 - alpha on the teacher)
+    temperature: float = 2.0  # distillation temperature
+    heads_fraction: float = 0.0  # structured: attention heads to remove (not representable, see structured.py)
+    ffn_fraction: float | None = None  # structured: FFN neurons to remove per layer (default: `sparsity`)
+    importance: str = "magnitude"  # structured: magnitude | gradient | movement
+    importance_batches: int = 32  # structured: training batches used by gradient / movement importance
+    vocab_keep_frequent: int = 0  # vocab: also keep the first N vocabulary ids (most frequent pieces)
+    sparse_values: tuple[str, ...] = ("float32", "int8")  # compressed files written (float32 is exact)
+    max_train_samples: int | None = None  # subsample the training split (quick runs)
+    max_eval_samples: int | None = None  # subsample validation and test
+
+    def validate(self) -> None:
+        from slimformer.prune.sparse_storage import VALUE_FORMATS
+        from slimformer.prune.structured import IMPORTANCE_METHODS, check_heads_fraction
+
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown pruning method {self.method!r}; use one of {', '.join(METHODS)}")
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not 0 <= self.initial_sparsity <= self.sparsity:
+            raise ConfigError(f"initial sparsity must be in [0, sparsity], got {self.initial_sparsity}")
+        if self.epochs < 0 or (self.epochs == 0 and self.method in ("magnitude", "movement")):
+            raise ConfigError(f"epochs must be > 0 for {self.method} pruning, got {self.epochs}")
+        if not 0 < self.learning_rate < 1 or not 0 < self.scores_learning_rate < 10:
+            raise ConfigError(f"learning rates out of range: {self.learning_rate}, {self.scores_learning_rate}")
+        if self.batch_size < 1 or self.pruning_frequency < 1 or self.max_length < 2:
+            raise ConfigError("batch size and pruning frequency must be >= 1, max length >= 2")
+        if not 0 <= self.pruning_start <= self.pruning_end <= 1:
+            raise ConfigError(f"need 0 <= pruning start <= end <= 1, got {self.pruning_start}, {self.pruning_end}")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise ConfigError(f"alpha must be in [0, 1] and temperature > 0, got {self.alpha}, {self.temperature}")
+        if self.importance not in IMPORTANCE_METHODS:
+            raise ConfigError(f"unknown importance {self.importance!r}; use one of {', '.join(IMPORTANCE_METHODS)}")
+        if self.ffn_fraction is not None and not 0 <= self.ffn_fraction < 1:
+            raise ConfigError(f"FFN fraction must be in [0, 1), got {self.ffn_fraction}")
+        if unknown := set(self.sparse_values) - set(VALUE_FORMATS):
+            raise ConfigError(f"unknown sparse value formats {sorted(unknown)}; use {', '.join(VALUE_FORMATS)}")
+        if self.method == "structured":
+            check_heads_fraction(self.heads_fraction)
+        if self.vocab_keep_frequent < 0:
+            raise ConfigError(f"vocab keep-frequent must be >= 0, got {self.vocab_keep_frequent}")
+        if self.method == "vocab" and self.teacher:
+            raise ConfigError("vocabulary pruning does not train; drop --teacher")
+
+
+def prune(model_dir: str | Path, data: Any, output: str | Path, config: PruneConfig | None = None) -> dict[str, Any]:
+    """Prune the classifier in `model_dir` with `config.method` on `data` (a DataSplits); write to `output`.
+
+    The output folder is a normal HF checkpoint (loadable by transformers and `slimformer.predictor.load`)
+    with `metrics.json` ("stage": "prune", per-layer sparsity, dense vs compressed size, validation/test
+    metrics) and, for unstructured methods, `compressed/model.sparse*.safetensors`. Returns the metrics.
+    """
+    from transformers import set_seed
+
+    from slimformer.artifacts import atomic_output_dir, weights_size_bytes, write_metrics
+    from slimformer.models import check_classifier_fits, load_tokenizer, resolve_model_path
+    from slimformer.training import evaluate_classifier
+
+    config = config or PruneConfig()
+    config.validate()
+    model_path = resolve_model_path(model_dir)
+    splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
+    check_classifier_fits(model_path, splits.labels)
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(model_path)
+
+    def evaluate(model: Any, tok: Any, split: Any) -> dict[str, float]:
+        return evaluate_classifier(model, tok, split, splits.oos_label_id, max_length=config.max_length)
+
+    started = time.perf_counter()
+    if config.method == "vocab":
+        from slimformer.data import column
+        from slimformer.models import load_classifier
+        from slimformer.prune.vocab import write_pruned_vocabulary
+
+        input_validation = evaluate(_load_ordered(model_path, splits.labels), tokenizer, splits.validation)
+        with atomic_output_dir(output) as folder:
+            summary = write_pruned_vocabulary(
+                model_path, column(splits.train, "text"), folder, config.vocab_keep_frequent
+            )
+            model, new_tokenizer = load_classifier(folder), load_tokenizer(folder)
+            metrics = _metrics(model_path, splits, config, started, input_validation)
+            metrics["vocabulary"] = summary
+            metrics["size"] = {
+                "input_weights_bytes": weights_size_bytes(model_path),
+                "dense_bytes": weights_size_bytes(folder),
+            }
+            metrics["validation"] = evaluate(model, new_tokenizer, splits.validation)
+            metrics["test"] = evaluate(model, new_tokenizer, splits.test)
+            metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
+            write_metrics(folder, metrics)
+        return metrics
+
+    model = _load_ordered(model_path, splits.labels)
+    teacher = _load_teacher(config.teacher, splits.labels, tokenizer) if config.teacher else None
+    input_validation = evaluate(model, tokenizer, splits.validation)
+    with atomic_output_dir(output) as folder:
+        extra = _run_method(model, tokenizer, splits, config, folder, teacher)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        shutil.rmtree(folder / "trainer", ignore_errors=True)
+        metrics = _metrics(model_path, splits, config, started, input_validation)
+        metrics.update(extra)
+        metrics["size"] = {
+            "input_weights_bytes": weights_size_bytes(model_path),
+            "dense_bytes": weights_size_bytes(folder),
+        }
+        if config.method in ("magnitude", "movement"):
+            from slimformer.prune.magnitude import encoder_sparsity, layer_sparsity
+            from slimformer.prune.sparse_storage import save_sparse
+
+            metrics["sparsity"] = {"encoder": encoder_sparsity(model), "per_layer": layer_sparsity(model)}
+            metrics["size"]["compressed"] = [
+                save_sparse(folder, folder / COMPRESSED_DIR / SPARSE_FILES[values], values)
+                for values in config.sparse_values
+            ]
+        metrics["validation"] = evaluate(model, tokenizer, splits.validation)
+        metrics["test"] = evaluate(model, tokenizer, splits.test)
+        metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
+        write_metrics(folder, metrics)
+    return metrics
+
+
+def prune_sweep(
+    model_dir: str | Path, data: Any, output: str | Path, config: PruneConfig, sparsities: list[float]
+) -> dict[str, Any]:
+    """Run `prune` once per sparsity into `output/sparsity-<s>/`; write `sweep.json` and
+    `accuracy_vs_sparsity.png` into `output`. Returns {"runs": [...]} with one summary per level."""
+    from slimformer.artifacts import write_json
+
+    if not sparsities:
+        raise ConfigError("give at least one sparsity")
+    output = Path(output)
+    runs = []
+    for sparsity in sparsities:
+        run_dir = output / f"sparsity-{sparsity:g}"
+        metrics = prune(model_dir, data, run_dir, replace(config, sparsity=sparsity))
+        runs.append(
+            {
+                "sparsity": sparsity,
+                "encoder_sparsity": encoder_reduction(metrics),
+                "path": str(run_dir),
+                "validation_accuracy": metrics["validation"]["accuracy"],
+                "test_accuracy": metrics["test"]["accuracy"],
+                "dense_bytes": metrics.get("size", {}).get("dense_bytes"),
+            }
+        )
+    summary = {"method": config.method, "runs": runs}
+    write_json(output / "sweep.json", summary)
+    summary["plot"] = str(write_sparsity_plot(runs, output / "accuracy_vs_sparsity.png", config.method))
+    return summary
+
+
+def encoder_reduction(metrics: dict[str, Any]) -> float | None:
+    """Fraction of encoder linear weights gone: zeroed (unstructured) or sliced away (structured)."""
+    sparsity = metrics.get("sparsity") or {}
+    return sparsity.get("encoder", sparsity.get("encoder_parameters_removed"))
+
+
+def write_sparsity_plot(runs: list[dict[str, Any]], path: Path, method: str) -> Path:
+    """Validation and test accuracy against the target sparsity (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(runs, key=lambda r: r["sparsity"])
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for key, label in (("validation_accuracy", "validation"), ("test_accuracy", "test")):
+        axes.plot([r["sparsity"] for r in runs], [r[key] for r in runs], marker="o", label=label)
+    axes.set_xlabel("sparsity" if method != "structured" else "fraction of FFN neurons removed")
+    axes.set_ylabel("accuracy")
+    axes.set_title(f"{method} pruning: accuracy vs sparsity")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _run_method(model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Any) -> dict:
+    """Prune (and train) `model` in place; returns the method's own report entries."""
+    from slimformer.training import tokenize_dataset
+
+    train_set = tokenize_dataset(splits.train, tokenizer, config.max_length)
+    validation_set = tokenize_dataset(splits.validation, tokenizer, config.max_length)
+    total_steps = math.ceil(math.ceil(len(train_set) / config.batch_size) * config.epochs)
+
+    if config.method == "structured":
+        from slimformer.prune.structured import ffn_importance, parameter_count, prune_ffn
+
+        before, encoder_before = parameter_count(model), _encoder_linear_parameters(model)
+        batches = _importance_batches(train_set, tokenizer, config) if config.importance != "magnitude" else None
+        summary = prune_ffn(
+            model,
+            config.ffn_fraction if config.ffn_fraction is not None else config.sparsity,
+            ffn_importance(model, config.importance, batches),
+        )
+        if config.epochs > 0:
+            _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [])
+        removed = 1 - _encoder_linear_parameters(model) / encoder_before
+        summary.update(parameters_before=before, parameters_after=parameter_count(model))
+        return {"structured": summary, "sparsity": {"encoder_parameters_removed": round(removed, 4)}}
+
+    from slimformer.prune.schedule import CubicSchedule
+
+    schedule = CubicSchedule.over_training(
+        total_steps,
+        config.initial_sparsity,
+        config.sparsity,
+        config.pruning_frequency,
+        config.pruning_start,
+        config.pruning_end,
+    )
+    if config.method == "magnitude":
+        from slimformer.prune.magnitude import MagnitudePruningCallback
+
+        callback = MagnitudePruningCallback(model, schedule)
+        _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [callback])
+        return {"schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
+
+    import torch
+
+    from slimformer.prune.movement import (
+        MovementPruningCallback,
+        add_movement_masks,
+        bake_masks,
+        score_parameters,
+    )
+
+    masks = add_movement_masks(model)
+    scores = score_parameters(model)
+    score_ids = {id(p) for p in scores}
+    weights = [(n, p) for n, p in model.named_parameters() if id(p) not in score_ids and p.requires_grad]
+    no_decay = ("bias", "LayerNorm", "layer_norm")  # as the Trainer's own optimizer does
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [p for n, p in weights if not any(k in n for k in no_decay)],
+                "weight_decay": config.weight_decay,
+            },
+            {"params": [p for n, p in weights if any(k in n for k in no_decay)], "weight_decay": 0.0},
+            {"params": scores, "lr": config.scores_learning_rate, "weight_decay": 0.0},
+        ],
+        lr=config.learning_rate,
+    )
+    callback = MovementPruningCallback(masks, schedule)
+    _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [callback], optimizer)
+    bake_masks(model)
+    return {"schedule": asdict(schedule)}
+
+
+def _train(
+    model: Any,
+    tokenizer: Any,
+    train_set: Any,
+    validation_set: Any,
+    splits: Any,
+    config: PruneConfig,
+    folder: Path,
+    teacher: Any,
+    callbacks: list,
+    optimizer: Any = None,
+) -> None:
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from slimformer.prune.trainer import PruningTrainer
+    from slimformer.training import base_training_arguments, metrics_function
+
+    arguments = TrainingArguments(
+        **base_training_arguments(
+            folder / "trainer",
+            num_train_epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_ratio,
+            seed=config.seed,
+        )
+    )
+    trainer = PruningTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=train_set,
+        eval_dataset=validation_set,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=metrics_function(splits.oos_label_id),
+        callbacks=callbacks,
+        optimizers=(optimizer, None),
+        teacher=teacher,
+        alpha=config.alpha,
+        temperature=config.temperature,
+    )
+    trainer.train()
+
+
+def _encoder_linear_parameters(model: Any) -> int:
+    from slimformer.prune.magnitude import encoder_linears
+
+    return sum(layer.weight.numel() for layer in encoder_linears(model).values())
+
+
+def _importance_batches(train_set: Any, tokenizer: Any, config: PruneConfig) -> list[dict]:
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    shuffled = train_set.shuffle(seed=config.seed)
+    count = min(len(shuffled), config.importance_batches * config.batch_size)
+    rows = [shuffled[i] for i in range(count)]
+    return [collate(rows[i : i + config.batch_size]) for i in range(0, count, config.batch_size)]
+
+
+def _load_ordered(path: Path, labels: list[str]) -> Any:
+    """The classifier in `path`, checked to number its labels in the dataset's order."""
+    from slimformer.models import classifier_labels, load_classifier
+
+    if classifier_labels(path) != list(labels):
+        raise ModelError(f"{path} numbers its labels differently from the dataset; fine-tune it on this dataset")
+    return load_classifier(path)
+
+
+def _load_teacher(teacher: str, labels: list[str], tokenizer: Any) -> Any:
+    from slimformer.models import check_classifier_fits, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(teacher)
+    check_classifier_fits(path, labels)
+    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+        raise ModelError(f"teacher {path} uses another vocabulary than the model being pruned")
+    return _load_ordered(path, labels)
+
+
+def _metrics(model_path: Path, splits: Any, config: PruneConfig, started: float, input_validation: dict) -> dict:
+    return {
+        "stage": "prune",
+        "method": config.method,
+        "base_model": str(model_path),
+        "teacher": config.teacher,
+        "data": splits.name,
+        "data_fingerprint": splits.fingerprint,
+        "config": asdict(config),
+        "seconds": round(time.perf_counter() - started, 1),
+        "input_validation": input_validation,
+    }

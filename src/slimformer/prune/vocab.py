@@ -1,0 +1,145 @@
+"""Vocabulary pruning: keep only the tokens a corpus uses (plus special tokens), slice the word-embedding
+rows to match and rebuild the WordPiece tokenizer with the same normalisation and the new ids.
+
+WordPiece is greedy longest-match-first, and every token it chose on the corpus is kept, so the corpus
+tokenizes to the same tokens as before (ids remapped). A word of another text that can no longer be spelt
+with the kept pieces becomes [UNK], as any out-of-vocabulary word does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from slimformer.errors import ModelError
+
+UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
+
+
+def used_token_ids(tokenizer: Any, texts: list[str], batch_size: int = 1024) -> list[int]:
+    """Sorted ids of every token the tokenizer produces on `texts`, plus all special and added tokens."""
+    used: set[int] = set(tokenizer.all_special_ids)
+    used.update(tokenizer.convert_tokens_to_ids(list(tokenizer.get_added_vocab())))
+    for start in range(0, len(texts), batch_size):
+        for ids in tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]:
+            used.update(ids)
+    return sorted(used)
+
+
+def frequent_token_ids(tokenizer: Any, count: int) -> set[int]:
+    """The first `count` ids of the vocabulary minus BERT's `[unusedN]` placeholders (WordPiece vocabularies
+    such as BERT's list pieces roughly by frequency after the single characters)."""
+    return {i for token, i in tokenizer.get_vocab().items() if i < count and not UNUSED_TOKEN.fullmatch(token)}
+
+
+def prune_vocabulary(
+    model_dir: str | Path, texts: list[str], output: str | Path, keep_frequent: int = 0
+) -> dict[str, Any]:
+    """Write to `output` a copy of the classifier in `model_dir` keeping only the tokens `texts` use
+    (plus the `keep_frequent` first ids of the vocabulary, so unseen words keep more of their own pieces).
+
+    Returns a summary: vocabulary sizes, parameter counts and weight-file bytes before and after.
+    """
+    from slimformer.artifacts import atomic_output_dir
+
+    with atomic_output_dir(output) as folder:
+        return write_pruned_vocabulary(model_dir, texts, folder, keep_frequent)
+
+
+def write_pruned_vocabulary(
+    model_dir: str | Path, texts: list[str], folder: Path, keep_frequent: int = 0
+) -> dict[str, Any]:
+    """`prune_vocabulary` into an existing folder (a stage's atomic output folder)."""
+    import torch
+    from torch import nn
+
+    from slimformer.artifacts import weights_size_bytes
+    from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
+
+    model_dir = resolve_model_path(model_dir)
+    if not texts:
+        raise ModelError("vocabulary pruning needs at least one text")
+    tokenizer = load_tokenizer(model_dir)
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        raise ModelError("vocabulary pruning needs a tokenizers-backed (fast) tokenizer")
+    tokenizer_model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if tokenizer_model.get("type") != "WordPiece":
+        raise ModelError(f"vocabulary pruning supports WordPiece tokenizers, not {tokenizer_model.get('type')}")
+    model = load_classifier(model_dir)
+    kept = sorted(set(used_token_ids(tokenizer, texts)) | frequent_token_ids(tokenizer, keep_frequent))
+    old_embeddings = model.get_input_embeddings()
+    if old_embeddings.num_embeddings < len(tokenizer):
+        raise ModelError(f"{model_dir}: the embedding table is smaller than the tokenizer's vocabulary")
+    params_before = sum(p.numel() for p in model.parameters())
+
+    with torch.no_grad():
+        new_embeddings = nn.Embedding(len(kept), old_embeddings.embedding_dim)
+        new_embeddings.weight.copy_(old_embeddings.weight[torch.tensor(kept)])
+    model.set_input_embeddings(new_embeddings)
+    old_to_new = {old: new for new, old in enumerate(kept)}
+    model.config.vocab_size = len(kept)
+    if model.config.pad_token_id is not None:
+        model.config.pad_token_id = old_to_new.get(model.config.pad_token_id, 0)
+
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _rewrite_tokenizer_files(folder, tokenizer, kept)
+    _check_same_tokens(tokenizer, load_tokenizer(folder), texts[:2000])
+    return {
+        "vocab_size_before": len(tokenizer),
+        "vocab_size_after": len(kept),
+        "kept_frequent_ids": keep_frequent,
+        "parameters_before": params_before,
+        "parameters_after": sum(p.numel() for p in model.parameters()),
+        "weights_bytes_before": weights_size_bytes(model_dir),
+        "weights_bytes_after": weights_size_bytes(folder),
+    }
+
+
+def _rewrite_tokenizer_files(folder: Path, tokenizer: Any, kept: list[int]) -> None:
+    """Rewrite tokenizer.json (vocab, added tokens, post-processor ids) and vocab.txt with the kept ids."""
+    old_to_new = {old: new for new, old in enumerate(kept)}
+    tokens = tokenizer.convert_ids_to_tokens(kept)
+    state = json.loads((folder / "tokenizer.json").read_text())
+    state["model"]["vocab"] = {token: new for new, token in enumerate(tokens)}
+    state["added_tokens"] = [
+        {**added, "id": old_to_new[added["id"]]} for added in state.get("added_tokens", []) if added["id"] in old_to_new
+    ]
+    _remap_post_processor(state.get("post_processor"), old_to_new)
+    if state.get("padding") and "pad_id" in state["padding"]:
+        state["padding"]["pad_id"] = old_to_new.get(state["padding"]["pad_id"], 0)
+    (folder / "tokenizer.json").write_text(json.dumps(state, ensure_ascii=False))
+    # vocab.txt is what a WordPiece tokenizer rebuilds from when tokenizer.json is absent
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token in tokens))
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        decoder = config.get("added_tokens_decoder")
+        if isinstance(decoder, dict):
+            config["added_tokens_decoder"] = {
+                str(old_to_new[int(i)]): entry for i, entry in decoder.items() if int(i) in old_to_new
+            }
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+
+def _remap_post_processor(processor: dict | None, old_to_new: dict[int, int]) -> None:
+    if not processor:
+        return
+    for child in processor.get("processors", []) or []:
+        _remap_post_processor(child, old_to_new)
+    for special in (processor.get("special_tokens") or {}).values():
+        special["ids"] = [old_to_new[i] for i in special["ids"]]
+    for key in ("sep", "cls"):  # BertProcessing / RobertaProcessing store [token, id]
+        if isinstance(processor.get(key), list):
+            processor[key] = [processor[key][0], old_to_new[processor[key][1]]]
+
+
+def _check_same_tokens(before: Any, after: Any, texts: list[str]) -> None:
+    """The rebuilt tokenizer must spell the corpus with the very same tokens (a bug otherwise)."""
+    old = before(texts, add_special_tokens=True)["input_ids"]
+    new = after(texts, add_special_tokens=True)["input_ids"]
+    for old_ids, new_ids in zip(old, new, strict=True):
+        if before.convert_ids_to_tokens(old_ids) != after.convert_ids_to_tokens(new_ids):
+            raise RuntimeError("the pruned tokenizer does not reproduce the corpus tokenization")

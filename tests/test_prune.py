@@ -1,0 +1,409 @@
+"""Pruning: the cubic schedule, magnitude masks in a real Trainer, movement pruning, structured FFN slicing,
+compressed sparse storage, vocabulary pruning and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimformer.prune.schedule import CubicSchedule, cubic_sparsity
+
+
+def _texts(splits) -> list[str]:
+    from slimformer.data import column
+
+    return column(splits.validation, "text")[:16]
+
+
+def _logits(folder: Path, texts: list[str]) -> np.ndarray:
+    from slimformer.predictor import load
+
+    return load(folder, threads=1).predict_logits(texts)
+
+
+def build_worded_bert(folder: Path, texts: list[str], labels: list[str], seed: int = 0) -> Path:
+    """A tiny random BERT classifier whose WordPiece vocabulary really holds the words of `texts` (the
+    vocabulary built by conftest's `build_tokenizer` is ignored by transformers 5's BertTokenizerFast)."""
+    import re
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    vocab += [w for w in words if w not in chars]
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory, clinc_slice) -> Path:
+    """Tiny classifier over the slice's labels; its vocabulary holds the words of all but the test split."""
+    from slimformer.data import column
+
+    texts = column(clinc_slice.train, "text") + column(clinc_slice.validation, "text")
+    return build_worded_bert(tmp_path_factory.mktemp("worded"), texts, clinc_slice.labels)
+
+
+@pytest.fixture()
+def classifier_copy(classifier_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(classifier_dir, tmp_path / "classifier"))
+
+
+# --- schedule ---------------------------------------------------------------------------------------------
+
+
+def test_cubic_schedule_matches_formula_at_start_midpoint_and_end() -> None:
+    s_i, s_f, t0, n, dt = 0.1, 0.9, 20, 10, 5  # updates at 20, 25, ..., 70
+
+    def formula(t: int) -> float:
+        return s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3
+
+    assert cubic_sparsity(t0, s_i, s_f, t0, n, dt) == pytest.approx(s_i)
+    assert cubic_sparsity(45, s_i, s_f, t0, n, dt) == pytest.approx(formula(45))  # midpoint, an update step
+    assert cubic_sparsity(45, s_i, s_f, t0, n, dt) == pytest.approx(0.8)  # 0.9 - 0.8 * 0.5^3
+    assert cubic_sparsity(70, s_i, s_f, t0, n, dt) == pytest.approx(s_f)
+    assert cubic_sparsity(500, s_i, s_f, t0, n, dt) == pytest.approx(s_f)
+    assert cubic_sparsity(3, s_i, s_f, t0, n, dt) == pytest.approx(s_i)  # before t0
+    # held constant between updates
+    assert cubic_sparsity(47, s_i, s_f, t0, n, dt) == cubic_sparsity(45, s_i, s_f, t0, n, dt)
+    assert cubic_sparsity(50, s_i, s_f, t0, n, dt) > cubic_sparsity(49, s_i, s_f, t0, n, dt)
+
+
+def test_schedule_over_training_updates_only_every_dt_steps() -> None:
+    schedule = CubicSchedule.over_training(100, 0.0, 0.8, frequency=10, start_fraction=0.1, end_fraction=0.7)
+    updates = [t for t in range(101) if schedule.is_update_step(t)]
+    assert updates == [10, 20, 30, 40, 50, 60, 70]
+    assert schedule.sparsity(70) == pytest.approx(0.8)
+    assert schedule.sparsity(10) == pytest.approx(0.0)
+
+
+# --- magnitude pruning in a real Trainer --------------------------------------------------------------------
+
+
+def test_magnitude_masks_fixed_between_updates_and_pruned_weights_stay_zero(classifier_copy, clinc_slice, tmp_path):
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.magnitude import MagnitudePruningCallback, encoder_linears
+    from slimformer.training import base_training_arguments, tokenize_dataset
+
+    model, tokenizer = load_classifier(classifier_copy), load_tokenizer(classifier_copy)
+    train_set = tokenize_dataset(clinc_slice.train, tokenizer, 32)
+    schedule = CubicSchedule(initial_sparsity=0.0, final_sparsity=0.75, start_step=2, num_steps=3, frequency=3)
+    pruning = MagnitudePruningCallback(model, schedule)
+    layers = encoder_linears(model)
+    seen: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    class Recorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):  # runs after the pruning callback's
+            seen.append((state.global_step, {n: (layer.weight == 0).clone() for n, layer in layers.items()}))
+
+    arguments = TrainingArguments(
+        **base_training_arguments(
+            tmp_path / "trainer", num_train_epochs=3, learning_rate=1e-2, per_device_train_batch_size=16,
+            eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+        )
+    )  # fmt: skip
+    Trainer(
+        model=model, args=arguments, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[pruning, Recorder()],
+    ).train()  # fmt: skip
+
+    assert [step for step, _ in pruning.updates] == [2, 5, 8, 11]
+    by_step = dict(seen)
+    for step in range(1, len(seen)):
+        if schedule.is_update_step(step + 1):
+            continue
+        # between updates the zero pattern is exactly the one set at the last update (a large learning rate
+        # would revive pruned weights if masks were not re-applied after each optimizer step)
+        if step >= 2:
+            for name in layers:
+                assert torch.equal(by_step[step][name], by_step[step + 1][name]), (step, name)
+    final = max(by_step)
+    for name, layer in layers.items():
+        assert float((layer.weight == 0).float().mean()) == pytest.approx(0.75, abs=0.01), name
+        assert torch.equal(by_step[final][name], pruning.masks[name].logical_not())
+    # embeddings and the classifier are never pruned
+    assert int((model.classifier.weight == 0).sum()) == 0
+    assert int((model.get_input_embeddings().weight == 0).sum()) == 32  # the [PAD] row, as before training
+
+
+def test_magnitude_prune_stage_writes_loadable_checkpoint_and_metrics(classifier_dir, clinc_slice, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from slimformer.prune import PruneConfig, load_sparse, prune
+    from slimformer.prune.stage import COMPRESSED_DIR, SPARSE_FILES
+
+    output = tmp_path / "pruned"
+    metrics = prune(
+        classifier_dir, clinc_slice, output,
+        PruneConfig(method="magnitude", sparsity=0.8, epochs=2, learning_rate=1e-3, pruning_frequency=2,
+                    teacher=str(classifier_dir)),
+    )  # fmt: skip
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["stage"] == "prune" and saved["method"] == "magnitude"
+    assert saved["sparsity"]["encoder"] == pytest.approx(0.8, abs=0.01)
+    assert all(v == pytest.approx(0.8, abs=0.01) for v in saved["sparsity"]["per_layer"].values())
+    assert len(saved["sparsity"]["per_layer"]) == 12  # 2 layers x (q, k, v, attn out, ffn in, ffn out)
+    assert 0 <= metrics["validation"]["accuracy"] <= 1 and "accuracy" in metrics["test"]
+    model = AutoModelForSequenceClassification.from_pretrained(output)
+    assert float((model.bert.encoder.layer[0].intermediate.dense.weight == 0).float().mean()) == pytest.approx(
+        0.8, abs=0.01
+    )
+    compressed = {c["values"]: c for c in saved["size"]["compressed"]}
+    assert (
+        compressed["int8"]["compressed_bytes"]
+        < compressed["float32"]["compressed_bytes"]
+        < saved["size"]["dense_bytes"]
+    )
+    state = load_sparse(output / COMPRESSED_DIR / SPARSE_FILES["float32"])
+    dense = model.state_dict()
+    assert all(np.array_equal(state[k].numpy(), dense[k].numpy()) for k in state)
+    _logits(output, _texts(clinc_slice))  # the predictor loads it
+
+
+# --- movement pruning ---------------------------------------------------------------------------------------
+
+
+def test_movement_pruning_reaches_sparsity_and_bakes_masks(classifier_dir, clinc_slice, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from slimformer.models import load_classifier
+    from slimformer.prune import PruneConfig, prune
+    from slimformer.prune.movement import MovementMask, add_movement_masks, bake_masks
+
+    # the straight-through estimator: scores get grad_output * weight although the mask is a step function
+    model = load_classifier(classifier_dir)
+    masks = add_movement_masks(model)
+    name, mask = next(iter(masks.items()))
+    assert isinstance(mask, MovementMask)
+    mask.sparsity = 0.5
+    layer = dict(model.named_modules())[name]
+    kept = layer.weight
+    assert float((kept == 0).float().mean()) == pytest.approx(0.5, abs=0.01)
+    layer.weight.sum().backward()
+    original = layer.parametrizations.weight.original
+    assert torch.allclose(mask.scores.grad, original.detach())
+    bake_masks(model)
+    assert not any("scores" in k or "parametrizations" in k for k in model.state_dict())
+
+    output = tmp_path / "movement"
+    metrics = prune(
+        classifier_dir, clinc_slice, output,
+        PruneConfig(method="movement", sparsity=0.9, epochs=2, pruning_frequency=1, teacher=str(classifier_dir)),
+    )  # fmt: skip
+    assert metrics["sparsity"]["encoder"] == pytest.approx(0.9, abs=0.01)
+    keys = load_file(str(output / "model.safetensors")).keys()
+    assert not any("scores" in k or "parametrizations" in k for k in keys)
+    assert _logits(output, _texts(clinc_slice)).shape == (16, len(clinc_slice.labels))
+
+
+# --- structured pruning -------------------------------------------------------------------------------------
+
+
+def test_structured_pruning_nothing_keeps_logits(classifier_dir, clinc_slice, tmp_path):
+    import torch
+
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.structured import ffn_importance, prune_ffn
+
+    texts = _texts(clinc_slice)
+    model, tokenizer = load_classifier(classifier_dir).eval(), load_tokenizer(classifier_dir)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**batch).logits
+    prune_ffn(model, 0.0, ffn_importance(model, "magnitude"))
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, before)
+
+
+@pytest.mark.parametrize("importance", ["gradient", "movement"])
+def test_structured_pruning_slices_ffn_and_reloads(classifier_dir, clinc_slice, tmp_path, importance):
+    from transformers import AutoModelForSequenceClassification
+
+    from slimformer.models import load_classifier
+    from slimformer.prune import PruneConfig, prune
+
+    output = tmp_path / "structured"
+    metrics = prune(
+        classifier_dir, clinc_slice, output,
+        PruneConfig(method="structured", sparsity=0.5, epochs=1 if importance == "gradient" else 0,
+                    importance=importance, importance_batches=2),
+    )  # fmt: skip
+    summary = metrics["structured"]
+    assert summary["intermediate_size_before"] == 64 and summary["intermediate_size_after"] == 32
+    assert summary["parameters_after"] == summary["parameters_before"] - 2 * (2 * 32 * 32 + 32)
+    assert metrics["sparsity"]["encoder_parameters_removed"] == pytest.approx(0.25)  # half of the FFN's half
+    config = json.loads((output / "config.json").read_text())
+    assert config["intermediate_size"] == 32
+    reloaded = AutoModelForSequenceClassification.from_pretrained(output)
+    assert reloaded.bert.encoder.layer[1].output.dense.weight.shape == (32, 32)
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(
+        p.numel() for p in load_classifier(classifier_dir).parameters()
+    )
+    assert _logits(output, _texts(clinc_slice)).shape == (16, len(clinc_slice.labels))
+
+
+def test_head_pruning_is_refused_with_a_reason():
+    from slimformer.errors import ConfigError
+    from slimformer.prune import PruneConfig
+
+    with pytest.raises(ConfigError, match="head"):
+        PruneConfig(method="structured", heads_fraction=0.5).validate()
+
+
+# --- compressed storage -------------------------------------------------------------------------------------
+
+
+def test_sparse_storage_round_trips_exactly(classifier_copy, clinc_slice, tmp_path):
+    import torch
+
+    from slimformer.models import load_classifier
+    from slimformer.prune import load_sparse, save_sparse
+    from slimformer.prune.magnitude import encoder_linears, magnitude_mask
+    from slimformer.prune.sparse_storage import load_sparse_classifier
+
+    model = load_classifier(classifier_copy)
+    with torch.no_grad():
+        for layer in encoder_linears(model).values():
+            layer.weight.mul_(magnitude_mask(layer.weight, 0.9))
+    model.save_pretrained(classifier_copy)
+    texts = _texts(clinc_slice)
+    expected = _logits(classifier_copy, texts)
+
+    exact = save_sparse(classifier_copy, tmp_path / "model.sparse.safetensors")
+    restored = load_sparse(tmp_path / "model.sparse.safetensors")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(restored[name], tensor), name
+    assert exact["compressed_bytes"] < exact["dense_bytes"]
+    rebuilt = load_sparse_classifier(tmp_path / "model.sparse.safetensors", classifier_copy)
+    from slimformer.models import load_tokenizer
+
+    batch = load_tokenizer(classifier_copy)(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        assert np.array_equal(rebuilt(**batch).logits.numpy(), expected)
+
+    small = save_sparse(classifier_copy, tmp_path / "model.int8.safetensors", values="int8")
+    assert small["compressed_bytes"] < 0.5 * exact["compressed_bytes"]
+    approx = load_sparse(tmp_path / "model.int8.safetensors")
+    weight = "bert.encoder.layer.0.intermediate.dense.weight"
+    assert torch.equal(approx[weight] == 0, restored[weight] == 0)  # zeros stay exactly zero
+    assert torch.allclose(approx[weight], restored[weight], atol=float(restored[weight].abs().max()) / 100)
+
+
+# --- vocabulary pruning -------------------------------------------------------------------------------------
+
+
+def test_vocabulary_pruning_keeps_training_tokens_and_logits(classifier_dir, clinc_slice, tmp_path):
+    from slimformer.data import column
+    from slimformer.models import load_tokenizer
+    from slimformer.prune import prune_vocabulary
+
+    train_texts = column(clinc_slice.train, "text")
+    output = tmp_path / "vocab"
+    summary = prune_vocabulary(classifier_dir, train_texts, output)
+    assert summary["vocab_size_after"] < summary["vocab_size_before"]
+    assert summary["weights_bytes_after"] < summary["weights_bytes_before"]
+    before, after = load_tokenizer(classifier_dir), load_tokenizer(output)
+    assert len(after) == summary["vocab_size_after"]
+    for text in train_texts:
+        assert before.tokenize(text) == after.tokenize(text)
+    assert np.array_equal(_logits(classifier_dir, train_texts[:20]), _logits(output, train_texts[:20]))
+    # a word the training texts never spell maps to [UNK]
+    assert after.tokenize("zyzzyva") == ["[UNK]"] or "[UNK]" in after.tokenize("zyzzyva")
+    ids = after("what is my balance", return_tensors=None)["input_ids"]
+    assert ids[0] == after.cls_token_id and ids[-1] == after.sep_token_id
+    assert after.convert_ids_to_tokens(ids) == before.convert_ids_to_tokens(before("what is my balance")["input_ids"])
+
+
+def test_vocabulary_pruning_can_keep_frequent_ids(classifier_dir, clinc_slice, tmp_path):
+    from slimformer.data import column
+    from slimformer.models import load_tokenizer
+    from slimformer.prune import prune_vocabulary
+
+    texts = column(clinc_slice.train, "text")
+    only_used = prune_vocabulary(classifier_dir, texts, tmp_path / "a")
+    with_frequent = prune_vocabulary(classifier_dir, texts, tmp_path / "b", keep_frequent=40)
+    assert with_frequent["vocab_size_after"] > only_used["vocab_size_after"]
+    before, after = load_tokenizer(classifier_dir), load_tokenizer(tmp_path / "b")
+    assert set(before.convert_ids_to_tokens(list(range(40)))) <= set(after.get_vocab())
+    assert all(before.tokenize(t) == after.tokenize(t) for t in texts)
+
+
+def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_path):
+    from slimformer.prune import PruneConfig, prune
+
+    metrics = prune(classifier_dir, clinc_slice, tmp_path / "v", PruneConfig(method="vocab"))
+    assert metrics["vocabulary"]["vocab_size_after"] < metrics["vocabulary"]["vocab_size_before"]
+    assert metrics["accuracy_cost"] == pytest.approx(
+        metrics["input_validation"]["accuracy"] - metrics["validation"]["accuracy"]
+    )
+    assert (tmp_path / "v" / "config.json").is_file() and not (tmp_path / "v" / "model").exists()
+
+
+# --- CLI ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "pinch"], "unknown pruning method"),
+        (["--sparsity", "1.5"], "sparsity must be in"),
+        (["--method", "structured", "--heads-fraction", "0.5"], "attention heads"),
+        (["--importance", "vibes", "--method", "structured"], "unknown importance"),
+    ],
+)
+def test_cli_bad_options_give_one_line_errors(classifier_dir, tmp_path, capsys, args, message):
+    from slimformer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", str(classifier_dir), "--output", str(tmp_path / "o"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_cli_missing_model_gives_one_line_error(clinc_slice_dir, tmp_path, capsys):
+    from slimformer.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", str(tmp_path / "nope"), "--data", str(clinc_slice_dir), "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "model folder not found" in err and "\n" not in err
+
+
+def test_cli_sweep_writes_plot(classifier_dir, clinc_slice_dir, tmp_path, capsys):
+    from slimformer.cli import main
+
+    output = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit_info:
+        main([
+            "prune", str(classifier_dir), "--method", "structured", "--sparsity", "0.25", "--sparsity", "0.5",
+            "--epochs", "0", "--data", str(clinc_slice_dir), "--output", str(output),
+        ])  # fmt: skip
+    assert exit_info.value.code == 0
+    sweep = json.loads((output / "sweep.json").read_text())
+    assert [r["sparsity"] for r in sweep["runs"]] == [0.25, 0.5]
+    assert sweep["runs"][1]["dense_bytes"] < sweep["runs"][0]["dense_bytes"]
+    assert (output / "accuracy_vs_sparsity.png").stat().st_size > 1000
+    assert (output / "sparsity-0.5" / "metrics.json").is_file()
