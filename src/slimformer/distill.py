@@ -349,6 +349,7 @@ class DistillConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
     max_length: int = 64  # CLINC150 queries are at most 33 tokens
+    group_by_length: bool = True  # batch queries of similar length: far less padding, about 2x faster on CPU
     seed: int = 42
     max_train_samples: int | None = None  # subsample the training split (quick runs)
     max_eval_samples: int | None = None  # subsample validation and test
@@ -492,6 +493,7 @@ def _training_arguments(output_dir: Path, config: DistillConfig) -> dict[str, An
         weight_decay=config.weight_decay,
         warmup_steps=config.warmup_ratio,
         seed=config.seed,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
 
 

@@ -135,7 +135,9 @@ def search(
     remaining = max(0, config.trials - len(done))
     if config.enqueue_defaults and not study.trials:
         study.enqueue_trial(_default_params(config))
-    _say(f"study {study_name} in {storage_url}: {len(done)} trial(s) finished, {remaining} to run")
+    _say(f"study {study_name} in {_printable_url(storage_url)}: {len(done)} trial(s) finished, {remaining} to run")
+    if config.multi_objective and config.layers_choices is None:
+        _say("note: every trial has the same architecture, so latency differs by noise; add --layers-choices")
 
     objective = _Objective(teacher_path, splits, trials_dir, config)
     if remaining:
@@ -146,6 +148,16 @@ def search(
             gc_after_trial=True,
         )
     return _write_results(study, storage_url, teacher_path, splits, output, config)
+
+
+def _printable_url(url: str) -> str:
+    """The storage URL with any password masked (it goes into metrics.json and the console)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a database URL sqlalchemy understands: nothing to mask
+        return url
 
 
 def _study_name(teacher_hash: str, data_fingerprint: str, config: SearchConfig) -> str:
@@ -163,26 +175,28 @@ def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optu
     import optuna
 
     try:
-        # heartbeats let a later run mark a trial of a killed process as failed instead of running forever
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180)
+        storage = optuna.storages.RDBStorage(storage_url)
     except ImportError as exc:
-        raise ConfigError(f"storage {storage_url.split(':')[0]} needs a database driver: {exc}") from exc
+        scheme = storage_url.split(":")[0]
+        hint = "pip install psycopg2-binary" if scheme.startswith("postgres") else "install its SQLAlchemy driver"
+        raise ConfigError(f"the {scheme} storage needs a database driver: {hint}") from exc
     except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot open the optuna storage {storage_url}: {reason}") from exc
-    sampler = optuna.samplers.TPESampler(
-        # a resumed study reseeds differently so its random start-up trials do not repeat earlier ones
-        seed=config.seed + _trial_count(storage, study_name),
-        n_startup_trials=config.startup_trials,
-        multivariate=True,
-        warn_independent_sampling=False,
-    )
+        raise ConfigError(f"cannot open the optuna storage {_printable_url(storage_url)}: {reason}") from exc
     pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=config.pruner_startup_trials, n_warmup_steps=config.pruner_warmup_epochs
+        # steps are 1-based epochs; the pruner leaves alone steps below n_warmup_steps
+        n_startup_trials=config.pruner_startup_trials, n_warmup_steps=config.pruner_warmup_epochs + 1
     )
     directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+        sampler = optuna.samplers.TPESampler(
+            # a resumed study reseeds differently so its random start-up trials do not repeat earlier ones
+            seed=config.seed + _trial_count(storage, study_name),
+            n_startup_trials=config.startup_trials,
+            multivariate=True,
+            warn_independent_sampling=False,
+        )
         study = optuna.create_study(
             storage=storage, study_name=study_name, sampler=sampler, pruner=pruner, directions=directions,
             load_if_exists=True,
@@ -190,7 +204,20 @@ def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optu
         study.set_metric_names(["validation_accuracy", "p50_ms"][: len(directions)])
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(f"study {study_name} exists with other objectives; give another --study-name")
+    if config.storage is None:
+        _fail_stale_trials(study, storage)
     return study
+
+
+def _fail_stale_trials(study: optuna.Study, storage: Any) -> None:
+    """Mark trials left RUNNING by a killed process as FAIL. Only for the default SQLite file, which one
+    process uses at a time; a shared server storage may hold other workers' live trials."""
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def _trial_count(storage: Any, study_name: str) -> int:
@@ -414,7 +441,7 @@ def _write_results(
         "data": splits.name,
         "data_fingerprint": splits.fingerprint,
         "study_name": study.study_name,
-        "storage": storage_url,
+        "storage": _printable_url(storage_url),
         "objective": config.objective,
         "config": asdict(config),
         "trials": {state.name.lower(): states.count(state) for state in TrialState if states.count(state)},
