@@ -44,15 +44,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="Model folder to serve (PyTorch checkpoint or ONNX).")
     parser.add_argument("--requests", type=int, default=10_000, help="Requests in the load phase.")
     parser.add_argument("--concurrency", type=int, default=16, help="Requests in flight in the load phase.")
-    parser.add_argument("--sequential-requests", type=int, default=1000,
-                        help="Single-text requests sent one at a time (latency vs the direct call).")
+    parser.add_argument(
+        "--sequential-requests",
+        type=int,
+        default=1000,
+        help="Single-text requests sent one at a time (latency vs the direct call).",
+    )
     parser.add_argument("--direct-calls", type=int, default=1000, help="Direct predictor calls timed.")
     parser.add_argument("--warmup", type=int, default=50, help="Untimed requests / calls before each phase.")
     parser.add_argument("--timeout", type=float, default=30.0, help="Per-request timeout in seconds.")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="Seconds to wait for /readyz.")
     parser.add_argument("--port", type=int, default=0, help="Server port (0: pick a free one).")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="Predictor threads, server and direct (default: the server's default).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Predictor threads, server and direct (default: the server's default).",
+    )
     parser.add_argument("--max-batch-size", type=int, default=32, help="Server micro-batch limit.")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="Server micro-batch max wait.")
     parser.add_argument("--workers", type=int, default=1, help="Server worker processes.")
@@ -85,8 +93,12 @@ def latency_summary(latencies_s: list[float]) -> dict[str, float]:
     if not latencies_s:
         return {"mean_ms": float("nan"), "p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
     ms = np.asarray(latencies_s) * 1000.0
-    return {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "mean_ms": float(ms.mean()),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 # --- 1. the direct predictor ------------------------------------------------------------------------------------
@@ -116,9 +128,12 @@ class DirectPredictor:
         """Texts per second when the predictor is given `batch_size` texts per call."""
         started = time.perf_counter()
         for offset in range(0, len(texts), batch_size):
-            self.predictor.predict(texts[offset: offset + batch_size])
-        return {"batch_size": batch_size, "texts": len(texts),
-                "throughput_rps": len(texts) / (time.perf_counter() - started)}
+            self.predictor.predict(texts[offset : offset + batch_size])
+        return {
+            "batch_size": batch_size,
+            "texts": len(texts),
+            "throughput_rps": len(texts) / (time.perf_counter() - started),
+        }
 
 
 def progress(message: str) -> None:
@@ -137,11 +152,26 @@ def free_port() -> int:
 def serve_command(args: argparse.Namespace, port: int) -> list[str]:
     """`slimformer serve MODEL --port P ...`, through the console script next to this Python when it exists."""
     script = Path(sys.executable).with_name("slimformer")
-    prefix = [str(script)] if script.is_file() else (
-        [shutil.which("slimformer")] if shutil.which("slimformer") else [sys.executable, "-m", "slimformer.cli"]
+    prefix = (
+        [str(script)]
+        if script.is_file()
+        else ([shutil.which("slimformer")] if shutil.which("slimformer") else [sys.executable, "-m", "slimformer.cli"])
     )
-    command = [*prefix, "serve", args.model, "--host", HOST, "--port", str(port), "--workers", str(args.workers),
-               "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    command = [
+        *prefix,
+        "serve",
+        args.model,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+    ]
     if args.threads:
         command += ["--threads", str(args.threads)]
     return command
@@ -212,10 +242,16 @@ async def send_all(client: Any, texts: list[str], concurrency: int, timeout: flo
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall_s = time.perf_counter() - wall_started
     return {
-        "requests": len(texts), "concurrency": concurrency, "ok": len(latencies),
-        "errors": sum(errors.values()), "error_kinds": errors, "wall_s": wall_s,
-        "throughput_rps": len(texts) / wall_s, **latency_summary(latencies),
-        "client_cpu_s": time.process_time() - cpu_started, "latencies_s": latencies,
+        "requests": len(texts),
+        "concurrency": concurrency,
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "wall_s": wall_s,
+        "throughput_rps": len(texts) / wall_s,
+        **latency_summary(latencies),
+        "client_cpu_s": time.process_time() - cpu_started,
+        "latencies_s": latencies,
     }
 
 
@@ -224,8 +260,12 @@ def batch_histogram(metrics_text: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     wanted = ("slimformer_batch_size_count", "slimformer_batch_size_sum")
-    values = {sample.name: sample.value for family in text_string_to_metric_families(metrics_text)
-              for sample in family.samples if sample.name in wanted}
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name in wanted
+    }
     count, total = values.get("slimformer_batch_size_count", 0.0), values.get("slimformer_batch_size_sum", 0.0)
     return {"batches": count, "texts": total, "mean_batch_size": total / count if count else float("nan")}
 
@@ -259,17 +299,23 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
             process = psutil.Process(server.pid)
             await send_all(client, cycle(texts, args.warmup), args.concurrency, args.timeout)
 
-            progress(f"direct calls ({args.direct_calls}) interleaved with sequential requests "
-                     f"({args.sequential_requests}) in {ROUNDS} rounds")
+            progress(
+                f"direct calls ({args.direct_calls}) interleaved with sequential requests "
+                f"({args.sequential_requests}) in {ROUNDS} rounds"
+            )
             direct_latencies: list[float] = []
             sequential: list[dict[str, Any]] = []
             for round_index in range(ROUNDS):
                 direct_latencies += direct.time_single(_round_slice(texts, args.direct_calls, round_index))
-                sequential.append(await send_all(
-                    client, _round_slice(texts, args.sequential_requests, round_index), 1, args.timeout))
-            result["direct"] = {"calls": len(direct_latencies), **latency_summary(direct_latencies),
-                                "throughput_rps": len(direct_latencies) / sum(direct_latencies),
-                                "settings": direct.predictor.settings()}
+                sequential.append(
+                    await send_all(client, _round_slice(texts, args.sequential_requests, round_index), 1, args.timeout)
+                )
+            result["direct"] = {
+                "calls": len(direct_latencies),
+                **latency_summary(direct_latencies),
+                "throughput_rps": len(direct_latencies) / sum(direct_latencies),
+                "settings": direct.predictor.settings(),
+            }
             result["sequential"] = _merge_runs(sequential)
 
             progress(f"load: {args.requests} requests at concurrency {args.concurrency}")
@@ -286,7 +332,8 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
 
             progress(f"direct batched throughput (batches of {args.concurrency})")
             result["direct"]["batched"] = direct.batched_throughput(
-                cycle(texts, min(args.direct_calls, 1024)), args.concurrency)
+                cycle(texts, min(args.direct_calls, 1024)), args.concurrency
+            )
     finally:
         progress("stopping the server")
         result["server_exit_code"] = stop_server(server)
@@ -310,9 +357,17 @@ def _merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             errors[key] = errors.get(key, 0) + count
     wall_s = sum(run["wall_s"] for run in runs)
     requests = sum(run["requests"] for run in runs)
-    return {"requests": requests, "concurrency": 1, "ok": len(latencies), "errors": sum(errors.values()),
-            "error_kinds": errors, "wall_s": wall_s, "throughput_rps": requests / wall_s,
-            **latency_summary(latencies), "client_cpu_s": sum(run["client_cpu_s"] for run in runs)}
+    return {
+        "requests": requests,
+        "concurrency": 1,
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "wall_s": wall_s,
+        "throughput_rps": requests / wall_s,
+        **latency_summary(latencies),
+        "client_cpu_s": sum(run["client_cpu_s"] for run in runs),
+    }
 
 
 def _cpu_seconds(process: Any) -> float:
@@ -330,11 +385,18 @@ def environment() -> dict[str, Any]:
 
     from slimformer.predictor import default_threads
 
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": default_threads(),
-            "processor": platform.processor(), "uvicorn": uvicorn.__version__, "httpx": httpx.__version__,
-            "uvloop": _version("uvloop"), "httptools": _version("httptools"),
-            # other work on the machine skews every number: the 1-minute load average says how much there was
-            "load_average_1m": os.getloadavg()[0]}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": default_threads(),
+        "processor": platform.processor(),
+        "uvicorn": uvicorn.__version__,
+        "httpx": httpx.__version__,
+        "uvloop": _version("uvloop"),
+        "httptools": _version("httptools"),
+        # other work on the machine skews every number: the 1-minute load average says how much there was
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def _version(package: str) -> str | None:
@@ -350,21 +412,60 @@ def markdown_table(report: dict[str, Any]) -> str:
     direct, server = report["direct"], report["server"]
     seq, load = server["sequential"], server["load"]
     rows = [
-        ("direct `predict([text])`", direct["calls"], 1, 0, direct["throughput_rps"], direct["p50_ms"],
-         direct["p95_ms"], direct["p99_ms"], "-"),
-        (f"direct `predict(batch of {direct['batched']['batch_size']})`", direct["batched"]["texts"],
-         "-", 0, direct["batched"]["throughput_rps"], float("nan"), float("nan"), float("nan"),
-         direct["batched"]["batch_size"]),
-        ("server, sequential", seq["requests"], 1, seq["errors"], seq["throughput_rps"], seq["p50_ms"],
-         seq["p95_ms"], seq["p99_ms"], "-"),
-        ("server, load", load["requests"], load["concurrency"], load["errors"], load["throughput_rps"],
-         load["p50_ms"], load["p95_ms"], load["p99_ms"], f"{load['mean_batch_size']:.1f}"),
+        (
+            "direct `predict([text])`",
+            direct["calls"],
+            1,
+            0,
+            direct["throughput_rps"],
+            direct["p50_ms"],
+            direct["p95_ms"],
+            direct["p99_ms"],
+            "-",
+        ),
+        (
+            f"direct `predict(batch of {direct['batched']['batch_size']})`",
+            direct["batched"]["texts"],
+            "-",
+            0,
+            direct["batched"]["throughput_rps"],
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            direct["batched"]["batch_size"],
+        ),
+        (
+            "server, sequential",
+            seq["requests"],
+            1,
+            seq["errors"],
+            seq["throughput_rps"],
+            seq["p50_ms"],
+            seq["p95_ms"],
+            seq["p99_ms"],
+            "-",
+        ),
+        (
+            "server, load",
+            load["requests"],
+            load["concurrency"],
+            load["errors"],
+            load["throughput_rps"],
+            load["p50_ms"],
+            load["p95_ms"],
+            load["p99_ms"],
+            f"{load['mean_batch_size']:.1f}",
+        ),
     ]
-    lines = ["| run | requests | concurrency | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | "
-             "mean batch |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| run | requests | concurrency | errors | throughput (req/s) | p50 ms | p95 ms | p99 ms | mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, count, conc, errors, rps, p50, p95, p99, batch in rows:
-        cells = [f"{v:.2f}" if isinstance(v, float) and v == v else ("-" if isinstance(v, float) else str(v))
-                 for v in (p50, p95, p99)]
+        cells = [
+            f"{v:.2f}" if isinstance(v, float) and v == v else ("-" if isinstance(v, float) else str(v))
+            for v in (p50, p95, p99)
+        ]
         lines.append(f"| {name} | {count} | {conc} | {errors} | {rps:.1f} | {' | '.join(cells)} | {batch} |")
     ratios = report["ratios"]
     lines += [
@@ -410,8 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.output.write_text(json.dumps(report, indent=2, default=str))
         print(f"\nresults written to {args.output}")
     if load["errors"] or server["sequential"]["errors"]:
-        print(f"errors: load {load['error_kinds']}, sequential {server['sequential']['error_kinds']}",
-              file=sys.stderr)
+        print(f"errors: load {load['error_kinds']}, sequential {server['sequential']['error_kinds']}", file=sys.stderr)
     return report
 
 

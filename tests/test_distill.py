@@ -46,9 +46,15 @@ def build_tiny_bert(folder: Path, texts: list[str], labels: list[str], layers: i
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(SPECIAL_TOKENS + words)}, do_lower_case=True)
     tokenizer.model_max_length = 64
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
     folder.mkdir(parents=True, exist_ok=True)
     BertForSequenceClassification(config).save_pretrained(folder)
@@ -114,8 +120,9 @@ def test_temperature_squared_keeps_the_soft_gradient_scale(temperature: float) -
 
     student_np, teacher_np, labels_np = _random_batch(seed=2)
     student = torch.tensor(student_np, requires_grad=True)
-    loss = distillation_loss(student, torch.tensor(teacher_np), torch.tensor(labels_np), alpha=0.0,
-                             temperature=temperature)
+    loss = distillation_loss(
+        student, torch.tensor(teacher_np), torch.tensor(labels_np), alpha=0.0, temperature=temperature
+    )
     loss.backward()
     p_student = np.exp(_np_log_softmax(student_np / temperature))
     p_teacher = np.exp(_np_log_softmax(teacher_np / temperature))
@@ -129,8 +136,9 @@ def test_trainer_loss_uses_the_batch_teacher_logits(teacher_dir: Path, tmp_path:
 
     model = load_classifier(teacher_dir)
     tokenizer = load_tokenizer(teacher_dir)
-    args = DistillationTrainingArguments(output_dir=str(tmp_path), alpha=0.25, temperature=3.0, use_cpu=True,
-                                         report_to="none")
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path), alpha=0.25, temperature=3.0, use_cpu=True, report_to="none"
+    )
     trainer = DistillationTrainer(model=model, args=args, processing_class=tokenizer)
     features = [
         {**tokenizer(text), "labels": label, "teacher_logits": list(np.arange(6.0) * sign)}
@@ -182,8 +190,9 @@ def test_student_from_teacher_keeps_the_chosen_layers_exactly(teacher_dir: Path,
         assert torch.equal(tensor, teacher[source]), key
     for key in ("bert.embeddings.word_embeddings.weight", "bert.pooler.dense.weight", "classifier.weight"):
         assert torch.equal(student[key], teacher[key])
-    assert not torch.equal(student["bert.encoder.layer.1.output.dense.weight"],
-                           teacher["bert.encoder.layer.1.output.dense.weight"])
+    assert not torch.equal(
+        student["bert.encoder.layer.1.output.dense.weight"], teacher["bert.encoder.layer.1.output.dense.weight"]
+    )
 
 
 # --- the teacher-logit cache ------------------------------------------------------------------------------
@@ -237,11 +246,16 @@ def test_distill_writes_a_checkpoint_and_reuses_the_cache(teacher_dir: Path, cli
     assert read_config(tmp_path / "student")["num_hidden_layers"] == 2
     assert load_classifier(tmp_path / "student").config.num_labels == len(clinc_slice.labels)
 
-    plain = distill(teacher_dir, clinc_slice, tmp_path / "plain", DistillConfig(student_layers=2, epochs=1, alpha=1.0,
-                                                                                max_train_samples=60))
+    plain = distill(
+        teacher_dir,
+        clinc_slice,
+        tmp_path / "plain",
+        DistillConfig(student_layers=2, epochs=1, alpha=1.0, max_train_samples=60),
+    )
     assert plain["teacher_logits"] is None  # alpha = 1: the teacher is not consulted
-    again = distill(teacher_dir, clinc_slice, tmp_path / "again", DistillConfig(student_layers=2, epochs=1,
-                                                                                max_train_samples=60))
+    again = distill(
+        teacher_dir, clinc_slice, tmp_path / "again", DistillConfig(student_layers=2, epochs=1, max_train_samples=60)
+    )
     assert again["teacher_logits"]["hit"] is True
     assert again["teacher_logits"]["key"] == metrics["teacher_logits"]["key"]
 
@@ -267,8 +281,12 @@ def test_student_with_its_own_tokenizer_and_label_order(
         return original(dataset, tokenizer, max_length)
 
     monkeypatch.setattr(slimformer.training, "tokenize_dataset", spy)
-    distill(teacher_dir, clinc_slice, tmp_path / "out",
-            DistillConfig(student=str(student_dir), epochs=1, max_train_samples=40))
+    distill(
+        teacher_dir,
+        clinc_slice,
+        tmp_path / "out",
+        DistillConfig(student=str(student_dir), epochs=1, max_train_samples=40),
+    )
     train = seen[0]
     texts = column(train, "text")
     raw = teacher_logits(teacher_dir, texts, max_length=64)  # teacher's own label order
@@ -311,14 +329,35 @@ def test_cli_needs_exactly_one_student(teacher_dir: Path, tmp_path: Path, capsys
         assert err == "error: give exactly one of --student PATH|default and --student-layers K"
 
 
-def test_cli_distill_runs(teacher_dir: Path, clinc_slice_dir: Path, tmp_path: Path,
-                          capsys: pytest.CaptureFixture) -> None:
+def test_cli_distill_runs(
+    teacher_dir: Path, clinc_slice_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from slimformer.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["distill", "--teacher", str(teacher_dir), "--student-layers", "1", "--data", str(clinc_slice_dir),
-              "--output", str(tmp_path / "o"), "--epochs", "1", "--alpha", "0.3", "--temperature", "4",
-              "--learning-rate", "3e-4", "--max-train-samples", "30"])
+        main(
+            [
+                "distill",
+                "--teacher",
+                str(teacher_dir),
+                "--student-layers",
+                "1",
+                "--data",
+                str(clinc_slice_dir),
+                "--output",
+                str(tmp_path / "o"),
+                "--epochs",
+                "1",
+                "--alpha",
+                "0.3",
+                "--temperature",
+                "4",
+                "--learning-rate",
+                "3e-4",
+                "--max-train-samples",
+                "30",
+            ]
+        )
     assert exit_info.value.code == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["config"]["alpha"] == 0.3 and metrics["config"]["temperature"] == 4.0
@@ -326,12 +365,17 @@ def test_cli_distill_runs(teacher_dir: Path, clinc_slice_dir: Path, tmp_path: Pa
     assert '"test"' in capsys.readouterr().out
 
 
-def test_a_base_body_student_gets_a_head_for_the_data(teacher_dir: Path, tiny_base_dir: Path, clinc_slice,
-                                                       tmp_path: Path) -> None:
+def test_a_base_body_student_gets_a_head_for_the_data(
+    teacher_dir: Path, tiny_base_dir: Path, clinc_slice, tmp_path: Path
+) -> None:
     from slimformer.distill import DistillConfig, distill
     from slimformer.models import classifier_labels
 
-    metrics = distill(teacher_dir, clinc_slice, tmp_path / "out",
-                      DistillConfig(student=str(tiny_base_dir), epochs=1, max_train_samples=20))
+    metrics = distill(
+        teacher_dir,
+        clinc_slice,
+        tmp_path / "out",
+        DistillConfig(student=str(tiny_base_dir), epochs=1, max_train_samples=20),
+    )
     assert classifier_labels(tmp_path / "out") == clinc_slice.labels
     assert metrics["student"] == str(tiny_base_dir) and metrics["student_layers_kept"] is None

@@ -36,8 +36,14 @@ def build_trained_tiny_classifier(folder: Path, data, epochs: int = 12, seed: in
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=len(data.labels), id2label=dict(enumerate(data.labels)),
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(data.labels),
+        id2label=dict(enumerate(data.labels)),
         label2id={label: i for i, label in enumerate(data.labels)},
     )
     model = BertForSequenceClassification(config)
@@ -207,13 +213,26 @@ def test_optimize_needs_an_onnx_folder(trained_tiny_dir: Path, tmp_path: Path) -
         optimize_onnx(trained_tiny_dir, tmp_path / "out")
 
 
-def test_cli_export_and_optimize(trained_tiny_dir: Path, tiny_base_dir: Path, clinc_slice_dir: Path, tmp_path: Path,
-                                 capsys) -> None:
+def test_cli_export_and_optimize(
+    trained_tiny_dir: Path, tiny_base_dir: Path, clinc_slice_dir: Path, tmp_path: Path, capsys
+) -> None:
     from slimformer.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["export", str(trained_tiny_dir), "--output", str(tmp_path / "onnx"), "--data", str(clinc_slice_dir),
-              "--parity-examples", "12", "--threads", "1"])
+        main(
+            [
+                "export",
+                str(trained_tiny_dir),
+                "--output",
+                str(tmp_path / "onnx"),
+                "--data",
+                str(clinc_slice_dir),
+                "--parity-examples",
+                "12",
+                "--threads",
+                "1",
+            ]
+        )
     assert exit_info.value.code == 0
     assert json.loads((tmp_path / "onnx" / "parity.json").read_text())["examples"] == 12
     with pytest.raises(SystemExit) as exit_info:

@@ -59,7 +59,8 @@ def test_cli_reports_bad_recipe_in_one_line(tmp_path):
     recipe.write_text("stages:\n  - stage: quantise\n")
     result = subprocess.run(
         [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
@@ -76,9 +77,15 @@ def test_run_reuses_finished_stages(tiny_base_dir, clinc_slice_dir, tmp_path, mo
 
     recipe = load_recipe(
         write_recipe(
-            tmp_path / "r.yaml", tiny_base_dir, clinc_slice_dir,
-            [FAST_FINETUNE, {"stage": "benchmark-teacher", **FAST_BENCH}, {"stage": "benchmark-all", **FAST_BENCH},
-             "report"],
+            tmp_path / "r.yaml",
+            tiny_base_dir,
+            clinc_slice_dir,
+            [
+                FAST_FINETUNE,
+                {"stage": "benchmark-teacher", **FAST_BENCH},
+                {"stage": "benchmark-all", **FAST_BENCH},
+                "report",
+            ],
         )
     )
     calls = []
@@ -97,14 +104,18 @@ def test_run_reuses_finished_stages(tiny_base_dir, clinc_slice_dir, tmp_path, mo
 def test_killed_stage_leaves_no_finished_artifact_and_is_redone(tiny_base_dir, clinc_slice_dir, tmp_path):
     """kill -9 in the middle of fine-tuning; the next run redoes only that stage."""
     recipe = write_recipe(
-        tmp_path / "r.yaml", tiny_base_dir, clinc_slice_dir,
+        tmp_path / "r.yaml",
+        tiny_base_dir,
+        clinc_slice_dir,
         [{**FAST_FINETUNE, "epochs": 400}, {"stage": "benchmark-teacher", **FAST_BENCH}],
     )
     stages = tmp_path / "run" / "stages"
     env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not list(stages.glob(".tmp-*")):

@@ -45,8 +45,14 @@ def _agreement_with_fp32(folder: Path, reference: Path, texts: list[str]) -> flo
     ],
 )
 def test_each_method_gives_a_loadable_model_that_agrees_with_fp32(
-    method: str, source: str, quantized_op: str | None, trained_tiny_dir: Path, optimized_dir: Path,
-    clinc_slice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    source: str,
+    quantized_op: str | None,
+    trained_tiny_dir: Path,
+    optimized_dir: Path,
+    clinc_slice,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import onnx
     import onnxruntime as ort
@@ -129,8 +135,9 @@ def test_accuracy_aware_keeps_layers_in_fp32_for_an_impossible_tolerance(
     assert metrics["quantized_nodes"] == {}  # every quantizable node stayed fp32
 
     # a generous budget fits at once and keeps everything quantized
-    relaxed = quantize(optimized_dir, tmp_path / "relaxed", QuantizeConfig(threads=1, max_accuracy_drop=100.0),
-                       clinc_slice)
+    relaxed = quantize(
+        optimized_dir, tmp_path / "relaxed", QuantizeConfig(threads=1, max_accuracy_drop=100.0), clinc_slice
+    )
     assert relaxed["accuracy_aware"]["fits"] is True and relaxed["accuracy_aware"]["kept_fp32"] == []
     assert relaxed["quantized_nodes"]["QAttention"] == 2
 
@@ -157,9 +164,25 @@ def test_cli_quantize(exported_dir: Path, clinc_slice_dir: Path, tmp_path: Path,
     from slimformer.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["quantize", str(exported_dir), "--output", str(tmp_path / "int8"), "--method", "static",
-              "--calibration-samples", "16", "--calibration-method", "percentile", "--per-tensor",
-              "--data", str(clinc_slice_dir), "--threads", "1"])
+        main(
+            [
+                "quantize",
+                str(exported_dir),
+                "--output",
+                str(tmp_path / "int8"),
+                "--method",
+                "static",
+                "--calibration-samples",
+                "16",
+                "--calibration-method",
+                "percentile",
+                "--per-tensor",
+                "--data",
+                str(clinc_slice_dir),
+                "--threads",
+                "1",
+            ]
+        )
     assert exit_info.value.code == 0
     metrics = json.loads((tmp_path / "int8" / "metrics.json").read_text())
     assert metrics["calibration"]["method"] == "percentile" and metrics["per_channel"] is False

@@ -15,9 +15,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def fake_result(model, accuracy, p50, size, backend="pytorch"):
     return {
-        "model": model, "backend": backend, "accuracy": accuracy, "macro_f1": accuracy, "in_scope_accuracy": accuracy,
-        "oos_recall": 0.5, "latency_ms": {"mean": p50, "std": 0.1, "p50": p50, "p95": p50 * 1.5, "p99": p50 * 2},
-        "throughput_per_s": 1000 / p50, "size_mb": size, "parameters": 1000, "peak_rss_mb": 500.0,
+        "model": model,
+        "backend": backend,
+        "accuracy": accuracy,
+        "macro_f1": accuracy,
+        "in_scope_accuracy": accuracy,
+        "oos_recall": 0.5,
+        "latency_ms": {"mean": p50, "std": 0.1, "p50": p50, "p95": p50 * 1.5, "p99": p50 * 2},
+        "throughput_per_s": 1000 / p50,
+        "size_mb": size,
+        "parameters": 1000,
+        "peak_rss_mb": 500.0,
     }
 
 
@@ -25,8 +33,13 @@ def fake_result(model, accuracy, p50, size, backend="pytorch"):
 def benchmark():
     return {
         "environment": {
-            "cpu": "Test CPU", "cpu_count": 2, "isa": {"avx2": True, "avx512": False}, "threads": 2,
-            "platform": "linux", "python": "3.11", "versions": {"torch": "2.13.0"},
+            "cpu": "Test CPU",
+            "cpu_count": 2,
+            "isa": {"avx2": True, "avx512": False},
+            "threads": 2,
+            "platform": "linux",
+            "python": "3.11",
+            "versions": {"torch": "2.13.0"},
         },
         "data": {"name": "clinc150:plus", "split": "test", "rows": 5500},
         "config": {"latency_samples": 1000, "warmup": 20, "batch_size": 32},

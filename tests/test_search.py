@@ -57,19 +57,30 @@ def teacher_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def _config(**overrides):
     from slimformer.search import SearchConfig
 
-    base = dict(student_layers=2, trials=2, epochs_range=(1, 1), learning_rate_range=(1e-4, 1e-3),
-                max_train_samples=TRAIN_ROWS, latency_queries=5)
+    base = dict(
+        student_layers=2,
+        trials=2,
+        epochs_range=(1, 1),
+        learning_rate_range=(1e-4, 1e-3),
+        max_train_samples=TRAIN_ROWS,
+        latency_queries=5,
+    )
     return SearchConfig(**{**base, **overrides})
 
 
-def test_teacher_runs_once_and_the_search_resumes(teacher_dir: Path, clinc_slice, tmp_path: Path,
-                                                  teacher_rows: list[int]) -> None:
+def test_teacher_runs_once_and_the_search_resumes(
+    teacher_dir: Path, clinc_slice, tmp_path: Path, teacher_rows: list[int]
+) -> None:
     from slimformer.distill import DistillConfig, distill
     from slimformer.models import load_classifier
     from slimformer.search import search
 
-    two_epochs = distill(teacher_dir, clinc_slice, tmp_path / "distilled",
-                         DistillConfig(student_layers=2, epochs=2, max_train_samples=TRAIN_ROWS))
+    two_epochs = distill(
+        teacher_dir,
+        clinc_slice,
+        tmp_path / "distilled",
+        DistillConfig(student_layers=2, epochs=2, max_train_samples=TRAIN_ROWS),
+    )
     assert len(two_epochs["history"]) == 2
     assert sum(teacher_rows) == TRAIN_ROWS
 
@@ -116,8 +127,12 @@ def test_teacher_runs_once_and_the_search_resumes(teacher_dir: Path, clinc_slice
 def test_accuracy_latency_gives_a_pareto_front(teacher_dir: Path, clinc_slice, tmp_path: Path) -> None:
     from slimformer.search import search
 
-    metrics = search(teacher_dir, clinc_slice, tmp_path / "s",
-                     _config(student_layers=None, layers_choices=(1, 2), objective="accuracy,latency"))
+    metrics = search(
+        teacher_dir,
+        clinc_slice,
+        tmp_path / "s",
+        _config(student_layers=None, layers_choices=(1, 2), objective="accuracy,latency"),
+    )
     assert len(metrics["best_values"]) == 2 and metrics["best_values"][1] > 0
     front = json.loads((tmp_path / "s" / "pareto_front.json").read_text())
     assert front and all({"validation_accuracy", "p50_ms", "params"} <= set(row) for row in front)
@@ -177,8 +192,9 @@ def test_search_errors(teacher_dir: Path, clinc_slice, tmp_path: Path) -> None:
         search(teacher_dir, clinc_slice, tmp_path / "s", _config(storage="postgresql://user@127.0.0.1:9/none"))
 
 
-def test_cli_search_flags(teacher_dir: Path, clinc_slice_dir: Path, tmp_path: Path,
-                          capsys: pytest.CaptureFixture) -> None:
+def test_cli_search_flags(
+    teacher_dir: Path, clinc_slice_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from slimformer.cli import main
 
     base = ["search", "--teacher", str(teacher_dir), "--data", str(clinc_slice_dir), "--output", str(tmp_path / "o")]

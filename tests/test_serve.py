@@ -151,8 +151,11 @@ def test_metrics_count_statuses_latency_and_batches(tiny_classifier_dir: Path) -
         client.post("/predict", json={"texts": ["a", "b"]})
         client.get("/no-such-path")
         text = client.get("/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     counts = {labels: value for (name, labels), value in samples.items() if name == "slimformer_requests_total"}
     assert counts[(("method", "POST"), ("path", "/predict"), ("status", "200"))] == 4
     assert counts[(("method", "POST"), ("path", "/predict"), ("status", "422"))] == 1
@@ -267,8 +270,9 @@ def test_request_guard_stops_reading_a_stream_at_the_limit() -> None:
 
 
 def test_bad_content_length_is_400(client) -> None:
-    response = client.post("/predict", content=b'{"text": "hi"}',
-                           headers={"content-type": "application/json", "content-length": "many"})
+    response = client.post(
+        "/predict", content=b'{"text": "hi"}', headers={"content-type": "application/json", "content-length": "many"}
+    )
     assert response.status_code in (400, 413)  # the transport may refuse it first; never a 5xx
     assert_still_serving(client)
 
@@ -302,8 +306,10 @@ def _fake_batch(calls: list[list[str]], delay: float = 0.02):
     def run_batch(texts: list[str], top_k: int) -> list[TextResult]:
         calls.append(list(texts))
         time.sleep(delay)
-        return [TextResult(label=text.upper(), score=1.0, truncated=False, num_tokens=len(text), top_k=None)
-                for text in texts]
+        return [
+            TextResult(label=text.upper(), score=1.0, truncated=False, num_tokens=len(text), top_k=None)
+            for text in texts
+        ]
 
     return run_batch
 
@@ -340,8 +346,9 @@ def test_requests_arriving_together_share_a_predictor_call() -> None:
 
 def test_a_request_larger_than_a_batch_goes_alone_and_whole() -> None:
     calls: list[list[str]] = []
-    results = _run_batcher({"max_batch_size": 2, "max_wait_ms": 1, "max_pending_texts": 100},
-                           [["a"], ["b", "c", "d"], ["e"]], calls)
+    results = _run_batcher(
+        {"max_batch_size": 2, "max_wait_ms": 1, "max_pending_texts": 100}, [["a"], ["b", "c", "d"], ["e"]], calls
+    )
     assert [[r.label for r in result] for result in results] == [["A"], ["B", "C", "D"], ["E"]]
     assert ["b", "c", "d"] in calls
 
@@ -367,8 +374,9 @@ def test_a_lone_request_can_skip_the_thread_hop_but_batches_never_do() -> None:
 
     async def main():
         with ThreadPoolExecutor(1, thread_name_prefix="predict") as executor:
-            batcher = MicroBatcher(run_batch, executor, max_batch_size=8, max_wait_ms=5, max_pending_texts=100,
-                                   inline_lone_requests=True)
+            batcher = MicroBatcher(
+                run_batch, executor, max_batch_size=8, max_wait_ms=5, max_pending_texts=100, inline_lone_requests=True
+            )
             batcher.start()
             await batcher.submit(["alone"], 0)
             await asyncio.gather(*(batcher.submit([f"t{i}"], 0) for i in range(6)))
@@ -382,8 +390,11 @@ def test_a_lone_request_can_skip_the_thread_hop_but_batches_never_do() -> None:
 
 def test_queue_limit_answers_503_and_a_failing_batch_fails_only_its_requests() -> None:
     calls: list[list[str]] = []
-    results = _run_batcher({"max_batch_size": 4, "max_wait_ms": 0, "max_pending_texts": 3},
-                           [["a"], ["b", "c"], ["d", "e", "f", "g"]], calls)
+    results = _run_batcher(
+        {"max_batch_size": 4, "max_wait_ms": 0, "max_pending_texts": 3},
+        [["a"], ["b", "c"], ["d", "e", "f", "g"]],
+        calls,
+    )
     assert isinstance(results[2], ServeError) and results[2].status_code == 503
     assert [r.label for r in results[0]] == ["A"]
 
@@ -413,8 +424,9 @@ def test_concurrent_http_requests_are_batched(tiny_classifier_dir: Path) -> None
     config = ServeConfig(max_batch_size=16, max_wait_ms=20)
     with TestClient(create_app(tiny_classifier_dir, config)) as client:
         with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(lambda i: client.post("/predict", json={"text": f"query {i}"}).status_code,
-                                     range(64)))
+            statuses = list(
+                pool.map(lambda i: client.post("/predict", json={"text": f"query {i}"}).status_code, range(64))
+            )
         histogram = client.app.state.metrics.batch_size
         batches = histogram.collect()[0].samples
     assert statuses == [200] * 64
@@ -429,8 +441,14 @@ def test_concurrent_http_requests_are_batched(tiny_classifier_dir: Path) -> None
 
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
-    [("max_batch_size", 0, "max batch size"), ("port", 70000, "port"), ("max_wait_ms", -1, "max wait"),
-     ("threads", 0, "threads"), ("top_k", 50, "top k"), ("log_level", "loud", "log level")],
+    [
+        ("max_batch_size", 0, "max batch size"),
+        ("port", 70000, "port"),
+        ("max_wait_ms", -1, "max wait"),
+        ("threads", 0, "threads"),
+        ("top_k", 50, "top k"),
+        ("log_level", "loud", "log level"),
+    ],
 )
 def test_config_is_validated(field: str, value, fragment: str) -> None:
     from slimformer.errors import ConfigError
@@ -469,9 +487,19 @@ def test_serve_command_runs_a_real_server_that_survives_bad_input(tiny_classifie
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "slimformer.cli", "serve", str(tiny_classifier_dir), "--port", str(port),
-         "--max-body-bytes", "65536"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "slimformer.cli",
+            "serve",
+            str(tiny_classifier_dir),
+            "--port",
+            str(port),
+            "--max-body-bytes",
+            "65536",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         with httpx.Client(base_url=base, timeout=10) as http:
@@ -486,12 +514,15 @@ def test_serve_command_runs_a_real_server_that_survives_bad_input(tiny_classifie
                 assert time.monotonic() < deadline, "server did not become ready"
                 time.sleep(0.2)
             assert http.post("/predict", json=GOOD).status_code == 200
-            huge = http.post("/predict", content=b"a" * (10 * 1024 * 1024),
-                             headers={"content-type": "application/json"})
+            huge = http.post(
+                "/predict", content=b"a" * (10 * 1024 * 1024), headers={"content-type": "application/json"}
+            )
             assert huge.status_code == 413
             assert "limit is 65536 bytes" in huge.json()["message"]
-            assert http.post("/predict", content=b"\xff\xfe", headers={"content-type": "application/json"}
-                             ).status_code == 400
+            assert (
+                http.post("/predict", content=b"\xff\xfe", headers={"content-type": "application/json"}).status_code
+                == 400
+            )
             assert http.post("/predict", json=GOOD).status_code == 200
             assert 'status="413"' in http.get("/metrics").text
     finally:

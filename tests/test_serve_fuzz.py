@@ -64,6 +64,7 @@ def test_negative_fuzz_is_refused_with_4xx(fuzz_schema) -> None:
     seen = _fuzz(fuzz_schema, GenerationMode.NEGATIVE, NEGATIVE_CASES)
     assert sum(seen.values()) >= NEGATIVE_CASES
     assert not [key for key in seen if key[1] >= 500]
-    refused = sum(count for (operation, status), count in seen.items() if operation == "POST /predict"
-                  and 400 <= status < 500)
+    refused = sum(
+        count for (operation, status), count in seen.items() if operation == "POST /predict" and 400 <= status < 500
+    )
     assert refused >= 50, seen

@@ -76,9 +76,7 @@ def distillation_loss(
 class DistillationTrainingArguments(TrainingArguments):
     """TrainingArguments plus the two knobs of the distillation loss."""
 
-    alpha: float = field(
-        default=0.5, metadata={"help": "Weight of the hard-label cross-entropy (1 = no teacher)."}
-    )
+    alpha: float = field(default=0.5, metadata={"help": "Weight of the hard-label cross-entropy (1 = no teacher)."})
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of teacher and student."})
     # the `teacher_logits` column is not a model input: keep it for the collator instead of dropping it
     remove_unused_columns: bool = field(
@@ -166,7 +164,8 @@ def model_files_hash(model_dir: str | Path) -> str:
     """
     digest = hashlib.sha256()
     files = sorted(
-        p for p in Path(model_dir).iterdir()
+        p
+        for p in Path(model_dir).iterdir()
         if p.is_file() and p.name not in NON_MODEL_FILES and not p.name.startswith(".")
     )
     for path in files:
@@ -223,8 +222,12 @@ def cached_teacher_logits(
     os.replace(tmp, path)  # readers see the whole array or nothing
     write_json(
         folder / f"{key}.json",
-        {"teacher": str(Path(teacher_dir).resolve()), "rows": len(texts), "max_length": max_length,
-         "num_labels": int(logits.shape[1])},
+        {
+            "teacher": str(Path(teacher_dir).resolve()),
+            "rows": len(texts),
+            "max_length": max_length,
+            "num_labels": int(logits.shape[1]),
+        },
     )
     return TeacherLogits(logits, key, False, path, time.perf_counter() - started)
 
@@ -258,7 +261,10 @@ def _run_teacher(teacher_dir: str | Path, texts: list[str], max_length: int, bat
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             batch = tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                [texts[i] for i in rows],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
                 return_tensors="pt",
             )
             logits[rows] = model(**batch).logits.float().numpy()
@@ -277,9 +283,7 @@ def evenly_spaced_layers(teacher_layers: int, student_layers: int) -> list[int]:
     fine-tuned, model).
     """
     if not 1 <= student_layers <= teacher_layers:
-        raise ConfigError(
-            f"student layers must be in 1..{teacher_layers} (the teacher's depth), got {student_layers}"
-        )
+        raise ConfigError(f"student layers must be in 1..{teacher_layers} (the teacher's depth), got {student_layers}")
     if student_layers == 1:
         return [teacher_layers - 1]
     return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
@@ -397,7 +401,7 @@ def distill(
         load_tokenizer,
         resolve_model_path,
     )
-    from slimformer.training import evaluate_classifier, metrics_function, tokenize_dataset
+    from slimformer.training import evaluate_classifier, metrics_function, tokenize_dataset, trainer_arguments
 
     config = config or DistillConfig()
     config.validate()
@@ -424,9 +428,7 @@ def distill(
     train = splits.train
     cache = None
     if config.alpha < 1.0:  # alpha = 1 is plain fine-tuning: the teacher is not needed
-        cache = cached_teacher_logits(
-            teacher_path, splits.train, config.max_length, cache_dir=config.cache_dir
-        )
+        cache = cached_teacher_logits(teacher_path, splits.train, config.max_length, cache_dir=config.cache_dir)
         columns = [teacher_labels.index(label) for label in student_labels]
         train = train.add_column(TEACHER_LOGITS_COLUMN, cache.logits[:, columns].tolist())
     train_set = tokenize_dataset(train, tokenizer, config.max_length)
@@ -436,7 +438,7 @@ def distill(
         arguments = DistillationTrainingArguments(
             alpha=config.alpha,
             temperature=config.temperature,
-            **_training_arguments(folder / "trainer", config),
+            **trainer_arguments(folder / "trainer", config),
         )
         trainer = DistillationTrainer(
             model=student,
@@ -465,8 +467,12 @@ def distill(
             "data": splits.name,
             "data_fingerprint": splits.fingerprint,
             "config": asdict(config),
-            "teacher_logits": None if cache is None else {
-                "key": cache.key, "hit": cache.hit, "seconds": round(cache.seconds, 2),
+            "teacher_logits": None
+            if cache is None
+            else {
+                "key": cache.key,
+                "hit": cache.hit,
+                "seconds": round(cache.seconds, 2),
                 "path": str(cache.path),
             },
             "train_seconds": round(train_seconds, 1),
@@ -480,21 +486,6 @@ def distill(
         }
         write_metrics(folder, metrics)
     return metrics
-
-
-def _training_arguments(output_dir: Path, config: DistillConfig) -> dict[str, Any]:
-    from slimformer.training import base_training_arguments
-
-    return base_training_arguments(
-        output_dir,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,
-        seed=config.seed,
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-    )
 
 
 def _epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -524,8 +515,12 @@ def _relabel(splits: DataSplits, labels: list[str]) -> DataSplits:
         return ds.remove_columns("label").add_column("label", [new_id[v] for v in column(ds, "label")])
 
     return DataSplits(
-        name=splits.name, labels=labels, train=remap(splits.train), validation=remap(splits.validation),
-        test=remap(splits.test), fingerprint=splits.fingerprint,
+        name=splits.name,
+        labels=labels,
+        train=remap(splits.train),
+        validation=remap(splits.validation),
+        test=remap(splits.test),
+        fingerprint=splits.fingerprint,
     )
 
 

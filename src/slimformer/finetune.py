@@ -46,7 +46,7 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
-    from slimformer.training import base_training_arguments, evaluate_classifier, metrics_function, tokenize_dataset
+    from slimformer.training import evaluate_classifier, metrics_function, tokenize_dataset, trainer_arguments
 
     config = config or FinetuneConfig()
     config.validate()
@@ -59,18 +59,7 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
     validation_set = tokenize_dataset(splits.validation, tokenizer, config.max_length)
 
     with atomic_output_dir(output) as folder:
-        arguments = TrainingArguments(
-            **base_training_arguments(
-                folder / "trainer",
-                num_train_epochs=config.epochs,
-                learning_rate=config.learning_rate,
-                per_device_train_batch_size=config.batch_size,
-                weight_decay=config.weight_decay,
-                warmup_steps=config.warmup_ratio,
-                seed=config.seed,
-                train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-            )
-        )
+        arguments = TrainingArguments(**trainer_arguments(folder / "trainer", config))
         trainer = Trainer(
             model=classifier,
             args=arguments,

@@ -71,9 +71,7 @@ class SearchConfig:
     def validate(self) -> None:
         given = [x for x in (self.student, self.student_layers, self.layers_choices) if x is not None]
         if len(given) != 1:
-            raise ConfigError(
-                "give exactly one of --student PATH|default, --student-layers K and --layers-choices"
-            )
+            raise ConfigError("give exactly one of --student PATH|default, --student-layers K and --layers-choices")
         if self.trials < 1:
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
         if self.objective not in OBJECTIVES:
@@ -185,7 +183,8 @@ def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optu
         raise ConfigError(f"cannot open the optuna storage {_printable_url(storage_url)}: {reason}") from exc
     pruner = optuna.pruners.MedianPruner(
         # steps are 1-based epochs; the pruner leaves alone steps below n_warmup_steps
-        n_startup_trials=config.pruner_startup_trials, n_warmup_steps=config.pruner_warmup_epochs + 1
+        n_startup_trials=config.pruner_startup_trials,
+        n_warmup_steps=config.pruner_warmup_epochs + 1,
     )
     directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
     with warnings.catch_warnings():
@@ -198,7 +197,11 @@ def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optu
             warn_independent_sampling=False,
         )
         study = optuna.create_study(
-            storage=storage, study_name=study_name, sampler=sampler, pruner=pruner, directions=directions,
+            storage=storage,
+            study_name=study_name,
+            sampler=sampler,
+            pruner=pruner,
+            directions=directions,
             load_if_exists=True,
         )
         study.set_metric_names(["validation_accuracy", "p50_ms"][: len(directions)])
@@ -290,9 +293,7 @@ def _distill_config(params: dict[str, Any], config: SearchConfig) -> Any:
 class _Objective:
     """One trial: distil with the suggested parameters into trials/trial-N and score the result."""
 
-    def __init__(
-        self, teacher_path: Path, splits: DataSplits, trials_dir: Path, config: SearchConfig
-    ) -> None:
+    def __init__(self, teacher_path: Path, splits: DataSplits, trials_dir: Path, config: SearchConfig) -> None:
         from slimformer.data import column
 
         self.teacher_path = teacher_path
@@ -329,8 +330,9 @@ class OptunaPruningCallback(TrainerCallback):
         self.trial = trial
         self.metric = metric
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
-                    **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         import optuna
 
         if not metrics or self.metric not in metrics:
@@ -410,25 +412,35 @@ def _say(message: str) -> None:
 
 
 def _write_results(
-    study: optuna.Study, storage_url: str, teacher_path: Path, splits: DataSplits, output: Path,
+    study: optuna.Study,
+    storage_url: str,
+    teacher_path: Path,
+    splits: DataSplits,
+    output: Path,
     config: SearchConfig,
 ) -> dict[str, Any]:
     best_trials = _best_trials(study, config)
     if not best_trials:
         raise SlimformerError(f"no trial of study {study.study_name} completed (all pruned or failed)")
     best = best_trials[0]
-    write_json(output / "best_params.json", {
-        "study_name": study.study_name,
-        "trial": best.number,
-        "params": best.params,
-        "values": dict(zip(study.metric_names or ["value"], best.values, strict=False)),
-    })
+    write_json(
+        output / "best_params.json",
+        {
+            "study_name": study.study_name,
+            "trial": best.number,
+            "params": best.params,
+            "values": dict(zip(study.metric_names or ["value"], best.values, strict=False)),
+        },
+    )
     study.trials_dataframe().to_csv(output / "trials.csv", index=False)
     if config.multi_objective:
-        write_json(output / "pareto_front.json", [
-            {"trial": t.number, "validation_accuracy": t.values[0], "p50_ms": t.values[1], "params": t.params}
-            for t in best_trials
-        ])
+        write_json(
+            output / "pareto_front.json",
+            [
+                {"trial": t.number, "validation_accuracy": t.values[0], "p50_ms": t.values[1], "params": t.params}
+                for t in best_trials
+            ],
+        )
     _write_plots(study, output, config)
     best_model_metrics = _save_best_model(best, study.study_name, teacher_path, splits, output, config)
 
@@ -461,12 +473,20 @@ def _baseline(study: optuna.Study) -> dict[str, Any] | None:
     first = [t for t in study.get_trials(deepcopy=False) if t.number == 0]
     if not first or first[0].values is None:
         return None
-    return {"trial": 0, "params": first[0].params, "values": list(first[0].values),
-            "test_accuracy": first[0].user_attrs.get("test_accuracy")}
+    return {
+        "trial": 0,
+        "params": first[0].params,
+        "values": list(first[0].values),
+        "test_accuracy": first[0].user_attrs.get("test_accuracy"),
+    }
 
 
 def _save_best_model(
-    best: optuna.trial.FrozenTrial, study_name: str, teacher_path: Path, splits: DataSplits, output: Path,
+    best: optuna.trial.FrozenTrial,
+    study_name: str,
+    teacher_path: Path,
+    splits: DataSplits,
+    output: Path,
     config: SearchConfig,
 ) -> dict[str, Any]:
     from slimformer.distill import distill
@@ -481,7 +501,10 @@ def _save_best_model(
         _say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
         metrics = distill(teacher_path, splits, target, _distill_config(best.params, config))
     metrics["search"] = {
-        "study_name": study_name, "trial": best.number, "params": best.params, "values": list(best.values)
+        "study_name": study_name,
+        "trial": best.number,
+        "params": best.params,
+        "values": list(best.values),
     }
     write_metrics(target, metrics)
     return metrics

@@ -35,7 +35,23 @@ JSON_MEDIA_TYPES = ("application/json",)
 NOT_ONLY_WHITESPACE = r"[^ \t\n\r\f\v]"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LATENCY_BUCKETS = (
-    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 # routes named on /metrics; any other path is counted as "other" so a scan cannot blow up label cardinality
@@ -65,9 +81,13 @@ class ServeConfig:
     def validate(self) -> None:
         """Raise ConfigError for settings that cannot work."""
         positive = {
-            "port": self.port, "workers": self.workers, "max_texts_per_request": self.max_texts_per_request,
-            "max_chars_per_text": self.max_chars_per_text, "max_body_bytes": self.max_body_bytes,
-            "max_batch_size": self.max_batch_size, "max_pending_texts": self.max_pending_texts,
+            "port": self.port,
+            "workers": self.workers,
+            "max_texts_per_request": self.max_texts_per_request,
+            "max_chars_per_text": self.max_chars_per_text,
+            "max_body_bytes": self.max_body_bytes,
+            "max_batch_size": self.max_batch_size,
+            "max_pending_texts": self.max_pending_texts,
         }
         for name, value in positive.items():
             if value < 1:
@@ -99,9 +119,7 @@ class ServeConfig:
 class ServeError(Exception):
     """A request that cannot be answered: becomes a JSON error with this status code."""
 
-    def __init__(
-        self, status_code: int, error: str, message: str, details: list[dict[str, str]] | None = None
-    ) -> None:
+    def __init__(self, status_code: int, error: str, message: str, details: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error = error
@@ -143,18 +161,23 @@ def build_models(config: ServeConfig) -> dict[str, type]:
             json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]},
         )
         text: text_type = Field(
-            default=None, json_schema_extra=_drop_default,
+            default=None,
+            json_schema_extra=_drop_default,
             description=f"One text to classify (1..{config.max_chars_per_text} characters, not only "
             "whitespace). "
             "Text longer than the model's max tokens is truncated and the prediction says so.",
         )
         texts: list[text_type] = Field(
-            default=None, min_length=1, max_length=config.max_texts_per_request,
+            default=None,
+            min_length=1,
+            max_length=config.max_texts_per_request,
             json_schema_extra=_drop_default,
             description=f"Several texts (1..{config.max_texts_per_request}), each as for `text`.",
         )
         top_k: int | None = Field(
-            default=None, ge=0, le=config.max_top_k,
+            default=None,
+            ge=0,
+            le=config.max_top_k,
             description=f"Also return the k most probable labels (0: none; default {config.top_k}; "
             "capped at the number of labels).",
         )
@@ -201,8 +224,12 @@ def build_models(config: ServeConfig) -> dict[str, type]:
         status: str
 
     return {
-        "PredictRequest": PredictRequest, "PredictResponse": PredictResponse, "Prediction": Prediction,
-        "LabelScore": LabelScore, "ErrorResponse": ErrorResponse, "Status": Status,
+        "PredictRequest": PredictRequest,
+        "PredictResponse": PredictResponse,
+        "Prediction": Prediction,
+        "LabelScore": LabelScore,
+        "ErrorResponse": ErrorResponse,
+        "Status": Status,
     }
 
 
@@ -325,7 +352,7 @@ class MicroBatcher:
                 self.on_batch(len(texts), time.perf_counter() - started)
             offset = 0
             for job in jobs:
-                chunk = results[offset: offset + len(job.texts)]
+                chunk = results[offset : offset + len(job.texts)]
                 offset += len(job.texts)
                 if not job.future.done():  # the client may have gone away
                     job.future.set_result(chunk)
@@ -351,9 +378,7 @@ class MicroBatcher:
         return jobs
 
 
-def predict_batch(
-    predictor: "Predictor", texts: list[str], top_k: int, max_batch_size: int
-) -> list[TextResult]:
+def predict_batch(predictor: "Predictor", texts: list[str], top_k: int, max_batch_size: int) -> list[TextResult]:
     """Label, score, top-k and truncation flag of each text; predictor calls of <= `max_batch_size` texts."""
     import numpy as np
 
@@ -363,7 +388,7 @@ def predict_batch(
     top_k = min(top_k, len(predictor.labels))
     results: list[TextResult] = []
     for start in range(0, len(texts), max_batch_size):
-        chunk = texts[start: start + max_batch_size]
+        chunk = texts[start : start + max_batch_size]
         probs = softmax(predictor.predict_logits(chunk))
         order = np.argsort(-probs, axis=-1)
         for row in range(len(chunk)):
@@ -379,8 +404,10 @@ def model_token_limit(predictor: "Predictor") -> int:
     """Most tokens the model can take: its position embeddings and the tokenizer's own limit."""
     from slimformer.models import read_config
 
-    limits = [read_config(predictor.path).get("max_position_embeddings"),
-              getattr(predictor.tokenizer, "model_max_length", None)]
+    limits = [
+        read_config(predictor.path).get("max_position_embeddings"),
+        getattr(predictor.tokenizer, "model_max_length", None),
+    ]
     # tokenizers without a limit report a huge sentinel (1e30); such values say nothing
     sane = [int(limit) for limit in limits if isinstance(limit, int) and 2 <= limit <= 1_000_000]
     return min(sane) if sane else predictor.max_length
@@ -389,8 +416,12 @@ def model_token_limit(predictor: "Predictor") -> int:
 def token_counts(predictor: "Predictor", texts: list[str]) -> list[int]:
     """Tokens of each text with special tokens, before truncation (the tokenizer's own count)."""
     encoded = predictor.tokenizer(
-        list(texts), add_special_tokens=True, truncation=False, return_attention_mask=False,
-        return_token_type_ids=False, verbose=False,
+        list(texts),
+        add_special_tokens=True,
+        truncation=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
     )
     return [len(ids) for ids in encoded["input_ids"]]
 
@@ -406,19 +437,36 @@ class ServeMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("slimformer_requests", "HTTP requests by method, path and status code.",
-                                ["method", "path", "status"], registry=self.registry)
-        self.latency = Histogram("slimformer_request_latency_seconds", "HTTP request latency (server side).",
-                                 ["method", "path"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("slimformer_batch_size", "Texts per predictor call (micro-batch size).",
-                                    buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
-        self.batch_latency = Histogram("slimformer_batch_latency_seconds", "Predictor time per micro-batch.",
-                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "slimformer_requests",
+            "HTTP requests by method, path and status code.",
+            ["method", "path", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "slimformer_request_latency_seconds",
+            "HTTP request latency (server side).",
+            ["method", "path"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "slimformer_batch_size",
+            "Texts per predictor call (micro-batch size).",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_latency = Histogram(
+            "slimformer_batch_latency_seconds",
+            "Predictor time per micro-batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.texts = Counter("slimformer_texts", "Texts classified.", registry=self.registry)
-        self.truncated = Counter("slimformer_truncated_texts", "Texts truncated to the model's max tokens.",
-                                 registry=self.registry)
-        self.pending = Gauge("slimformer_pending_texts", "Texts waiting for the predictor.",
-                             registry=self.registry)
+        self.truncated = Counter(
+            "slimformer_truncated_texts", "Texts truncated to the model's max tokens.", registry=self.registry
+        )
+        self.pending = Gauge("slimformer_pending_texts", "Texts waiting for the predictor.", registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -500,8 +548,9 @@ class RequestGuard:
             except ValueError:
                 raise ServeError(400, "bad_request", f"Content-Length {declared!r} is not a number") from None
             if length > self.max_body_bytes:
-                raise ServeError(413, "body_too_large",
-                                 f"request body is {length} bytes; the limit is {self.max_body_bytes} bytes")
+                raise ServeError(
+                    413, "body_too_large", f"request body is {length} bytes; the limit is {self.max_body_bytes} bytes"
+                )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -511,8 +560,9 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise ServeError(413, "body_too_large",
-                                 f"request body is over the limit of {self.max_body_bytes} bytes")
+                raise ServeError(
+                    413, "body_too_large", f"request body is over the limit of {self.max_body_bytes} bytes"
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -523,13 +573,17 @@ class RequestGuard:
         content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
         if content_type not in JSON_MEDIA_TYPES and not content_type.endswith("+json"):
             shown = content_type or "none"
-            raise ServeError(415, "unsupported_media_type",
-                             f"send the body as JSON with 'Content-Type: application/json' (got {shown})")
+            raise ServeError(
+                415,
+                "unsupported_media_type",
+                f"send the body as JSON with 'Content-Type: application/json' (got {shown})",
+            )
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ServeError(400, "invalid_encoding",
-                             f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
+            raise ServeError(
+                400, "invalid_encoding", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+            ) from None
 
 
 def _header(scope: dict, name: bytes) -> str | None:
@@ -557,11 +611,12 @@ _MESSAGES = {
         "(texts under the limit but over the model's max tokens are truncated, not rejected)"
     ),
     "too_short": lambda e: "must hold at least one text",
-    "too_long": lambda e: f"holds {e['ctx'].get('actual_length', 'too many')} items; the limit is "
-                          f"{e['ctx']['max_length']}",
+    "too_long": lambda e: (
+        f"holds {e['ctx'].get('actual_length', 'too many')} items; the limit is {e['ctx']['max_length']}"
+    ),
     "extra_forbidden": lambda e: "is not a known field (use 'text' or 'texts', and optionally 'top_k')",
     "missing": lambda e: "is required",
-    "model_attributes_type": lambda e: "must be a JSON object such as {\"text\": \"...\"}",
+    "model_attributes_type": lambda e: 'must be a JSON object such as {"text": "..."}',
     "string_type": lambda e: f"must be a string, not {_json_type(e.get('input'))}",
     "list_type": lambda e: f"must be a list of strings, not {_json_type(e.get('input'))}",
     "string_unicode": lambda e: "is not valid Unicode (it holds a lone surrogate)",
@@ -573,8 +628,15 @@ _MESSAGES = {
 
 
 def _json_type(value: Any) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
-             list: "a list", dict: "an object"}
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -603,8 +665,9 @@ def validation_error(errors: list[dict[str, Any]]) -> ServeError:
             message = str(e.get("msg", "is invalid"))
         message = message.removeprefix("Value error, ")
         details.append({"location": _location(tuple(e.get("loc", ()))), "message": message})
-    summary = "; ".join(f"{d['location']}: {d['message']}" if d["location"] != "body" else d["message"]
-                        for d in details[:5])
+    summary = "; ".join(
+        f"{d['location']}: {d['message']}" if d["location"] != "body" else d["message"] for d in details[:5]
+    )
     more = f" (and {len(details) - 5} more)" if len(details) > 5 else ""
     return ServeError(422, "validation_error", f"invalid request: {summary}{more}", details)
 
@@ -640,7 +703,10 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
     config.validate()
     models = build_models(config)
     PredictRequest, PredictResponse, ErrorResponse, Status = (
-        models["PredictRequest"], models["PredictResponse"], models["ErrorResponse"], models["Status"]
+        models["PredictRequest"],
+        models["PredictResponse"],
+        models["ErrorResponse"],
+        models["Status"],
     )
     metrics = ServeMetrics()
     state = ServeState()
@@ -668,21 +734,32 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
                 "max_length": state.predictor.max_length,
                 "predictor": predictor_settings,
                 "process_cpus": _process_cpus(),
-                "threads_choice": "set by the threads option" if config.threads else
-                "(cores available - 1) / workers: one core stays with the event loop; one inference at a "
+                "threads_choice": "set by the threads option"
+                if config.threads
+                else "(cores available - 1) / workers: one core stays with the event loop; one inference at a "
                 "time per worker, so batches never compete with each other",
-                "batching": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms,
-                             "max_pending_texts": config.max_pending_texts,
-                             "inline_lone_requests": config.inline_lone_requests},
-                "limits": {"max_texts_per_request": config.max_texts_per_request,
-                           "max_chars_per_text": config.max_chars_per_text,
-                           "max_body_bytes": config.max_body_bytes, "max_top_k": config.max_top_k},
+                "batching": {
+                    "max_batch_size": config.max_batch_size,
+                    "max_wait_ms": config.max_wait_ms,
+                    "max_pending_texts": config.max_pending_texts,
+                    "inline_lone_requests": config.inline_lone_requests,
+                },
+                "limits": {
+                    "max_texts_per_request": config.max_texts_per_request,
+                    "max_chars_per_text": config.max_chars_per_text,
+                    "max_body_bytes": config.max_body_bytes,
+                    "max_top_k": config.max_top_k,
+                },
                 "workers": config.workers,
             }
             state.batcher = MicroBatcher(
                 lambda texts, k: predict_batch(state.predictor, texts, k, config.max_batch_size),
-                executor, config.max_batch_size, config.max_wait_ms, config.max_pending_texts,
-                on_batch=metrics.observe_batch, inline_lone_requests=config.inline_lone_requests,
+                executor,
+                config.max_batch_size,
+                config.max_wait_ms,
+                config.max_pending_texts,
+                on_batch=metrics.observe_batch,
+                inline_lone_requests=config.inline_lone_requests,
             )
             state.batcher.start()
             metrics.pending.set_function(lambda: state.batcher.pending_texts)  # read at scrape time
@@ -697,8 +774,10 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
     error_responses = {
         code: {"model": ErrorResponse, "description": text}
         for code, text in (
-            (400, "Malformed JSON or a body that is not UTF-8"), (413, "Body over the size limit"),
-            (415, "Body is not JSON"), (422, "Request does not match the schema"),
+            (400, "Malformed JSON or a body that is not UTF-8"),
+            (413, "Body over the size limit"),
+            (415, "Body is not JSON"),
+            (422, "Request does not match the schema"),
             (503, "Model not loaded yet, or too many texts queued"),
         )
     }
@@ -707,8 +786,10 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
         summary="Text classification served from a slimformer model folder.",
         version=_package_version(),
         lifespan=lifespan,
-        responses={404: {"model": ErrorResponse, "description": "No such path"},
-                   405: {"model": ErrorResponse, "description": "Method not allowed"}},
+        responses={
+            404: {"model": ErrorResponse, "description": "No such path"},
+            405: {"model": ErrorResponse, "description": "Method not allowed"},
+        },
     )
     app.state.serve = state
     app.state.metrics = metrics
@@ -738,8 +819,12 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
         # a bug, not a user error: answer 500 with a message and keep serving
         return _error_response(ServeError(500, "internal_error", f"internal error: {type(exc).__name__}"))
 
-    @app.post("/predict", response_model=PredictResponse, responses=error_responses,
-              summary="Classify one text or a list of texts")
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses=error_responses,
+        summary="Classify one text or a list of texts",
+    )
     async def predict(body: PredictRequest) -> Any:  # type: ignore[valid-type]
         if not state.ready or state.batcher is None:
             raise ServeError(503, "not_ready", "the model is not loaded yet")
@@ -751,9 +836,15 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
         if truncated:
             metrics.truncated.inc(truncated)
         predictions = [
-            {"label": r.label, "score": r.score, "truncated": r.truncated, "num_tokens": r.num_tokens,
-             "top_k": [{"label": label, "score": score} for label, score in r.top_k[:top_k]]
-             if top_k and r.top_k is not None else None}
+            {
+                "label": r.label,
+                "score": r.score,
+                "truncated": r.truncated,
+                "num_tokens": r.num_tokens,
+                "top_k": [{"label": label, "score": score} for label, score in r.top_k[:top_k]]
+                if top_k and r.top_k is not None
+                else None,
+            }
             for r in results
         ]
         return {"predictions": predictions, "max_length": state.predictor.max_length}
@@ -762,23 +853,33 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
     async def healthz() -> Any:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=Status, responses={503: {"model": ErrorResponse,
-                                                                "description": "Model not loaded"}},
-             summary="The model is loaded and requests are served")
+    @app.get(
+        "/readyz",
+        response_model=Status,
+        responses={503: {"model": ErrorResponse, "description": "Model not loaded"}},
+        summary="The model is loaded and requests are served",
+    )
     async def readyz() -> Any:
         if not state.ready or state.batcher is None or not state.batcher.running:
             raise ServeError(503, "not_ready", "the model is not loaded yet")
         return {"status": "ready"}
 
-    @app.get("/info", responses={503: {"model": ErrorResponse, "description": "Model not loaded"}},
-             summary="Model, limits, batching and the predictor's thread settings")
+    @app.get(
+        "/info",
+        responses={503: {"model": ErrorResponse, "description": "Model not loaded"}},
+        summary="Model, limits, batching and the predictor's thread settings",
+    )
     async def info() -> dict[str, Any]:
         if not state.ready:
             raise ServeError(503, "not_ready", "the model is not loaded yet")
         return state.settings
 
-    @app.get("/metrics", response_class=Response, summary="Prometheus metrics",
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        summary="Prometheus metrics",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 

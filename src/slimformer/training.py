@@ -85,3 +85,19 @@ def base_training_arguments(output_dir: Path, **overrides: Any) -> dict[str, Any
     }
     arguments.update(overrides)
     return arguments
+
+
+def trainer_arguments(output_dir: Path, config: Any, **overrides: Any) -> dict[str, Any]:
+    """TrainingArguments keywords from a stage config's shared hyperparameters (epochs, learning_rate,
+    batch_size, weight_decay, warmup_ratio, seed and, where the config has it, group_by_length)."""
+    return base_training_arguments(
+        output_dir,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio
+        seed=config.seed,
+        train_sampling_strategy="group_by_length" if getattr(config, "group_by_length", False) else "random",
+        **overrides,
+    )

@@ -67,19 +67,31 @@ def distill(
     from slimformer.distill import distill as run_distill
 
     config = DistillConfig(
-        student=student, student_layers=student_layers, alpha=alpha, temperature=temperature, epochs=epochs,
-        learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
-        group_by_length=group_by_length, seed=seed,
-        max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+        student=student,
+        student_layers=student_layers,
+        alpha=alpha,
+        temperature=temperature,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        group_by_length=group_by_length,
+        seed=seed,
+        max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples,
         cache_dir=str(cache_dir) if cache_dir else None,
     )
     config.validate()  # before the data loads, so a wrong flag fails at once
     splits = load_data_option(data, data_dir, text_column, label_column, seed)
     metrics = run_distill(teacher, splits, output, config)
-    print_json({
-        "output": str(output), "validation": metrics["validation"], "test": metrics["test"],
-        "teacher_logits": metrics["teacher_logits"],
-    })
+    print_json(
+        {
+            "output": str(output),
+            "validation": metrics["validation"],
+            "test": metrics["test"],
+            "teacher_logits": metrics["teacher_logits"],
+        }
+    )
 
 
 def search(
@@ -120,26 +132,42 @@ def search(
     from slimformer.search import search as run_search
 
     config = SearchConfig(
-        trials=trials, objective=objective, storage=storage, study_name=study_name, student=student,
+        trials=trials,
+        objective=objective,
+        storage=storage,
+        study_name=study_name,
+        student=student,
         student_layers=student_layers,
         layers_choices=tuple(int(k) for k in _parse_range(layers_choices, "--layers-choices", None))
-        if layers_choices else None,
+        if layers_choices
+        else None,
         epochs_range=_parse_range(epochs_range, "--epochs-range", int),
         max_epochs=max_epochs,
         alpha_range=_parse_range(alpha_range, "--alpha-range", float),
         temperature_range=_parse_range(temperature_range, "--temperature-range", int),
         learning_rate_range=_parse_range(learning_rate_range, "--learning-rate-range", float),
-        startup_trials=startup_trials, latency_queries=latency_queries, batch_size=batch_size,
-        max_length=max_length, seed=seed, max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples, cache_dir=str(cache_dir) if cache_dir else None,
+        startup_trials=startup_trials,
+        latency_queries=latency_queries,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples,
+        cache_dir=str(cache_dir) if cache_dir else None,
     )
     config.validate()
     splits = load_data_option(data, data_dir, text_column, label_column, seed)
     metrics = run_search(teacher, splits, output, config)
-    print_json({
-        "output": str(output), "study_name": metrics["study_name"], "trials": metrics["trials"],
-        "best_params": metrics["best_params"], "best_values": metrics["best_values"], "test": metrics["test"],
-    })
+    print_json(
+        {
+            "output": str(output),
+            "study_name": metrics["study_name"],
+            "trials": metrics["trials"],
+            "best_params": metrics["best_params"],
+            "best_values": metrics["best_values"],
+            "test": metrics["test"],
+        }
+    )
 
 
 def _parse_range(text: str, flag: str, kind: type | None) -> tuple:

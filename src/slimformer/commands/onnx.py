@@ -61,8 +61,13 @@ def export(
     from slimformer.commands.options import print_json
     from slimformer.onnx import ExportConfig, export_onnx
 
-    config = ExportConfig(opset=opset, parity_tolerance=parity_tolerance, parity_examples=parity_examples,
-                          max_length=max_length, threads=threads)
+    config = ExportConfig(
+        opset=opset,
+        parity_tolerance=parity_tolerance,
+        parity_examples=parity_examples,
+        max_length=max_length,
+        threads=threads,
+    )
     config.validate()
     splits = _load_data(data, data_dir, text_column, label_column)
     metrics = export_onnx(model_dir, output, config, splits)
@@ -90,11 +95,23 @@ def optimize(
     from slimformer.commands.options import print_json
     from slimformer.onnx import OptimizeConfig, optimize_onnx
 
-    config = OptimizeConfig(level=level, num_heads=num_heads, hidden_size=hidden_size, model_type=model_type,
-                            max_length=max_length, threads=threads)
+    config = OptimizeConfig(
+        level=level,
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        model_type=model_type,
+        max_length=max_length,
+        threads=threads,
+    )
     metrics = optimize_onnx(onnx_dir, output, config)
-    print_json({"output": str(output), "fusions": metrics["fusions"],
-                "attention_fully_fused": metrics["attention_fully_fused"], "warnings": metrics["warnings"]})
+    print_json(
+        {
+            "output": str(output),
+            "fusions": metrics["fusions"],
+            "attention_fully_fused": metrics["attention_fully_fused"],
+            "warnings": metrics["warnings"],
+        }
+    )
 
 
 def quantize(
@@ -121,8 +138,11 @@ def quantize(
     ] = "minmax",
     max_accuracy_drop: Annotated[
         float | None,
-        typer.Option("--max-accuracy-drop", help="Accuracy-aware: keep sensitive layers fp32 until the "
-                     "validation accuracy drop is at most this many points."),
+        typer.Option(
+            "--max-accuracy-drop",
+            help="Accuracy-aware: keep sensitive layers fp32 until the "
+            "validation accuracy drop is at most this many points.",
+        ),
     ] = None,
     level: Annotated[int, typer.Option("--level", help="ORT optimizer level when a checkpoint is exported first.")] = 2,
     teacher: Annotated[
@@ -153,18 +173,41 @@ def quantize(
     from slimformer.onnx import quantize as run_quantize
 
     config = QuantizeConfig(
-        method=method, per_channel=per_channel, reduce_range=reduce_range, quantize_embeddings=embeddings,
-        calibration_samples=calibration_samples, calibration_method=calibration_method,
-        max_accuracy_drop=max_accuracy_drop, optimize_level=level, max_eval_samples=max_eval_samples,
-        max_length=max_length, threads=threads, teacher=str(teacher) if teacher else None, alpha=alpha,
-        temperature=temperature, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-        max_train_samples=max_train_samples, seed=seed,
+        method=method,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        quantize_embeddings=embeddings,
+        calibration_samples=calibration_samples,
+        calibration_method=calibration_method,
+        max_accuracy_drop=max_accuracy_drop,
+        optimize_level=level,
+        max_eval_samples=max_eval_samples,
+        max_length=max_length,
+        threads=threads,
+        teacher=str(teacher) if teacher else None,
+        alpha=alpha,
+        temperature=temperature,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_train_samples=max_train_samples,
+        seed=seed,
     )
     splits = _load_data(data, data_dir, text_column, label_column, seed)
     config.validate(splits)  # before any model work, so a wrong flag fails at once
     metrics = run_quantize(model_dir, output, config, splits)
-    summary = {key: metrics.get(key) for key in ("method", "reduce_range", "reduce_range_reason", "size_mb",
-                                                  "accuracy_delta_points", "agreement", "accuracy_aware")}
+    summary = {
+        key: metrics.get(key)
+        for key in (
+            "method",
+            "reduce_range",
+            "reduce_range_reason",
+            "size_mb",
+            "accuracy_delta_points",
+            "agreement",
+            "accuracy_aware",
+        )
+    }
     print_json({"output": str(output), **summary})
 
 

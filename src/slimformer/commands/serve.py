@@ -35,9 +35,18 @@ def serve(
     from slimformer.serve import serve as run_server
 
     config = ServeConfig(
-        host=host, port=port, workers=workers, threads=threads, max_batch_size=max_batch_size,
-        max_wait_ms=max_wait_ms, max_texts_per_request=max_texts, max_chars_per_text=max_chars,
-        max_body_bytes=max_body_bytes, max_length=max_length, top_k=top_k, log_level=log_level,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_texts_per_request=max_texts,
+        max_chars_per_text=max_chars,
+        max_body_bytes=max_body_bytes,
+        max_length=max_length,
+        top_k=top_k,
+        log_level=log_level,
     )
     typer.echo(f"serving {model_dir} on http://{host}:{port} (workers={workers})", err=True)
     run_server(model_dir, config)

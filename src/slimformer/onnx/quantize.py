@@ -66,8 +66,16 @@ DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization
 STATIC_OPS = ("MatMul", "Gemm", "Gather")
 EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
 # op types that show a graph was quantized, counted in metrics.json
-QUANTIZED_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "QAttention", "QEmbedLayerNormalization",
-                 "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear", "DequantizeLinear")
+QUANTIZED_OPS = (
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QAttention",
+    "QEmbedLayerNormalization",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QuantizeLinear",
+    "DequantizeLinear",
+)
 
 
 @dataclass
@@ -123,10 +131,14 @@ def choose_reduce_range(requested: bool | None) -> tuple[bool, str]:
         return requested, "set explicitly"
     found = sorted(set(VNNI_FLAGS) & isa_flags())
     if found:
-        return False, (f"CPU has VNNI ({', '.join(found)}): 8-bit products accumulate without saturation, "
-                       "so full 8-bit weights (onnxruntime's guidance for U8S8 on VNNI CPUs)")
-    return True, ("CPU has no VNNI: 7-bit weights avoid int16 saturation of U8S8 products "
-                  "(onnxruntime's guidance for x86 CPUs without VNNI)")
+        return False, (
+            f"CPU has VNNI ({', '.join(found)}): 8-bit products accumulate without saturation, "
+            "so full 8-bit weights (onnxruntime's guidance for U8S8 on VNNI CPUs)"
+        )
+    return True, (
+        "CPU has no VNNI: 7-bit weights avoid int16 saturation of U8S8 products "
+        "(onnxruntime's guidance for x86 CPUs without VNNI)"
+    )
 
 
 def quantize(
@@ -176,8 +188,11 @@ def _export_and_optimize(checkpoint: Path, work: Path, config: QuantizeConfig) -
     from slimformer.onnx.optimize import OptimizeConfig, optimize_onnx
 
     export_onnx(checkpoint, work / "fp32", ExportConfig(max_length=config.max_length, threads=config.threads))
-    optimize_onnx(work / "fp32", work / "fp32-optimized",
-                  OptimizeConfig(level=config.optimize_level, max_length=config.max_length, threads=config.threads))
+    optimize_onnx(
+        work / "fp32",
+        work / "fp32-optimized",
+        OptimizeConfig(level=config.optimize_level, max_length=config.max_length, threads=config.threads),
+    )
     return work / "fp32-optimized"
 
 
@@ -213,8 +228,12 @@ def _ort_quantize_folder(
         # evenly spaced rows: a split stored intent by intent would otherwise give a few intents only
         rows = np.linspace(0, len(texts) - 1, config.sensitivity_samples).astype(int)
         sensitivity_set = _evaluation(
-            tokenizer, [texts[i] for i in rows], None if label_ids is None else [label_ids[i] for i in rows],
-            model_labels, data, config.max_length,
+            tokenizer,
+            [texts[i] for i in rows],
+            None if label_ids is None else [label_ids[i] for i in rows],
+            model_labels,
+            data,
+            config.max_length,
         )
     reduce_range, reduce_range_reason = choose_reduce_range(config.reduce_range)
     op_types = _op_types(config)
@@ -237,7 +256,14 @@ def _ort_quantize_folder(
     search: dict[str, Any] | None = None
     if config.max_accuracy_drop is not None:
         candidate, search = _fit_accuracy_budget(
-            fp32_model, candidate, work, config, op_types, evaluation, sensitivity_set, reference_accuracy,
+            fp32_model,
+            candidate,
+            work,
+            config,
+            op_types,
+            evaluation,
+            sensitivity_set,
+            reference_accuracy,
             quantize_excluding,
         )
     quantize_seconds = time.perf_counter() - started
@@ -271,8 +297,11 @@ def _ort_quantize_folder(
         }
         metrics["size_ratio"] = round(metrics["fp32_size_mb"] / metrics["size_mb"], 2)
         if config.method == "static":
-            metrics["calibration"] = {"method": config.calibration_method, "samples": calibration["samples"],
-                                      "texts": "training split"}
+            metrics["calibration"] = {
+                "method": config.calibration_method,
+                "samples": calibration["samples"],
+                "texts": "training split",
+            }
         if qat_report is not None:
             metrics["qat"] = qat_report
         if search is not None:
@@ -301,7 +330,11 @@ def _reference_logits(
 
 
 def _dynamic(
-    fp32_model: Path, output: Path, config: QuantizeConfig, reduce_range: bool, op_types: tuple[str, ...],
+    fp32_model: Path,
+    output: Path,
+    config: QuantizeConfig,
+    reduce_range: bool,
+    op_types: tuple[str, ...],
     excluded: list[str],
 ) -> None:
     import onnx
@@ -309,28 +342,48 @@ def _dynamic(
 
     with _quiet():
         quantize_dynamic(
-            fp32_model, output, op_types_to_quantize=list(op_types), per_channel=config.per_channel,
-            reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            fp32_model,
+            output,
+            op_types_to_quantize=list(op_types),
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
             # the optimizer's fused contrib ops lack type info the quantizer needs: assume float tensors
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
 
 def _static(
-    fp32_model: Path, output: Path, config: QuantizeConfig, reduce_range: bool, op_types: tuple[str, ...],
-    excluded: list[str], calibration: dict[str, Any] | None,
+    fp32_model: Path,
+    output: Path,
+    config: QuantizeConfig,
+    reduce_range: bool,
+    op_types: tuple[str, ...],
+    excluded: list[str],
+    calibration: dict[str, Any] | None,
 ) -> None:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     assert calibration is not None
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
     with _quiet():
         quantize_static(
-            fp32_model, output, calibration["reader"](), quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(op_types), per_channel=config.per_channel, reduce_range=reduce_range,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
+            fp32_model,
+            output,
+            calibration["reader"](),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
             calibrate_method=methods[config.calibration_method],
             # ranges are computed once and reused by every quantization of the accuracy-aware search
             calibration_cache_path=calibration["cache"],
@@ -483,7 +536,8 @@ def _fit_accuracy_budget(
     if not report["fits"]:
         warnings.warn(
             f"accuracy drop {drop_points(accuracy)} points still exceeds {config.max_accuracy_drop} with every "
-            "layer group in fp32", stacklevel=3,
+            "layer group in fp32",
+            stacklevel=3,
         )
     return best, report
 
@@ -518,7 +572,7 @@ def _torch_dynamic(source: Path, output: str | Path, config: QuantizeConfig, dat
             "dtype": "qint8",
             "engine": torch.backends.quantized.engine,
             "note": "weights are stored in fp32; slimformer.load applies "
-                    "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8) when loading this folder",
+            "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8) when loading this folder",
         }
         write_json(folder / QUANTIZATION_FILE, marker)
         (folder / "README.md").write_text(
@@ -583,8 +637,9 @@ def _quantization_aware_training(
     tokenizer = load_tokenizer(source)
     model = load_classifier(source, attn_implementation="eager")
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    splits = _in_label_order(data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed),
-                             model_labels)
+    splits = _in_label_order(
+        data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed), model_labels
+    )
     train = splits.train
     teacher_report: dict[str, Any] | None = None
     trainer_cls, arguments_cls, extra_args, collator = _distillation_parts(tokenizer, config)
@@ -596,28 +651,41 @@ def _quantization_aware_training(
         cache = cached_teacher_logits(teacher, train, config.max_length)
         columns = [teacher_labels.index(label) for label in model_labels]
         train = train.add_column(TEACHER_LOGITS_COLUMN, cache.logits[:, columns].tolist())
-        teacher_report = {"teacher": str(config.teacher or "the model itself (fp32, before QAT)"),
-                          "alpha": config.alpha, "temperature": config.temperature, "cache_hit": cache.hit}
+        teacher_report = {
+            "teacher": str(config.teacher or "the model itself (fp32, before QAT)"),
+            "alpha": config.alpha,
+            "temperature": config.temperature,
+            "cache_hit": cache.hit,
+        }
 
     wrapped = _wrap_linears(model, reduce_range)
     output.mkdir(parents=True, exist_ok=True)
     arguments = arguments_cls(
         **extra_args,
         **base_training_arguments(
-            output / "trainer", num_train_epochs=config.epochs, learning_rate=config.learning_rate,
-            per_device_train_batch_size=config.batch_size, warmup_steps=0.1, seed=config.seed,
-            eval_strategy="no", logging_strategy="no",
+            output / "trainer",
+            num_train_epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            per_device_train_batch_size=config.batch_size,
+            warmup_steps=0.1,
+            seed=config.seed,
+            eval_strategy="no",
+            logging_strategy="no",
         ),
     )
     trainer = trainer_cls(
-        model=model, args=arguments, train_dataset=tokenize_dataset(train, tokenizer, config.max_length),
-        data_collator=collator, processing_class=tokenizer,
+        model=model,
+        args=arguments,
+        train_dataset=tokenize_dataset(train, tokenizer, config.max_length),
+        data_collator=collator,
+        processing_class=tokenizer,
     )
     started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - started
-    fake_quant_validation = evaluate_classifier(model, tokenizer, splits.validation, splits.oos_label_id,
-                                                max_length=config.max_length)
+    fake_quant_validation = evaluate_classifier(
+        model, tokenizer, splits.validation, splits.oos_label_id, max_length=config.max_length
+    )
     _unwrap_linears(model)
     shutil.rmtree(output / "trainer", ignore_errors=True)
     model.save_pretrained(output)
@@ -625,7 +693,7 @@ def _quantization_aware_training(
     return {
         "fake_quantized_linears": wrapped,
         "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
-                     "as ORT dynamic quantization computes them; embedding quantization is not simulated",
+        "as ORT dynamic quantization computes them; embedding quantization is not simulated",
         "loss": "distillation (slimformer.distill)" if teacher_report else "cross-entropy",
         "distillation": teacher_report,
         "epochs": config.epochs,
@@ -651,8 +719,12 @@ def _distillation_parts(tokenizer: Any, config: QuantizeConfig) -> tuple[Any, An
         except ImportError:  # pragma: no cover - the distill module ships with the package
             warnings.warn("slimformer.distill unavailable: QAT falls back to cross-entropy", stacklevel=3)
         else:
-            return (DistillationTrainer, DistillationTrainingArguments,
-                    {"alpha": config.alpha, "temperature": config.temperature}, DistillationDataCollator(tokenizer))
+            return (
+                DistillationTrainer,
+                DistillationTrainingArguments,
+                {"alpha": config.alpha, "temperature": config.temperature},
+                DistillationDataCollator(tokenizer),
+            )
     return Trainer, TrainingArguments, {}, DataCollatorWithPadding(tokenizer)
 
 
@@ -722,8 +794,12 @@ def _check_classifier(source: Path, data: DataSplits | None) -> None:
 
 
 def _evaluation(
-    tokenizer: Any, texts: list[str], label_ids: list[int] | None, model_labels: list[str],
-    data: DataSplits | None, max_length: int,
+    tokenizer: Any,
+    texts: list[str],
+    label_ids: list[int] | None,
+    model_labels: list[str],
+    data: DataSplits | None,
+    max_length: int,
 ) -> _Evaluation:
     encoded = encode_batches(tokenizer, texts, max_length)
     if data is None or label_ids is None:
@@ -745,7 +821,10 @@ def _in_label_order(splits: DataSplits, model_labels: list[str]) -> DataSplits:
         return ds.map(lambda row: {"label": mapping[row["label"]]}, desc="relabeling")
 
     return dataclasses.replace(
-        splits, labels=list(model_labels), train=renumber(splits.train), validation=renumber(splits.validation),
+        splits,
+        labels=list(model_labels),
+        train=renumber(splits.train),
+        validation=renumber(splits.validation),
         test=renumber(splits.test),
     )
 

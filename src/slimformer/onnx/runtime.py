@@ -23,8 +23,15 @@ ONNX_FILE = "model.onnx"
 SESSION_FILE = "session.json"
 # files a tokenizer may have saved, copied from folder to folder so every output loads on its own
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-    "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "added_tokens.json",
 )
 # used for parity when no dataset is given: short and long, with and without punctuation, so padding matters
 BUILTIN_SENTENCES = (
@@ -55,7 +62,10 @@ def encode_batches(
     batches = []
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(
-            list(texts[start : start + batch_size]), padding=True, truncation=True, max_length=max_length,
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
             return_tensors="np",
         )
         batches.append({name: np.asarray(value, dtype=np.int64) for name, value in encoded.items()})

@@ -305,19 +305,9 @@ def _train(
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from slimformer.prune.trainer import PruningTrainer
-    from slimformer.training import base_training_arguments, metrics_function
+    from slimformer.training import metrics_function, trainer_arguments
 
-    arguments = TrainingArguments(
-        **base_training_arguments(
-            folder / "trainer",
-            num_train_epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            per_device_train_batch_size=config.batch_size,
-            weight_decay=config.weight_decay,
-            warmup_steps=config.warmup_ratio,
-            seed=config.seed,
-        )
-    )
+    arguments = TrainingArguments(**trainer_arguments(folder / "trainer", config))
     trainer = PruningTrainer(
         model=model,
         args=arguments,
