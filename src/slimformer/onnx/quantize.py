@@ -307,13 +307,7 @@ def _ort_quantize_folder(
         if search is not None:
             metrics["accuracy_aware"] = search
         if data is not None and label_ids is not None:
-            metrics["data"] = data.name
-            metrics["data_fingerprint"] = data.fingerprint
-            metrics["reference_validation"] = split_metrics(reference_logits, label_ids, model_labels, data)
-            metrics["validation"] = split_metrics(quantized_logits, label_ids, model_labels, data)
-            metrics["accuracy_delta_points"] = round(
-                100 * (metrics["validation"]["accuracy"] - metrics["reference_validation"]["accuracy"]), 3
-            )
+            metrics.update(_validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
         write_metrics(folder, metrics)
     return metrics
 
@@ -600,15 +594,24 @@ def _torch_dynamic(source: Path, output: str | Path, config: QuantizeConfig, dat
             "size_on_disk": "fp32 checkpoint (quantized at load time)",
         }
         if data is not None and label_ids is not None:
-            metrics["data"] = data.name
-            metrics["data_fingerprint"] = data.fingerprint
-            metrics["reference_validation"] = split_metrics(reference_logits, label_ids, model_labels, data)
-            metrics["validation"] = split_metrics(quantized_logits, label_ids, model_labels, data)
-            metrics["accuracy_delta_points"] = round(
-                100 * (metrics["validation"]["accuracy"] - metrics["reference_validation"]["accuracy"]), 3
-            )
+            metrics.update(_validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
         write_metrics(folder, metrics)
     return metrics
+
+
+def _validation_report(
+    data: DataSplits, label_ids: Any, model_labels: list[str], reference_logits: Any, quantized_logits: Any
+) -> dict[str, Any]:
+    """Validation metrics of the fp32 reference and the quantized model, and the accuracy delta in points."""
+    reference = split_metrics(reference_logits, label_ids, model_labels, data)
+    quantized = split_metrics(quantized_logits, label_ids, model_labels, data)
+    return {
+        "data": data.name,
+        "data_fingerprint": data.fingerprint,
+        "reference_validation": reference,
+        "validation": quantized,
+        "accuracy_delta_points": round(100 * (quantized["accuracy"] - reference["accuracy"]), 3),
+    }
 
 
 def _state_dict_bytes(model: Any) -> int:
