@@ -124,6 +124,20 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory, clinc_slice) -> Path
 
 
 @pytest.fixture()
+def private_cache_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A private teacher-logit cache, no progress bars, and one torch thread (tiny models gain nothing from
+    threads, and the CPU is shared)."""
+    import torch
+
+    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
 def tiny_classifier(tiny_classifier_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny classifier folder, free to modify."""
     return Path(shutil.copytree(tiny_classifier_dir, tmp_path / "tiny_classifier"))

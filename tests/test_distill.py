@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,7 @@ import torch
 from slimformer.errors import ConfigError, ModelError
 from tests.conftest import SPECIAL_TOKENS
 
-
-@pytest.fixture(autouse=True)
-def _quiet_private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the CPU is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache_one_thread")
 
 
 def _all_texts(splits) -> list[str]:

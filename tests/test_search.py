@@ -6,13 +6,11 @@ import csv
 import functools
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from slimformer.errors import ConfigError
@@ -21,14 +19,7 @@ from tests.test_distill import _all_texts, build_tiny_bert
 TRAIN_ROWS = 40
 
 
-@pytest.fixture(autouse=True)
-def _quiet_private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models gain nothing from threads, and the CPU is shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("private_cache_one_thread")
 
 
 @pytest.fixture(scope="module")
