@@ -137,8 +137,9 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
     from slimformer.search import OptunaPruningCallback
 
     class FakeTrial:
-        def __init__(self, prune: bool) -> None:
+        def __init__(self, prune: bool, baseline: bool = False) -> None:
             self.prune, self.reports = prune, []
+            self.user_attrs = {"baseline": True} if baseline else {}
 
         def report(self, value: float, step: int) -> None:
             self.reports.append((value, step))
@@ -157,6 +158,30 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
     with pytest.raises(optuna.TrialPruned):
         OptunaPruningCallback(stop).on_evaluate(None, SimpleNamespace(epoch=1.0), control, {"eval_accuracy": 0.1})
     assert stop.reports == [(0.1, 1)] and control.should_training_stop is True
+
+    # the default-parameter trial is what the search is compared with: it is never cut short
+    baseline, control = FakeTrial(prune=True, baseline=True), SimpleNamespace(should_training_stop=False)
+    OptunaPruningCallback(baseline).on_evaluate(None, SimpleNamespace(epoch=1.0), control, {"eval_accuracy": 0.1})
+    assert baseline.reports == [(0.1, 1)] and control.should_training_stop is False
+
+
+def test_an_interrupted_baseline_trial_is_enqueued_again() -> None:
+    from slimformer.search import _baseline, _baseline_missing
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    assert _baseline_missing(study)
+    study.enqueue_trial({"alpha": 0.5}, user_attrs={"baseline": True})
+    assert not _baseline_missing(study)  # waiting in the queue
+    interrupted = study.ask()
+    assert interrupted.user_attrs == {"baseline": True}
+    study.tell(interrupted, state=TrialState.FAIL)  # as after Ctrl-C
+    assert _baseline_missing(study) and _baseline(study) is None
+    study.enqueue_trial({"alpha": 0.5}, user_attrs={"baseline": True})
+    rerun = study.ask()
+    study.tell(rerun, 0.9)
+    assert not _baseline_missing(study)
+    assert _baseline(study) == {"trial": 1, "params": {}, "values": [0.9], "test_accuracy": None}
 
 
 def test_epochs_cap_and_default_trial() -> None:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        print("error: aborted", file=sys.stderr)
+        print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.TyperException as exc:  # usage errors: unknown command, bad option value, ...
         if type(exc).__name__ == "NoArgsIsHelpError":

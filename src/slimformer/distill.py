@@ -401,7 +401,13 @@ def distill(
         load_tokenizer,
         resolve_model_path,
     )
-    from slimformer.training import evaluate_classifier, metrics_function, tokenize_dataset, trainer_arguments
+    from slimformer.training import (
+        evaluate_classifier,
+        metrics_function,
+        tokenize_dataset,
+        train_on_best_device,
+        trainer_arguments,
+    )
 
     config = config or DistillConfig()
     config.validate()
@@ -451,7 +457,7 @@ def distill(
             callbacks=list(callbacks),
         )
         started = time.perf_counter()
-        trainer.train()
+        train_on_best_device(trainer)
         train_seconds = time.perf_counter() - started
         student.save_pretrained(folder)
         tokenizer.save_pretrained(folder)

@@ -46,7 +46,13 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
     from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
-    from slimformer.training import evaluate_classifier, metrics_function, tokenize_dataset, trainer_arguments
+    from slimformer.training import (
+        evaluate_classifier,
+        metrics_function,
+        tokenize_dataset,
+        train_on_best_device,
+        trainer_arguments,
+    )
 
     config = config or FinetuneConfig()
     config.validate()
@@ -70,7 +76,7 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
             compute_metrics=metrics_function(splits.oos_label_id),
         )
         started = time.perf_counter()
-        trainer.train()
+        train_on_best_device(trainer)
         train_seconds = time.perf_counter() - started
         history = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
         classifier.save_pretrained(folder)

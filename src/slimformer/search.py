@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 OBJECTIVES = ("accuracy", "accuracy,latency")
 TRIALS_FOLDER = "trials"
 BEST_MODEL_FOLDER = "best_model"
+BASELINE_ATTR = "baseline"  # user attribute of the enqueued default-parameter trial
 
 
 @dataclass
@@ -57,7 +58,7 @@ class SearchConfig:
     temperature_range: tuple[int, int] = (2, 20)  # the book's range (integers)
     learning_rate_range: tuple[float, float] = (1e-5, 1e-3)  # sampled on a log scale
     startup_trials: int = 4  # random trials before TPE models the results (optuna's 10 suits long studies)
-    enqueue_defaults: bool = True  # a new study's first trial uses DistillConfig's alpha/T (the baseline)
+    enqueue_defaults: bool = True  # run DistillConfig's alpha/T once, unpruned (the baseline), also after a resume
     pruner_startup_trials: int = 2  # trials that finish before the median pruner stops anything
     pruner_warmup_epochs: int = 1  # epochs a trial always gets before it can be pruned
     latency_queries: int = 50  # validation queries timed at batch 1 for the latency objective
@@ -131,8 +132,8 @@ def search(
     study = _open_study(storage_url, study_name, config)
     done = _finished(study)
     remaining = max(0, config.trials - len(done))
-    if config.enqueue_defaults and not study.trials:
-        study.enqueue_trial(_default_params(config))
+    if config.enqueue_defaults and remaining and _baseline_missing(study):
+        study.enqueue_trial(_default_params(config), user_attrs={BASELINE_ATTR: True})
     _say(f"study {study_name} in {_printable_url(storage_url)}: {len(done)} trial(s) finished, {remaining} to run")
     if config.multi_objective and config.layers_choices is None:
         _say("note: every trial has the same architecture, so latency differs by noise; add --layers-choices")
@@ -324,7 +325,7 @@ class _Objective:
 
 class OptunaPruningCallback(TrainerCallback):
     """Reports each epoch's validation accuracy to the trial and stops training (TrialPruned) when the
-    pruner says so."""
+    pruner says so (never for the baseline trial)."""
 
     def __init__(self, trial: optuna.Trial, metric: str = "eval_accuracy") -> None:
         self.trial = trial
@@ -339,6 +340,8 @@ class OptunaPruningCallback(TrainerCallback):
             return
         epoch = round(state.epoch or 0)
         self.trial.report(metrics[self.metric], step=epoch)
+        if self.trial.user_attrs.get(BASELINE_ATTR):
+            return  # the default-parameter trial always runs to the end: it is what the search is compared with
         if self.trial.should_prune():
             control.should_training_stop = True
             # raising ends the trial before the model is saved and tested: a pruned trial leaves no folder
@@ -468,17 +471,26 @@ def _write_results(
     return metrics
 
 
+def _baseline_missing(study: optuna.Study) -> bool:
+    """True when no default-parameter trial has finished or waits in the queue (a new study, or one whose
+    baseline trial was interrupted), so the 'beats the defaults' comparison needs it enqueued (again)."""
+    import optuna
+
+    wanted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
+    return not any(t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False, states=wanted))
+
+
 def _baseline(study: optuna.Study) -> dict[str, Any] | None:
-    """The enqueued default-parameter trial (trial 0 of a new study), for the 'beats the defaults' check."""
-    first = [t for t in study.get_trials(deepcopy=False) if t.number == 0]
-    if not first or first[0].values is None:
-        return None
-    return {
-        "trial": 0,
-        "params": first[0].params,
-        "values": list(first[0].values),
-        "test_accuracy": first[0].user_attrs.get("test_accuracy"),
-    }
+    """The finished default-parameter trial, for the 'beats the defaults' check."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(BASELINE_ATTR) and trial.values is not None:
+            return {
+                "trial": trial.number,
+                "params": trial.params,
+                "values": list(trial.values),
+                "test_accuracy": trial.user_attrs.get("test_accuracy"),
+            }
+    return None
 
 
 def _save_best_model(

@@ -71,20 +71,39 @@ def evaluate_classifier(
 
 
 def base_training_arguments(output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """TrainingArguments keywords every stage shares: CPU, no hub, no reporting, progress bars on."""
+    """TrainingArguments keywords every stage shares: no hub, no reporting, progress bars on; trains on a CUDA GPU
+    when one is visible (models go back to the CPU afterwards: see :func:`train_on_best_device`), else on the CPU.
+    `SLIMFORMER_TRAIN_DEVICE=cpu` forces the CPU."""
     arguments = {
         "output_dir": str(output_dir),
         "eval_strategy": "epoch",
         "save_strategy": "no",
         "logging_strategy": "epoch",
         "report_to": "none",
-        "use_cpu": True,
+        "use_cpu": not _cuda_training(),
         "dataloader_num_workers": 0,
         "per_device_eval_batch_size": 128,
         "disable_tqdm": os.environ.get("SLIMFORMER_NO_PROGRESS") == "1",
     }
     arguments.update(overrides)
     return arguments
+
+
+def _cuda_training() -> bool:
+    if os.environ.get("SLIMFORMER_TRAIN_DEVICE", "").lower() == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_on_best_device(trainer: Any) -> None:
+    """`trainer.train()`, then move the model (and a distillation teacher) back to the CPU, where every later
+    step (evaluation, saving, export, latency) runs."""
+    trainer.train()
+    trainer.model.to("cpu")
+    if getattr(trainer, "teacher", None) is not None:
+        trainer.teacher.to("cpu")
 
 
 def trainer_arguments(output_dir: Path, config: Any, **overrides: Any) -> dict[str, Any]:

@@ -633,7 +633,7 @@ def _quantization_aware_training(
     from transformers import set_seed
 
     from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer, resolve_model_path
-    from slimformer.training import base_training_arguments, evaluate_classifier, tokenize_dataset
+    from slimformer.training import base_training_arguments, evaluate_classifier, tokenize_dataset, train_on_best_device
 
     set_seed(config.seed)
     reduce_range, _ = choose_reduce_range(config.reduce_range)
@@ -684,7 +684,7 @@ def _quantization_aware_training(
         processing_class=tokenizer,
     )
     started = time.perf_counter()
-    trainer.train()
+    train_on_best_device(trainer)
     train_seconds = time.perf_counter() - started
     fake_quant_validation = evaluate_classifier(
         model, tokenizer, splits.validation, splits.oos_label_id, max_length=config.max_length

@@ -305,7 +305,7 @@ def _train(
     from transformers import DataCollatorWithPadding, TrainingArguments
 
     from slimformer.prune.trainer import PruningTrainer
-    from slimformer.training import metrics_function, trainer_arguments
+    from slimformer.training import metrics_function, train_on_best_device, trainer_arguments
 
     arguments = TrainingArguments(**trainer_arguments(folder / "trainer", config))
     trainer = PruningTrainer(
@@ -322,7 +322,7 @@ def _train(
         alpha=config.alpha,
         temperature=config.temperature,
     )
-    trainer.train()
+    train_on_best_device(trainer)
 
 
 def _encoder_linear_parameters(model: Any) -> int:

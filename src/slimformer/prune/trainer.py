@@ -22,7 +22,7 @@ class PruningTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher = teacher.eval() if teacher is not None else None
+        self.teacher = teacher.eval().to(self.args.device) if teacher is not None else None
         self.alpha = alpha
         self.temperature = temperature
 
