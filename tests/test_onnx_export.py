@@ -245,3 +245,34 @@ def test_cli_export_and_optimize(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and "classification head" in error and "\n" not in error
+
+
+def test_repeated_embedding_rows_are_stored_once(
+    trained_tiny_dir: Path, optimized_dir: Path, clinc_slice, tmp_path: Path
+) -> None:
+    """Vocabulary clustering leaves repeated rows; optimize and quantize keep one copy of each (same logits)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from slimformer.data import column
+    from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
+    from slimformer.prune.vocab import cluster_unseen_rows
+
+    clustered = tmp_path / "clustered"
+    clustered.mkdir()
+    summary = cluster_unseen_rows(trained_tiny_dir, column(clinc_slice.train, "text")[:40], clustered, clusters=2)
+    export_onnx(clustered, tmp_path / "onnx", ExportConfig(), data=clinc_slice)
+    optimized = optimize_onnx(tmp_path / "onnx", tmp_path / "opt", OptimizeConfig(threads=1))
+    rows = optimized["embedding_rows"]
+    assert rows["rows_before"] == summary["embedding_rows"] and rows["rows_after"] == summary["distinct_embedding_rows"]
+    assert optimized["parity_vs_input"]["max_abs_logit_diff"] < 1e-4
+    assert optimized["onnx_size_mb"] < optimized["onnx_size_mb_before"]
+    graph = onnx.load(str(tmp_path / "opt" / "model.onnx")).graph
+    table = next(i for i in graph.initializer if i.name == rows["table"])
+    assert numpy_helper.to_array(table).shape[0] == rows["rows_after"]
+
+    quantized = quantize(tmp_path / "opt", tmp_path / "int8", QuantizeConfig(method="dynamic", threads=1), clinc_slice)
+    assert quantized["agreement"]["argmax_agreement"] >= 0.9  # the INT8 graph reads the compact table correctly
+
+    # a table without repeated rows is left alone
+    assert json.loads((optimized_dir / "metrics.json").read_text())["embedding_rows"] is None

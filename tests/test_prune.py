@@ -349,11 +349,43 @@ def test_vocabulary_pruning_can_keep_frequent_ids(classifier_dir, clinc_slice, t
     assert all(before.tokenize(t) == after.tokenize(t) for t in texts)
 
 
-def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_path):
+def test_clustering_keeps_the_tokenizer_and_every_used_row(classifier_dir, clinc_slice, tmp_path):
+    import torch
+
+    from slimformer.data import column
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.vocab import cluster_unseen_rows, used_token_ids
+
+    texts = column(clinc_slice.train, "text")
+    output = tmp_path / "clustered"
+    output.mkdir()
+    summary = cluster_unseen_rows(classifier_dir, texts, output, clusters=3)
+    before, after = load_tokenizer(classifier_dir), load_tokenizer(output)
+    assert before.get_vocab() == after.get_vocab()
+    assert all(before.tokenize(t) == after.tokenize(t) for t in column(clinc_slice.test, "text"))
+    old = load_classifier(classifier_dir).get_input_embeddings().weight.detach()
+    new = load_classifier(output).get_input_embeddings().weight.detach()
+    used = used_token_ids(before, texts)
+    unseen = sorted(set(range(old.shape[0])) - set(used))
+    assert len(unseen) > 3
+    assert torch.equal(old[used], new[used])  # rows of the training tokens are untouched
+    assert len(torch.unique(new[unseen], dim=0)) == 3  # the others share 3 centroid rows
+    assert not torch.equal(old[unseen], new[unseen])
+    assert summary["distinct_embedding_rows"] == len(torch.unique(new, dim=0)) <= len(used) + 3
+    assert summary["clusters"] == 3 and summary["used_tokens"] == len(used)
+
+
+@pytest.mark.parametrize("unseen", ["split", "cluster"])
+def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_path, unseen):
     from slimformer.prune import PruneConfig, prune
 
-    metrics = prune(classifier_dir, clinc_slice, tmp_path / "v", PruneConfig(method="vocab"))
-    assert metrics["vocabulary"]["vocab_size_after"] < metrics["vocabulary"]["vocab_size_before"]
+    config = PruneConfig(method="vocab", vocab_unseen=unseen, vocab_clusters=4)
+    metrics = prune(classifier_dir, clinc_slice, tmp_path / "v", config)
+    if unseen == "split":
+        assert metrics["vocabulary"]["vocab_size_after"] < metrics["vocabulary"]["vocab_size_before"]
+    else:
+        vocabulary = metrics["vocabulary"]
+        assert vocabulary["distinct_embedding_rows"] <= vocabulary["used_tokens"] + 4 < vocabulary["vocab_size"]
     assert metrics["accuracy_cost"] == pytest.approx(
         metrics["input_validation"]["accuracy"] - metrics["validation"]["accuracy"]
     )
@@ -370,6 +402,8 @@ def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_pat
         (["--sparsity", "1.5"], "sparsity must be in"),
         (["--method", "structured", "--heads-fraction", "0.5"], "attention heads"),
         (["--importance", "vibes", "--method", "structured"], "unknown importance"),
+        (["--method", "vocab", "--vocab-unseen", "forget"], "vocab unseen must be one of"),
+        (["--method", "vocab", "--vocab-clusters", "0"], "vocab clusters must be >= 1"),
     ],
 )
 def test_cli_bad_options_give_one_line_errors(classifier_dir, tmp_path, capsys, args, message):

@@ -58,6 +58,17 @@ def prune(
     importance: Annotated[
         str, typer.Option(help="Structured: neuron importance from magnitude | gradient | movement.")
     ] = "magnitude",
+    vocab_unseen: Annotated[
+        str,
+        typer.Option(
+            "--vocab-unseen",
+            help="Vocab: unseen tokens share k-means centroid rows (cluster; tokenizer unchanged) or are spelt "
+            "with the kept pieces (split; smaller PyTorch file).",
+        ),
+    ] = "cluster",
+    vocab_clusters: Annotated[
+        int, typer.Option("--vocab-clusters", help="Vocab, cluster: centroid rows for the unseen tokens.")
+    ] = 1024,
     vocab_keep_frequent: Annotated[
         int, typer.Option("--vocab-keep-frequent", help="Vocab: also keep the first N vocabulary ids (frequent).")
     ] = 0,
@@ -79,6 +90,8 @@ def prune(
         scores_learning_rate=scores_learning_rate, batch_size=batch_size, max_length=max_length, seed=seed,
         initial_sparsity=initial_sparsity, pruning_frequency=pruning_frequency, alpha=alpha,
         temperature=temperature, ffn_fraction=ffn_fraction, heads_fraction=heads_fraction, importance=importance,
+        vocab_unseen=vocab_unseen,
+        vocab_clusters=vocab_clusters,
         vocab_keep_frequent=vocab_keep_frequent,
         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
     )  # fmt: skip

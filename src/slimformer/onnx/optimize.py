@@ -16,6 +16,7 @@ from typing import Any
 
 from slimformer.artifacts import atomic_output_dir, write_metrics
 from slimformer.errors import ConfigError, ModelError
+from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     BUILTIN_SENTENCES,
     GRAPH_LEVELS,
@@ -94,6 +95,7 @@ def optimize_onnx(onnx_dir: str | Path, output: str | Path, config: OptimizeConf
             source / ONNX_FILE, folder / ONNX_FILE, config, num_heads, hidden_size
         )
         optimize_seconds = time.perf_counter() - started
+        embedding_rows = compact_embedding_rows(folder / ONNX_FILE, folder / ONNX_FILE)
         copy_model_files(source, folder)
         check = _parity_with_input(source, folder, config)
         if check["max_abs_logit_diff"] > config.parity_tolerance:
@@ -129,6 +131,7 @@ def optimize_onnx(onnx_dir: str | Path, output: str | Path, config: OptimizeConf
             "onnx_size_mb_before": round((source / ONNX_FILE).stat().st_size / 1e6, 2),
             "onnx_size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
             "parity_vs_input": check,
+            "embedding_rows": embedding_rows,  # repeated rows stored once (vocabulary clustering), else None
             "warnings": problems,
             "session": settings,
         }

@@ -37,6 +37,7 @@ import numpy as np
 
 from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
 from slimformer.errors import ConfigError, DataError, ModelError
+from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     ONNX_FILE,
     EncodedBatches,
@@ -269,7 +270,7 @@ def _ort_quantize_folder(
     quantize_seconds = time.perf_counter() - started
 
     with atomic_output_dir(output) as folder:
-        shutil.copy2(candidate, folder / ONNX_FILE)
+        embedding_rows = compact_embedding_rows(candidate, folder / ONNX_FILE)
         copy_model_files(fp32_dir, folder)
         settings = write_session_file(folder, config.threads, config.max_length)
         quantized_logits = onnx_logits(make_session(folder / ONNX_FILE, config.threads), evaluation.encoded)
@@ -293,6 +294,7 @@ def _ort_quantize_folder(
             "quantize_seconds": round(quantize_seconds, 1),
             "fp32_size_mb": round(fp32_model.stat().st_size / 1e6, 2),
             "size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
+            "embedding_rows": embedding_rows,
             "session": settings,
         }
         metrics["size_ratio"] = round(metrics["fp32_size_mb"] / metrics["size_mb"], 2)

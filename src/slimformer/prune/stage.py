@@ -13,6 +13,7 @@ from typing import Any
 from slimformer.errors import ConfigError, ModelError
 
 METHODS = ("magnitude", "movement", "structured", "vocab")
+VOCAB_UNSEEN = ("cluster", "split")
 COMPRESSED_DIR = "compressed"  # a subfolder, so a benchmark's "size on disk" of the dense folder stays honest
 SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int8.safetensors"}
 
@@ -42,7 +43,9 @@ class PruneConfig:
     ffn_fraction: float | None = None  # structured: FFN neurons to remove per layer (default: `sparsity`)
     importance: str = "magnitude"  # structured: magnitude | gradient | movement
     importance_batches: int = 32  # structured: training batches used by gradient / movement importance
-    vocab_keep_frequent: int = 0  # vocab: also keep the first N vocabulary ids (most frequent pieces)
+    vocab_unseen: str = "cluster"  # vocab: unseen tokens share k-means centroid rows | split (rebuild tokenizer)
+    vocab_clusters: int = 1024  # vocab, cluster: centroid rows for the tokens the training data never uses
+    vocab_keep_frequent: int = 0  # vocab, split: also keep the first N vocabulary ids (most frequent pieces)
     sparse_values: tuple[str, ...] = ("float32", "int8")  # compressed files written (float32 is exact)
     max_train_samples: int | None = None  # subsample the training split (quick runs)
     max_eval_samples: int | None = None  # subsample validation and test
@@ -75,6 +78,10 @@ class PruneConfig:
             raise ConfigError(f"unknown sparse value formats {sorted(unknown)}; use {', '.join(VALUE_FORMATS)}")
         if self.method == "structured":
             check_heads_fraction(self.heads_fraction)
+        if self.vocab_unseen not in VOCAB_UNSEEN:
+            raise ConfigError(f"vocab unseen must be one of {', '.join(VOCAB_UNSEEN)}, got {self.vocab_unseen!r}")
+        if self.vocab_clusters < 1:
+            raise ConfigError(f"vocab clusters must be >= 1, got {self.vocab_clusters}")
         if self.vocab_keep_frequent < 0:
             raise ConfigError(f"vocab keep-frequent must be >= 0, got {self.vocab_keep_frequent}")
         if self.method == "vocab" and self.teacher:
@@ -109,13 +116,15 @@ def prune(model_dir: str | Path, data: Any, output: str | Path, config: PruneCon
     if config.method == "vocab":
         from slimformer.data import column
         from slimformer.models import load_classifier
-        from slimformer.prune.vocab import write_pruned_vocabulary
+        from slimformer.prune.vocab import cluster_unseen_rows, write_pruned_vocabulary
 
         input_validation = evaluate(_load_ordered(model_path, splits.labels), tokenizer, splits.validation)
         with atomic_output_dir(output) as folder:
-            summary = write_pruned_vocabulary(
-                model_path, column(splits.train, "text"), folder, config.vocab_keep_frequent
-            )
+            texts = column(splits.train, "text")
+            if config.vocab_unseen == "cluster":
+                summary = cluster_unseen_rows(model_path, texts, folder, config.vocab_clusters, config.seed)
+            else:
+                summary = write_pruned_vocabulary(model_path, texts, folder, config.vocab_keep_frequent)
             model, new_tokenizer = load_classifier(folder), load_tokenizer(folder)
             metrics = _metrics(model_path, splits, config, started, input_validation)
             metrics["vocabulary"] = summary

@@ -1,9 +1,16 @@
-"""Vocabulary pruning: keep only the tokens a corpus uses (plus special tokens), slice the word-embedding
-rows to match and rebuild the WordPiece tokenizer with the same normalisation and the new ids.
+"""Vocabulary pruning: keep exact embedding rows only for the tokens a corpus uses (plus special tokens).
 
-WordPiece is greedy longest-match-first, and every token it chose on the corpus is kept, so the corpus
-tokenizes to the same tokens as before (ids remapped). A word of another text that can no longer be spelt
-with the kept pieces becomes [UNK], as any out-of-vocabulary word does.
+Two ways to treat the tokens the corpus never uses:
+
+- ``cluster`` (default, :func:`cluster_unseen_rows`): the tokenizer is unchanged (every text is spelt with the
+  same pieces as before) and each unseen token's row becomes the centroid of its k-means cluster, so the table
+  holds only `used + clusters` distinct rows. The ONNX stages store each distinct row once
+  (:mod:`slimformer.onnx.embeddings`), which is where the file shrinks.
+- ``split`` (:func:`prune_vocabulary`): slice the rows and rebuild the WordPiece tokenizer with the kept pieces
+  only. WordPiece is greedy longest-match-first and every token it chose on the corpus is kept, so the corpus
+  tokenizes as before (ids remapped); a word of another text is spelt with smaller kept pieces or becomes
+  [UNK]. The PyTorch checkpoint itself shrinks, but unseen words change spelling, which costs accuracy on
+  out-of-scope queries.
 """
 
 from __future__ import annotations
@@ -95,6 +102,50 @@ def write_pruned_vocabulary(
         "parameters_after": sum(p.numel() for p in model.parameters()),
         "weights_bytes_before": weights_size_bytes(model_dir),
         "weights_bytes_after": weights_size_bytes(folder),
+    }
+
+
+def cluster_unseen_rows(
+    model_dir: str | Path, texts: list[str], folder: Path, clusters: int = 1024, seed: int = 42
+) -> dict[str, Any]:
+    """Write to `folder` the classifier in `model_dir` with the word-embedding rows of the tokens `texts` never
+    use replaced by their k-means centroid (`clusters` of them); the tokenizer is copied unchanged.
+
+    Returns a summary: vocabulary size, used and unseen tokens, clusters and distinct rows.
+    """
+    import numpy as np
+    import torch
+    from sklearn.cluster import MiniBatchKMeans
+
+    from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
+
+    model_dir = resolve_model_path(model_dir)
+    if not texts:
+        raise ModelError("vocabulary pruning needs at least one text")
+    tokenizer = load_tokenizer(model_dir)
+    model = load_classifier(model_dir)
+    table = model.get_input_embeddings().weight
+    used = used_token_ids(tokenizer, texts)
+    unseen = np.setdiff1d(np.arange(table.shape[0]), np.asarray(used, dtype=np.int64))
+    clusters = min(clusters, len(unseen))
+    if clusters:
+        rows = table.detach()[torch.from_numpy(unseen)].float().numpy()
+        kmeans = MiniBatchKMeans(n_clusters=clusters, random_state=seed, batch_size=4096, n_init=1).fit(rows)
+        centroids = torch.from_numpy(kmeans.cluster_centers_[kmeans.labels_]).to(table.dtype)
+        with torch.no_grad():
+            table[torch.from_numpy(unseen)] = centroids
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    distinct = len(torch.unique(table.detach(), dim=0))
+    return {
+        "unseen_tokens": "cluster",
+        "vocab_size": len(tokenizer),
+        "used_tokens": len(used),
+        "unseen_token_count": len(unseen),
+        "clusters": clusters,
+        "embedding_rows": int(table.shape[0]),
+        "distinct_embedding_rows": distinct,
+        "note": "tokenizer unchanged; ONNX export/optimize/quantize store each distinct row once",
     }
 
 
