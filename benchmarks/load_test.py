@@ -8,7 +8,9 @@ What it does, in one run over the same real CLINC150 test queries:
 2. starts `slimformer serve MODEL --port P` on 127.0.0.1 as a subprocess and waits for /readyz;
 3. direct vs sequential: direct single-text calls and single-text requests sent one after another
    (concurrency 1), interleaved in rounds so background load hits both alike — server p50 / direct p50 is
-   the cost of serving a request over HTTP;
+   the cost of serving a request over HTTP. The requests go out twice: from httpx (a full async client) and
+   from a plain keep-alive `http.client` connection, whose own cost is smallest, so its p50 is closest to
+   what the server adds;
 4. load: `--requests` single-text requests at `--concurrency` (every request has a `--timeout`), reporting
    throughput, p50/p95/p99 and errors, and the server's own batch-size histogram from /metrics;
 5. direct batched throughput (batches of `--concurrency` texts: the most micro-batching could gain);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import platform
@@ -136,6 +139,41 @@ class DirectPredictor:
         }
 
 
+class KeepAliveClient:
+    """Single-text `POST /predict` requests, one at a time, on one keep-alive HTTP/1.1 connection from the
+    standard library: the least client-side work per request (httpx's async machinery costs more)."""
+
+    def __init__(self, port: int, timeout: float) -> None:
+        self.port, self.timeout = port, timeout
+        self.connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+
+    def send(self, texts: list[str]) -> dict[str, Any]:
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        for text in texts:
+            body = json.dumps({"text": text}).encode()
+            tick = time.perf_counter()
+            try:
+                self.connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                response = self.connection.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                self.connection.close()
+                self.connection = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+                continue
+            if response.status == 200:
+                latencies.append(time.perf_counter() - tick)
+            else:
+                errors[f"HTTP {response.status}"] = errors.get(f"HTTP {response.status}", 0) + 1
+        return run_summary(len(texts), 1, latencies, errors, time.perf_counter() - started, cpu_started)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -240,15 +278,21 @@ async def send_all(client: Any, texts: list[str], concurrency: int, timeout: flo
 
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall_s = time.perf_counter() - wall_started
+    return run_summary(len(texts), concurrency, latencies, errors, time.perf_counter() - wall_started, cpu_started)
+
+
+def run_summary(
+    requests: int, concurrency: int, latencies: list[float], errors: dict[str, int], wall_s: float, cpu_started: float
+) -> dict[str, Any]:
+    """Counts, throughput and latency percentiles of one request phase (latencies_s kept for merging rounds)."""
     return {
-        "requests": len(texts),
+        "requests": requests,
         "concurrency": concurrency,
         "ok": len(latencies),
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "wall_s": wall_s,
-        "throughput_rps": len(texts) / wall_s,
+        "throughput_rps": requests / wall_s,
         **latency_summary(latencies),
         "client_cpu_s": time.process_time() - cpu_started,
         "latencies_s": latencies,
@@ -305,11 +349,16 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
             )
             direct_latencies: list[float] = []
             sequential: list[dict[str, Any]] = []
+            light = KeepAliveClient(port, args.timeout)
+            light.send(cycle(texts, args.warmup))
+            sequential_light: list[dict[str, Any]] = []
             for round_index in range(ROUNDS):
                 direct_latencies += direct.time_single(_round_slice(texts, args.direct_calls, round_index))
                 sequential.append(
                     await send_all(client, _round_slice(texts, args.sequential_requests, round_index), 1, args.timeout)
                 )
+                sequential_light.append(light.send(_round_slice(texts, args.sequential_requests, round_index)))
+            light.close()
             result["direct"] = {
                 "calls": len(direct_latencies),
                 **latency_summary(direct_latencies),
@@ -317,6 +366,7 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
                 "settings": direct.predictor.settings(),
             }
             result["sequential"] = _merge_runs(sequential)
+            result["sequential_light"] = _merge_runs(sequential_light)
 
             progress(f"load: {args.requests} requests at concurrency {args.concurrency}")
             before = batch_histogram((await client.get("/metrics")).text)
@@ -410,7 +460,7 @@ def _version(package: str) -> str | None:
 
 def markdown_table(report: dict[str, Any]) -> str:
     direct, server = report["direct"], report["server"]
-    seq, load = server["sequential"], server["load"]
+    seq, light, load = server["sequential"], server["sequential_light"], server["load"]
     rows = [
         (
             "direct `predict([text])`",
@@ -446,6 +496,17 @@ def markdown_table(report: dict[str, Any]) -> str:
             "-",
         ),
         (
+            "server, sequential (http.client keep-alive)",
+            light["requests"],
+            1,
+            light["errors"],
+            light["throughput_rps"],
+            light["p50_ms"],
+            light["p95_ms"],
+            light["p99_ms"],
+            "-",
+        ),
+        (
             "server, load",
             load["requests"],
             load["concurrency"],
@@ -470,7 +531,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     ratios = report["ratios"]
     lines += [
         "",
-        f"- server p50 (sequential) / direct p50: **{ratios['sequential_p50_over_direct_p50']:.2f}x**",
+        f"- server p50 (sequential, http.client) / direct p50: **{ratios['light_p50_over_direct_p50']:.2f}x**",
+        f"- server p50 (sequential, httpx) / direct p50: {ratios['sequential_p50_over_direct_p50']:.2f}x",
         f"- server p50 (concurrency {load['concurrency']}) / direct p50: "
         f"{ratios['load_p50_over_direct_p50']:.2f}x (includes queueing behind other requests)",
         f"- server throughput (concurrency {load['concurrency']}) / direct single-call throughput: "
@@ -501,6 +563,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "direct": direct,
         "server": server,
         "ratios": {
+            "light_p50_over_direct_p50": server["sequential_light"]["p50_ms"] / direct["p50_ms"],
             "sequential_p50_over_direct_p50": server["sequential"]["p50_ms"] / direct["p50_ms"],
             "load_p50_over_direct_p50": load["p50_ms"] / direct["p50_ms"],
             "load_throughput_over_direct_throughput": load["throughput_rps"] / direct["throughput_rps"],
@@ -510,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.output:
         args.output.write_text(json.dumps(report, indent=2, default=str))
         print(f"\nresults written to {args.output}")
-    if load["errors"] or server["sequential"]["errors"]:
+    if load["errors"] or server["sequential"]["errors"] or server["sequential_light"]["errors"]:
         print(f"errors: load {load['error_kinds']}, sequential {server['sequential']['error_kinds']}", file=sys.stderr)
     return report
 
