@@ -146,3 +146,25 @@ def test_plot_is_a_png_with_one_bubble_per_model(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG"
         assert image.size == (960, 660)
+
+
+def test_latency_is_timed_in_interleaved_rounds(tiny_classifier_dir, tiny_classifier, clinc_slice, monkeypatch):
+    """Models take turns, a slice of queries each per round, so load that comes and goes hits all alike."""
+    import slimformer.benchmark as bench
+
+    calls: list[tuple[str, int]] = []
+    real_time_queries = bench.time_queries
+
+    def spy(path: str, queries: list[str], warmup: int) -> list[float]:
+        calls.append((path, len(queries)))
+        return real_time_queries(path, queries, warmup)
+
+    monkeypatch.setattr(bench, "time_queries", spy)
+    config = BenchmarkConfig(threads=1, latency_samples=9, warmup=1, rounds=3, isolate=False, max_samples=16)
+    report = bench.benchmark_models([tiny_classifier_dir, tiny_classifier], clinc_slice, config)
+    first, second = str(tiny_classifier_dir), str(tiny_classifier)
+    assert calls == [(first, 3), (second, 3)] * 3
+    assert [r["latency_ms"]["n"] for r in report["results"]] == [9, 9]
+    assert bench._LOADED == {}  # every model was released
+    with pytest.raises(ConfigError, match="rounds must be >= 1"):
+        BenchmarkConfig(rounds=0).validate()

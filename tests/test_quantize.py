@@ -97,6 +97,21 @@ def test_each_method_gives_a_loadable_model_that_agrees_with_fp32(
         assert metrics["qat"]["loss"].startswith("distillation") and metrics["reference"].startswith("fp32 PyTorch")
 
 
+def test_static_quantization_takes_relative_paths(
+    optimized_dir: Path, clinc_slice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the shape-inference step changes directory, so relative folders must be resolved first."""
+    import shutil
+
+    from slimformer.onnx import QuantizeConfig, quantize
+
+    shutil.copytree(optimized_dir, tmp_path / "opt")
+    monkeypatch.chdir(tmp_path)
+    config = QuantizeConfig(method="static", threads=1, calibration_samples=16)
+    metrics = quantize(Path("opt"), Path("int8"), config, clinc_slice)
+    assert metrics["method"] == "static" and (tmp_path / "int8" / "model.onnx").is_file()
+
+
 def test_dynamic_chooses_reduce_range_from_the_cpu(optimized_dir: Path, tmp_path: Path) -> None:
     from slimformer.onnx import QuantizeConfig, quantize
     from slimformer.onnx.quantize import VNNI_FLAGS

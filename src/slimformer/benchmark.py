@@ -4,17 +4,23 @@ For each model folder (PyTorch checkpoint or ONNX), in a fresh process of its ow
 thread settings are its own: accuracy metrics over the evaluation split, latency at batch 1 over real test
 queries (tokenization included, after a warm-up), throughput at batch 32, size on disk, parameter count and
 peak RSS. The environment (CPU, ISA flags, threads, library versions) is recorded with the results.
+
+Latency is timed in interleaved rounds: every model's process stays alive, and the models take turns, each
+timing its next slice of queries. Background load that comes and goes on a shared machine then hits every
+model alike, so the ratios between them (speed-ups) hold even when the absolute numbers drift.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ class BenchmarkConfig:
     split: str = "test"
     seed: int = 0  # order in which queries are drawn
     isolate: bool = True  # run each model in a fresh process (honest peak RSS, clean thread state)
+    rounds: int = 5  # latency is timed in this many interleaved rounds (models take turns each round)
 
     def validate(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -54,6 +61,8 @@ class BenchmarkConfig:
             raise ConfigError(f"latency samples must be >= 1, got {self.latency_samples}")
         if self.warmup < 0 or self.batch_size < 1:
             raise ConfigError("warmup must be >= 0 and batch size >= 1")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
 
 
 def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfig | None = None) -> dict[str, Any]:
@@ -78,10 +87,17 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
         "config": asdict(config),
     }
     names = display_names([str(m) for m in models])
-    results = []
-    for name, model in zip(names, models, strict=True):
-        result = _run_isolated(str(model), job) if config.isolate else benchmark_folder(str(model), job)
-        results.append({"model": name, "path": str(model), **result})
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(_ModelRunner(str(m), job, config.isolate)) for m in models]
+        partial = [runner.call(prepare_model, str(m), job) for runner, m in zip(runners, models, strict=True)]
+        timings: list[list[float]] = [[] for _ in models]
+        for queries in latency_rounds(job["texts"], config):
+            for runner, model, times in zip(runners, models, timings, strict=True):
+                times += runner.call(time_queries, str(model), queries, min(config.warmup, ROUND_WARMUP))
+        results = [
+            {"model": name, "path": str(m), **result, **runner.call(finish_model, str(m), times)}
+            for name, m, result, runner, times in zip(names, models, partial, runners, timings, strict=True)
+        ]
     return {
         "environment": environment_info(threads),
         "data": {"name": data.name, "split": config.split, "rows": len(job["texts"])},
@@ -90,8 +106,28 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
     }
 
 
+ROUND_WARMUP = 5  # untimed calls at the start of each round (another model just had the caches)
+_LOADED: dict[str, Any] = {}  # predictors of the models this process benchmarks, by path
+
+
 def benchmark_folder(path: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Benchmark one model folder in this process (see :func:`benchmark_models` for `job`)."""
+    """Benchmark one model folder in this process, in one round (see :func:`benchmark_models` for `job`)."""
+    config = job["config"]
+    result = prepare_model(path, job)
+    (queries,) = latency_rounds(job["texts"], BenchmarkConfig(**{**config, "rounds": 1}))
+    timings = time_queries(path, queries, 0)
+    return {**result, **finish_model(path, timings)}
+
+
+def latency_rounds(texts: list[str], config: BenchmarkConfig) -> list[list[str]]:
+    """The batch-1 queries of each round: `latency_samples` real texts in a seeded order, split evenly."""
+    order = np.random.default_rng(config.seed).permutation(len(texts))
+    queries = [texts[i] for i in np.resize(order, config.latency_samples)]
+    return [list(chunk) for chunk in np.array_split(np.array(queries, dtype=object), config.rounds) if len(chunk)]
+
+
+def prepare_model(path: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Load the model (kept for the latency rounds), measure accuracy and batch throughput, warm up."""
     from slimformer.artifacts import folder_size_bytes, weights_size_bytes
     from slimformer.metrics import classification_metrics
     from slimformer.models import resolve_model_path
@@ -102,6 +138,7 @@ def benchmark_folder(path: str, job: dict[str, Any]) -> dict[str, Any]:
     predictor = load(path, threads=job["threads"])
     rss_loaded = _current_rss_mb()
     label_index = _label_index(path, predictor.labels, job["labels"])
+    _LOADED[path] = predictor
 
     # accuracy and throughput: the whole evaluation split in batches
     texts, batch = job["texts"], config["batch_size"]
@@ -113,31 +150,39 @@ def benchmark_folder(path: str, job: dict[str, Any]) -> dict[str, Any]:
     batch_seconds = time.perf_counter() - started
     predicted = label_index[np.concatenate(predictions)]
     quality = classification_metrics(job["label_ids"], predicted, job["oos_label_id"])
-
-    # latency: one real query at a time, tokenization included
-    order = np.random.default_rng(config["seed"]).permutation(len(texts))
-    queries = [texts[i] for i in np.resize(order, config["warmup"] + config["latency_samples"])]
-    for text in queries[: config["warmup"]]:
+    for text in texts[: config["warmup"]]:
         predictor.predict([text])
-    timings = []
-    for text in queries[config["warmup"] :]:
-        tick = time.perf_counter()
-        predictor.predict([text])
-        timings.append((time.perf_counter() - tick) * 1000)
     folder = resolve_model_path(path)
     return {
         "backend": predictor.backend,
         **quality,
-        "latency_ms": latency_summary(timings),
         "throughput_per_s": round(len(texts) / batch_seconds, 1),
         "throughput_batch_size": batch,
         "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
         "folder_size_mb": round(folder_size_bytes(folder) / 1e6, 2),
         "parameters": parameter_count(predictor),
         "model_rss_mb": round(rss_loaded - rss_before, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
         "settings": predictor.settings(),
     }
+
+
+def time_queries(path: str, queries: list[str], warmup: int) -> list[float]:
+    """Milliseconds of `predict([text])` for each query (tokenization included), after `warmup` untimed calls."""
+    predictor = _LOADED[path]
+    for text in queries[:warmup]:
+        predictor.predict([text])
+    timings = []
+    for text in queries:
+        tick = time.perf_counter()
+        predictor.predict([text])
+        timings.append((time.perf_counter() - tick) * 1000)
+    return timings
+
+
+def finish_model(path: str, timings: list[float]) -> dict[str, Any]:
+    """Latency summary and this process's peak RSS; the model is released."""
+    _LOADED.pop(path, None)
+    return {"latency_ms": latency_summary(timings), "peak_rss_mb": round(_peak_rss_mb(), 1)}
 
 
 def latency_summary(timings_ms: list[float]) -> dict[str, float]:
@@ -311,16 +356,33 @@ def _label_index(path: str, model_labels: list[str], data_labels: list[str]) -> 
     return np.array([position[label] for label in model_labels])
 
 
-def _run_isolated(path: str, job: dict[str, Any]) -> dict[str, Any]:
-    # spawn (not fork): a fresh interpreter, so RSS and thread pools are this model's alone
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+class _ModelRunner:
+    """Runs the benchmark steps of one model: in a spawned process of its own (isolate), else in this one."""
+
+    def __init__(self, path: str, job: dict[str, Any], isolate: bool) -> None:
+        self.path, self.isolate = path, isolate
+        self.pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> _ModelRunner:
+        if self.isolate:
+            # spawn (not fork): a fresh interpreter, so RSS and thread pools are this model's alone
+            context = multiprocessing.get_context("spawn")
+            self.pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.pool is None:
+            return function(*args)
         try:
-            return pool.submit(benchmark_folder, path, job).result()
+            return self.pool.submit(function, *args).result()
         except SlimformerError:
             raise
         except concurrent.futures.process.BrokenProcessPool as exc:
-            raise ModelError(f"the benchmark process for {path} died (out of memory?)") from exc
+            raise ModelError(f"the benchmark process for {self.path} died (out of memory?)") from exc
 
 
 def _cpu_info() -> tuple[str, set[str]]:

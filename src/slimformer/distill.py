@@ -26,6 +26,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
 from slimformer.errors import ConfigError, ModelError
+from slimformer.training import TrainingOptions
 
 if TYPE_CHECKING:
     import datasets
@@ -340,23 +341,14 @@ def student_from_teacher(teacher_dir: str | Path, num_layers: int, output_dir: s
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(TrainingOptions):
     """Options of `slimformer distill`; give exactly one of `student` and `student_layers`."""
 
     student: str | None = None  # student checkpoint folder, or "default" (packaged MiniLM-L6 body)
     student_layers: int | None = None  # or: build the student from K evenly spaced teacher layers
     alpha: float = 0.5  # weight of the hard-label loss; 1.0 = plain fine-tuning, the teacher is unused
     temperature: float = 2.0  # softens both distributions so the teacher's "dark knowledge" shows
-    epochs: float = 5.0  # passes over the training split
-    learning_rate: float = 1e-4  # MiniLM-sized students want more than BERT-base's 2e-5
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
-    max_length: int = 64  # CLINC150 queries are at most 33 tokens
     group_by_length: bool = True  # batch queries of similar length: far less padding, about 2x faster on CPU
-    seed: int = 42
-    max_train_samples: int | None = None  # subsample the training split (quick runs)
-    max_eval_samples: int | None = None  # subsample validation and test
     cache_dir: str | None = None  # teacher-logit cache (default: see default_cache_dir)
 
     def validate(self) -> None:
@@ -368,14 +360,7 @@ class DistillConfig:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning rate must be in (0, 1), got {self.learning_rate}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        self.validate_training_options()
 
 
 def distill(

@@ -8,33 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.artifacts import atomic_output_dir, write_metrics
-from slimformer.errors import ConfigError
+from slimformer.training import TrainingOptions
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(TrainingOptions):
     """Options of `slimformer finetune`; the defaults suit CLINC150's 151 short intents on a small BERT."""
 
-    epochs: float = 5.0  # passes over the training split
-    learning_rate: float = 1e-4  # MiniLM-sized encoders want more than BERT-base's 2e-5
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
-    max_length: int = 64  # CLINC150 queries are at most 33 tokens
     group_by_length: bool = True  # batch queries of similar length: far less padding, about 2x faster on CPU
-    seed: int = 42
-    max_train_samples: int | None = None  # subsample the training split (quick runs)
-    max_eval_samples: int | None = None  # subsample validation and test
 
     def validate(self) -> None:
-        if self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning rate must be in (0, 1), got {self.learning_rate}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        self.validate_training_options()
 
 
 def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneConfig | None = None) -> dict[str, Any]:

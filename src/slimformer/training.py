@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimformer.errors import ConfigError
 from slimformer.metrics import classification_metrics
 
 if TYPE_CHECKING:
@@ -17,6 +19,32 @@ if TYPE_CHECKING:
 
 
 DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass
+class TrainingOptions:
+    """Hyper-parameters every training stage shares (finetune, distill, prune); stages override defaults."""
+
+    epochs: float = 5.0  # passes over the training split
+    learning_rate: float = 1e-4  # MiniLM-sized encoders want more than BERT-base's 2e-5
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
+    max_length: int = 64  # CLINC150 queries are at most 33 tokens
+    seed: int = 42
+    max_train_samples: int | None = None  # subsample the training split (quick runs)
+    max_eval_samples: int | None = None  # subsample validation and test
+
+    def validate_training_options(self) -> None:
+        """One-line errors for out-of-range shared hyper-parameters."""
+        if self.epochs <= 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning rate must be in (0, 1), got {self.learning_rate}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
 def tokenize_dataset(

@@ -67,6 +67,9 @@ def benchmark(
     max_samples: Annotated[int | None, typer.Option("--max-samples", help="Evaluation rows (default all).")] = None,
     latency_samples: Annotated[int, typer.Option("--latency-samples", help="Batch-1 queries timed.")] = 1000,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up calls.")] = 20,
+    rounds: Annotated[
+        int, typer.Option(help="Latency rounds: the models take turns, so machine noise hits them alike.")
+    ] = 5,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the accuracy-vs-latency plot (PNG).")] = None,
     isolate: Annotated[bool, typer.Option(help="Run each model in a fresh process.")] = True,
@@ -81,6 +84,7 @@ def benchmark(
         max_samples=max_samples,
         latency_samples=latency_samples,
         warmup=warmup,
+        rounds=rounds,
         split=split,
         isolate=isolate,
     )

@@ -399,8 +399,9 @@ def _with_inferred_shapes(fp32_model: Path, output: Path) -> Path:
         return fp32_model
     try:
         # chdir: on failure the shape inference drops a debug model into the working directory
-        with _quiet(), contextlib.chdir(output.parent):
-            quant_pre_process(fp32_model.resolve(), output.resolve(), skip_optimization=True)
+        source, target = fp32_model.resolve(), output.resolve()  # before the chdir: the paths may be relative
+        with _quiet(), contextlib.chdir(target.parent):
+            quant_pre_process(source, target, skip_optimization=True)
     except Exception as exc:  # symbolic shape inference raises bare Exceptions
         raise ModelError(f"shape inference for static quantization failed on {fp32_model}: {exc}") from exc
     return output

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.errors import ConfigError, ModelError
+from slimformer.training import TrainingOptions
 
 METHODS = ("magnitude", "movement", "structured", "vocab")
 VOCAB_UNSEEN = ("cluster", "split")
@@ -19,20 +20,15 @@ SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(TrainingOptions):
     """Options of `slimformer prune`; defaults suit a MiniLM-sized classifier on CLINC150."""
 
+    epochs: float = 3.0  # training passes (structured: recovery passes; 0 = slice only)
+    learning_rate: float = 5e-5  # weights' learning rate
     method: str = "magnitude"  # magnitude | movement | structured | vocab
     sparsity: float = 0.9  # final fraction of encoder linear weights set to zero (structured: FFN fraction)
     teacher: str | None = None  # classifier folder to distil from while pruning (same labels and tokenizer)
-    epochs: float = 3.0  # training passes (structured: recovery passes; 0 = slice only)
-    learning_rate: float = 5e-5  # weights' learning rate
     scores_learning_rate: float = 1e-2  # movement scores' learning rate (Sanh et al. use 1e-2)
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
-    max_length: int = 64  # CLINC150 queries are at most 33 tokens
-    seed: int = 42
     initial_sparsity: float = 0.0  # s_i of the cubic schedule
     pruning_frequency: int = 10  # dt: optimizer steps between mask updates
     pruning_start: float = 0.1  # t0 as a fraction of the training steps
@@ -47,8 +43,6 @@ class PruneConfig:
     vocab_clusters: int = 1024  # vocab, cluster: centroid rows for the tokens the training data never uses
     vocab_keep_frequent: int = 0  # vocab, split: also keep the first N vocabulary ids (most frequent pieces)
     sparse_values: tuple[str, ...] = ("float32", "int8")  # compressed files written (float32 is exact)
-    max_train_samples: int | None = None  # subsample the training split (quick runs)
-    max_eval_samples: int | None = None  # subsample validation and test
 
     def validate(self) -> None:
         from slimformer.prune.sparse_storage import VALUE_FORMATS
