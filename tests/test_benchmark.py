@@ -168,3 +168,21 @@ def test_latency_is_timed_in_interleaved_rounds(tiny_classifier_dir, tiny_classi
     assert bench._LOADED == {}  # every model was released
     with pytest.raises(ConfigError, match="rounds must be >= 1"):
         BenchmarkConfig(rounds=0).validate()
+
+
+@pytest.mark.parametrize("max_length", [128, 6])
+def test_single_text_fast_tokenization_matches_the_wrapper(tiny_classifier_dir, clinc_slice, max_length):
+    """Batch-1 calls skip the transformers wrapper; the ids, types and mask must be the wrapper's exactly."""
+    import torch
+
+    predictor = load(tiny_classifier_dir, threads=1)
+    predictor.max_length = max_length
+    texts = [*column(clinc_slice.test, "text")[:20], "", "   ", "héllo wörld 你好 " * 20]
+    for text in texts:
+        wrapper = predictor.tokenizer([text], padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        fast = predictor.tokenize([text], "np")
+        assert sorted(fast) == sorted(wrapper.keys())
+        for name, array in fast.items():
+            assert array.dtype == np.int64 and np.array_equal(array, wrapper[name]), (text, name)
+        assert torch.equal(predictor.tokenize([text], "pt")["input_ids"], torch.from_numpy(wrapper["input_ids"]))
+    assert max(len(predictor.tokenize([t], "np")["input_ids"][0]) for t in texts) <= max_length
