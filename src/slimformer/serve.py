@@ -390,7 +390,8 @@ def predict_batch(predictor: "Predictor", texts: list[str], top_k: int, max_batc
     for start in range(0, len(texts), max_batch_size):
         chunk = texts[start : start + max_batch_size]
         probs = softmax(predictor.predict_logits(chunk))
-        order = np.argsort(-probs, axis=-1)
+        # the full ranking only when a top-k list is wanted (argsort of every row costs more than the argmax)
+        order = np.argsort(-probs, axis=-1)[:, :top_k] if top_k else probs.argmax(axis=-1)[:, None]
         for row in range(len(chunk)):
             best = int(order[row, 0])
             ranked = [(predictor.labels[i], float(probs[row, i])) for i in order[row, :top_k]] or None
@@ -417,6 +418,8 @@ def token_counts(predictor: "Predictor", texts: list[str]) -> list[int]:
     """Tokens of each text with special tokens, before truncation (the tokenizer's own count)."""
     counter = _counting_tokenizer(predictor)
     if counter is not None:  # the Rust tokenizer alone: a fraction of the transformers wrapper's cost per call
+        if len(texts) <= 4:  # encode_batch's thread pool costs more than it saves on a few short texts
+            return [len(counter.encode(text, add_special_tokens=True).ids) for text in texts]
         return [len(encoding.ids) for encoding in counter.encode_batch(list(texts), add_special_tokens=True)]
     encoded = predictor.tokenizer(
         list(texts),
