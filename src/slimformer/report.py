@@ -156,7 +156,9 @@ def _method_line(benchmark: dict[str, Any]) -> str:
     return (
         f"{data['name']} {data['split']} split, {data['rows']} rows. Latency: batch 1, tokenization included, "
         f"{config['latency_samples']} real queries after {config['warmup']} warm-up calls; throughput at batch "
-        f"{config['batch_size']}. Each model ran in a fresh process; all in the same run."
+        f"{config['batch_size']}. Each model ran in a fresh process of its own, all in the same run; the latency "
+        f"queries were timed in {config.get('rounds', 1)} interleaved rounds (the models took turns), so machine "
+        "noise hit every model alike."
     )
 
 
