@@ -8,9 +8,9 @@ What it does, in one run over the same real CLINC150 test queries:
 2. starts `slimformer serve MODEL --port P` on 127.0.0.1 as a subprocess and waits for /readyz;
 3. direct vs sequential: direct single-text calls and single-text requests sent one after another
    (concurrency 1), interleaved in rounds so background load hits both alike — server p50 / direct p50 is
-   the cost of serving a request over HTTP. The requests go out twice: from httpx (a full async client) and
-   from a plain keep-alive `http.client` connection, whose own cost is smallest, so its p50 is closest to
-   what the server adds;
+   the cost of serving a request over HTTP. The requests go out three times: from httpx (a full async
+   client), from a keep-alive `http.client` connection and from a bare keep-alive socket, whose own cost is
+   smallest, so its p50 is closest to what the server adds;
 4. load: `--requests` single-text requests at `--concurrency` (every request has a `--timeout`), reporting
    throughput, p50/p95/p99 and errors, and the server's own batch-size histogram from /metrics;
 5. direct batched throughput (batches of `--concurrency` texts: the most micro-batching could gain);
@@ -139,13 +139,22 @@ class DirectPredictor:
         }
 
 
-class KeepAliveClient:
-    """Single-text `POST /predict` requests, one at a time, on one keep-alive HTTP/1.1 connection from the
-    standard library: the least client-side work per request (httpx's async machinery costs more)."""
+class SequentialClient:
+    """Single-text `POST /predict` requests, one at a time, on one keep-alive HTTP/1.1 connection."""
 
     def __init__(self, port: int, timeout: float) -> None:
         self.port, self.timeout = port, timeout
-        self.connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        self.connect()
+
+    def connect(self) -> None:
+        raise NotImplementedError
+
+    def post(self, body: bytes) -> int:
+        """Send one request and read the whole response; its status code."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def send(self, texts: list[str]) -> dict[str, Any]:
         latencies: list[float] = []
@@ -156,22 +165,69 @@ class KeepAliveClient:
             body = json.dumps({"text": text}).encode()
             tick = time.perf_counter()
             try:
-                self.connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
-                response = self.connection.getresponse()
-                response.read()
-            except (OSError, http.client.HTTPException) as exc:
+                status = self.post(body)
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                self.connection.close()
-                self.connection = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+                self.close()
+                self.connect()
                 continue
-            if response.status == 200:
+            if status == 200:
                 latencies.append(time.perf_counter() - tick)
             else:
-                errors[f"HTTP {response.status}"] = errors.get(f"HTTP {response.status}", 0) + 1
+                errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
         return run_summary(len(texts), 1, latencies, errors, time.perf_counter() - started, cpu_started)
+
+
+class HttpClientConnection(SequentialClient):
+    """The standard library's `http.client` (it parses headers with the `email` package: some client work)."""
+
+    def connect(self) -> None:
+        self.connection = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+
+    def post(self, body: bytes) -> int:
+        self.connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        response.read()
+        return response.status
 
     def close(self) -> None:
         self.connection.close()
+
+
+class RawSocketConnection(SequentialClient):
+    """A bare socket: the request written as bytes, the response read up to its Content-Length. The least
+    client-side work there is, so its latency is the closest an outside client gets to the server's own."""
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((HOST, self.port), timeout=self.timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def post(self, body: bytes) -> int:
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.sock.sendall(head + body)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._receive()
+        header, _, rest = self.buffer.partition(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
+        while len(rest) < length:
+            rest += self._receive()
+        self.buffer = rest[length:]
+        return status
+
+    def _receive(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def progress(message: str) -> None:
@@ -349,16 +405,20 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
             )
             direct_latencies: list[float] = []
             sequential: list[dict[str, Any]] = []
-            light = KeepAliveClient(port, args.timeout)
+            light, raw = HttpClientConnection(port, args.timeout), RawSocketConnection(port, args.timeout)
             light.send(cycle(texts, args.warmup))
+            raw.send(cycle(texts, args.warmup))
             sequential_light: list[dict[str, Any]] = []
+            sequential_raw: list[dict[str, Any]] = []
             for round_index in range(ROUNDS):
                 direct_latencies += direct.time_single(_round_slice(texts, args.direct_calls, round_index))
                 sequential.append(
                     await send_all(client, _round_slice(texts, args.sequential_requests, round_index), 1, args.timeout)
                 )
                 sequential_light.append(light.send(_round_slice(texts, args.sequential_requests, round_index)))
+                sequential_raw.append(raw.send(_round_slice(texts, args.sequential_requests, round_index)))
             light.close()
+            raw.close()
             result["direct"] = {
                 "calls": len(direct_latencies),
                 **latency_summary(direct_latencies),
@@ -367,6 +427,7 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
             }
             result["sequential"] = _merge_runs(sequential)
             result["sequential_light"] = _merge_runs(sequential_light)
+            result["sequential_raw"] = _merge_runs(sequential_raw)
 
             progress(f"load: {args.requests} requests at concurrency {args.concurrency}")
             before = batch_histogram((await client.get("/metrics")).text)
@@ -460,7 +521,7 @@ def _version(package: str) -> str | None:
 
 def markdown_table(report: dict[str, Any]) -> str:
     direct, server = report["direct"], report["server"]
-    seq, light, load = server["sequential"], server["sequential_light"], server["load"]
+    seq, light, raw, load = server["sequential"], server["sequential_light"], server["sequential_raw"], server["load"]
     rows = [
         (
             "direct `predict([text])`",
@@ -507,6 +568,17 @@ def markdown_table(report: dict[str, Any]) -> str:
             "-",
         ),
         (
+            "server, sequential (raw socket keep-alive)",
+            raw["requests"],
+            1,
+            raw["errors"],
+            raw["throughput_rps"],
+            raw["p50_ms"],
+            raw["p95_ms"],
+            raw["p99_ms"],
+            "-",
+        ),
+        (
             "server, load",
             load["requests"],
             load["concurrency"],
@@ -531,7 +603,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     ratios = report["ratios"]
     lines += [
         "",
-        f"- server p50 (sequential, http.client) / direct p50: **{ratios['light_p50_over_direct_p50']:.2f}x**",
+        f"- server p50 (sequential, raw socket) / direct p50: **{ratios['raw_p50_over_direct_p50']:.2f}x**",
+        f"- server p50 (sequential, http.client) / direct p50: {ratios['light_p50_over_direct_p50']:.2f}x",
         f"- server p50 (sequential, httpx) / direct p50: {ratios['sequential_p50_over_direct_p50']:.2f}x",
         f"- server p50 (concurrency {load['concurrency']}) / direct p50: "
         f"{ratios['load_p50_over_direct_p50']:.2f}x (includes queueing behind other requests)",
@@ -563,6 +636,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "direct": direct,
         "server": server,
         "ratios": {
+            "raw_p50_over_direct_p50": server["sequential_raw"]["p50_ms"] / direct["p50_ms"],
             "light_p50_over_direct_p50": server["sequential_light"]["p50_ms"] / direct["p50_ms"],
             "sequential_p50_over_direct_p50": server["sequential"]["p50_ms"] / direct["p50_ms"],
             "load_p50_over_direct_p50": load["p50_ms"] / direct["p50_ms"],
@@ -573,7 +647,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.output:
         args.output.write_text(json.dumps(report, indent=2, default=str))
         print(f"\nresults written to {args.output}")
-    if load["errors"] or server["sequential"]["errors"] or server["sequential_light"]["errors"]:
+    sequential_errors = sum(server[k]["errors"] for k in ("sequential", "sequential_light", "sequential_raw"))
+    if load["errors"] or sequential_errors:
         print(f"errors: load {load['error_kinds']}, sequential {server['sequential']['error_kinds']}", file=sys.stderr)
     return report
 
