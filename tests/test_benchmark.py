@@ -186,3 +186,16 @@ def test_single_text_fast_tokenization_matches_the_wrapper(tiny_classifier_dir, 
             assert array.dtype == np.int64 and np.array_equal(array, wrapper[name]), (text, name)
         assert torch.equal(predictor.tokenize([text], "pt")["input_ids"], torch.from_numpy(wrapper["input_ids"]))
     assert max(len(predictor.tokenize([t], "np")["input_ids"][0]) for t in texts) <= max_length
+
+
+def test_one_tokenization_gives_logits_and_the_token_count(tiny_classifier_dir, clinc_slice):
+    predictor = load(tiny_classifier_dir, threads=1)
+    predictor.max_length = 8
+    short, long = "book a flight", " ".join(column(clinc_slice.train, "text")[:5])
+    logits, counts = predictor.predict_logits_and_token_counts([short])
+    assert np.allclose(logits, predictor.predict_logits([short]), atol=1e-6)
+    assert counts == [len(predictor.tokenizer(short)["input_ids"])] and counts[0] < 8
+    # a truncated text: the one tokenization cannot tell its full length, so it must be counted apart
+    assert len(predictor.tokenizer(long)["input_ids"]) > 8
+    assert predictor.predict_logits_and_token_counts([long])[1] is None
+    assert predictor.predict_logits_and_token_counts([short, long])[1] is None

@@ -41,10 +41,6 @@ class Predictor(ABC):
         self.tokenizer = load_tokenizer(self.path)
         self.labels: list[str] = _labels_from_config(self.path)
 
-    @abstractmethod
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
-        """Raw logits, shape (len(texts), num_labels)."""
-
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         """Predicted label and its softmax probability for each text."""
         probs = softmax(self.predict_logits(texts))
@@ -57,26 +53,47 @@ class Predictor(ABC):
         order = np.argsort(-probs, axis=-1)[:, :k]
         return [[(self.labels[i], float(probs[row, i])) for i in idx] for row, idx in enumerate(order)]
 
+    def predict_logits_and_token_counts(self, texts: list[str]) -> tuple[np.ndarray, list[int] | None]:
+        """Logits, and each text's token count before truncation when the one tokenization tells it (a single
+        text that was not truncated); None when it has to be counted separately."""
+        if len(texts) == 1 and (single := self._single_text_tokenizer()) is not None:
+            encoding = single.encode(texts[0])
+            logits = self.logits_from_inputs(self._inputs_from_encoding(encoding, self.input_format))
+            return logits, None if encoding.overflowing else [len(encoding.ids)]
+        return self.predict_logits(texts), None
+
+    def predict_logits(self, texts: list[str]) -> np.ndarray:
+        """Raw logits, shape (len(texts), num_labels)."""
+        return self.logits_from_inputs(self.tokenize(texts, self.input_format))
+
+    @abstractmethod
+    def logits_from_inputs(self, inputs: Any) -> np.ndarray:
+        """Logits of tokenized inputs (arrays or tensors in `input_format`)."""
+
+    input_format = "np"  # what `tokenize` returns for `logits_from_inputs`: "np" or "pt"
+
     def tokenize(self, texts: list[str], return_tensors: str) -> Any:
         """Model inputs for `texts`, padded to the longest and truncated to `max_length` tokens."""
         if len(texts) == 1 and (single := self._single_text_tokenizer()) is not None:
             # batch 1 (every latency-bound call): the Rust tokenizer directly, without the transformers
             # wrapper's per-call work (it costs about as much as the encoding itself); same ids
-            encoding = single.encode(texts[0])
-            arrays = {
-                "input_ids": encoding.ids,
-                "token_type_ids": encoding.type_ids,
-                "attention_mask": encoding.attention_mask,
-            }
-            encoded = {name: np.asarray([arrays[name]], dtype=np.int64) for name in self._input_names}
-            if return_tensors == "pt":
-                import torch
-
-                return {name: torch.from_numpy(array) for name, array in encoded.items()}
-            return encoded
+            return self._inputs_from_encoding(single.encode(texts[0]), return_tensors)
         return self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors=return_tensors
         )
+
+    def _inputs_from_encoding(self, encoding: Any, return_tensors: str) -> dict[str, Any]:
+        arrays = {
+            "input_ids": encoding.ids,
+            "token_type_ids": encoding.type_ids,
+            "attention_mask": encoding.attention_mask,
+        }
+        encoded = {name: np.asarray([arrays[name]], dtype=np.int64) for name in self._input_names}
+        if return_tensors == "pt":
+            import torch
+
+            return {name: torch.from_numpy(array) for name, array in encoded.items()}
+        return encoded
 
     def _single_text_tokenizer(self) -> Any:
         """A private copy of the fast tokenizer's `tokenizers.Tokenizer`, truncating at `max_length` (None when the
@@ -117,11 +134,13 @@ class TorchPredictor(Predictor):
         if self.quantization:
             self.model = apply_torch_dynamic_quantization(self.model)
 
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
+    input_format = "pt"
+
+    def logits_from_inputs(self, inputs: Any) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            return self.model(**self.tokenize(texts, "pt")).logits.float().numpy()
+            return self.model(**inputs).logits.float().numpy()
 
     def settings(self) -> dict[str, Any]:
         import torch
@@ -159,8 +178,8 @@ class OnnxPredictor(Predictor):
             raise ModelError(f"ONNX Runtime cannot load {self.path / ONNX_FILE}: {str(exc).splitlines()[0]}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
-        encoded = self.tokenize(texts, "np")
+    def logits_from_inputs(self, inputs: Any) -> np.ndarray:
+        encoded = inputs
         feed = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
         if "token_type_ids" in self.input_names and "token_type_ids" not in feed:
             feed["token_type_ids"] = np.zeros_like(encoded["input_ids"], dtype=np.int64)

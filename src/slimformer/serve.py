@@ -384,18 +384,19 @@ def predict_batch(predictor: "Predictor", texts: list[str], top_k: int, max_batc
 
     from slimformer.predictor import softmax
 
-    num_tokens = token_counts(predictor, texts)
     top_k = min(top_k, len(predictor.labels))
     results: list[TextResult] = []
     for start in range(0, len(texts), max_batch_size):
         chunk = texts[start : start + max_batch_size]
-        probs = softmax(predictor.predict_logits(chunk))
+        logits, counts = predictor.predict_logits_and_token_counts(chunk)
+        num_tokens = counts or token_counts(predictor, chunk)
+        probs = softmax(logits)
         # the full ranking only when a top-k list is wanted (argsort of every row costs more than the argmax)
         order = np.argsort(-probs, axis=-1)[:, :top_k] if top_k else probs.argmax(axis=-1)[:, None]
         for row in range(len(chunk)):
             best = int(order[row, 0])
             ranked = [(predictor.labels[i], float(probs[row, i])) for i in order[row, :top_k]] or None
-            count = num_tokens[start + row]
+            count = num_tokens[row]
             label, score = predictor.labels[best], float(probs[row, best])
             results.append(TextResult(label, score, count > predictor.max_length, count, ranked))
     return results
