@@ -31,6 +31,7 @@ class Predictor(ABC):
     """Text in, labels and scores out; tokenization is part of every call (it is part of the latency)."""
 
     backend: str = ""
+    input_format = "np"  # what `tokenize` returns for `logits_from_inputs`: "np" or "pt"
 
     def __init__(self, path: Path, threads: int, max_length: int) -> None:
         from slimformer.models import load_tokenizer
@@ -70,7 +71,15 @@ class Predictor(ABC):
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
         """Logits of tokenized inputs (arrays or tensors in `input_format`)."""
 
-    input_format = "np"  # what `tokenize` returns for `logits_from_inputs`: "np" or "pt"
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with special tokens, before truncation (the tokenizer's own count)."""
+        counter = self._untruncated_tokenizer()
+        if counter is None:
+            encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+            return [len(ids) for ids in encoded["input_ids"]]
+        if len(texts) <= 4:  # encode_batch's thread pool costs more than it saves on a few short texts
+            return [len(counter.encode(text).ids) for text in texts]
+        return [len(encoding.ids) for encoding in counter.encode_batch(list(texts))]
 
     def tokenize(self, texts: list[str], return_tensors: str) -> Any:
         """Model inputs for `texts`, padded to the longest and truncated to `max_length` tokens."""
@@ -94,6 +103,19 @@ class Predictor(ABC):
 
             return {name: torch.from_numpy(array) for name, array in encoded.items()}
         return encoded
+
+    def _untruncated_tokenizer(self) -> Any:
+        """A private copy of the fast tokenizer's `tokenizers.Tokenizer` with truncation and padding off (None for
+        a slow tokenizer); the transformers wrapper changes those settings on its own copy at every call."""
+        if not hasattr(self, "_untruncated"):
+            import copy
+
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            self._untruncated = copy.deepcopy(backend) if backend is not None else None
+            if self._untruncated is not None:
+                self._untruncated.no_truncation()
+                self._untruncated.no_padding()
+        return self._untruncated
 
     def _single_text_tokenizer(self) -> Any:
         """A private copy of the fast tokenizer's `tokenizers.Tokenizer`, truncating at `max_length` (None when the
@@ -121,6 +143,7 @@ class TorchPredictor(Predictor):
     """A transformers sequence-classification checkpoint run by PyTorch in eval mode."""
 
     backend = "pytorch"
+    input_format = "pt"
 
     def __init__(self, path: Path, threads: int, max_length: int) -> None:
         import torch
@@ -133,8 +156,6 @@ class TorchPredictor(Predictor):
         self.quantization = _saved_quantization(self.path)
         if self.quantization:
             self.model = apply_torch_dynamic_quantization(self.model)
-
-    input_format = "pt"
 
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
         import torch
@@ -179,10 +200,9 @@ class OnnxPredictor(Predictor):
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
-        encoded = inputs
-        feed = {name: encoded[name].astype(np.int64) for name in self.input_names if name in encoded}
+        feed = {name: inputs[name].astype(np.int64) for name in self.input_names if name in inputs}
         if "token_type_ids" in self.input_names and "token_type_ids" not in feed:
-            feed["token_type_ids"] = np.zeros_like(encoded["input_ids"], dtype=np.int64)
+            feed["token_type_ids"] = np.zeros_like(inputs["input_ids"], dtype=np.int64)
         return self.session.run(None, feed)[0]
 
     def settings(self) -> dict[str, Any]:

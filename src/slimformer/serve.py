@@ -389,7 +389,7 @@ def predict_batch(predictor: "Predictor", texts: list[str], top_k: int, max_batc
     for start in range(0, len(texts), max_batch_size):
         chunk = texts[start : start + max_batch_size]
         logits, counts = predictor.predict_logits_and_token_counts(chunk)
-        num_tokens = counts or token_counts(predictor, chunk)
+        num_tokens = counts or predictor.token_counts(chunk)
         probs = softmax(logits)
         # the full ranking only when a top-k list is wanted (argsort of every row costs more than the argmax)
         order = np.argsort(-probs, axis=-1)[:, :top_k] if top_k else probs.argmax(axis=-1)[:, None]
@@ -413,39 +413,6 @@ def model_token_limit(predictor: "Predictor") -> int:
     # tokenizers without a limit report a huge sentinel (1e30); such values say nothing
     sane = [int(limit) for limit in limits if isinstance(limit, int) and 2 <= limit <= 1_000_000]
     return min(sane) if sane else predictor.max_length
-
-
-def token_counts(predictor: "Predictor", texts: list[str]) -> list[int]:
-    """Tokens of each text with special tokens, before truncation (the tokenizer's own count)."""
-    counter = _counting_tokenizer(predictor)
-    if counter is not None:  # the Rust tokenizer alone: a fraction of the transformers wrapper's cost per call
-        if len(texts) <= 4:  # encode_batch's thread pool costs more than it saves on a few short texts
-            return [len(counter.encode(text, add_special_tokens=True).ids) for text in texts]
-        return [len(encoding.ids) for encoding in counter.encode_batch(list(texts), add_special_tokens=True)]
-    encoded = predictor.tokenizer(
-        list(texts),
-        add_special_tokens=True,
-        truncation=False,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-        verbose=False,
-    )
-    return [len(ids) for ids in encoded["input_ids"]]
-
-
-def _counting_tokenizer(predictor: "Predictor") -> Any:
-    """A private copy of the predictor's `tokenizers.Tokenizer` with truncation and padding off (None for a slow
-    tokenizer); the wrapper changes those settings on its own copy at every call."""
-    import copy
-
-    if not hasattr(predictor, "_counting_tokenizer"):
-        backend = getattr(predictor.tokenizer, "backend_tokenizer", None)
-        counter = copy.deepcopy(backend) if backend is not None else None
-        if counter is not None:
-            counter.no_truncation()
-            counter.no_padding()
-        predictor._counting_tokenizer = counter
-    return predictor._counting_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------
