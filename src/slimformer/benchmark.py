@@ -167,8 +167,12 @@ def prepare_model(path: str, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def time_queries(path: str, queries: list[str], warmup: int) -> list[float]:
+    """Batch-1 latencies (ms) of the loaded model `path` over `queries` (see :func:`batch1_latencies_ms`)."""
+    return batch1_latencies_ms(_LOADED[path], queries, warmup)
+
+
+def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int) -> list[float]:
     """Milliseconds of `predict([text])` for each query (tokenization included), after `warmup` untimed calls."""
-    predictor = _LOADED[path]
     for text in queries[:warmup]:
         predictor.predict([text])
     timings = []

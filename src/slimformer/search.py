@@ -19,7 +19,6 @@ import hashlib
 import os
 import shutil
 import statistics
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -350,17 +349,11 @@ class OptunaPruningCallback(TrainerCallback):
 
 def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int = 64, warmup: int = 5) -> float:
     """Median batch-1 latency (ms) of a model folder over `texts`, after `warmup` untimed calls."""
+    from slimformer.benchmark import batch1_latencies_ms
     from slimformer.predictor import load
 
     predictor = load(model_dir, max_length=max_length)
-    for text in texts[:warmup]:
-        predictor.predict_logits([text])
-    times = []
-    for text in texts:
-        started = time.perf_counter()
-        predictor.predict_logits([text])
-        times.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(times), 3)
+    return round(statistics.median(batch1_latencies_ms(predictor, texts, warmup)), 3)
 
 
 def _best_trials(study: optuna.Study, config: SearchConfig) -> list[optuna.trial.FrozenTrial]:
