@@ -110,15 +110,6 @@ ROUND_WARMUP = 5  # untimed calls at the start of each round (another model just
 _LOADED: dict[str, Any] = {}  # predictors of the models this process benchmarks, by path
 
 
-def benchmark_folder(path: str, job: dict[str, Any]) -> dict[str, Any]:
-    """Benchmark one model folder in this process, in one round (see :func:`benchmark_models` for `job`)."""
-    config = job["config"]
-    result = prepare_model(path, job)
-    (queries,) = latency_rounds(job["texts"], BenchmarkConfig(**{**config, "rounds": 1}))
-    timings = time_queries(path, queries, 0)
-    return {**result, **finish_model(path, timings)}
-
-
 def latency_rounds(texts: list[str], config: BenchmarkConfig) -> list[list[str]]:
     """The batch-1 queries of each round: `latency_samples` real texts in a seeded order, split evenly."""
     order = np.random.default_rng(config.seed).permutation(len(texts))

@@ -30,7 +30,7 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
     graph = model.graph
     found = _word_embedding_lookup(graph)
     if found is None:
-        onnx.save(model, str(destination))
+        _copy_unchanged(source, destination)
         return None
     node, ids_input, table_input = found
     table_name = node.input[table_input]
@@ -38,7 +38,7 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
     table = numpy_helper.to_array(table_proto)
     distinct, row_of_token = np.unique(table.reshape(table.shape[0], -1), axis=0, return_inverse=True)
     if len(distinct) > (1 - MIN_SAVING) * table.shape[0]:
-        onnx.save(model, str(destination))
+        _copy_unchanged(source, destination)
         return None
 
     table_proto.CopyFrom(numpy_helper.from_array(distinct.reshape((-1, *table.shape[1:])), table_name))
@@ -52,6 +52,14 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
     graph.node.insert(position, lookup)
     onnx.save(model, str(destination))
     return {"table": table_name, "rows_before": int(table.shape[0]), "rows_after": len(distinct)}
+
+
+def _copy_unchanged(source: str | Path, destination: str | Path) -> None:
+    """The graph as it is: the file copied (not re-serialized), nothing done when it is already in place."""
+    import shutil
+
+    if Path(source).resolve() != Path(destination).resolve():
+        shutil.copyfile(source, destination)
 
 
 def _word_embedding_lookup(graph: Any) -> tuple[Any, int, int] | None:
