@@ -263,12 +263,122 @@ def test_structured_pruning_slices_ffn_and_reloads(classifier_dir, clinc_slice, 
     assert _logits(output, _texts(clinc_slice)).shape == (16, len(clinc_slice.labels))
 
 
-def test_head_pruning_is_refused_with_a_reason():
-    from slimformer.errors import ConfigError
-    from slimformer.prune import PruneConfig
+def _head_logits(model, batch):
+    import torch
 
-    with pytest.raises(ConfigError, match="head"):
-        PruneConfig(method="structured", heads_fraction=0.5).validate()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_removing_heads_equals_silencing_them(classifier_dir, clinc_slice):
+    """Slicing heads out computes what the full model computes with those heads' output columns zeroed, and the
+    SlimBERT it is saved as computes the same again."""
+    import torch
+
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.structured import as_slim_bert, slice_heads
+
+    tokenizer = load_tokenizer(classifier_dir)
+    batch = tokenizer(_texts(clinc_slice), padding=True, return_tensors="pt")
+    keep = [torch.tensor([3, 1]), torch.tensor([0, 2])]  # of 4 heads of 8 dims per layer
+    silenced = load_classifier(classifier_dir).eval()
+    with torch.no_grad():
+        for layer, heads in zip(silenced.bert.encoder.layer, keep, strict=True):
+            dropped = [h for h in range(4) if h not in heads.tolist()]
+            for head in dropped:
+                layer.attention.output.dense.weight[:, head * 8 : (head + 1) * 8] = 0
+    pruned = load_classifier(classifier_dir).eval()
+    slice_heads(pruned, keep)
+    assert pruned.bert.encoder.layer[0].attention.self.query.weight.shape == (16, 32)
+    assert pruned.bert.encoder.layer[1].attention.output.dense.weight.shape == (32, 16)
+    expected = _head_logits(silenced, batch)
+    assert torch.allclose(_head_logits(pruned, batch), expected, rtol=0, atol=1e-6)
+    slim = as_slim_bert(pruned).eval()
+    assert type(slim).__name__ == "SlimBertForSequenceClassification"
+    assert slim.config.num_attention_heads == 2 and slim.config.attention_head_size == 8
+    assert torch.allclose(_head_logits(slim, batch), expected, rtol=0, atol=1e-6)
+    full = _head_logits(load_classifier(classifier_dir).eval(), batch)
+    assert (full - expected).abs().max() > 1e-5  # the removed heads did matter (logits of a random tiny BERT)
+
+
+def test_keeping_every_head_changes_nothing(classifier_dir, clinc_slice):
+    import torch
+
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.structured import prune_units, unit_importance
+
+    model, tokenizer = load_classifier(classifier_dir).eval(), load_tokenizer(classifier_dir)
+    batch = tokenizer(_texts(clinc_slice), padding=True, return_tensors="pt")
+    before = _head_logits(model, batch)
+    importance = unit_importance(model, "magnitude")
+    assert [len(s) for s in importance["heads"]] == [4, 4] and [len(s) for s in importance["ffn"]] == [64, 64]
+    summary = prune_units(model, "heads", 0.0, importance["heads"])
+    assert summary["heads_after"] == 4 and summary["kept_heads"] == [[0, 1, 2, 3]] * 2
+    assert torch.equal(_head_logits(model, batch), before)
+
+
+def test_head_importance_ranks_a_silenced_head_last(classifier_dir):
+    import torch
+
+    from slimformer.models import load_classifier
+    from slimformer.prune.structured import unit_importance
+
+    model = load_classifier(classifier_dir)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.output.dense.weight[:, 16:24] = 0  # head 2 of layer 0 reaches nothing
+    scores = unit_importance(model, "magnitude", kinds=("heads",))["heads"]
+    assert scores[0][2] == 0 and torch.all(scores[0][[0, 1, 3]] > 0) and torch.all(scores[1] > 0)
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "gradient"])
+def test_structured_head_pruning_saves_a_slimbert_every_stage_loads(classifier_dir, clinc_slice, tmp_path, importance):
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForSequenceClassification
+
+    from slimformer.onnx import export_onnx, optimize_onnx
+    from slimformer.onnx.optimize import OptimizeConfig
+    from slimformer.prune import PruneConfig, prune
+
+    output = tmp_path / "heads"
+    metrics = prune(
+        classifier_dir, clinc_slice, output,
+        PruneConfig(method="structured", sparsity=0.5, heads_fraction=0.5, epochs=1 if importance == "gradient" else 0,
+                    importance=importance, importance_batches=2),
+    )  # fmt: skip
+    summary = metrics["structured"]
+    assert (summary["heads_before"], summary["heads_after"], summary["head_size"]) == (4, 2, 8)
+    assert summary["intermediate_size_after"] == 32 and len(summary["kept_heads"]) == 2
+    # per layer: 3 x (32x16 + 16) + 16x32 for the attention, 2 x 32x32 + 32 for the FFN
+    removed = 2 * (3 * (16 * 32 + 16) + 16 * 32 + 2 * 32 * 32 + 32)
+    assert summary["parameters_after"] == summary["parameters_before"] - removed
+    config = json.loads((output / "config.json").read_text())
+    assert config["model_type"] == "slimbert" and config["num_attention_heads"] == 2
+    assert config["attention_head_size"] == 8 and config["auto_map"]["AutoConfig"] == "slimbert.SlimBertConfig"
+    assert (output / "slimbert.py").is_file()
+    logits = _logits(output, _texts(clinc_slice))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(output)  # registered by slimformer
+    assert reloaded.bert.encoder.layer[1].attention.self.key.weight.shape == (16, 32)
+
+    # plain transformers, without slimformer's registration, loads it from the saved slimbert.py
+    script = (
+        "import sys, torch, numpy as np; from transformers import AutoModelForSequenceClassification as A, "
+        "BertTokenizerFast as T; p = sys.argv[1]; m = A.from_pretrained(p, trust_remote_code=True).eval(); "
+        "b = T.from_pretrained(p)(sys.argv[2:], padding=True, truncation=True, max_length=128, return_tensors='pt')"
+        "\nwith torch.no_grad(): np.save(p + '/plain.npy', m(**b).logits.numpy())"
+    )
+    subprocess.run([sys.executable, "-c", script, str(output), *_texts(clinc_slice)], check=True, timeout=120)
+    assert np.allclose(np.load(output / "plain.npy"), logits, atol=1e-5)
+    (output / "plain.npy").unlink()
+
+    # export and ONNX Runtime's optimizer: every layer's attention fuses, at 2 heads of 8
+    export_onnx(output, tmp_path / "onnx")
+    assert (tmp_path / "onnx" / "slimbert.py").is_file()
+    optimized = optimize_onnx(tmp_path / "onnx", tmp_path / "opt", OptimizeConfig(level=2))
+    assert (optimized["num_heads"], optimized["hidden_size"]) == (2, 16)
+    assert optimized["fusions"]["Attention"] == 2 and optimized["attention_fully_fused"]
+    assert np.allclose(_logits(tmp_path / "opt", _texts(clinc_slice)), logits, atol=1e-4)
 
 
 # --- compressed storage -------------------------------------------------------------------------------------
@@ -400,7 +510,8 @@ def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_pat
     [
         (["--method", "pinch"], "unknown pruning method"),
         (["--sparsity", "1.5"], "sparsity must be in"),
-        (["--method", "structured", "--heads-fraction", "0.5"], "attention heads"),
+        (["--method", "structured", "--heads-fraction", "1.0"], "heads fraction must be in [0, 1)"),
+        (["--method", "magnitude", "--heads-fraction", "0.5"], "is for structured pruning"),
         (["--importance", "vibes", "--method", "structured"], "unknown importance"),
         (["--method", "vocab", "--vocab-unseen", "forget"], "vocab unseen must be one of"),
         (["--method", "vocab", "--vocab-clusters", "0"], "vocab clusters must be >= 1"),

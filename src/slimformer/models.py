@@ -71,10 +71,29 @@ def check_classifier_fits(path: str | Path, labels: list[str]) -> list[str]:
     return model_labels
 
 
+def register_model_types() -> None:
+    """Make transformers' Auto classes know slimformer's SlimBERT (BERT with removed attention heads), so
+    that head-pruned folders load without `trust_remote_code`. Idempotent."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from slimformer.slimbert import MODEL_TYPE, SlimBertConfig, SlimBertForSequenceClassification
+
+    if MODEL_TYPE in CONFIG_MAPPING:
+        return
+    AutoConfig.register(MODEL_TYPE, SlimBertConfig)
+    AutoModelForSequenceClassification.register(SlimBertConfig, SlimBertForSequenceClassification)
+    # save_pretrained then copies slimbert.py beside the weights and writes an auto_map into config.json, so
+    # plain transformers loads the folder with trust_remote_code=True
+    SlimBertConfig.register_for_auto_class()
+    SlimBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a model folder."""
     from transformers import AutoTokenizer
 
+    register_model_types()
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
@@ -89,6 +108,7 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    register_model_types()
     kwargs: dict = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -84,7 +84,7 @@ def optimize(
         int | None, typer.Option("--num-heads", help="Attention heads (default: from config.json).")
     ] = None,
     hidden_size: Annotated[
-        int | None, typer.Option("--hidden-size", help="Hidden size (default: from config.json).")
+        int | None, typer.Option("--hidden-size", help="Attention width, heads x head size (default: config.json).")
     ] = None,
     model_type: Annotated[str, typer.Option("--model-type", help="ORT optimizer model type.")] = "bert",
     max_length: MaxLengthOption = 128,

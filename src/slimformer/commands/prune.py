@@ -53,10 +53,14 @@ def prune(
         float | None, typer.Option("--ffn-fraction", help="Structured: FFN neurons removed (default: --sparsity).")
     ] = None,
     heads_fraction: Annotated[
-        float, typer.Option("--heads-fraction", help="Structured: attention heads removed (see docs: refused).")
+        float,
+        typer.Option(
+            "--heads-fraction",
+            help="Structured: attention heads removed per layer (the model is then saved as a SlimBERT).",
+        ),
     ] = 0.0,
     importance: Annotated[
-        str, typer.Option(help="Structured: neuron importance from magnitude | gradient | movement.")
+        str, typer.Option(help="Structured: neuron and head importance from magnitude | gradient | movement.")
     ] = "magnitude",
     vocab_unseen: Annotated[
         str,

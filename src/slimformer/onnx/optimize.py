@@ -45,7 +45,7 @@ REPORTED_FUSIONS = (
     "LayerNormalization",
 )
 # transformers model types the "bert" graph patterns of the optimizer match
-BERT_LIKE = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet", "albert"}
+BERT_LIKE = {"bert", "slimbert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet", "albert"}
 
 
 @dataclass
@@ -54,7 +54,7 @@ class OptimizeConfig:
 
     level: int = 2  # ORT level before fusion: 0 fusions only, 1 basic, 2 extended, 99 all (hardware-specific)
     num_heads: int | None = None  # attention heads (None: from config.json)
-    hidden_size: int | None = None  # hidden size (None: from config.json)
+    hidden_size: int | None = None  # attention width, heads x head size (None: from config.json)
     model_type: str = "bert"  # ORT optimizer graph patterns ("bert" covers BERT, RoBERTa, DistilBERT, MiniLM)
     parity_tolerance: float = 1e-3  # largest |logit difference| vs the unoptimized graph accepted
     max_length: int = 128  # saved in session.json
@@ -83,7 +83,7 @@ def optimize_onnx(onnx_dir: str | Path, output: str | Path, config: OptimizeConf
     source = onnx_folder(onnx_dir)
     shape = encoder_shape(source)
     num_heads = config.num_heads or shape["num_heads"]
-    hidden_size = config.hidden_size or shape["hidden_size"]
+    hidden_size = config.hidden_size or shape["attention_size"]
     if not num_heads or not hidden_size:
         raise ModelError(f"{source}/config.json names no attention heads / hidden size; pass them explicitly")
     if hidden_size % num_heads:

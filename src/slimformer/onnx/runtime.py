@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 ONNX_FILE = "model.onnx"
 SESSION_FILE = "session.json"
 # files a tokenizer may have saved, copied from folder to folder so every output loads on its own
+CUSTOM_CODE_FILES = ("slimbert.py",)  # SlimBERT code beside a head-pruned checkpoint (see slimbert.py)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -145,8 +146,8 @@ def parity_texts(data: DataSplits | None, max_examples: int | None) -> tuple[lis
 
 
 def encoder_shape(model_dir: str | Path) -> dict[str, Any]:
-    """model_type, layers, attention heads and hidden size from a folder's config.json (ORT's optimizer needs
-    heads and hidden size explicitly: it cannot always infer them, e.g. for hidden 32 / 4 heads)."""
+    """model_type, layers, attention heads, hidden size and attention width from a folder's config.json (ORT's
+    optimizer needs heads and width explicitly: it cannot always infer them, e.g. for hidden 32 / 4 heads)."""
     from slimformer.models import read_config
 
     config = read_config(model_dir)
@@ -155,17 +156,22 @@ def encoder_shape(model_dir: str | Path) -> dict[str, Any]:
     def first(*keys: str) -> Any:
         return next((text_config[k] for k in keys if text_config.get(k) is not None), None)
 
+    heads, hidden = first("num_attention_heads", "n_heads"), first("hidden_size", "dim", "d_model")
+    head_size = text_config.get("attention_head_size")  # SlimBERT (heads were removed) and a few others
     return {
         "model_type": config.get("model_type", "bert"),
         "num_layers": first("num_hidden_layers", "n_layers", "num_layers"),
-        "num_heads": first("num_attention_heads", "n_heads"),
-        "hidden_size": first("hidden_size", "dim", "d_model"),
+        "num_heads": heads,
+        "hidden_size": hidden,
+        # width of the attention's query/key/value projections (ORT's `hidden_size`): hidden_size unless heads
+        # were removed
+        "attention_size": heads * int(head_size) if heads and head_size else hidden,
     }
 
 
 def copy_model_files(source: Path, destination: Path) -> None:
-    """Copy config.json and the tokenizer files (not the weights) from one model folder to another."""
-    for name in ("config.json", *TOKENIZER_FILES):
+    """Copy config.json, the tokenizer files and custom config code (not the weights) to another folder."""
+    for name in ("config.json", *CUSTOM_CODE_FILES, *TOKENIZER_FILES):
         if (source / name).is_file():
             shutil.copy2(source / name, destination / name)
 

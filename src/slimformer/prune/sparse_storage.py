@@ -119,6 +119,9 @@ def load_sparse_classifier(path: str | Path, model_dir: str | Path) -> Any:
     """A sequence classifier built from `model_dir`'s config.json with weights from the compressed file."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from slimformer.models import register_model_types
+
+    register_model_types()
     model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(model_dir)))
     missing, unexpected = model.load_state_dict(load_sparse(path), strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:

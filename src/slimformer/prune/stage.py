@@ -35,7 +35,7 @@ class PruneConfig(TrainingOptions):
     pruning_end: float = 0.7  # last mask update as a fraction of the training steps; then train at s_f
     alpha: float = 0.5  # weight of the hard-label loss when distilling (1 - alpha on the teacher)
     temperature: float = 2.0  # distillation temperature
-    heads_fraction: float = 0.0  # structured: attention heads to remove (not representable, see structured.py)
+    heads_fraction: float = 0.0  # structured: attention heads removed per layer (saved as a SlimBERT)
     ffn_fraction: float | None = None  # structured: FFN neurons to remove per layer (default: `sparsity`)
     importance: str = "magnitude"  # structured: magnitude | gradient | movement
     importance_batches: int = 32  # structured: training batches used by gradient / movement importance
@@ -46,7 +46,7 @@ class PruneConfig(TrainingOptions):
 
     def validate(self) -> None:
         from slimformer.prune.sparse_storage import VALUE_FORMATS
-        from slimformer.prune.structured import IMPORTANCE_METHODS, check_heads_fraction
+        from slimformer.prune.structured import IMPORTANCE_METHODS
 
         if self.method not in METHODS:
             raise ConfigError(f"unknown pruning method {self.method!r}; use one of {', '.join(METHODS)}")
@@ -70,8 +70,10 @@ class PruneConfig(TrainingOptions):
             raise ConfigError(f"FFN fraction must be in [0, 1), got {self.ffn_fraction}")
         if unknown := set(self.sparse_values) - set(VALUE_FORMATS):
             raise ConfigError(f"unknown sparse value formats {sorted(unknown)}; use {', '.join(VALUE_FORMATS)}")
-        if self.method == "structured":
-            check_heads_fraction(self.heads_fraction)
+        if not 0 <= self.heads_fraction < 1:
+            raise ConfigError(f"heads fraction must be in [0, 1), got {self.heads_fraction}")
+        if self.heads_fraction and self.method != "structured":
+            raise ConfigError(f"--heads-fraction is for structured pruning, not {self.method}")
         if self.vocab_unseen not in VOCAB_UNSEEN:
             raise ConfigError(f"vocab unseen must be one of {', '.join(VOCAB_UNSEEN)}, got {self.vocab_unseen!r}")
         if self.vocab_clusters < 1:
@@ -136,7 +138,7 @@ def prune(model_dir: str | Path, data: Any, output: str | Path, config: PruneCon
     teacher = _load_teacher(config.teacher, splits.labels, tokenizer) if config.teacher else None
     input_validation = evaluate(model, tokenizer, splits.validation)
     with atomic_output_dir(output) as folder:
-        extra = _run_method(model, tokenizer, splits, config, folder, teacher)
+        model, extra = _run_method(model, tokenizer, splits, config, folder, teacher)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         shutil.rmtree(folder / "trainer", ignore_errors=True)
@@ -221,8 +223,11 @@ def write_sparsity_plot(runs: list[dict[str, Any]], path: Path, method: str) -> 
     return path
 
 
-def _run_method(model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Any) -> dict:
-    """Prune (and train) `model` in place; returns the method's own report entries."""
+def _run_method(
+    model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Any
+) -> tuple[Any, dict]:
+    """Prune (and train) `model`; returns the pruned model (the same object, or for head pruning a SlimBERT
+    with its weights) and the method's own report entries."""
     from slimformer.training import tokenize_dataset
 
     train_set = tokenize_dataset(splits.train, tokenizer, config.max_length)
@@ -230,20 +235,24 @@ def _run_method(model: Any, tokenizer: Any, splits: Any, config: PruneConfig, fo
     total_steps = math.ceil(math.ceil(len(train_set) / config.batch_size) * config.epochs)
 
     if config.method == "structured":
-        from slimformer.prune.structured import ffn_importance, parameter_count, prune_ffn
+        from slimformer.prune.structured import as_slim_bert, parameter_count, prune_units, unit_importance
 
         before, encoder_before = parameter_count(model), _encoder_linear_parameters(model)
+        fractions = {"ffn": config.ffn_fraction if config.ffn_fraction is not None else config.sparsity}
+        if config.heads_fraction:
+            fractions["heads"] = config.heads_fraction
         batches = _importance_batches(train_set, tokenizer, config) if config.importance != "magnitude" else None
-        summary = prune_ffn(
-            model,
-            config.ffn_fraction if config.ffn_fraction is not None else config.sparsity,
-            ffn_importance(model, config.importance, batches),
-        )
+        importance = unit_importance(model, config.importance, batches, kinds=tuple(fractions))
+        summary: dict[str, Any] = {}
+        for kind, fraction in fractions.items():
+            summary.update(prune_units(model, kind, fraction, importance[kind]))
+        if "heads" in fractions:
+            model = as_slim_bert(model)  # a BertConfig cannot describe the removed heads
         if config.epochs > 0:
             _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [])
         removed = 1 - _encoder_linear_parameters(model) / encoder_before
         summary.update(parameters_before=before, parameters_after=parameter_count(model))
-        return {"structured": summary, "sparsity": {"encoder_parameters_removed": round(removed, 4)}}
+        return model, {"structured": summary, "sparsity": {"encoder_parameters_removed": round(removed, 4)}}
 
     from slimformer.prune.schedule import CubicSchedule
 
@@ -260,7 +269,7 @@ def _run_method(model: Any, tokenizer: Any, splits: Any, config: PruneConfig, fo
 
         callback = MagnitudePruningCallback(model, schedule)
         _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [callback])
-        return {"schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
+        return model, {"schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
 
     import torch
 
@@ -290,7 +299,7 @@ def _run_method(model: Any, tokenizer: Any, splits: Any, config: PruneConfig, fo
     callback = MovementPruningCallback(masks, schedule)
     _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [callback], optimizer)
     bake_masks(model)
-    return {"schedule": asdict(schedule)}
+    return model, {"schedule": asdict(schedule)}
 
 
 def _train(
