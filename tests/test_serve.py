@@ -269,6 +269,63 @@ def test_request_guard_stops_reading_a_stream_at_the_limit() -> None:
     assert b"over the limit of 4096 bytes" in sent[1]["body"]
 
 
+def _guarded(predict, method: str = "POST", path: str = "/predict", content_type: bytes = b"application/json"):
+    """Run one request with `body` through a RequestGuard whose app only records that it was called."""
+    from slimformer.serve import RequestGuard
+
+    sent, app_called = [], []
+
+    async def receive():
+        return {"type": "http.request", "body": b'{"text": "hi"}', "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    async def app(scope, receive, send):
+        app_called.append(scope["path"])
+
+    scope = {"type": "http", "method": method, "path": path, "headers": [(b"content-type", content_type)]}
+    asyncio.run(RequestGuard(app, max_body_bytes=4096, predict=predict)(scope, receive, send))
+    return sent, app_called
+
+
+def test_request_guard_answers_predict_itself_and_passes_the_rest_on() -> None:
+    from fastapi.exceptions import RequestValidationError
+
+    bodies = []
+
+    async def predict(body: bytes) -> bytes:
+        bodies.append(body)
+        return b'{"predictions":[]}'
+
+    sent, app_called = _guarded(predict)
+    assert bodies == [b'{"text": "hi"}'] and not app_called
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"]) == {b"content-type": b"application/json", b"content-length": b"18"}
+    assert sent[1]["body"] == b'{"predictions":[]}'
+
+    for method, path in (("GET", "/predict"), ("POST", "/healthz")):
+        sent, app_called = _guarded(predict, method, path)
+        assert app_called == [path] and not sent and len(bodies) == 1
+
+    sent, app_called = _guarded(predict, content_type=b"text/plain")
+    assert sent[0]["status"] == 415 and not app_called and len(bodies) == 1
+
+    async def invalid(body: bytes) -> bytes:
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "text"), "msg": "Field required"}])
+
+    sent, _ = _guarded(invalid)
+    error = json.loads(sent[1]["body"])
+    assert sent[0]["status"] == 422 and error["error"] == "validation_error"
+    assert error["details"] == [{"location": "text", "message": "is required"}]  # as the app words it
+
+    async def broken(body: bytes) -> bytes:
+        raise KeyError("bug")
+
+    sent, _ = _guarded(broken)
+    assert sent[0]["status"] == 500 and json.loads(sent[1]["body"])["message"] == "internal error: KeyError"
+
+
 def test_bad_content_length_is_400(client) -> None:
     response = client.post(
         "/predict", content=b'{"text": "hi"}', headers={"content-type": "application/json", "content-length": "many"}

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -497,26 +497,39 @@ class MetricsMiddleware:
 
 
 class RequestGuard:
-    """Reject oversize and undecodable bodies before the framework parses them.
+    """Reject oversize and undecodable bodies before the framework parses them, and answer `POST /predict`.
 
     A declared Content-Length over the limit is refused before reading a byte; a body sent without one
-    (chunked) is read only until it passes the limit. /predict bodies must be UTF-8 JSON.
+    (chunked) is read only until it passes the limit. /predict bodies must be UTF-8 JSON. A checked
+    /predict body goes straight to `predict` (body bytes in, response bytes out) and its answer straight to
+    the server: FastAPI's routing, middleware and response classes cost a small INT8 model's request about
+    0.2 ms, a quarter of the model's own call (BENCHMARKS.md, serving). Its errors are answered as the app's
+    exception handlers answer them; every other request goes on to the app.
     """
 
-    def __init__(self, app: Any, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Any, max_body_bytes: int, predict: Callable[[bytes], Awaitable[bytes]] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.predict = predict
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        is_predict = scope["path"] == "/predict" and scope["method"] == "POST"
+        answered = is_predict and self.predict is not None
         try:
             body = await self._read_body(scope, receive)
-            if scope["path"] == "/predict" and scope["method"] == "POST":
+            if is_predict:
                 self._check_json(scope, body)
-        except ServeError as exc:
-            await _error_response(exc)(scope, receive, send)
+            payload = await self.predict(body) if answered else b""
+        except Exception as exc:  # answered as the app's exception handlers answer it
+            await _error_response(_as_serve_error(exc))(scope, receive, send)
+            return
+        if answered:
+            await _send_json(send, payload)
             return
         replayed = False
 
@@ -573,6 +586,25 @@ class RequestGuard:
             raise ServeError(
                 400, "invalid_encoding", f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason})"
             ) from None
+
+
+async def _send_json(send: Callable, payload: bytes) -> None:
+    """A 200 JSON response, as two ASGI messages."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _as_serve_error(exc: Exception) -> "ServeError":
+    """What the app's exception handlers make of an exception: 4xx for bad requests, else a 500."""
+    from fastapi.exceptions import RequestValidationError
+
+    if isinstance(exc, ServeError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return validation_error(list(exc.errors()))
+    # a bug, not a user error: answer 500 with a message and keep serving
+    return ServeError(500, "internal_error", f"internal error: {type(exc).__name__}")
 
 
 def _json_body(body: bytes) -> Any:
@@ -699,7 +731,6 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.routing import Route
 
     from slimformer.predictor import load
 
@@ -800,12 +831,9 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
     app.state.config = config
 
     @app.exception_handler(ServeError)
-    async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-        return _error_response(exc)
-
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(validation_error(list(exc.errors())))
+    async def _request_error(request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(_as_serve_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -820,8 +848,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # a bug, not a user error: answer 500 with a message and keep serving
-        return _error_response(ServeError(500, "internal_error", f"internal error: {type(exc).__name__}"))
+        return _error_response(_as_serve_error(exc))
 
     @app.post(
         "/predict",
@@ -830,21 +857,21 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
         summary="Classify one text or a list of texts",
     )
     async def predict(body: PredictRequest) -> Any:  # type: ignore[valid-type]
-        """The documented endpoint (schema and all). Requests are served by `serve_predict` below, which does
-        the same validation with the same model without FastAPI's per-request dependency machinery."""
-        return await answer(body)
+        """The documented endpoint (schema and all). Requests are answered by `predict_body` below (called
+        by RequestGuard), which does the same validation with the same model outside FastAPI."""
+        return Response(await answer(body), media_type="application/json")
 
-    async def serve_predict(request: Request) -> Response:
+    async def predict_body(body: bytes) -> bytes:
         from pydantic import ValidationError
 
-        data = _json_body(await request.body())
+        data = _json_body(body)
         try:
-            body = PredictRequest.model_validate(data)
+            request = PredictRequest.model_validate(data)
         except ValidationError as exc:  # located under "body", as FastAPI reports a body parameter's errors
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        return await answer(body)
+        return await answer(request)
 
-    async def answer(body: Any) -> Response:
+    async def answer(body: Any) -> bytes:
         if not state.ready or state.batcher is None:
             raise ServeError(503, "not_ready", "the model is not loaded yet")
         texts = body.all_texts()
@@ -866,13 +893,9 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
             }
             for r in results
         ]
-        # already plain JSON types: answer the bytes directly rather than re-validating through the response model
+        # already plain JSON types: the bytes directly rather than re-validating through the response model
         payload = {"predictions": predictions, "max_length": state.predictor.max_length}
-        return Response(json.dumps(payload, separators=(",", ":")).encode(), media_type="application/json")
-
-    # served before the documented route: FastAPI resolving a body parameter costs about 0.1 ms a request,
-    # as much as a sixth of a small INT8 model's whole call (see BENCHMARKS.md, serving)
-    app.router.routes.insert(0, Route("/predict", serve_predict, methods=["POST"]))
+        return json.dumps(payload, separators=(",", ":")).encode()
 
     @app.get("/healthz", response_model=Status, summary="The process is up")
     async def healthz() -> Any:
@@ -911,7 +934,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     # outermost first: metrics sees every response, the guard refuses bad bodies before FastAPI parses them
-    app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(RequestGuard, max_body_bytes=config.max_body_bytes, predict=predict_body)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
