@@ -445,6 +445,41 @@ def test_a_lone_request_can_skip_the_thread_hop_but_batches_never_do() -> None:
     assert any(size > 1 for size, _ in threads_used[1:])
 
 
+def test_a_lone_request_on_an_idle_server_bypasses_the_batching_task() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    taken: list[int] = []
+    batches: list[int] = []
+
+    class CountingBatcher(MicroBatcher):
+        def _take_batch(self):
+            jobs = super()._take_batch()
+            taken.append(len(jobs))
+            return jobs
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = CountingBatcher(
+                _fake_batch([], 0), executor, max_batch_size=8, max_wait_ms=5, max_pending_texts=100,
+                on_batch=lambda size, seconds: batches.append(size), inline_lone_requests=True,
+            )  # fmt: skip
+            batcher.start()
+            lone = [await batcher.submit([f"a{i}"], 0) for i in range(3)]
+            together = await asyncio.gather(*(batcher.submit([f"t{i}"], 0) for i in range(4)))
+            await batcher.stop()
+            return lone, together
+
+    lone, together = asyncio.run(main())
+    assert [r[0].label for r in lone] == ["A0", "A1", "A2"] and [r[0].label for r in together] == [
+        "T0",
+        "T1",
+        "T2",
+        "T3",
+    ]
+    assert batches[:3] == [1, 1, 1]  # counted as batches of one on /metrics
+    assert sum(taken) == 4 and max(taken) > 1  # only the requests that came together went through the queue
+
+
 def test_queue_limit_answers_503_and_a_failing_batch_fails_only_its_requests() -> None:
     calls: list[list[str]] = []
     results = _run_batcher(

@@ -19,6 +19,13 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", help="How long a micro-batch waits for more requests (load).")
     ] = 2.0,
+    busy_poll_ms: Annotated[
+        float,
+        typer.Option(
+            "--busy-poll-ms",
+            help="After a lone request, keep polling this long instead of sleeping (lower latency, more CPU; 0: off).",
+        ),
+    ] = 1.0,
     max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts in one request.")] = 64,
     max_chars: Annotated[
         int, typer.Option("--max-chars", help="Longest text accepted (longer than max tokens is truncated).")
@@ -41,6 +48,7 @@ def serve(
         threads=threads,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
+        busy_poll_ms=busy_poll_ms,
         max_texts_per_request=max_texts,
         max_chars_per_text=max_chars,
         max_body_bytes=max_body_bytes,
