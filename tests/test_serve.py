@@ -480,6 +480,34 @@ def test_a_lone_request_on_an_idle_server_bypasses_the_batching_task() -> None:
     assert sum(taken) == 4 and max(taken) > 1  # only the requests that came together went through the queue
 
 
+@pytest.mark.parametrize("busy_poll_ms", [0.0, 30.0])
+def test_busy_polling_follows_a_lone_request_for_its_window_only(busy_poll_ms: float) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            batcher = MicroBatcher(
+                _fake_batch([], 0), executor, max_batch_size=8, max_wait_ms=5, max_pending_texts=100,
+                inline_lone_requests=True, busy_poll_ms=busy_poll_ms,
+            )  # fmt: skip
+            batcher.start()
+            await batcher.submit(["alone"], 0)
+            polling_after_request = batcher._poller is not None and not batcher._poller.done()
+            spins = 0
+            started = time.perf_counter()
+            while batcher._poller is not None and not batcher._poller.done() and time.perf_counter() - started < 2:
+                await asyncio.sleep(0)
+                spins += 1
+            window = time.perf_counter() - started
+            await batcher.stop()
+            return polling_after_request, window, spins
+
+    polling, window, spins = asyncio.run(main())
+    assert polling == (busy_poll_ms > 0)
+    if busy_poll_ms:
+        assert 0.02 < window < 1.0 and spins > 100  # it polled (never slept) for about its window, then stopped
+
+
 def test_queue_limit_answers_503_and_a_failing_batch_fails_only_its_requests() -> None:
     calls: list[list[str]] = []
     results = _run_batcher(
@@ -537,6 +565,7 @@ def test_concurrent_http_requests_are_batched(tiny_classifier_dir: Path) -> None
         ("max_batch_size", 0, "max batch size"),
         ("port", 70000, "port"),
         ("max_wait_ms", -1, "max wait"),
+        ("busy_poll_ms", -1, "busy poll must be in 0..1000 ms"),
         ("threads", 0, "threads"),
         ("top_k", 50, "top k"),
         ("log_level", "loud", "log level"),
