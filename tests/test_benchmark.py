@@ -199,3 +199,15 @@ def test_one_tokenization_gives_logits_and_the_token_count(tiny_classifier_dir, 
     assert len(predictor.tokenizer(long)["input_ids"]) > 8
     assert predictor.predict_logits_and_token_counts([long])[1] is None
     assert predictor.predict_logits_and_token_counts([short, long])[1] is None
+
+
+def test_a_benchmark_process_ends_when_its_parent_is_gone() -> None:
+    import subprocess
+    import sys
+    import time
+
+    # the watcher is told a parent pid that is not this process's parent: as if the real one had died
+    script = "import time; from slimformer.benchmark import _exit_with_parent; _exit_with_parent(1); time.sleep(30)"
+    started = time.monotonic()
+    finished = subprocess.run([sys.executable, "-c", script], timeout=20)
+    assert finished.returncode == 1 and time.monotonic() - started < 15

@@ -362,7 +362,9 @@ class _ModelRunner:
         if self.isolate:
             # spawn (not fork): a fresh interpreter, so RSS and thread pools are this model's alone
             context = multiprocessing.get_context("spawn")
-            self.pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
+            )
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -378,6 +380,19 @@ class _ModelRunner:
             raise
         except concurrent.futures.process.BrokenProcessPool as exc:
             raise ModelError(f"the benchmark process for {self.path} died (out of memory?)") from exc
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In a benchmark process: end it when the process that started it is gone (killed mid-run), instead of
+    timing on and taking the CPU from whatever runs next."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="slimformer-parent-watch", daemon=True).start()
 
 
 def _cpu_info() -> tuple[str, set[str]]:
