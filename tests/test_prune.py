@@ -552,3 +552,31 @@ def test_cli_sweep_writes_plot(classifier_dir, clinc_slice_dir, tmp_path, capsys
     assert sweep["runs"][1]["dense_bytes"] < sweep["runs"][0]["dense_bytes"]
     assert (output / "accuracy_vs_sparsity.png").stat().st_size > 1000
     assert (output / "sparsity-0.5" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.ci_slow
+def test_head_pruned_packaged_minilm_exports_with_every_attention_fused(clinc_slice, tmp_path):
+    """The real MiniLM-L6 (12 heads of 32): half its heads and FFN sliced out, then ONNX export and ORT's
+    optimizer fuse all 6 layers' attention at 6 heads (attention width 192) and match PyTorch."""
+    from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
+    from slimformer.onnx import export_onnx, optimize_onnx
+    from slimformer.onnx.optimize import OptimizeConfig
+    from slimformer.prune import PruneConfig, prune
+
+    base = resolve_model_path("default")
+    classifier = tmp_path / "minilm-head"  # an untrained head is enough: this checks shapes, fusion and parity
+    load_classifier(base, labels=clinc_slice.labels).save_pretrained(classifier)
+    load_tokenizer(base).save_pretrained(classifier)
+    metrics = prune(
+        classifier, clinc_slice, tmp_path / "pruned",
+        PruneConfig(method="structured", heads_fraction=0.5, ffn_fraction=0.5, epochs=0),
+    )  # fmt: skip
+    assert (metrics["structured"]["heads_after"], metrics["structured"]["head_size"]) == (6, 32)
+    assert metrics["structured"]["intermediate_size_after"] == 768
+    exported = export_onnx(tmp_path / "pruned", tmp_path / "onnx", data=clinc_slice)
+    assert exported["parity"]["passed"]
+    optimized = optimize_onnx(tmp_path / "onnx", tmp_path / "opt", OptimizeConfig(level=2))
+    assert (optimized["num_heads"], optimized["hidden_size"]) == (6, 192)
+    assert optimized["fusions"]["Attention"] == 6 and optimized["fusions"]["EmbedLayerNormalization"] == 1
+    assert optimized["parity_vs_input"]["max_abs_logit_diff"] < 1e-3
