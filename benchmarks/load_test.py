@@ -115,11 +115,8 @@ class DirectPredictor:
 
     def __init__(self, model: str, threads: int | None) -> None:
         from slimformer.predictor import load
-        from slimformer.serve import model_token_limit
 
-        self.predictor = load(model, threads=threads)
-        # the server caps max_length at the model's own limit: time the same computation
-        self.predictor.max_length = min(self.predictor.max_length, model_token_limit(self.predictor))
+        self.predictor = load(model, threads=threads)  # max_length capped at the model's limit, as the server's
 
     def time_single(self, texts: list[str]) -> list[float]:
         """Seconds of each `predictor.predict([text])` call."""

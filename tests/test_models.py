@@ -50,3 +50,22 @@ def test_bad_model_paths(tmp_path, kind):
         ModelError, match={"missing": "not found", "file": "is a file", "no_config": "no config.json"}[kind]
     ):
         resolve_model_path(target)
+
+
+def test_max_length_is_capped_at_what_the_model_can_take(tiny_classifier_dir, tmp_path) -> None:
+    """A truncation bound past the position embeddings (tiny model: 64) would crash the model on long texts;
+    every stage truncates at the model's own limit instead."""
+    from slimformer.models import fit_max_length, token_limit
+    from slimformer.onnx import ExportConfig, export_onnx
+    from slimformer.predictor import load
+
+    assert token_limit(tiny_classifier_dir) == 64
+    assert (fit_max_length(tiny_classifier_dir, 512), fit_max_length(tiny_classifier_dir, 32)) == (64, 32)
+    long_text = " ".join(["balance"] * 300)
+    predictor = load(tiny_classifier_dir, threads=1, max_length=512)
+    assert predictor.max_length == 64
+    labels, _ = predictor.predict([long_text])
+    metrics = export_onnx(tiny_classifier_dir, tmp_path / "onnx", ExportConfig(max_length=512))
+    assert metrics["config"]["max_length"] == 64
+    assert json.loads((tmp_path / "onnx" / "session.json").read_text())["max_length"] == 64
+    assert load(tmp_path / "onnx", threads=1).predict([long_text])[0] == labels

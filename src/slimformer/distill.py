@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -382,6 +382,7 @@ def distill(
     from slimformer.models import (
         check_classifier_fits,
         classifier_labels,
+        fit_max_length,
         load_classifier,
         load_tokenizer,
         resolve_model_path,
@@ -397,6 +398,7 @@ def distill(
     config = config or DistillConfig()
     config.validate()
     teacher_path = resolve_model_path(teacher_dir)
+    config = replace(config, max_length=fit_max_length(teacher_path, config.max_length))  # at most the model's limit
     teacher_labels = check_classifier_fits(teacher_path, data.labels)
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     set_seed(config.seed)
@@ -406,6 +408,7 @@ def distill(
         student, tokenizer, kept_layers = build_student_from_teacher(teacher_path, config.student_layers)
     else:
         student_path = resolve_model_path(config.student)
+        config = replace(config, max_length=fit_max_length(student_path, config.max_length))
         if classifier_labels(student_path) is None:  # a base body gets a fresh head for the data's labels
             student = load_classifier(student_path, labels=splits.labels)
         else:

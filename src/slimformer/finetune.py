@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-    from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
+    from slimformer.models import fit_max_length, load_classifier, load_tokenizer, resolve_model_path
     from slimformer.training import (
         evaluate_classifier,
         metrics_function,
@@ -41,6 +41,7 @@ def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneC
     config = config or FinetuneConfig()
     config.validate()
     model_path = resolve_model_path(model)
+    config = replace(config, max_length=fit_max_length(model_path, config.max_length))  # at most the model's limit
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_path)

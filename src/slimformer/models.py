@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,26 @@ def read_config(path: str | Path) -> dict:
         return json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {config_path}: {exc}") from exc
+
+
+def token_limit(path: str | Path) -> int | None:
+    """Most tokens the model in `path` can take: its position embeddings and its tokenizer's own limit
+    (`model_max_length`), whichever is smaller; None when neither says."""
+    limits = [read_config(path).get("max_position_embeddings")]
+    tokenizer_config = Path(path) / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        with contextlib.suppress(OSError, json.JSONDecodeError):  # an unreadable one fails later, clearly
+            limits.append(json.loads(tokenizer_config.read_text()).get("model_max_length"))
+    # tokenizers without a limit report a huge sentinel (1e30); such values say nothing
+    sane = [int(limit) for limit in limits if isinstance(limit, int) and 2 <= limit <= 1_000_000]
+    return min(sane) if sane else None
+
+
+def fit_max_length(path: str | Path, max_length: int) -> int:
+    """`max_length` capped at what the model in `path` can take: a longer truncation bound cannot be honoured
+    (the position embeddings end), so texts are truncated at the model's own limit instead."""
+    limit = token_limit(path)
+    return min(max_length, limit) if limit else max_length
 
 
 def classifier_labels(path: str | Path) -> list[str] | None:

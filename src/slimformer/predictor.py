@@ -220,23 +220,15 @@ def load(path: str | Path, threads: int | None = None, max_length: int | None = 
 
     Session settings saved by an earlier stage (`session.json`) are used unless overridden here.
     """
-    from slimformer.models import resolve_model_path
+    from slimformer.models import fit_max_length, resolve_model_path
 
     folder = resolve_model_path(path)
     saved = json.loads((folder / SESSION_FILE).read_text()) if (folder / SESSION_FILE).is_file() else {}
     threads = threads or saved.get("threads") or default_threads()
-    max_length = max_length or saved.get("max_length") or _model_max_length(folder)
+    max_length = fit_max_length(folder, max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH)
     if (folder / ONNX_FILE).is_file():
         return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
     return TorchPredictor(folder, threads, max_length)
-
-
-def _model_max_length(folder: Path) -> int:
-    """DEFAULT_MAX_LENGTH, capped by the model's position embeddings (a tiny model may have fewer than 128)."""
-    from slimformer.models import read_config
-
-    positions = read_config(folder).get("max_position_embeddings") or DEFAULT_MAX_LENGTH
-    return min(DEFAULT_MAX_LENGTH, int(positions))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

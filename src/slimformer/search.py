@@ -20,7 +20,7 @@ import os
 import shutil
 import statistics
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,11 +112,12 @@ def search(
     import optuna
 
     from slimformer.distill import model_files_hash
-    from slimformer.models import check_classifier_fits, resolve_model_path
+    from slimformer.models import check_classifier_fits, fit_max_length, resolve_model_path
 
     config = config or SearchConfig()
     config.validate()
     teacher_path = resolve_model_path(teacher_dir)
+    config = replace(config, max_length=fit_max_length(teacher_path, config.max_length))  # at most the model's limit
     check_classifier_fits(teacher_path, data.labels)
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     output = Path(output)

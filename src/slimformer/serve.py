@@ -458,19 +458,6 @@ def predict_batch(predictor: "Predictor", texts: list[str], top_k: int, max_batc
     return results
 
 
-def model_token_limit(predictor: "Predictor") -> int:
-    """Most tokens the model can take: its position embeddings and the tokenizer's own limit."""
-    from slimformer.models import read_config
-
-    limits = [
-        read_config(predictor.path).get("max_position_embeddings"),
-        getattr(predictor.tokenizer, "model_max_length", None),
-    ]
-    # tokenizers without a limit report a huge sentinel (1e30); such values say nothing
-    sane = [int(limit) for limit in limits if isinstance(limit, int) and 2 <= limit <= 1_000_000]
-    return min(sane) if sane else predictor.max_length
-
-
 # ----------------------------------------------------------------------------------------------------
 # metrics and the request guard (plain ASGI middleware: they see every request, 413s and 404s included)
 
@@ -810,7 +797,6 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
 
         def load_and_warm_up() -> "tuple[Predictor, dict[str, Any]]":
             predictor = load(model_dir, threads=threads, max_length=config.max_length)
-            predictor.max_length = min(predictor.max_length, model_token_limit(predictor))
             warm_up_texts = ["warm up the model"] * min(4, config.max_batch_size)
             predict_batch(predictor, warm_up_texts, 1, config.max_batch_size)
             return predictor, predictor.settings()

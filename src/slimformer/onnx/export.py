@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,11 +78,18 @@ def export_onnx(
     whose max |logit difference| exceeds ``config.parity_tolerance`` raises ModelError and writes nothing.
     Returns the metrics.
     """
-    from slimformer.models import check_classifier_fits, classifier_labels, load_tokenizer, resolve_model_path
+    from slimformer.models import (
+        check_classifier_fits,
+        classifier_labels,
+        fit_max_length,
+        load_tokenizer,
+        resolve_model_path,
+    )
 
     config = config or ExportConfig()
     config.validate()
     source = resolve_model_path(model_dir)
+    config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit
     if (source / ONNX_FILE).is_file():
         raise ModelError(f"{source} is already an ONNX folder; export takes a PyTorch checkpoint")
     model_labels = classifier_labels(source)

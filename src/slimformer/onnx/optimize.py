@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,11 @@ def optimize_onnx(onnx_dir: str | Path, output: str | Path, config: OptimizeConf
     Warns (and records a warning) when fewer Attention fusions than layers were made. Returns the metrics.
     """
     config = config or OptimizeConfig()
+    from slimformer.models import fit_max_length
+
     config.validate()
     source = onnx_folder(onnx_dir)
+    config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit
     shape = encoder_shape(source)
     num_heads = config.num_heads or shape["num_heads"]
     hidden_size = config.hidden_size or shape["attention_size"]

@@ -29,7 +29,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,10 +154,11 @@ def quantize(
     of the fp32 reference and the INT8 model, their delta in points, argmax agreement, sizes and, in
     accuracy-aware mode, the sensitivity pass and the layers kept in fp32.
     """
-    from slimformer.models import resolve_model_path
+    from slimformer.models import fit_max_length, resolve_model_path
 
     config.validate(data)
     source = resolve_model_path(model_dir)
+    config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit
     is_onnx = (source / ONNX_FILE).is_file()
     if config.method in ("torch-dynamic", "qat") and is_onnx:
         raise ModelError(f"method {config.method!r} takes a PyTorch checkpoint, and {source} is an ONNX folder")

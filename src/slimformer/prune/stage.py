@@ -94,12 +94,13 @@ def prune(model_dir: str | Path, data: Any, output: str | Path, config: PruneCon
     from transformers import set_seed
 
     from slimformer.artifacts import atomic_output_dir, weights_size_bytes, write_metrics
-    from slimformer.models import check_classifier_fits, load_tokenizer, resolve_model_path
+    from slimformer.models import check_classifier_fits, fit_max_length, load_tokenizer, resolve_model_path
     from slimformer.training import evaluate_classifier
 
     config = config or PruneConfig()
     config.validate()
     model_path = resolve_model_path(model_dir)
+    config = replace(config, max_length=fit_max_length(model_path, config.max_length))  # at most the model's limit
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     check_classifier_fits(model_path, splits.labels)
     set_seed(config.seed)
