@@ -16,6 +16,7 @@ from typing import Any
 
 from slimformer.artifacts import atomic_output_dir, write_metrics
 from slimformer.errors import ConfigError, ModelError
+from slimformer.models import fit_max_length
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     BUILTIN_SENTENCES,
@@ -79,8 +80,6 @@ def optimize_onnx(onnx_dir: str | Path, output: str | Path, config: OptimizeConf
     Warns (and records a warning) when fewer Attention fusions than layers were made. Returns the metrics.
     """
     config = config or OptimizeConfig()
-    from slimformer.models import fit_max_length
-
     config.validate()
     source = onnx_folder(onnx_dir)
     config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 ONNX_FILE = "model.onnx"
 SESSION_FILE = "session.json"
+CUSTOM_CODE_FILES = ("slimbert.py",)  # SlimBERT's code, beside a head-pruned checkpoint (see slimbert.py)
 # files a tokenizer may have saved, copied from folder to folder so every output loads on its own
-CUSTOM_CODE_FILES = ("slimbert.py",)  # SlimBERT code beside a head-pruned checkpoint (see slimbert.py)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -170,7 +170,7 @@ def encoder_shape(model_dir: str | Path) -> dict[str, Any]:
 
 
 def copy_model_files(source: Path, destination: Path) -> None:
-    """Copy config.json, the tokenizer files and custom config code (not the weights) to another folder."""
+    """Copy config.json, the tokenizer files and SlimBERT's code (not the weights) to another folder."""
     for name in ("config.json", *CUSTOM_CODE_FILES, *TOKENIZER_FILES):
         if (source / name).is_file():
             shutil.copy2(source / name, destination / name)
