@@ -355,13 +355,17 @@ def test_structured_head_pruning_saves_a_slimbert_every_stage_loads(classifier_d
     assert summary["parameters_after"] == summary["parameters_before"] - removed
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "slimbert" and config["num_attention_heads"] == 2
-    assert config["attention_head_size"] == 8 and config["auto_map"]["AutoConfig"] == "slimbert.SlimBertConfig"
-    assert (output / "slimbert.py").is_file()
+    assert config["attention_head_size"] == 8
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_slimbert.SlimBertConfig",
+        "AutoModelForSequenceClassification": "modeling_slimbert.SlimBertForSequenceClassification",
+    }
+    assert (output / "configuration_slimbert.py").is_file() and (output / "modeling_slimbert.py").is_file()
     logits = _logits(output, _texts(clinc_slice))
     reloaded = AutoModelForSequenceClassification.from_pretrained(output)  # registered by slimformer
     assert reloaded.bert.encoder.layer[1].attention.self.key.weight.shape == (16, 32)
 
-    # plain transformers, without slimformer's registration, loads it from the saved slimbert.py
+    # plain transformers, without slimformer's registration, loads it from the saved SlimBERT files
     script = (
         "import sys, torch, numpy as np; from transformers import AutoModelForSequenceClassification as A, "
         "BertTokenizerFast as T; p = sys.argv[1]; m = A.from_pretrained(p, trust_remote_code=True).eval(); "
@@ -374,7 +378,7 @@ def test_structured_head_pruning_saves_a_slimbert_every_stage_loads(classifier_d
 
     # export and ONNX Runtime's optimizer: every layer's attention fuses, at 2 heads of 8
     export_onnx(output, tmp_path / "onnx")
-    assert (tmp_path / "onnx" / "slimbert.py").is_file()
+    assert (tmp_path / "onnx" / "configuration_slimbert.py").is_file()  # its config.json's auto_map resolves
     optimized = optimize_onnx(tmp_path / "onnx", tmp_path / "opt", OptimizeConfig(level=2))
     assert (optimized["num_heads"], optimized["hidden_size"]) == (2, 16)
     assert optimized["fusions"]["Attention"] == 2 and optimized["attention_fully_fused"]

@@ -92,29 +92,36 @@ def check_classifier_fits(path: str | Path, labels: list[str]) -> list[str]:
     return model_labels
 
 
-def register_model_types() -> None:
+_REGISTERED_MODELS: list[type] = []  # model classes register_model_types has given the Auto classes
+
+
+def register_model_types(with_models: bool = True) -> None:
     """Make transformers' Auto classes know slimformer's SlimBERT (BERT with removed attention heads), so
-    that head-pruned folders load without `trust_remote_code`. Idempotent."""
+    that head-pruned folders load without `trust_remote_code`. `with_models=False` registers the config
+    only (enough for AutoConfig and AutoTokenizer) and does not import BERT's modeling code. Idempotent."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from slimformer.slimbert import MODEL_TYPE, SlimBertConfig, SlimBertForSequenceClassification
+    from slimformer.slimbert.configuration_slimbert import MODEL_TYPE, SlimBertConfig
 
-    if MODEL_TYPE in CONFIG_MAPPING:
-        return
-    AutoConfig.register(MODEL_TYPE, SlimBertConfig)
-    AutoModelForSequenceClassification.register(SlimBertConfig, SlimBertForSequenceClassification)
-    # save_pretrained then copies slimbert.py beside the weights and writes an auto_map into config.json, so
-    # plain transformers loads the folder with trust_remote_code=True
-    SlimBertConfig.register_for_auto_class()
-    SlimBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+    if MODEL_TYPE not in CONFIG_MAPPING:
+        AutoConfig.register(MODEL_TYPE, SlimBertConfig)
+        # save_pretrained then copies the SlimBERT files beside the weights and writes an auto_map into
+        # config.json, so plain transformers loads the folder with trust_remote_code=True
+        SlimBertConfig.register_for_auto_class()
+    if with_models and not _REGISTERED_MODELS:
+        from slimformer.slimbert.modeling_slimbert import SlimBertForSequenceClassification
+
+        AutoModelForSequenceClassification.register(SlimBertConfig, SlimBertForSequenceClassification)
+        SlimBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+        _REGISTERED_MODELS.append(SlimBertForSequenceClassification)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a model folder."""
     from transformers import AutoTokenizer
 
-    register_model_types()
+    register_model_types(with_models=False)  # AutoTokenizer reads config.json
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 ONNX_FILE = "model.onnx"
 SESSION_FILE = "session.json"
-CUSTOM_CODE_FILES = ("slimbert.py",)  # SlimBERT's code, beside a head-pruned checkpoint (see slimbert.py)
+# SlimBERT's code, beside a head-pruned checkpoint (see slimformer/slimbert)
+CUSTOM_CODE_FILES = ("configuration_slimbert.py", "modeling_slimbert.py")
 # files a tokenizer may have saved, copied from folder to folder so every output loads on its own
 TOKENIZER_FILES = (
     "tokenizer.json",

@@ -6,7 +6,7 @@ FFN pruning keeps a BERT (only `intermediate_size` changes). Removing heads leav
 hidden_size / head_size, which a BertConfig cannot describe in transformers 5 (it derives the head size from
 the head count); a head-pruned model is therefore saved as a SlimBERT (`slimformer.slimbert`: BERT plus an
 `attention_head_size` field), which slimformer registers with transformers' Auto classes and which plain
-transformers loads with `trust_remote_code=True` from the `slimbert.py` saved beside the weights.
+transformers loads with `trust_remote_code=True` from the SlimBERT files saved beside the weights.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def slice_heads(model: nn.Module, keep: list[torch.Tensor]) -> None:
     """Keep only the attention heads `keep[layer]` (same count in every layer): the query/key/value rows and
     the output projection's columns of the other heads are cut out. Sets config.num_attention_heads and
     config.attention_head_size (save the model with :func:`as_slim_bert`)."""
-    from slimformer.slimbert import set_attention_heads
+    from slimformer.slimbert.modeling_slimbert import set_attention_heads
 
     counts = {len(k) for k in keep}
     if len(counts) != 1 or min(counts) < 1:
@@ -175,7 +175,8 @@ def as_slim_bert(model: nn.Module) -> nn.Module:
     """The head-sliced BERT classifier `model` as a SlimBertForSequenceClassification with the same weights
     (what `save_pretrained` must write: a BertConfig cannot describe the removed heads)."""
     from slimformer.models import register_model_types
-    from slimformer.slimbert import SlimBertConfig, SlimBertForSequenceClassification
+    from slimformer.slimbert.configuration_slimbert import SlimBertConfig
+    from slimformer.slimbert.modeling_slimbert import SlimBertForSequenceClassification
 
     if isinstance(model, SlimBertForSequenceClassification):
         return model
