@@ -150,7 +150,7 @@ def test_trainer_loss_uses_the_batch_teacher_logits(teacher_dir: Path, tmp_path:
 
 
 def test_evenly_spaced_layers_keep_first_and_last() -> None:
-    from slimformer.distill import evenly_spaced_layers
+    from slimformer.students import evenly_spaced_layers
 
     assert evenly_spaced_layers(6, 3) == [0, 2, 5]
     assert evenly_spaced_layers(12, 6) == [0, 2, 4, 7, 9, 11]
@@ -162,7 +162,7 @@ def test_evenly_spaced_layers_keep_first_and_last() -> None:
 
 
 def test_student_from_teacher_keeps_the_chosen_layers_exactly(teacher_dir: Path, tmp_path: Path) -> None:
-    from slimformer.distill import student_from_teacher
+    from slimformer.students import student_from_teacher
     from slimformer.models import load_classifier, read_config
 
     kept = student_from_teacher(teacher_dir, 2, tmp_path / "student")
