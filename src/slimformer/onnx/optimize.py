@@ -73,11 +73,18 @@ class OptimizeConfig:
             raise ConfigError(f"graph optimization level must be one of {', '.join(GRAPH_LEVELS)}")
 
 
-def optimize_onnx(onnx_dir: str | Path, output: str | Path, config: OptimizeConfig | None = None) -> dict[str, Any]:
+def optimize_onnx(
+    onnx_dir: str | Path,
+    output: str | Path,
+    config: OptimizeConfig | None = None,
+    data: Any = None,
+    teacher: str | Path | None = None,
+) -> dict[str, Any]:
     """Optimize the ONNX folder `onnx_dir` (from `export_onnx`) into `output`: fused model.onnx, tokenizer,
     config.json, session.json and metrics.json with the fusion counts and parity vs the input graph.
 
-    Warns (and records a warning) when fewer Attention fusions than layers were made. Returns the metrics.
+    Warns (and records a warning) when fewer Attention fusions than layers were made. `data` and `teacher`
+    are part of the stage contract and unused here. Returns the metrics.
     """
     config = config or OptimizeConfig()
     config.validate()
