@@ -162,8 +162,8 @@ def test_evenly_spaced_layers_keep_first_and_last() -> None:
 
 
 def test_student_from_teacher_keeps_the_chosen_layers_exactly(teacher_dir: Path, tmp_path: Path) -> None:
-    from slimformer.students import student_from_teacher
     from slimformer.models import load_classifier, read_config
+    from slimformer.students import student_from_teacher
 
     kept = student_from_teacher(teacher_dir, 2, tmp_path / "student")
     assert kept == [0, 3]
@@ -227,7 +227,7 @@ def test_distill_writes_a_checkpoint_and_reuses_the_cache(teacher_dir: Path, cli
     from slimformer.models import load_classifier, read_config
 
     config = DistillConfig(student_layers=2, epochs=2, learning_rate=5e-4, max_train_samples=60)
-    metrics = distill(teacher_dir, clinc_slice, tmp_path / "student", config)
+    metrics = distill(teacher_dir, tmp_path / "student", config, clinc_slice)
     assert metrics["stage"] == "distill"
     assert metrics["teacher_logits"]["hit"] is False
     assert [round(e["epoch"]) for e in metrics["history"]] == [1, 2]
@@ -239,13 +239,13 @@ def test_distill_writes_a_checkpoint_and_reuses_the_cache(teacher_dir: Path, cli
 
     plain = distill(
         teacher_dir,
-        clinc_slice,
         tmp_path / "plain",
         DistillConfig(student_layers=2, epochs=1, alpha=1.0, max_train_samples=60),
+        clinc_slice,
     )
     assert plain["teacher_logits"] is None  # alpha = 1: the teacher is not consulted
     again = distill(
-        teacher_dir, clinc_slice, tmp_path / "again", DistillConfig(student_layers=2, epochs=1, max_train_samples=60)
+        teacher_dir, tmp_path / "again", DistillConfig(student_layers=2, epochs=1, max_train_samples=60), clinc_slice
     )
     assert again["teacher_logits"]["hit"] is True
     assert again["teacher_logits"]["key"] == metrics["teacher_logits"]["key"]
@@ -274,9 +274,9 @@ def test_student_with_its_own_tokenizer_and_label_order(
     monkeypatch.setattr(slimformer.training, "tokenize_dataset", spy)
     distill(
         teacher_dir,
-        clinc_slice,
         tmp_path / "out",
         DistillConfig(student=str(student_dir), epochs=1, max_train_samples=40),
+        clinc_slice,
     )
     train = seen[0]
     texts = column(train, "text")
@@ -303,9 +303,9 @@ def test_config_errors(teacher_dir: Path, tiny_base_dir: Path, clinc_slice, tmp_
     with pytest.raises(ConfigError, match="temperature"):
         DistillConfig(student_layers=2, temperature=0).validate()
     with pytest.raises(ConfigError, match="1..4"):
-        distill(teacher_dir, clinc_slice, tmp_path / "x", DistillConfig(student_layers=5))
+        distill(teacher_dir, tmp_path / "x", DistillConfig(student_layers=5), clinc_slice)
     with pytest.raises(ModelError, match="base model"):
-        distill(tiny_base_dir, clinc_slice, tmp_path / "x", DistillConfig(student_layers=1))
+        distill(tiny_base_dir, tmp_path / "x", DistillConfig(student_layers=1), clinc_slice)
     assert not (tmp_path / "x").exists()
 
 
@@ -364,9 +364,9 @@ def test_a_base_body_student_gets_a_head_for_the_data(
 
     metrics = distill(
         teacher_dir,
-        clinc_slice,
         tmp_path / "out",
         DistillConfig(student=str(tiny_base_dir), epochs=1, max_train_samples=20),
+        clinc_slice,
     )
     assert classifier_labels(tmp_path / "out") == clinc_slice.labels
     assert metrics["student"] == str(tiny_base_dir) and metrics["student_layers_kept"] is None

@@ -16,7 +16,7 @@ from slimformer.predictor import load
 def finetuned(tiny_base_dir, clinc_slice, tmp_path_factory):
     output = tmp_path_factory.mktemp("ft") / "model"
     config = FinetuneConfig(epochs=8, learning_rate=3e-3, batch_size=16, warmup_ratio=0.0)
-    return output, finetune(tiny_base_dir, clinc_slice, output, config)
+    return output, finetune(tiny_base_dir, output, config, clinc_slice)
 
 
 def test_writes_a_loadable_checkpoint_with_labels(finetuned, clinc_slice):
@@ -56,7 +56,7 @@ def test_training_learns(finetuned):
 
 def test_bad_config_writes_nothing(tiny_base_dir, clinc_slice, tmp_path):
     with pytest.raises(ConfigError, match="epochs must be > 0"):
-        finetune(tiny_base_dir, clinc_slice, tmp_path / "out", FinetuneConfig(epochs=0))
+        finetune(tiny_base_dir, tmp_path / "out", FinetuneConfig(epochs=0), clinc_slice)
     assert not (tmp_path / "out").exists()
 
 
@@ -68,7 +68,7 @@ def test_failure_mid_way_leaves_no_artifact(tiny_base_dir, clinc_slice, tmp_path
 
     monkeypatch.setattr(transformers.Trainer, "train", explode)
     with pytest.raises(RuntimeError, match="killed"):
-        finetune(tiny_base_dir, clinc_slice, tmp_path / "out", FinetuneConfig(epochs=1))
+        finetune(tiny_base_dir, tmp_path / "out", FinetuneConfig(epochs=1), clinc_slice)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -77,7 +77,7 @@ def test_failure_mid_way_leaves_no_artifact(tiny_base_dir, clinc_slice, tmp_path
 def test_packaged_minilm_learns_a_clinc_slice(clinc_slice, tmp_path):
     """The real packaged MiniLM-L6, fine-tuned on 144 real CLINC150 queries of 6 intents."""
     metrics = finetune(
-        "default", clinc_slice, tmp_path / "minilm", FinetuneConfig(epochs=6, learning_rate=2e-4, batch_size=16)
+        "default", tmp_path / "minilm", FinetuneConfig(epochs=6, learning_rate=2e-4, batch_size=16), clinc_slice
     )
     assert metrics["test"]["accuracy"] >= 0.75
     assert load(tmp_path / "minilm").predict(["wake me up at 7 tomorrow"])[0] == ["alarm"]

@@ -42,10 +42,16 @@ def build_worded_bert(folder: Path, texts: list[str], labels: list[str], seed: i
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
-    )  # fmt: skip
+    )
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
@@ -118,10 +124,15 @@ def test_magnitude_masks_fixed_between_updates_and_pruned_weights_stay_zero(clas
 
     arguments = TrainingArguments(
         **base_training_arguments(
-            tmp_path / "trainer", num_train_epochs=3, learning_rate=1e-2, per_device_train_batch_size=16,
-            eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+            tmp_path / "trainer",
+            num_train_epochs=3,
+            learning_rate=1e-2,
+            per_device_train_batch_size=16,
+            eval_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
         )
-    )  # fmt: skip
+    )
     Trainer(
         model=model, args=arguments, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer),
         callbacks=[pruning, Recorder()],
@@ -154,10 +165,18 @@ def test_magnitude_prune_stage_writes_loadable_checkpoint_and_metrics(classifier
 
     output = tmp_path / "pruned"
     metrics = prune(
-        classifier_dir, clinc_slice, output,
-        PruneConfig(method="magnitude", sparsity=0.8, epochs=2, learning_rate=1e-3, pruning_frequency=2,
-                    teacher=str(classifier_dir)),
-    )  # fmt: skip
+        classifier_dir,
+        output,
+        PruneConfig(
+            method="magnitude",
+            sparsity=0.8,
+            epochs=2,
+            learning_rate=1e-3,
+            pruning_frequency=2,
+            teacher=str(classifier_dir),
+        ),
+        clinc_slice,
+    )
     saved = json.loads((output / "metrics.json").read_text())
     assert saved["stage"] == "prune" and saved["method"] == "magnitude"
     assert saved["sparsity"]["encoder"] == pytest.approx(0.8, abs=0.01)
@@ -208,9 +227,11 @@ def test_movement_pruning_reaches_sparsity_and_bakes_masks(classifier_dir, clinc
 
     output = tmp_path / "movement"
     metrics = prune(
-        classifier_dir, clinc_slice, output,
+        classifier_dir,
+        output,
         PruneConfig(method="movement", sparsity=0.9, epochs=2, pruning_frequency=1, teacher=str(classifier_dir)),
-    )  # fmt: skip
+        clinc_slice,
+    )
     assert metrics["sparsity"]["encoder"] == pytest.approx(0.9, abs=0.01)
     keys = load_file(str(output / "model.safetensors")).keys()
     assert not any("scores" in k or "parametrizations" in k for k in keys)
@@ -245,10 +266,17 @@ def test_structured_pruning_slices_ffn_and_reloads(classifier_dir, clinc_slice, 
 
     output = tmp_path / "structured"
     metrics = prune(
-        classifier_dir, clinc_slice, output,
-        PruneConfig(method="structured", sparsity=0.5, epochs=1 if importance == "gradient" else 0,
-                    importance=importance, importance_batches=2),
-    )  # fmt: skip
+        classifier_dir,
+        output,
+        PruneConfig(
+            method="structured",
+            sparsity=0.5,
+            epochs=1 if importance == "gradient" else 0,
+            importance=importance,
+            importance_batches=2,
+        ),
+        clinc_slice,
+    )
     summary = metrics["structured"]
     assert summary["intermediate_size_before"] == 64 and summary["intermediate_size_after"] == 32
     assert summary["parameters_after"] == summary["parameters_before"] - 2 * (2 * 32 * 32 + 32)
@@ -343,10 +371,18 @@ def test_structured_head_pruning_saves_a_slimbert_every_stage_loads(classifier_d
 
     output = tmp_path / "heads"
     metrics = prune(
-        classifier_dir, clinc_slice, output,
-        PruneConfig(method="structured", sparsity=0.5, heads_fraction=0.5, epochs=1 if importance == "gradient" else 0,
-                    importance=importance, importance_batches=2),
-    )  # fmt: skip
+        classifier_dir,
+        output,
+        PruneConfig(
+            method="structured",
+            sparsity=0.5,
+            heads_fraction=0.5,
+            epochs=1 if importance == "gradient" else 0,
+            importance=importance,
+            importance_batches=2,
+        ),
+        clinc_slice,
+    )
     summary = metrics["structured"]
     assert (summary["heads_before"], summary["heads_after"], summary["head_size"]) == (4, 2, 8)
     assert summary["intermediate_size_after"] == 32 and len(summary["kept_heads"]) == 2
@@ -494,7 +530,7 @@ def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_pat
     from slimformer.prune import PruneConfig, prune
 
     config = PruneConfig(method="vocab", vocab_unseen=unseen, vocab_clusters=4)
-    metrics = prune(classifier_dir, clinc_slice, tmp_path / "v", config)
+    metrics = prune(classifier_dir, tmp_path / "v", config, clinc_slice)
     if unseen == "split":
         assert metrics["vocabulary"]["vocab_size_after"] < metrics["vocabulary"]["vocab_size_before"]
     else:
@@ -573,9 +609,11 @@ def test_head_pruned_packaged_minilm_exports_with_every_attention_fused(clinc_sl
     load_classifier(base, labels=clinc_slice.labels).save_pretrained(classifier)
     load_tokenizer(base).save_pretrained(classifier)
     metrics = prune(
-        classifier, clinc_slice, tmp_path / "pruned",
+        classifier,
+        tmp_path / "pruned",
         PruneConfig(method="structured", heads_fraction=0.5, ffn_fraction=0.5, epochs=0),
-    )  # fmt: skip
+        clinc_slice,
+    )
     assert (metrics["structured"]["heads_after"], metrics["structured"]["head_size"]) == (6, 32)
     assert metrics["structured"]["intermediate_size_after"] == 768
     exported = export_onnx(tmp_path / "pruned", tmp_path / "onnx", data=clinc_slice)

@@ -68,15 +68,15 @@ def test_teacher_runs_once_and_the_search_resumes(
 
     two_epochs = distill(
         teacher_dir,
-        clinc_slice,
         tmp_path / "distilled",
         DistillConfig(student_layers=2, epochs=2, max_train_samples=TRAIN_ROWS),
+        clinc_slice,
     )
     assert len(two_epochs["history"]) == 2
     assert sum(teacher_rows) == TRAIN_ROWS
 
     output = tmp_path / "search"
-    first = search(teacher_dir, clinc_slice, output, _config(trials=2))
+    first = search(teacher_dir, output, _config(trials=2), clinc_slice)
     assert first["trials"] == {"complete": 2}
     assert sum(teacher_rows) == TRAIN_ROWS  # two trials later, still once per example
     study_name = first["study_name"]
@@ -84,7 +84,7 @@ def test_teacher_runs_once_and_the_search_resumes(
     assert first["storage"] == storage
 
     optuna.load_study(study_name=study_name, storage=storage).ask()  # as if a run was killed mid-trial
-    second = search(teacher_dir, clinc_slice, output, _config(trials=3))
+    second = search(teacher_dir, output, _config(trials=3), clinc_slice)
     assert second["trials"] == {"complete": 3, "fail": 1}  # the stale trial is failed, one new one runs
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(states=[TrialState.COMPLETE])
     assert [t.number for t in trials] == [0, 1, 3]
@@ -108,7 +108,7 @@ def test_teacher_runs_once_and_the_search_resumes(
 
     # nothing left to run; the best trial's folder is gone, so its parameters are re-trained
     shutil.rmtree(output / "trials")
-    third = search(teacher_dir, clinc_slice, output, _config(trials=3))
+    third = search(teacher_dir, output, _config(trials=3), clinc_slice)
     assert len(optuna.load_study(study_name=study_name, storage=storage).trials) == 4
     assert third["best_params"] == second["best_params"]
     assert (output / "best_model" / "model.safetensors").is_file()
@@ -120,9 +120,9 @@ def test_accuracy_latency_gives_a_pareto_front(teacher_dir: Path, clinc_slice, t
 
     metrics = search(
         teacher_dir,
-        clinc_slice,
         tmp_path / "s",
         _config(student_layers=None, layers_choices=(1, 2), objective="accuracy,latency"),
+        clinc_slice,
     )
     assert len(metrics["best_values"]) == 2 and metrics["best_values"][1] > 0
     front = json.loads((tmp_path / "s" / "pareto_front.json").read_text())
@@ -205,7 +205,7 @@ def test_search_errors(teacher_dir: Path, clinc_slice, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="empty"):
         _config(temperature_range=(5, 2)).validate()
     with pytest.raises(ConfigError, match="storage"):
-        search(teacher_dir, clinc_slice, tmp_path / "s", _config(storage="postgresql://user@127.0.0.1:9/none"))
+        search(teacher_dir, tmp_path / "s", _config(storage="postgresql://user@127.0.0.1:9/none"), clinc_slice)
 
 
 def test_cli_search_flags(

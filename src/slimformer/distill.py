@@ -301,9 +301,10 @@ class DistillConfig(TrainingOptions):
 
 def distill(
     teacher_dir: str | Path,
-    data: DataSplits,
     output: str | Path,
     config: DistillConfig | None = None,
+    data: DataSplits | None = None,
+    teacher: str | Path | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Distil the classifier in `teacher_dir` into a student on `data` and write an HF checkpoint to `output`.

@@ -21,7 +21,13 @@ class FinetuneConfig(TrainingOptions):
         self.validate_training_options()
 
 
-def finetune(model: str | Path, data: Any, output: str | Path, config: FinetuneConfig | None = None) -> dict[str, Any]:
+def finetune(
+    model: str | Path,
+    output: str | Path,
+    config: FinetuneConfig | None = None,
+    data: Any = None,
+    teacher: str | Path | None = None,
+) -> dict[str, Any]:
     """Train `model` (folder or ``default``) on `data` (a DataSplits) and write an HF checkpoint to `output`.
 
     The folder gets model.safetensors, the tokenizer, config.json with id2label and `metrics.json` holding

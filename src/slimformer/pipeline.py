@@ -341,7 +341,7 @@ def _finetune_teacher(state: RunState, stage: Stage, index: int, console: Any) -
         state.teacher = state.current
         return True
     cached = _run_model_stage(
-        state, stage, index, console, lambda out, cfg: finetune(state.current, state.data, out, cfg)
+        state, stage, index, console, lambda out, cfg: finetune(state.current, out, cfg, state.data)
     )
     state.teacher = state.current
     state.variants[-1].name = stage.name or "teacher"
@@ -362,7 +362,7 @@ def _distill(state: RunState, stage: Stage, index: int, console: Any) -> bool:
     from slimformer.distill import distill
 
     teacher = _ensure_teacher(state)
-    return _run_model_stage(state, stage, index, console, lambda out, cfg: distill(teacher, state.data, out, cfg))
+    return _run_model_stage(state, stage, index, console, lambda out, cfg: distill(teacher, out, cfg, state.data))
 
 
 def _search(state: RunState, stage: Stage, index: int, console: Any) -> bool:
@@ -370,7 +370,7 @@ def _search(state: RunState, stage: Stage, index: int, console: Any) -> bool:
 
     teacher = _ensure_teacher(state)
     return _run_model_stage(
-        state, stage, index, console, lambda out, cfg: search(teacher, state.data, out, cfg), "best_model"
+        state, stage, index, console, lambda out, cfg: search(teacher, out, cfg, state.data), "best_model"
     )
 
 
@@ -379,7 +379,7 @@ def _prune(state: RunState, stage: Stage, index: int, console: Any) -> bool:
 
     _ensure_teacher(state)
     source = state.current
-    return _run_model_stage(state, stage, index, console, lambda out, cfg: prune(source, state.data, out, cfg))
+    return _run_model_stage(state, stage, index, console, lambda out, cfg: prune(source, out, cfg, state.data))
 
 
 def _export(state: RunState, stage: Stage, index: int, console: Any) -> bool:

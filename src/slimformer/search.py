@@ -101,7 +101,11 @@ class SearchConfig:
 
 
 def search(
-    teacher_dir: str | Path, data: DataSplits, output: str | Path, config: SearchConfig | None = None
+    teacher_dir: str | Path,
+    output: str | Path,
+    config: SearchConfig | None = None,
+    data: DataSplits | None = None,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) an Optuna study of distillation settings and write its results to `output`.
 
@@ -311,7 +315,7 @@ class _Objective:
         callbacks = [] if self.config.multi_objective else [OptunaPruningCallback(trial)]
         folder = self.trials_dir / f"trial-{trial.number}"
         distill_config = _distill_config(params, self.config)
-        metrics = distill(self.teacher_path, self.splits, folder, distill_config, callbacks)
+        metrics = distill(self.teacher_path, folder, distill_config, self.splits, callbacks=callbacks)
         accuracy = metrics["validation"]["accuracy"]
         trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
         trial.set_user_attr("train_seconds", metrics["train_seconds"])
@@ -505,7 +509,7 @@ def _save_best_model(
             metrics = read_metrics(folder)
     else:  # the trial ran elsewhere (shared storage) or its folder was removed: re-train its parameters
         _say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
-        metrics = distill(teacher_path, splits, target, _distill_config(best.params, config))
+        metrics = distill(teacher_path, target, _distill_config(best.params, config), splits)
     metrics["search"] = {
         "study_name": study_name,
         "trial": best.number,

@@ -52,7 +52,7 @@ def finetune(
         max_train_samples=max_train_samples,
         max_eval_samples=max_eval_samples,
     )
-    metrics = run_finetune(model, splits, output, config)
+    metrics = run_finetune(model, output, config, splits)
     print_json({"output": str(output), "validation": metrics["validation"], "test": metrics["test"]})
 
 

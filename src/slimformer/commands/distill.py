@@ -83,7 +83,7 @@ def distill(
     )
     config.validate()  # before the data loads, so a wrong flag fails at once
     splits = load_data_option(data, data_dir, text_column, label_column, seed)
-    metrics = run_distill(teacher, splits, output, config)
+    metrics = run_distill(teacher, output, config, splits)
     print_json(
         {
             "output": str(output),
@@ -157,7 +157,7 @@ def search(
     )
     config.validate()
     splits = load_data_option(data, data_dir, text_column, label_column, seed)
-    metrics = run_search(teacher, splits, output, config)
+    metrics = run_search(teacher, output, config, splits)
     print_json(
         {
             "output": str(output),

@@ -103,7 +103,7 @@ def prune(
         PruneConfig(**{**config.__dict__, "sparsity": level}).validate()
     splits = load_data_option(data, data_dir, text_column, label_column, seed)
     if len(levels) == 1:
-        metrics = run_prune(model_dir, splits, output, config)
+        metrics = run_prune(model_dir, output, config, splits)
         print_json({
             "output": str(output),
             "encoder_sparsity": encoder_reduction(metrics),

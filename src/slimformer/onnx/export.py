@@ -70,6 +70,7 @@ def export_onnx(
     output: str | Path,
     config: ExportConfig | None = None,
     data: DataSplits | None = None,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export the classifier checkpoint `model_dir` to `output` (model.onnx + tokenizer + config.json +
     session.json + parity.json + metrics.json) with dynamic batch and sequence axes.

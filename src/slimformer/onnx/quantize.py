@@ -143,7 +143,11 @@ def choose_reduce_range(requested: bool | None) -> tuple[bool, str]:
 
 
 def quantize(
-    model_dir: str | Path, output: str | Path, config: QuantizeConfig, data: DataSplits | None = None
+    model_dir: str | Path,
+    output: str | Path,
+    config: QuantizeConfig,
+    data: DataSplits | None = None,
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Quantize `model_dir` with ``config.method`` into `output` and return its metrics.
 

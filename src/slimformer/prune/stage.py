@@ -84,7 +84,13 @@ class PruneConfig(TrainingOptions):
             raise ConfigError("vocabulary pruning does not train; drop --teacher")
 
 
-def prune(model_dir: str | Path, data: Any, output: str | Path, config: PruneConfig | None = None) -> dict[str, Any]:
+def prune(
+    model_dir: str | Path,
+    output: str | Path,
+    config: PruneConfig | None = None,
+    data: Any = None,
+    teacher: str | Path | None = None,
+) -> dict[str, Any]:
     """Prune the classifier in `model_dir` with `config.method` on `data` (a DataSplits); write to `output`.
 
     The output folder is a normal HF checkpoint (loadable by transformers and `slimformer.predictor.load`)
@@ -178,7 +184,7 @@ def prune_sweep(
     runs = []
     for sparsity in sparsities:
         run_dir = output / f"sparsity-{sparsity:g}"
-        metrics = prune(model_dir, data, run_dir, replace(config, sparsity=sparsity))
+        metrics = prune(model_dir, run_dir, replace(config, sparsity=sparsity), data)
         runs.append(
             {
                 "sparsity": sparsity,
