@@ -2,29 +2,187 @@
 
 ``load(path)`` picks the backend from the folder's content (``model.onnx`` → ONNX Runtime, otherwise a
 PyTorch/transformers checkpoint) and returns a :class:`Predictor` with ``predict(texts) -> (labels, scores)``.
+
+The ONNX path imports neither torch nor transformers: it tokenizes with the `tokenizers` library from the
+folder's ``tokenizer.json`` and reads labels and limits from ``config.json`` / ``session.json`` as plain JSON.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimformer.cpu import default_threads
 from slimformer.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+    import tokenizers
+
+__all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "GRAPH_LEVELS",
+    "ONNX_FILE",
+    "SESSION_FILE",
+    "OnnxPredictor",
+    "Predictor",
+    "TextEncoder",
+    "TorchPredictor",
+    "apply_torch_dynamic_quantization",
+    "default_threads",
+    "load",
+    "session_options",
+    "softmax",
+]
 
 ONNX_FILE = "model.onnx"
 SESSION_FILE = "session.json"
+TOKENIZER_FILE = "tokenizer.json"
 QUANTIZATION_FILE = "quantization.json"  # a PyTorch folder to be quantized at load time (see slimformer.onnx.quantize)
 DEFAULT_MAX_LENGTH = 128
+# ONNX Runtime graph optimization levels by the name session.json and the CLI use (GraphOptimizationLevel members)
+GRAPH_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what TextEncoder produces
+# encode_batch's thread pool costs more than it saves on a few short texts
+SMALL_BATCH = 4
 
 
-def default_threads() -> int:
-    """Threads to use when none are given: every core this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def session_options(threads: int | None = None, graph_optimization_level: str = "all") -> ort.SessionOptions:
+    """CPU SessionOptions: `threads` intra-op threads (default: every core), one inter-op thread, sequential
+    execution, and the named graph optimization level (one of GRAPH_LEVELS)."""
+    import onnxruntime as ort
+
+    if graph_optimization_level not in GRAPH_LEVELS:
+        known = ", ".join(GRAPH_LEVELS)
+        raise ModelError(f"unknown graph optimization {graph_optimization_level!r}; use one of {known}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[graph_optimization_level])
+    return options
+
+
+class TextEncoder:
+    """A `tokenizers.Tokenizer` giving what a transformers fast tokenizer gives for
+    ``tokenizer(texts, padding=True, truncation=True, max_length=...)``: int64 arrays padded to the longest text."""
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        max_length: int,
+        input_names: tuple[str, ...] = MODEL_INPUTS,
+        truncation_side: str = "right",
+        padding_side: str = "right",
+        pad_id: int = 0,
+        pad_type_id: int = 0,
+    ) -> None:
+        self.tokenizer = _copy_tokenizer(tokenizer)  # private copies: settings below must not leak to the caller
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self._truncating = _copy_tokenizer(self.tokenizer)
+        self.input_names = tuple(input_names)
+        self.truncation_side = truncation_side
+        self.padding_side = padding_side
+        self.pad_id = pad_id
+        self.pad_type_id = pad_type_id
+        self.max_length = max_length
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self._max_length = value
+        self._truncating.enable_truncation(value, direction=self.truncation_side)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, max_length: int) -> TextEncoder:
+        """The encoder of a model folder's `tokenizer.json` (and `tokenizer_config.json`), without transformers."""
+        import tokenizers
+
+        folder = Path(folder)
+        path = folder / TOKENIZER_FILE
+        if not path.is_file():
+            raise ModelError(
+                f"{folder} has no {TOKENIZER_FILE}, which serving an ONNX folder needs (it runs without transformers); "
+                'write it with: python -c "from transformers import AutoTokenizer; '
+                f"AutoTokenizer.from_pretrained('SOURCE_CHECKPOINT').save_pretrained('{folder}')\""
+            )
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            raise ModelError(f"cannot read the tokenizer {path}: {str(exc).splitlines()[0]}") from exc
+        config = _read_json(folder / "tokenizer_config.json")
+        pad_token = config.get("pad_token")
+        pad_token = pad_token.get("content") if isinstance(pad_token, dict) else pad_token
+        saved_padding = _read_json(path).get("padding") or {}
+        pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
+        names = tuple(config.get("model_input_names") or MODEL_INPUTS)
+        return cls(
+            tokenizer,
+            max_length,
+            input_names=tuple(name for name in names if name in MODEL_INPUTS),
+            truncation_side=config.get("truncation_side", "right"),
+            padding_side=config.get("padding_side", "right"),
+            pad_id=pad_id if pad_id is not None else saved_padding.get("pad_id", 0),
+        )
+
+    @classmethod
+    def from_transformers(cls, tokenizer: Any, max_length: int) -> TextEncoder | None:
+        """The encoder of a transformers fast tokenizer; None for a slow one, or one with other inputs."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        names = tuple(getattr(tokenizer, "model_input_names", ()))
+        if backend is None or not names or not set(names) <= set(MODEL_INPUTS):
+            return None
+        return cls(
+            backend,
+            max_length,
+            input_names=names,
+            truncation_side=tokenizer.truncation_side,
+            padding_side=tokenizer.padding_side,
+            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            pad_type_id=getattr(tokenizer, "pad_token_type_id", 0) or 0,
+        )
+
+    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int] | None]:
+        """Model inputs truncated to `max_length` and padded to the longest, and each text's token count
+        (None when a text was truncated: its full count then needs `token_counts`)."""
+        texts = list(texts)
+        if len(texts) <= SMALL_BATCH:
+            encodings = [self._truncating.encode(text) for text in texts]
+        else:
+            encodings = self._truncating.encode_batch(texts)
+        longest = max((len(e.ids) for e in encodings), default=0)
+        arrays = {
+            "input_ids": np.full((len(texts), longest), self.pad_id, dtype=np.int64),
+            "token_type_ids": np.full((len(texts), longest), self.pad_type_id, dtype=np.int64),
+            "attention_mask": np.zeros((len(texts), longest), dtype=np.int64),
+        }
+        for row, encoding in enumerate(encodings):
+            size = len(encoding.ids)
+            span = slice(0, size) if self.padding_side == "right" else slice(longest - size, longest)
+            arrays["input_ids"][row, span] = encoding.ids
+            arrays["token_type_ids"][row, span] = encoding.type_ids
+            arrays["attention_mask"][row, span] = encoding.attention_mask
+        counts = None if any(e.overflowing for e in encodings) else [len(e.ids) for e in encodings]
+        return {name: arrays[name] for name in self.input_names}, counts
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with special tokens, before truncation."""
+        if len(texts) <= SMALL_BATCH:
+            return [len(self.tokenizer.encode(text).ids) for text in texts]
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts))]
 
 
 class Predictor(ABC):
@@ -33,14 +191,24 @@ class Predictor(ABC):
     backend: str = ""
     input_format = "np"  # what `tokenize` returns for `logits_from_inputs`: "np" or "pt"
 
-    def __init__(self, path: Path, threads: int, max_length: int) -> None:
-        from slimformer.models import load_tokenizer
-
-        self.path = Path(path)
+    def __init__(
+        self, labels: list[str], max_length: int, threads: int, encoder: TextEncoder | None, path: Path | None
+    ) -> None:
+        self.labels = labels
         self.threads = threads
-        self.max_length = max_length
-        self.tokenizer = load_tokenizer(self.path)
-        self.labels: list[str] = _labels_from_config(self.path)
+        self.encoder = encoder
+        self.path = Path(path) if path is not None else None
+        self._max_length = max_length
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self._max_length = value
+        if self.encoder is not None:
+            self.encoder.max_length = value
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         """Predicted label and its softmax probability for each text."""
@@ -54,85 +222,47 @@ class Predictor(ABC):
         order = np.argsort(-probs, axis=-1)[:, :k]
         return [[(self.labels[i], float(probs[row, i])) for i in idx] for row, idx in enumerate(order)]
 
-    def predict_logits_and_token_counts(self, texts: list[str]) -> tuple[np.ndarray, list[int] | None]:
-        """Logits, and each text's token count before truncation when the one tokenization tells it (a single
-        text that was not truncated); None when it has to be counted separately."""
-        if len(texts) == 1 and (single := self._single_text_tokenizer()) is not None:
-            encoding = single.encode(texts[0])
-            logits = self.logits_from_inputs(self._inputs_from_encoding(encoding, self.input_format))
-            return logits, None if encoding.overflowing else [len(encoding.ids)]
-        return self.predict_logits(texts), None
+    def predict_logits(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Raw logits, shape (len(texts), num_labels); model calls of at most `batch_size` texts when given."""
+        texts = list(texts)
+        if batch_size is None or len(texts) <= batch_size:
+            return self.logits_from_inputs(self.tokenize(texts, self.input_format))
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = [self.predict_logits(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return np.concatenate(chunks)
 
-    def predict_logits(self, texts: list[str]) -> np.ndarray:
-        """Raw logits, shape (len(texts), num_labels)."""
-        return self.logits_from_inputs(self.tokenize(texts, self.input_format))
+    def predict_logits_and_token_counts(self, texts: list[str]) -> tuple[np.ndarray, list[int] | None]:
+        """Logits, and each text's token count before truncation when the one tokenization tells it (no text was
+        truncated); None when they have to be counted separately (`token_counts`)."""
+        if self.encoder is None:
+            return self.predict_logits(texts), None
+        inputs, counts = self.encoder.encode(texts)
+        return self.logits_from_inputs(self._as_format(inputs, self.input_format)), counts
 
     @abstractmethod
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
         """Logits of tokenized inputs (arrays or tensors in `input_format`)."""
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens of each text with special tokens, before truncation (the tokenizer's own count)."""
-        counter = self._untruncated_tokenizer()
-        if counter is None:
-            encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
-            return [len(ids) for ids in encoded["input_ids"]]
-        if len(texts) <= 4:  # encode_batch's thread pool costs more than it saves on a few short texts
-            return [len(counter.encode(text).ids) for text in texts]
-        return [len(encoding.ids) for encoding in counter.encode_batch(list(texts))]
-
     def tokenize(self, texts: list[str], return_tensors: str) -> Any:
         """Model inputs for `texts`, padded to the longest and truncated to `max_length` tokens."""
-        if len(texts) == 1 and (single := self._single_text_tokenizer()) is not None:
-            # batch 1 (every latency-bound call): the Rust tokenizer directly, without the transformers
-            # wrapper's per-call work (it costs about as much as the encoding itself); same ids
-            return self._inputs_from_encoding(single.encode(texts[0]), return_tensors)
-        return self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors=return_tensors
-        )
+        if self.encoder is None:
+            raise ModelError("this predictor has no tokenizer")
+        return self._as_format(self.encoder.encode(texts)[0], return_tensors)
 
-    def _inputs_from_encoding(self, encoding: Any, return_tensors: str) -> dict[str, Any]:
-        arrays = {
-            "input_ids": encoding.ids,
-            "token_type_ids": encoding.type_ids,
-            "attention_mask": encoding.attention_mask,
-        }
-        encoded = {name: np.asarray([arrays[name]], dtype=np.int64) for name in self._input_names}
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with special tokens, before truncation (the tokenizer's own count)."""
+        if self.encoder is None:
+            raise ModelError("this predictor has no tokenizer")
+        return self.encoder.token_counts(texts)
+
+    @staticmethod
+    def _as_format(arrays: dict[str, np.ndarray], return_tensors: str) -> Any:
         if return_tensors == "pt":
             import torch
 
-            return {name: torch.from_numpy(array) for name, array in encoded.items()}
-        return encoded
-
-    def _untruncated_tokenizer(self) -> Any:
-        """A private copy of the fast tokenizer's `tokenizers.Tokenizer` with truncation and padding off (None for
-        a slow tokenizer); the transformers wrapper changes those settings on its own copy at every call."""
-        if not hasattr(self, "_untruncated"):
-            import copy
-
-            backend = getattr(self.tokenizer, "backend_tokenizer", None)
-            self._untruncated = copy.deepcopy(backend) if backend is not None else None
-            if self._untruncated is not None:
-                self._untruncated.no_truncation()
-                self._untruncated.no_padding()
-        return self._untruncated
-
-    def _single_text_tokenizer(self) -> Any:
-        """A private copy of the fast tokenizer's `tokenizers.Tokenizer`, truncating at `max_length` (None when the
-        tokenizer is not a fast one or has inputs other than ids, token types and attention mask)."""
-        if getattr(self, "_single_length", None) != self.max_length:
-            import copy
-
-            backend = getattr(self.tokenizer, "backend_tokenizer", None)
-            names = list(getattr(self.tokenizer, "model_input_names", []))
-            supported = {"input_ids", "token_type_ids", "attention_mask"}
-            single = None
-            if backend is not None and names and set(names) <= supported:
-                single = copy.deepcopy(backend)
-                single.no_padding()
-                single.enable_truncation(self.max_length, direction=self.tokenizer.truncation_side)
-            self._single, self._single_length, self._input_names = single, self.max_length, names
-        return self._single
+            return {name: torch.from_numpy(array) for name, array in arrays.items()}
+        return arrays
 
     def settings(self) -> dict[str, Any]:
         """What a benchmark or model card must record about how this predictor runs."""
@@ -140,22 +270,63 @@ class Predictor(ABC):
 
 
 class TorchPredictor(Predictor):
-    """A transformers sequence-classification checkpoint run by PyTorch in eval mode."""
+    """A transformers sequence-classification model run by PyTorch in eval mode."""
 
     backend = "pytorch"
     input_format = "pt"
 
-    def __init__(self, path: Path, threads: int, max_length: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_length: int,
+        threads: int | None = None,
+        path: Path | None = None,
+        quantization: dict[str, Any] | None = None,
+    ) -> None:
         import torch
 
-        from slimformer.models import load_classifier
+        if threads:
+            torch.set_num_threads(threads)
+        id2label = getattr(model.config, "id2label", None) or {}
+        labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+        encoder = TextEncoder.from_transformers(tokenizer, max_length)
+        super().__init__(labels, max_length, threads or torch.get_num_threads(), encoder, path)
+        self.model = model.eval()
+        self.tokenizer = tokenizer  # the transformers tokenizer (its Rust backend does the batch-1 work)
+        self.quantization = quantization
 
-        super().__init__(path, threads, max_length)
-        torch.set_num_threads(threads)
-        self.model = load_classifier(path).eval()
-        self.quantization = _saved_quantization(self.path)
-        if self.quantization:
-            self.model = apply_torch_dynamic_quantization(self.model)
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, max_length: int, threads: int | None = None) -> TorchPredictor:
+        """A predictor over an in-memory model and tokenizer (labels from `model.config.id2label`); torch's
+        thread count is left alone unless `threads` is given."""
+        return cls(model, tokenizer, max_length, threads)
+
+    @classmethod
+    def from_folder(cls, path: Path, threads: int, max_length: int) -> TorchPredictor:
+        """A checkpoint folder (quantized at load time when it holds quantization.json)."""
+        from slimformer.models import load_classifier, load_tokenizer
+
+        _labels_from_config(path)  # a base model is a one-line error before its weights load
+        tokenizer = load_tokenizer(path)
+        model = load_classifier(path).eval()
+        quantization = _saved_quantization(path)
+        if quantization:
+            model = apply_torch_dynamic_quantization(model)
+        return cls(model, tokenizer, max_length, threads, path, quantization)
+
+    def tokenize(self, texts: list[str], return_tensors: str) -> Any:
+        if self.encoder is None:  # a slow (Python) tokenizer: the transformers call
+            return self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors=return_tensors
+            )
+        return super().tokenize(texts, return_tensors)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        if self.encoder is None:
+            encoded = self.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+            return [len(ids) for ids in encoded["input_ids"]]
+        return super().token_counts(texts)
 
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
         import torch
@@ -171,38 +342,58 @@ class TorchPredictor(Predictor):
 
 
 class OnnxPredictor(Predictor):
-    """An ONNX model folder (model.onnx + tokenizer + config.json) run by ONNX Runtime on the CPU."""
+    """An ONNX classifier (model.onnx + tokenizer.json + config.json) run by ONNX Runtime on the CPU, without
+    torch or transformers."""
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int, max_length: int, graph_optimization: str = "all") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        threads: int,
+        max_length: int,
+        graph_optimization: str = "all",
+        onnx_path: Path | None = None,
+    ) -> None:
         import onnxruntime as ort
 
-        super().__init__(path, threads, max_length)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        if graph_optimization not in levels:
-            raise ModelError(f"unknown graph optimization {graph_optimization!r}; use one of {', '.join(levels)}")
-        options.graph_optimization_level = levels[graph_optimization]
+        folder = Path(folder)
+        options = session_options(threads, graph_optimization)  # an unknown level fails before the tokenizer loads
+        super().__init__(
+            _labels_from_config(folder), max_length, threads, TextEncoder.from_folder(folder, max_length), folder
+        )
+        self.tokenizer = self.encoder.tokenizer  # the `tokenizers.Tokenizer` (no truncation, no padding)
         self.graph_optimization = graph_optimization
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else folder / ONNX_FILE
         try:
-            self.session = ort.InferenceSession(str(self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelError(f"ONNX Runtime cannot load {self.path / ONNX_FILE}: {str(exc).splitlines()[0]}") from exc
+            self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise ModelError(f"ONNX Runtime cannot load {self.onnx_path}: {str(exc).splitlines()[0]}") from exc
         self.input_names = [i.name for i in self.session.get_inputs()]
 
+    @classmethod
+    def from_file(
+        cls,
+        onnx_path: str | Path,
+        folder: str | Path,
+        threads: int | None = None,
+        max_length: int | None = None,
+        graph_optimization_level: str = "all",
+    ) -> OnnxPredictor:
+        """A predictor over an explicit .onnx graph, with the tokenizer and labels of `folder` (e.g. a quantizer's
+        candidate graph in a work dir). `max_length` defaults to the folder's session.json, else 128, capped at
+        what the model can take."""
+        from slimformer.models import fit_max_length
+
+        folder = Path(folder)
+        saved = _read_json(folder / SESSION_FILE)
+        max_length = fit_max_length(folder, max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH)
+        return cls(folder, threads or default_threads(), max_length, graph_optimization_level, Path(onnx_path))
+
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
-        feed = {name: inputs[name].astype(np.int64) for name in self.input_names if name in inputs}
+        feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names if name in inputs}
         if "token_type_ids" in self.input_names and "token_type_ids" not in feed:
-            feed["token_type_ids"] = np.zeros_like(inputs["input_ids"], dtype=np.int64)
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
         return self.session.run(None, feed)[0]
 
     def settings(self) -> dict[str, Any]:
@@ -223,18 +414,35 @@ def load(path: str | Path, threads: int | None = None, max_length: int | None = 
     from slimformer.models import fit_max_length, resolve_model_path
 
     folder = resolve_model_path(path)
-    saved = json.loads((folder / SESSION_FILE).read_text()) if (folder / SESSION_FILE).is_file() else {}
+    saved = _read_json(folder / SESSION_FILE)
     threads = threads or saved.get("threads") or default_threads()
     max_length = fit_max_length(folder, max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH)
     if (folder / ONNX_FILE).is_file():
         return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
-    return TorchPredictor(folder, threads, max_length)
+    return TorchPredictor.from_folder(folder, threads, max_length)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _copy_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    import tokenizers
+
+    return tokenizers.Tokenizer.from_str(tokenizer.to_str())
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, {} when it is absent; a one-line ModelError when it is unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
 
 
 def _labels_from_config(path: Path) -> list[str]:
