@@ -1,13 +1,13 @@
 """Students built from a fine-tuned teacher's own layers: the depth is cut, everything else is copied.
 
-What differs per encoder family (where the layer stack lives, which config fields follow the depth) is kept
-here, so distillation and the search build students the same way for every family.
+What differs per encoder family (where the layer stack lives, which config fields follow the depth) is read
+from `slimformer.families`, so distillation and the search build students the same way for every family.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import atomic_output_dir
 from slimformer.errors import ConfigError, ModelError
@@ -37,22 +37,42 @@ def build_student_from_teacher(
     """A copy of the teacher classifier keeping `num_layers` evenly spaced encoder layers (in memory).
 
     Returns (student, tokenizer, kept_layer_indices); embeddings, pooler and classifier head are copied.
+    The family (:mod:`slimformer.families`) says where the layer stack is and which config fields follow the
+    depth (ModernBERT's `layer_types` keeps the kept layers' own attention kinds). ALBERT repeats one shared
+    layer: its student repeats the same weights fewer times (kept indices are the repetitions it stands for).
     """
-    import re
-
-    from torch import nn
     from transformers import AutoModelForSequenceClassification
 
+    from slimformer.families import family_of
     from slimformer.models import load_classifier, load_tokenizer
 
     teacher = load_classifier(teacher_dir)
-    depth = teacher.config.num_hidden_layers
+    family = family_of(teacher)
+    config = teacher.config
+    depth = family.config_depth(config)
     kept = evenly_spaced_layers(depth, num_layers)
-    # the encoder's layer stack is the ModuleList as long as the model is deep (encoder.layer in BERT)
-    stacks = [name for name, m in teacher.named_modules() if isinstance(m, nn.ModuleList) and len(m) == depth]
-    if not stacks:
-        raise ModelError(f"cannot find the encoder layers of {teacher_dir} ({type(teacher).__name__})")
-    layer_key = re.compile(rf"^{re.escape(stacks[0])}\.(\d+)\.(.*)$")
+    state = teacher.state_dict() if family.shared_layers else _kept_layer_state(teacher, family.layers, kept)
+    for field in family.depth_fields:
+        setattr(config, field, num_layers)
+    for field in family.per_layer_fields:
+        values = getattr(config, field, None)
+        if isinstance(values, list) and len(values) == depth:
+            setattr(config, field, [values[i] for i in kept])
+    try:
+        student = AutoModelForSequenceClassification.from_config(config)
+    except ValueError as exc:  # a depth-dependent config field this version of slimformer does not know
+        raise ModelError(
+            f"cannot build a {num_layers}-layer {family.name} student: {str(exc).splitlines()[0]}"
+        ) from exc
+    student.load_state_dict(state, strict=True)
+    return student, load_tokenizer(teacher_dir), kept
+
+
+def _kept_layer_state(teacher: PreTrainedModel, stack: str, kept: list[int]) -> dict[str, Any]:
+    """The teacher's weights with the layers of `stack` (a dotted path) renumbered to the kept ones only."""
+    import re
+
+    layer_key = re.compile(rf"^{re.escape(stack)}\.(\d+)\.(.*)$")
     new_index = {old: new for new, old in enumerate(kept)}
     state = {}
     for key, tensor in teacher.state_dict().items():
@@ -60,12 +80,8 @@ def build_student_from_teacher(
         if match is None:
             state[key] = tensor
         elif int(match.group(1)) in new_index:
-            state[f"{stacks[0]}.{new_index[int(match.group(1))]}.{match.group(2)}"] = tensor
-    config = teacher.config
-    config.num_hidden_layers = num_layers
-    student = AutoModelForSequenceClassification.from_config(config)
-    student.load_state_dict(state, strict=True)
-    return student, load_tokenizer(teacher_dir), kept
+            state[f"{stack}.{new_index[int(match.group(1))]}.{match.group(2)}"] = tensor
+    return state
 
 
 def student_from_teacher(teacher_dir: str | Path, num_layers: int, output_dir: str | Path) -> list[int]:
