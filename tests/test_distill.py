@@ -78,7 +78,7 @@ def _random_batch(seed: int = 0, batch: int = 5, classes: int = 7) -> tuple[np.n
 
 @pytest.mark.parametrize(("alpha", "temperature"), [(0.5, 2.0), (0.2, 7.0), (0.9, 1.0)])
 def test_loss_matches_a_hand_computation(alpha: float, temperature: float) -> None:
-    from slimformer.distill import distillation_loss
+    from slimformer.distillation import distillation_loss
 
     student, teacher, labels = _random_batch()
     cross_entropy = -np.mean(_np_log_softmax(student)[np.arange(len(labels)), labels])
@@ -95,7 +95,7 @@ def test_loss_matches_a_hand_computation(alpha: float, temperature: float) -> No
 
 
 def test_alpha_one_is_plain_cross_entropy() -> None:
-    from slimformer.distill import distillation_loss
+    from slimformer.distillation import distillation_loss
 
     student, teacher, labels = (torch.tensor(a) for a in _random_batch(seed=1))
     plain = torch.nn.functional.cross_entropy(student, labels)
@@ -107,7 +107,7 @@ def test_alpha_one_is_plain_cross_entropy() -> None:
 @pytest.mark.parametrize("temperature", [1.0, 4.0, 10.0])
 def test_temperature_squared_keeps_the_soft_gradient_scale(temperature: float) -> None:
     """With alpha = 0, d loss / d student = T^2 * (p_s - p_t) / (T * batch): the T^2 undoes the 1/T^2 shrink."""
-    from slimformer.distill import distillation_loss
+    from slimformer.distillation import distillation_loss
 
     student_np, teacher_np, labels_np = _random_batch(seed=2)
     student = torch.tensor(student_np, requires_grad=True)
@@ -122,7 +122,7 @@ def test_temperature_squared_keeps_the_soft_gradient_scale(temperature: float) -
 
 
 def test_trainer_loss_uses_the_batch_teacher_logits(teacher_dir: Path, tmp_path: Path) -> None:
-    from slimformer.distill import DistillationTrainer, DistillationTrainingArguments, distillation_loss
+    from slimformer.distillation import DistillationTrainer, DistillationTrainingArguments, distillation_loss
     from slimformer.models import load_classifier, load_tokenizer
 
     model = load_classifier(teacher_dir)
@@ -191,7 +191,7 @@ def test_student_from_teacher_keeps_the_chosen_layers_exactly(teacher_dir: Path,
 
 def test_teacher_logits_are_cached_per_teacher_texts_and_length(teacher_dir: Path, clinc_slice, tmp_path: Path):
     from slimformer.data import column
-    from slimformer.distill import cached_teacher_logits
+    from slimformer.distillation import cached_teacher_logits
     from slimformer.models import load_classifier, load_tokenizer
 
     texts = column(clinc_slice.validation, "text")
@@ -257,7 +257,8 @@ def test_student_with_its_own_tokenizer_and_label_order(
     """Teacher logits reach the student per example and per label name, whatever either model's order."""
     import slimformer.training
     from slimformer.data import column
-    from slimformer.distill import DistillConfig, distill, teacher_logits
+    from slimformer.distill import DistillConfig, distill
+    from slimformer.distillation import teacher_logits
     from slimformer.models import load_tokenizer
 
     student_labels = list(reversed(clinc_slice.labels))

@@ -50,7 +50,7 @@ def test_training_learns(finetuned):
     _, metrics = finetuned
     history = metrics["history"]
     assert len(history) == 8
-    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["validation_loss"] < history[0]["validation_loss"]
     assert metrics["validation"]["accuracy"] > 1 / 6  # a constant prediction scores exactly 1/6 here
 
 
@@ -83,34 +83,13 @@ def test_packaged_minilm_learns_a_clinc_slice(clinc_slice, tmp_path):
     assert load(tmp_path / "minilm").predict(["wake me up at 7 tomorrow"])[0] == ["alarm"]
 
 
-def test_training_uses_a_gpu_only_when_allowed_and_returns_models_to_the_cpu(monkeypatch, tmp_path) -> None:
+def test_training_uses_a_gpu_only_when_allowed(monkeypatch, tmp_path) -> None:
     import torch
 
-    from slimformer.training import base_training_arguments, train_on_best_device
+    from slimformer.training import base_training_arguments
 
     monkeypatch.setenv("SLIMFORMER_TRAIN_DEVICE", "cpu")
     assert base_training_arguments(tmp_path)["use_cpu"] is True
     monkeypatch.delenv("SLIMFORMER_TRAIN_DEVICE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert base_training_arguments(tmp_path)["use_cpu"] is False
-
-    moved: list[tuple[str, str]] = []
-
-    class Module:
-        def __init__(self, name: str) -> None:
-            self.name = name
-
-        def to(self, device: str) -> Module:
-            moved.append((self.name, device))
-            return self
-
-    class FakeTrainer:
-        def __init__(self) -> None:
-            self.model, self.teacher, self.trained = Module("student"), Module("teacher"), False
-
-        def train(self) -> None:
-            self.trained = True
-
-    trainer = FakeTrainer()
-    train_on_best_device(trainer)
-    assert trainer.trained and moved == [("student", "cpu"), ("teacher", "cpu")]

@@ -23,10 +23,7 @@ def atomic_output_dir(output: str | Path, overwrite: bool = True) -> Iterator[Pa
 
     A crash or kill mid-way leaves a `.tmp-*` folder, never something that looks like a finished artefact.
     """
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise SlimformerError(f"output path {output} exists and is not a folder")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = check_output_dir(output)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output.name}-", dir=output.parent))
     try:
         yield tmp
@@ -43,6 +40,20 @@ def atomic_output_dir(output: str | Path, overwrite: bool = True) -> Iterator[Pa
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(output)
+
+
+def check_output_dir(output: str | Path) -> Path:
+    """`output` as a Path, once its parent folder exists and takes new files; else a one-line error (run
+    before any work, so a bad --output fails at once)."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise SlimformerError(f"output path {output} exists and is not a folder")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".tmp-{output.name}-", dir=output.parent).cleanup()
+    except OSError as exc:
+        raise SlimformerError(f"cannot write the output folder {output}: {exc.strerror or exc}") from exc
+    return output
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
@@ -65,6 +76,22 @@ def _json_default(value: Any) -> Any:
 def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> Path:
     """Write `metrics.json` into an artefact folder."""
     return write_json(Path(folder) / METRICS_FILE, metrics)
+
+
+def write_session(
+    folder: str | Path, max_length: int, threads: int | None = None, graph_optimization_level: str = "all"
+) -> dict[str, Any]:
+    """`session.json`: how the artefact in `folder` runs (`slimformer.load` and every later stage read it):
+    its truncation length and, for ONNX Runtime, threads (null = every core at load time) and graph level."""
+    settings = {
+        "max_length": max_length,
+        "threads": threads,
+        "graph_optimization_level": graph_optimization_level,
+        "inter_op_threads": 1,
+        "execution_mode": "sequential",
+    }
+    write_json(Path(folder) / "session.json", settings)
+    return settings
 
 
 def read_metrics(folder: str | Path) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from slimformer.errors import DataError
 
 if TYPE_CHECKING:
@@ -78,6 +80,48 @@ class DataSplits:
         return splits
 
 
+    def in_label_order(self, labels: list[str]) -> DataSplits:
+        """The same splits with label ids renumbered into `labels`' order (a model head's own order), by
+        datasets' `align_labels_with_mapping` over the ClassLabel column."""
+        if list(labels) == self.labels:
+            return self
+        if sorted(labels) != sorted(self.labels):
+            raise DataError(f"the model's {len(labels)} labels are not the dataset's {len(self.labels)}")
+        mapping = {label: i for i, label in enumerate(labels)}
+
+        def align(ds: datasets.Dataset) -> datasets.Dataset:
+            return ds.align_labels_with_mapping(mapping, "label")
+
+        return DataSplits(
+            name=self.name,
+            labels=list(labels),
+            train=align(self.train),
+            validation=align(self.validation),
+            test=align(self.test),
+            fingerprint=self.fingerprint,
+        )
+
+
+def label_positions(model_labels: list[str], data_labels: list[str]) -> np.ndarray:
+    """For each output index of a model, the index of that label in the dataset's label list (to score a model's
+    predictions against dataset label ids whatever the order of its head)."""
+    position = {label: i for i, label in enumerate(data_labels)}
+    missing = [label for label in model_labels if label not in position]
+    if missing or len(model_labels) != len(data_labels):
+        raise DataError(
+            f"the model predicts {len(model_labels)} labels that are not the dataset's {len(data_labels)}; "
+            "use the data it was fine-tuned for"
+        )
+    return np.array([position[label] for label in model_labels])
+
+
+def require_data(data: DataSplits | None, stage: str) -> DataSplits:
+    """`data`, or a one-line error saying that `stage` needs a dataset."""
+    if data is None:
+        raise DataError(f"{stage} needs a dataset (--data): it trains or measures accuracy on it")
+    return data
+
+
 def default_clinc_dir() -> Path | None:
     """The first existing CLINC150 folder among $SLIMFORMER_DATA_DIR, ./../shared/data/clinc150 and the
     `shared/` folder beside this checkout."""
@@ -113,7 +157,7 @@ def load_data(
                 f"dataset {spec!r} not found: give clinc150[:plus|full|small|imbalanced], a folder with "
                 "train/validation/test files, or a single csv/json/jsonl/parquet file"
             )
-        raw = _read_local(path, seed, validation_fraction, test_fraction)
+        raw = _read_local(path, label_column, seed, validation_fraction, test_fraction)
         splits = _to_splits(path.name, raw, text_column, label_column)
     splits.fingerprint = _fingerprint(splits)
     return splits
@@ -189,6 +233,33 @@ def _read_file(path: Path) -> datasets.Dataset:
         raise DataError(f"cannot read {path}: {first_line}") from exc
 
 
+MIN_ROWS_PER_LABEL = 10  # a stratified 80/10/10 split gives every label a row in validation and in test
+
+
+def _split_one_file(
+    full: datasets.Dataset, path: Path, label_column: str, seed: int, validation_fraction: float, test_fraction: float
+) -> dict[str, datasets.Dataset]:
+    """Train / validation / test from one file, stratified by label so each split holds every label."""
+    if label_column not in full.column_names:
+        raise DataError(f"{path} has no column {label_column!r} (columns: {', '.join(full.column_names)})")
+    counts = Counter(str(v) for v in column(full, label_column))
+    label, fewest = min(counts.items(), key=lambda item: item[1])
+    if fewest < MIN_ROWS_PER_LABEL:
+        raise DataError(
+            f"{path} has {len(full)} rows and label {label!r} only {fewest}: splitting one file into train/validation/"
+            f"test needs at least {MIN_ROWS_PER_LABEL} rows per label; give a folder with train/validation/test files"
+        )
+    strata = full.add_column("_stratum", [str(v) for v in column(full, label_column)]).class_encode_column("_stratum")
+    held_out = strata.train_test_split(
+        test_size=validation_fraction + test_fraction, stratify_by_column="_stratum", seed=seed
+    )
+    rest = held_out["test"].train_test_split(
+        test_size=test_fraction / (validation_fraction + test_fraction), stratify_by_column="_stratum", seed=seed
+    )
+    parts = {"train": held_out["train"], "validation": rest["train"], "test": rest["test"]}
+    return {name: part.remove_columns("_stratum") for name, part in parts.items()}
+
+
 def _find_split_file(folder: Path, split: str) -> Path | None:
     stems = (split, "val", "dev") if split == "validation" else (split,)
     for stem in stems:
@@ -199,16 +270,11 @@ def _find_split_file(folder: Path, split: str) -> Path | None:
     return None
 
 
-def _read_local(path: Path, seed: int, validation_fraction: float, test_fraction: float) -> dict[str, datasets.Dataset]:
+def _read_local(
+    path: Path, label_column: str, seed: int, validation_fraction: float, test_fraction: float
+) -> dict[str, datasets.Dataset]:
     if path.is_file():
-        full = _read_file(path)
-        if len(full) < 3:
-            raise DataError(f"{path} has {len(full)} rows; need at least 3 to split into train/validation/test")
-        held_out = full.train_test_split(test_size=validation_fraction + test_fraction, seed=seed)
-        rest = held_out["test"].train_test_split(
-            test_size=test_fraction / (validation_fraction + test_fraction), seed=seed
-        )
-        return {"train": held_out["train"], "validation": rest["train"], "test": rest["test"]}
+        return _split_one_file(_read_file(path), path, label_column, seed, validation_fraction, test_fraction)
 
     raw = {}
     for split in SPLITS:
@@ -243,6 +309,9 @@ def _to_splits(name: str, raw: dict[str, datasets.Dataset], text_column: str, la
     labels = sorted(set(train_labels), key=_label_sort_key)
     if len(labels) < 2:
         raise DataError(f"train split of {name} has {len(labels)} label(s); a classifier needs at least 2")
+    folded = Counter(label.lower() for label in labels)
+    if clash := next((label for label in labels if folded[label.lower()] > 1), None):
+        raise DataError(f"train split of {name} has labels that differ only in case (e.g. {clash!r}); rename them")
     label_ids = {label: i for i, label in enumerate(labels)}
     out = {}
     for split, ds in raw.items():
@@ -253,14 +322,17 @@ def _to_splits(name: str, raw: dict[str, datasets.Dataset], text_column: str, la
             raise DataError(
                 f"{split} split of {name} has {sum(unknown.values())} row(s) with labels unknown to train: {shown}"
             )
-        out[split] = _normalise(ds, text_column, [label_ids[v] for v in values])
+        out[split] = _normalise(ds, text_column, [label_ids[v] for v in values], labels)
     return DataSplits(name=name, labels=labels, train=out["train"], validation=out["validation"], test=out["test"])
 
 
-def _normalise(ds: datasets.Dataset, text_column: str, label_ids: list[int]) -> datasets.Dataset:
+def _normalise(ds: datasets.Dataset, text_column: str, label_ids: list[int], labels: list[str]) -> datasets.Dataset:
     import datasets
 
-    return datasets.Dataset.from_dict({"text": [str(t) for t in column(ds, text_column)], "label": label_ids})
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=labels)})
+    return datasets.Dataset.from_dict(
+        {"text": [str(t) for t in column(ds, text_column)], "label": label_ids}, features=features
+    )
 
 
 def column(ds: datasets.Dataset, name: str) -> list:

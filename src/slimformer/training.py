@@ -1,39 +1,52 @@
-"""Pieces shared by every training stage (fine-tuning, distillation, pruning, QAT)."""
+"""The one training loop every training stage shares (fine-tuning, distillation, pruning recovery, QAT).
+
+:func:`train_classifier` tokenizes the splits at the config's `max_length`, adds the cached teacher logits when
+the run distils, trains with the :class:`~slimformer.distillation.DistillationTrainer` (alpha = 1 or no teacher:
+plain cross-entropy), then scores validation and test with ``Trainer.evaluate`` at the same length. Stages
+differ only in the model they hand in and the callbacks they add.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
+from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.errors import ConfigError
 from slimformer.metrics import classification_metrics
+from slimformer.models import DEFAULT_MAX_LENGTH
 
 if TYPE_CHECKING:
     import datasets
-    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+    from slimformer.data import DataSplits
 
-DEFAULT_MAX_LENGTH = 128
 
 
 @dataclass
-class TrainingOptions:
-    """Hyper-parameters every training stage shares (finetune, distill, prune); stages override defaults."""
+class TrainingOptions(StageConfig):
+    """Hyper-parameters every training stage shares (finetune, distill, prune, QAT); stages override defaults."""
 
-    epochs: float = 5.0  # passes over the training split
-    learning_rate: float = 1e-4  # MiniLM-sized encoders want more than BERT-base's 2e-5
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # fraction of steps with a linear learning-rate warm-up
-    max_length: int = 64  # CLINC150 queries are at most 33 tokens
-    seed: int = 42
-    max_train_samples: int | None = None  # subsample the training split (quick runs)
-    max_eval_samples: int | None = None  # subsample validation and test
+    epochs: float = option(5.0, "Passes over the training split.")
+    learning_rate: float = option(1e-4, "Peak learning rate (MiniLM-sized encoders want more than BERT's 2e-5).")
+    batch_size: int = option(32, "Training batch size.")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm weights).")
+    warmup_ratio: float = option(0.1, "Fraction of the steps with a linear learning-rate warm-up.")
+    max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
+    seed: int = option(42, "Random seed.")
+    max_train_samples: int | None = option(None, "Subsample the training split (quick runs).")
+    max_eval_samples: int | None = option(None, "Subsample validation and test.")
+
+    def quick(self) -> Self:
+        return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS)) if self.epochs > 0 else self
 
     def validate_training_options(self) -> None:
         """One-line errors for out-of-range shared hyper-parameters."""
@@ -45,6 +58,32 @@ class TrainingOptions:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"max length must be >= 2, got {self.max_length}")
+
+    def validate(self) -> None:
+        self.validate_training_options()
+
+
+@dataclass
+class Distillation:
+    """The teacher side of a training run: whose logits, how much weight, which temperature."""
+
+    teacher: Path
+    alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
+    temperature: float = 2.0
+    cache_dir: str | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a training run measured: validation and test metrics, history, seconds, teacher-logit cache."""
+
+    validation: dict[str, float]
+    test: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    teacher_logits: dict[str, Any] | None = None
 
 
 def tokenize_dataset(
@@ -69,39 +108,94 @@ def metrics_function(oos_label_id: int | None) -> Callable[[EvalPrediction], dic
     return compute
 
 
-def evaluate_classifier(
+def train_classifier(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    dataset: datasets.Dataset,
-    oos_label_id: int | None,
-    batch_size: int = 128,
-    max_length: int = DEFAULT_MAX_LENGTH,
-) -> dict[str, float]:
-    """Metrics of a PyTorch classifier on a split (columns text, label)."""
-    import torch
+    splits: DataSplits,
+    config: TrainingOptions,
+    work_dir: Path,
+    distillation: Distillation | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+    configure: Callable[[Any], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `splits` (labels in the model's order) and score it on validation and test.
 
-    from slimformer.data import column
+    With `distillation` (and alpha < 1) the loss distils from the teacher's cached logits; `configure(trainer)`
+    may adjust the trainer before training (movement pruning sets its optimizer there). The model is on the CPU
+    afterwards. `work_dir` holds the Trainer's scratch files and is removed.
+    """
+    from transformers import set_seed
 
-    texts, labels = column(dataset, "text"), column(dataset, "label")
-    model.eval()
-    predictions = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            predictions.append(model(**batch).logits.argmax(-1).numpy())
-    return classification_metrics(labels, np.concatenate(predictions), oos_label_id)
+    from slimformer.distillation import (
+        DistillationDataCollator,
+        DistillationTrainer,
+        DistillationTrainingArguments,
+        add_teacher_logits,
+        cache_report,
+    )
+
+    set_seed(config.seed)
+    max_length = config.max_length or DEFAULT_MAX_LENGTH
+    train, cache = splits.train, None
+    alpha, temperature = 1.0, 1.0
+    if distillation is not None and distillation.alpha < 1.0:
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        train, cache = add_teacher_logits(train, distillation.teacher, labels, max_length, distillation.cache_dir)
+        alpha, temperature = distillation.alpha, distillation.temperature
+    arguments = DistillationTrainingArguments(
+        alpha=alpha, temperature=temperature, **trainer_arguments(work_dir, config)
+    )
+    trainer = DistillationTrainer(
+        model=model,
+        args=arguments,
+        train_dataset=tokenize_dataset(train, tokenizer, max_length),
+        eval_dataset=tokenize_dataset(splits.validation, tokenizer, max_length),
+        data_collator=DistillationDataCollator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=metrics_function(splits.oos_label_id),
+        callbacks=list(callbacks),
+    )
+    if configure is not None:
+        configure(trainer)
+    started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - started
+    result = TrainResult(
+        validation=_evaluate(trainer, None, "validation"),
+        test=_evaluate(trainer, tokenize_dataset(splits.test, tokenizer, max_length), "test"),
+        history=epoch_history(trainer.state.log_history),
+        train_seconds=round(train_seconds, 1),
+        teacher_logits=cache_report(cache),
+    )
+    model.to("cpu")  # every later step (saving, export, latency) runs on the CPU
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return result
+
+
+def _evaluate(trainer: Any, dataset: Any, prefix: str) -> dict[str, float]:
+    scores = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
+    names = ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall")
+    return {name: scores[f"{prefix}_{name}"] for name in names if f"{prefix}_{name}" in scores}
+
+
+def epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per epoch: validation accuracy and loss, and the mean training loss of that epoch."""
+    train_loss = {round(e["epoch"], 3): e["loss"] for e in log_history if "loss" in e and "epoch" in e}
+    return [
+        {
+            "epoch": e["epoch"],
+            "validation_accuracy": e["eval_accuracy"],
+            "validation_loss": e.get("eval_loss"),
+            "train_loss": train_loss.get(round(e["epoch"], 3)),
+        }
+        for e in log_history
+        if "eval_accuracy" in e
+    ]
 
 
 def base_training_arguments(output_dir: Path, **overrides: Any) -> dict[str, Any]:
     """TrainingArguments keywords every stage shares: no hub, no reporting, progress bars on; trains on a CUDA GPU
-    when one is visible (models go back to the CPU afterwards: see :func:`train_on_best_device`), else on the CPU.
-    `SLIMFORMER_TRAIN_DEVICE=cpu` forces the CPU."""
+    when one is visible, else on the CPU. `SLIMFORMER_TRAIN_DEVICE=cpu` forces the CPU."""
     arguments = {
         "output_dir": str(output_dir),
         "eval_strategy": "epoch",
@@ -123,15 +217,6 @@ def _cuda_training() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def train_on_best_device(trainer: Any) -> None:
-    """`trainer.train()`, then move the model (and a distillation teacher) back to the CPU, where every later
-    step (evaluation, saving, export, latency) runs."""
-    trainer.train()
-    trainer.model.to("cpu")
-    if getattr(trainer, "teacher", None) is not None:
-        trainer.teacher.to("cpu")
 
 
 def trainer_arguments(output_dir: Path, config: Any, **overrides: Any) -> dict[str, Any]:
