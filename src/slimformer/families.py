@@ -67,6 +67,7 @@ class Family:
     ffn_chunks: int = 1  # gated FFNs (GLU) stack the value and gate rows: 2
     qkv_chunks: int = 1  # a fused query/key/value Linear stacks 3 blocks of rows
     extra_head_inputs: tuple[str, ...] = ()  # in `attention`: more Linears projecting per head, when present
+    head_size_config_field: str | None = None  # a config field other code reads the head size from
     shared_layers: bool = False  # ALBERT: one layer's weights repeated over the depth
     head_pruning: str | None = None  # None: heads can be removed; else why not
     ort_model_type: str = "bert"  # onnxruntime.transformers.optimizer model type
@@ -186,6 +187,7 @@ FAMILIES: tuple[Family, ...] = (
         attention_out="attn.Wo",
         head_count_attr="",  # ModernBERT's attention infers the head count from Wqkv's width
         head_size_attr="head_dim",
+        head_size_config_field="head_dim",  # the rotary embedding's width
         per_layer_fields=("layer_types",),
         attention_fusion=(
             "not available in onnxruntime for modernbert: rotary position embeddings and sliding-window "

@@ -16,12 +16,21 @@ if TYPE_CHECKING:
 
 
 def encoder_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The nn.Linear layers inside the encoder, by qualified name (no embeddings, pooler or head)."""
-    base = getattr(model, "base_model", model)
-    encoder = getattr(base, "encoder", None)
-    if encoder is None:
-        raise ModelError(f"{type(model).__name__} has no `encoder` module to prune")
-    prefix = next(name for name, module in model.named_modules() if module is encoder)
+    """The nn.Linear layers inside the encoder, by qualified name (no embeddings, pooler or head); where the
+    encoder is comes from the model's family (`slimformer.families`)."""
+    from slimformer.families import family_for_model_type, submodule
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    try:
+        prefix = family_for_model_type(model_type).encoder
+    except ModelError:
+        # an unlisted family: BERT's layout (`<base>.encoder`) when it has one, else the family error
+        base = getattr(model, "base_model", model)
+        encoder = getattr(base, "encoder", None)
+        if encoder is None:
+            raise
+        prefix = next(name for name, module in model.named_modules() if module is encoder)
+    encoder = submodule(model, prefix)
     return {f"{prefix}.{name}": module for name, module in encoder.named_modules() if isinstance(module, nn.Linear)}
 
 

@@ -2,11 +2,11 @@
 saved checkpoint is a smaller dense model that reloads with `AutoModelForSequenceClassification` and exports
 to ONNX unchanged.
 
-FFN pruning keeps a BERT (only `intermediate_size` changes). Removing heads leaves fewer heads than
-hidden_size / head_size, which a BertConfig cannot describe in transformers 5 (it derives the head size from
-the head count); a head-pruned model is therefore saved as a SlimBERT (`slimformer.slimbert`: BERT plus an
-`attention_head_size` field), which slimformer registers with transformers' Auto classes and which plain
-transformers loads with `trust_remote_code=True` from the SlimBERT files saved beside the weights.
+Where each family keeps its FFN and attention Linears comes from `slimformer.families`. FFN pruning keeps
+the family's own model type (only the FFN width field changes). Removing heads leaves fewer heads than
+hidden_size / head_size, which no family's config can describe in transformers 5; a head-pruned model is
+saved as a slim model type (BERT: SlimBERT, `slimformer.slimbert`; others: `slim-<model_type>` from
+`slimformer.slimmodels`) whose config adds `attention_head_size` (see `slimformer.families` for the design).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 from transformers.pytorch_utils import prune_linear_layer
 
 from slimformer.errors import ConfigError, ModelError
+from slimformer.families import Family, encoder_layers, family_of, submodule
 
 IMPORTANCE_METHODS = ("magnitude", "gradient", "movement")
 UNIT_KINDS = ("ffn", "heads")
@@ -27,43 +28,46 @@ UNIT_KINDS = ("ffn", "heads")
 
 @dataclass
 class LayerUnits:
-    """The prunable units of one encoder layer: `inputs` produce them (groups of `width` output rows) and
-    `output` consumes them (groups of `width` input columns). FFN neurons have width 1, heads head_size."""
+    """The prunable units of one encoder layer: `inputs` produce them (groups of `width` output rows, in each
+    of `chunks` stacked blocks) and `output` consumes them (groups of `width` input columns). FFN neurons have
+    width 1, heads head_size."""
 
     inputs: list[nn.Linear]
     output: nn.Linear
     width: int
+    chunks: int = 1  # the inputs stack this many blocks of rows (fused query/key/value: 3; gated FFN: 2)
 
     @property
     def count(self) -> int:
         return self.output.in_features // self.width
 
 
-def _encoder_layers(model: nn.Module) -> Any:
-    base = getattr(model, "base_model", model)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    needed = ("intermediate", "output", "attention")
-    if layers is None or not all(all(hasattr(layer, n) for n in needed) for layer in layers):
-        raise ModelError(f"structured pruning supports BERT-style encoders; {type(model).__name__} is not one")
-    return layers
+def _encoder_layers(model: nn.Module) -> tuple[Family, list[nn.Module]]:
+    family = family_of(model)
+    return family, encoder_layers(model)
 
 
-def ffn_blocks(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(intermediate, output) module pairs of each encoder layer (BERT-style naming)."""
-    return [(layer.intermediate, layer.output) for layer in _encoder_layers(model)]
+def ffn_blocks(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear]]:
+    """(first, second) FFN Linear pairs of each distinct encoder layer."""
+    family, layers = _encoder_layers(model)
+    return [(submodule(layer, family.ffn_in), submodule(layer, family.ffn_out)) for layer in layers]
 
 
 def layer_units(model: nn.Module, kind: str) -> list[LayerUnits]:
-    """The FFN neurons (`kind="ffn"`) or attention heads (`"heads"`) of every encoder layer."""
+    """The FFN neurons (`kind="ffn"`) or attention heads (`"heads"`) of every distinct encoder layer."""
+    family, layers = _encoder_layers(model)
     if kind == "ffn":
-        return [LayerUnits([inter.dense], out.dense, 1) for inter, out in ffn_blocks(model)]
+        return [LayerUnits([first], second, 1, family.ffn_chunks) for first, second in ffn_blocks(model)]
+    if family.head_pruning:
+        raise ModelError(f"attention heads of {family.name} cannot be removed: {family.head_pruning}")
     units = []
-    for layer in _encoder_layers(model):
-        attention = layer.attention
-        inputs = [getattr(attention.self, name, None) for name in ("query", "key", "value")]
-        if not all(isinstance(m, nn.Linear) for m in inputs) or not hasattr(attention.self, "attention_head_size"):
-            raise ModelError(f"head pruning supports BERT-style attention; {type(model).__name__} is not one")
-        units.append(LayerUnits(inputs, attention.output.dense, attention.self.attention_head_size))
+    for layer in layers:
+        attention = submodule(layer, family.attention)
+        inputs = [submodule(attention, name) for name in family.qkv]
+        # DeBERTa without shared attention keys has its own position projections, sliced like the keys
+        inputs += [getattr(attention, name) for name in family.extra_head_inputs if hasattr(attention, name)]
+        head_size = int(getattr(attention, family.head_size_attr))
+        units.append(LayerUnits(inputs, submodule(layer, family.attention_out), head_size, family.qkv_chunks))
     return units
 
 
@@ -104,7 +108,7 @@ def unit_importance(
                     if method == "gradient":
                         score += gate.abs()
                     else:
-                        score -= gate + sum(_grouped(m.weight * m.weight.grad, u.width, dim=1) for m in u.inputs)
+                        score -= gate + sum(_grouped(m.weight * m.weight.grad, u.width, 1, u.chunks) for m in u.inputs)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return scores
@@ -117,79 +121,110 @@ def ffn_importance(
     return unit_importance(model, method, batches, kinds=("ffn",))["ffn"]
 
 
-def _grouped(values: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+def _grouped(values: torch.Tensor, width: int, dim: int, chunks: int = 1) -> torch.Tensor:
     """Sum `values` (a weight-shaped tensor) per unit: over the other axis and over each unit's `width`
-    rows (dim=1 sums the row, giving one value per output row) or columns (dim=0)."""
+    rows (dim=1 sums the row, giving one value per output row; rows stack `chunks` blocks) or columns."""
     per_index = values.sum(dim=dim)
-    return per_index.view(-1, width).sum(dim=1)
+    return per_index.view(chunks, -1, width).sum(dim=(0, 2))
 
 
 def _magnitude(units: LayerUnits) -> torch.Tensor:
-    rows = sum(_grouped(m.weight.pow(2), units.width, dim=1) for m in units.inputs)
+    rows = sum(_grouped(m.weight.pow(2), units.width, 1, units.chunks) for m in units.inputs)
     columns = _grouped(units.output.weight.pow(2), units.width, dim=0)
     return rows.sqrt() * columns.sqrt()
 
 
-def _unit_index(keep: torch.Tensor, width: int) -> torch.Tensor:
-    """Row/column indices of the kept units, in their original order (slicing everything changes nothing)."""
+def _unit_index(keep: torch.Tensor, width: int, chunks: int = 1, count: int = 0) -> torch.Tensor:
+    """Row/column indices of the kept units, in their original order (slicing everything changes nothing);
+    with `chunks` > 1 the rows stack that many blocks of `count` units and each block keeps the same units."""
     keep = torch.sort(keep).values
-    return (keep[:, None] * width + torch.arange(width)).reshape(-1)
+    index = (keep[:, None] * width + torch.arange(width)).reshape(-1)
+    return torch.cat([index + block * count * width for block in range(chunks)])
+
+
+def _replace_linear(root: nn.Module, path: str, index: torch.Tensor, dim: int) -> None:
+    """Swap the Linear at `path` under `root` for its rows (dim=0) or columns (dim=1) at `index`."""
+    parent_path, _, name = path.rpartition(".")
+    parent = submodule(root, parent_path)
+    setattr(parent, name, prune_linear_layer(getattr(parent, name), index, dim=dim))
 
 
 @torch.no_grad()
 def slice_ffn(model: nn.Module, keep: list[torch.Tensor]) -> None:
-    """Keep only the neurons `keep[layer]` (same count in every layer) and set config.intermediate_size."""
+    """Keep only the neurons `keep[layer]` (same count in every layer) and set the config's FFN width."""
     sizes = {len(k) for k in keep}
     if len(sizes) != 1:
         raise ValueError("every layer must keep the same number of FFN neurons (config has one intermediate_size)")
-    for (inter, out), index in zip(ffn_blocks(model), keep, strict=True):
-        index = _unit_index(index, 1)
-        inter.dense = prune_linear_layer(inter.dense, index, dim=0)
-        out.dense = prune_linear_layer(out.dense, index, dim=1)
-    model.config.intermediate_size = sizes.pop()
+    family, layers = _encoder_layers(model)
+    width = int(getattr(model.config, family.ffn_size_field))
+    for layer, neurons in zip(layers, keep, strict=True):
+        _replace_linear(layer, family.ffn_in, _unit_index(neurons, 1, family.ffn_chunks, width), dim=0)
+        _replace_linear(layer, family.ffn_out, _unit_index(neurons, 1), dim=1)
+    setattr(model.config, family.ffn_size_field, sizes.pop())
 
 
 @torch.no_grad()
 def slice_heads(model: nn.Module, keep: list[torch.Tensor]) -> None:
     """Keep only the attention heads `keep[layer]` (same count in every layer): the query/key/value rows and
     the output projection's columns of the other heads are cut out. Sets config.num_attention_heads and
-    config.attention_head_size (save the model with :func:`as_slim_bert`)."""
-    from slimformer.slimbert.modeling_slimbert import set_attention_heads
-
+    config.attention_head_size (save the model with :func:`as_slim_model`)."""
     counts = {len(k) for k in keep}
     if len(counts) != 1 or min(counts) < 1:
         raise ValueError("every layer must keep the same number (>= 1) of heads (config has one head count)")
-    layers = _encoder_layers(model)
-    head_size = layers[0].attention.self.attention_head_size
-    for layer, heads in zip(layers, keep, strict=True):
-        attention, index = layer.attention, _unit_index(heads, head_size)
-        for name in ("query", "key", "value"):
-            setattr(attention.self, name, prune_linear_layer(getattr(attention.self, name), index, dim=0))
-        attention.output.dense = prune_linear_layer(attention.output.dense, index, dim=1)
-        set_attention_heads(attention, len(heads), head_size)
+    family, layers = _encoder_layers(model)
+    units = layer_units(model, "heads")
+    head_size = units[0].width
+    for layer, heads, unit in zip(layers, keep, units, strict=True):
+        slice_layer_heads(layer, family, heads, head_size, unit.count)
     model.config.num_attention_heads = counts.pop()
     model.config.attention_head_size = head_size
 
 
-def as_slim_bert(model: nn.Module) -> nn.Module:
-    """The head-sliced BERT classifier `model` as a SlimBertForSequenceClassification with the same weights
-    (what `save_pretrained` must write: a BertConfig cannot describe the removed heads)."""
+def slice_layer_heads(layer: nn.Module, family: Family, heads: torch.Tensor, head_size: int, count: int) -> None:
+    """Keep the heads `heads` (of `count`) of one layer's attention and record the new head count on it (the
+    slim models narrow their freshly built layers with this too)."""
+    attention = submodule(layer, family.attention)
+    rows = _unit_index(heads, head_size, family.qkv_chunks, count)
+    for name in family.qkv:
+        _replace_linear(attention, name, rows, dim=0)
+    for name in family.extra_head_inputs:
+        if hasattr(attention, name):
+            _replace_linear(attention, name, rows, dim=0)
+    _replace_linear(layer, family.attention_out, _unit_index(heads, head_size), dim=1)
+    if family.head_count_attr:
+        setattr(attention, family.head_count_attr, len(heads))
+    if hasattr(attention, "all_head_size"):
+        attention.all_head_size = len(heads) * head_size
+
+
+def as_slim_model(model: nn.Module) -> nn.Module:
+    """The head-sliced classifier `model` as its family's slim model with the same weights (what
+    `save_pretrained` must write: the family's own config cannot describe the removed heads). BERT becomes a
+    SlimBertForSequenceClassification, any other family a `slim-<model_type>` classifier."""
     from slimformer.models import register_model_types
     from slimformer.slimbert.configuration_slimbert import SlimBertConfig
     from slimformer.slimbert.modeling_slimbert import SlimBertForSequenceClassification
+    from slimformer.slimmodels import register_slim_families, slim_classes
 
-    if isinstance(model, SlimBertForSequenceClassification):
+    family = family_of(model)
+    if family.name == "bert":
+        register_model_types()
+        config_class, model_class = SlimBertConfig, SlimBertForSequenceClassification
+    else:
+        register_slim_families()
+        config_class, model_class = slim_classes(family)
+    if isinstance(model, model_class):
         return model
-    if getattr(model.config, "model_type", None) != "bert" or not hasattr(model, "bert"):
-        raise ModelError(f"head pruning supports BERT classifiers; {type(model).__name__} is not one")
-    register_model_types()
     settings = model.config.to_dict()
-    for key in ("model_type", "architectures", "transformers_version"):
+    for key in ("model_type", "architectures", "transformers_version", "auto_map"):
         settings.pop(key, None)
-    slim = SlimBertForSequenceClassification(SlimBertConfig(**settings))
+    slim = model_class(config_class(**settings))
     slim.load_state_dict(model.state_dict(), strict=True)
     slim.config._attn_implementation = model.config._attn_implementation
     return slim.train(model.training)
+
+
+as_slim_bert = as_slim_model  # the earlier name (BERT only), kept for callers
 
 
 def prune_units(model: nn.Module, kind: str, fraction: float, importance: list[torch.Tensor]) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""Head-pruned checkpoints of every family but BERT: `slim-<model_type>` config and classifier classes, made
+by one factory from the family's own classes and the layout table in `slimformer.families`.
+
+The config adds `attention_head_size`; the classifier builds the family's model at full width (hidden /
+head_size heads) and then keeps the first `num_attention_heads` heads of every layer with the very slicing
+code structured pruning uses, so the module shapes match the saved weights and the forward pass is the
+family's own. These classes live in slimformer (no `trust_remote_code` files): a `slim-*` folder loads with
+`slimformer.models.load_classifier` once :func:`register_slim_families` has run.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from slimformer.families import FAMILIES, SLIM_PREFIX, Family, encoder_layers
+
+
+@cache
+def slim_classes(family: Family) -> tuple[type, type]:
+    """(config class, sequence-classifier class) of the head-pruned form of `family`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    base_config = type(AutoConfig.for_model(family.name))
+    base_model = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[base_config]
+    stem = base_model.__name__.removesuffix("ForSequenceClassification")
+    del AutoModelForSequenceClassification  # imported for the mapping's lazy loading only
+
+    def config_init(self: Any, attention_head_size: int | None = None, **kwargs: Any) -> None:
+        base_config.__init__(self, **kwargs)
+        self.attention_head_size = attention_head_size or self.hidden_size // self.num_attention_heads
+        if family.head_size_config_field:  # e.g. ModernBERT's rotary embedding reads config.head_dim
+            setattr(self, family.head_size_config_field, self.attention_head_size)
+
+    config_class = type(
+        f"Slim{stem}Config",
+        (base_config,),
+        {"model_type": SLIM_PREFIX + family.name, "__init__": config_init, "__module__": __name__},
+    )
+
+    def model_init(self: Any, config: Any) -> None:
+        heads, head_size = config.num_attention_heads, config.attention_head_size
+        # the family's modules are built at their full width (hidden / head_size heads), then narrowed
+        config.num_attention_heads = max(1, config.hidden_size // head_size)
+        try:
+            base_model.__init__(self, config)
+        finally:
+            config.num_attention_heads = heads
+        _narrow_attention(self, family, heads, head_size)
+
+    model_class = type(
+        f"Slim{stem}ForSequenceClassification",
+        (base_model,),
+        {"config_class": config_class, "__init__": model_init, "__module__": __name__},
+    )
+    return config_class, model_class
+
+
+def _narrow_attention(model: Any, family: Family, heads: int, head_size: int) -> None:
+    import torch
+
+    from slimformer.prune.structured import slice_layer_heads
+
+    full = model.config.hidden_size // head_size
+    if heads >= full:
+        return
+    with torch.no_grad():
+        for layer in encoder_layers(model):
+            slice_layer_heads(layer, family, torch.arange(heads), head_size, full)
+
+
+_REGISTERED: list[str] = []
+
+
+def register_slim_families() -> None:
+    """Make transformers' Auto classes know every `slim-<model_type>` (idempotent)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if _REGISTERED:
+        return
+    for family in FAMILIES:
+        if family.name == "bert" or family.head_pruning:
+            continue  # BERT has SlimBERT; a family whose heads cannot be removed needs no slim type
+        config_class, model_class = slim_classes(family)
+        AutoConfig.register(config_class.model_type, config_class)
+        AutoModelForSequenceClassification.register(config_class, model_class)
+        _REGISTERED.append(config_class.model_type)
