@@ -246,10 +246,10 @@ def test_streamed_body_without_content_length_is_refused(client) -> None:
     assert_still_serving(client)
 
 
-def test_request_guard_stops_reading_a_stream_at_the_limit() -> None:
-    from slimformer.serve import RequestGuard
+def test_body_limit_stops_the_route_reading_a_stream_at_the_limit() -> None:
+    from slimformer.serve import BodyLimit
 
-    received, sent, app_called = [], [], []
+    received, sent, read_by_app = [], [], []
 
     async def receive():
         received.append(1)
@@ -258,72 +258,55 @@ def test_request_guard_stops_reading_a_stream_at_the_limit() -> None:
     async def send(message):
         sent.append(message)
 
-    async def app(scope, receive, send):
-        app_called.append(scope)
+    async def app(scope, receive, send):  # reads like Starlette's request.body(): until the body ends
+        with pytest.raises(ServeError) as refused:
+            while (await receive()).get("more_body"):
+                read_by_app.append(1)
+        assert refused.value.status_code == 413 and "over the limit of 4096 bytes" in refused.value.message
 
     scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-type", b"application/json")]}
-    asyncio.run(RequestGuard(app, max_body_bytes=4096)(scope, receive, send))
+    asyncio.run(BodyLimit(app, max_body_bytes=4096)(scope, receive, send))
     assert len(received) == 5, "reads only until the body passes the limit"
-    assert not app_called
-    assert sent[0]["status"] == 413
-    assert b"over the limit of 4096 bytes" in sent[1]["body"]
+    assert len(read_by_app) == 4
 
 
-def _guarded(predict, method: str = "POST", path: str = "/predict", content_type: bytes = b"application/json"):
-    """Run one request with `body` through a RequestGuard whose app only records that it was called."""
-    from slimformer.serve import RequestGuard
+def test_body_limit_refuses_a_declared_length_before_reading() -> None:
+    from slimformer.serve import BodyLimit
 
-    sent, app_called = [], []
+    received, sent = [], []
 
     async def receive():
-        return {"type": "http.request", "body": b'{"text": "hi"}', "more_body": False}
+        received.append(1)
+        return {"type": "http.request", "body": b"", "more_body": False}
 
     async def send(message):
         sent.append(message)
 
     async def app(scope, receive, send):
-        app_called.append(scope["path"])
+        raise AssertionError("the app must not be called")
 
-    scope = {"type": "http", "method": method, "path": path, "headers": [(b"content-type", content_type)]}
-    asyncio.run(RequestGuard(app, max_body_bytes=4096, predict=predict)(scope, receive, send))
-    return sent, app_called
+    for length, status, fragment in (("5000", 413, b"5000 bytes; the limit is 4096"), ("many", 400, b"not a number")):
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", length.encode())]}
+        asyncio.run(BodyLimit(app, max_body_bytes=4096)(scope, receive, send))
+        assert sent[0]["status"] == status and fragment in sent[1]["body"]
+    assert not received
 
 
-def test_request_guard_answers_predict_itself_and_passes_the_rest_on() -> None:
-    from fastapi.exceptions import RequestValidationError
+def test_a_failing_model_is_a_json_500_and_the_server_keeps_serving(tiny_classifier_dir: Path) -> None:
+    with TestClient(create_app(tiny_classifier_dir, LIMITS)) as client:
+        predictor = client.app.state.serve.predictor
+        original = predictor.logits_from_inputs
 
-    bodies = []
+        def fail_on_boom(inputs):
+            if inputs["input_ids"].shape[1] > 40:
+                raise RuntimeError("model failed")
+            return original(inputs)
 
-    async def predict(body: bytes) -> bytes:
-        bodies.append(body)
-        return b'{"predictions":[]}'
-
-    sent, app_called = _guarded(predict)
-    assert bodies == [b'{"text": "hi"}'] and not app_called
-    assert sent[0]["status"] == 200
-    assert dict(sent[0]["headers"]) == {b"content-type": b"application/json", b"content-length": b"18"}
-    assert sent[1]["body"] == b'{"predictions":[]}'
-
-    for method, path in (("GET", "/predict"), ("POST", "/healthz")):
-        sent, app_called = _guarded(predict, method, path)
-        assert app_called == [path] and not sent and len(bodies) == 1
-
-    sent, app_called = _guarded(predict, content_type=b"text/plain")
-    assert sent[0]["status"] == 415 and not app_called and len(bodies) == 1
-
-    async def invalid(body: bytes) -> bytes:
-        raise RequestValidationError([{"type": "missing", "loc": ("body", "text"), "msg": "Field required"}])
-
-    sent, _ = _guarded(invalid)
-    error = json.loads(sent[1]["body"])
-    assert sent[0]["status"] == 422 and error["error"] == "validation_error"
-    assert error["details"] == [{"location": "text", "message": "is required"}]  # as the app words it
-
-    async def broken(body: bytes) -> bytes:
-        raise KeyError("bug")
-
-    sent, _ = _guarded(broken)
-    assert sent[0]["status"] == 500 and json.loads(sent[1]["body"])["message"] == "internal error: KeyError"
+        predictor.logits_from_inputs = fail_on_boom
+        failed = client.post("/predict", json={"text": "boom " * 50})
+        assert_still_serving(client)
+    assert_error(failed, 500, "internal_error", "internal error: RuntimeError")
 
 
 def test_bad_content_length_is_400(client) -> None:
@@ -480,34 +463,6 @@ def test_a_lone_request_on_an_idle_server_bypasses_the_batching_task() -> None:
     assert sum(taken) == 4 and max(taken) > 1  # only the requests that came together went through the queue
 
 
-@pytest.mark.parametrize("busy_poll_ms", [0.0, 30.0])
-def test_busy_polling_follows_a_lone_request_for_its_window_only(busy_poll_ms: float) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    async def main():
-        with ThreadPoolExecutor(1) as executor:
-            batcher = MicroBatcher(
-                _fake_batch([], 0), executor, max_batch_size=8, max_wait_ms=5, max_pending_texts=100,
-                inline_lone_requests=True, busy_poll_ms=busy_poll_ms,
-            )  # fmt: skip
-            batcher.start()
-            await batcher.submit(["alone"], 0)
-            polling_after_request = batcher._poller is not None and not batcher._poller.done()
-            spins = 0
-            started = time.perf_counter()
-            while batcher._poller is not None and not batcher._poller.done() and time.perf_counter() - started < 2:
-                await asyncio.sleep(0)
-                spins += 1
-            window = time.perf_counter() - started
-            await batcher.stop()
-            return polling_after_request, window, spins
-
-    polling, window, spins = asyncio.run(main())
-    assert polling == (busy_poll_ms > 0)
-    if busy_poll_ms:
-        assert 0.02 < window < 1.0 and spins > 100  # it polled (never slept) for about its window, then stopped
-
-
 def test_queue_limit_answers_503_and_a_failing_batch_fails_only_its_requests() -> None:
     calls: list[list[str]] = []
     results = _run_batcher(
@@ -565,7 +520,8 @@ def test_concurrent_http_requests_are_batched(tiny_classifier_dir: Path) -> None
         ("max_batch_size", 0, "max batch size"),
         ("port", 70000, "port"),
         ("max_wait_ms", -1, "max wait"),
-        ("busy_poll_ms", -1, "busy poll must be in 0..1000 ms"),
+        ("api_key", "  ", "API key is empty"),
+        ("graceful_timeout_s", 0, "graceful timeout"),
         ("threads", 0, "threads"),
         ("top_k", 50, "top k"),
         ("log_level", "loud", "log level"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,13 +20,6 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option("--max-wait-ms", help="How long a micro-batch waits for more requests (load).")
     ] = 2.0,
-    busy_poll_ms: Annotated[
-        float,
-        typer.Option(
-            "--busy-poll-ms",
-            help="After a lone request, keep polling this long instead of sleeping (lower latency, more CPU; 0: off).",
-        ),
-    ] = 1.0,
     max_texts: Annotated[int, typer.Option("--max-texts", help="Most texts in one request.")] = 64,
     max_chars: Annotated[
         int, typer.Option("--max-chars", help="Longest text accepted (longer than max tokens is truncated).")
@@ -36,9 +30,27 @@ def serve(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Top-k labels returned by default (0: none).")] = 0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "warning",
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-key-file",
+            help="File holding the API key (else $SLIMFORMER_API_KEY); /predict and /metrics then need "
+            "'Authorization: Bearer <key>'.",
+        ),
+    ] = None,
+    open_metrics: Annotated[
+        bool, typer.Option("--open-metrics", help="Serve /metrics without the API key (for a trusted scraper).")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")
+    ] = False,
+    graceful_timeout: Annotated[
+        float, typer.Option("--graceful-timeout", help="Seconds in-flight requests get to finish on SIGTERM.")
+    ] = 30.0,
 ) -> None:
     """Serve a model folder: POST /predict, GET /healthz /readyz /info /metrics /openapi.json."""
-    from slimformer.serve import ServeConfig
+    # imported here: `slimformer --help` stays instant, and no command pulls torch in before it needs it
+    from slimformer.serve import ServeConfig, load_api_key
     from slimformer.serve import serve as run_server
 
     config = ServeConfig(
@@ -48,15 +60,19 @@ def serve(
         threads=threads,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
-        busy_poll_ms=busy_poll_ms,
         max_texts_per_request=max_texts,
         max_chars_per_text=max_chars,
         max_body_bytes=max_body_bytes,
         max_length=max_length,
         top_k=top_k,
         log_level=log_level,
+        api_key=load_api_key(api_key_file),
+        open_metrics=open_metrics,
+        insecure=insecure,
+        graceful_timeout_s=graceful_timeout,
     )
-    typer.echo(f"serving {model_dir} on http://{host}:{port} (workers={workers})", err=True)
+    auth = "API key required" if config.api_key else "no API key"
+    typer.echo(f"serving {model_dir} on http://{host}:{port} (workers={workers}, {auth})", err=True)
     run_server(model_dir, config)
 
 
