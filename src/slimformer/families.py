@@ -87,10 +87,11 @@ BERT_ATTENTION = {
 }
 BERT_FFN = {"ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_size_field": "intermediate_size"}
 ROBERTA_EMBEDDINGS = (
-    "not fused: RoBERTa-style position ids start at padding_idx + 1 and skip padding (a cumsum over the "
-    "attention mask), a subgraph onnxruntime's EmbedLayerNormalization pattern does not match; the "
-    "embeddings run as Gather + Add + LayerNormalization"
+    "not fused: the tokenizer gives no token_type_ids, so transformers' RoBERTa embeds a zeros buffer through "
+    "Expand/GatherElements, which onnxruntime's EmbedLayerNormalization pattern does not match (its RoBERTa "
+    "position-id pattern does); exporting with a token_type_ids input would let it fuse"
 )
+UNMATCHED_EMBEDDINGS = "not fused: onnxruntime's EmbedLayerNormalization pattern does not match {}"
 
 
 def _bert_like(name: str, prefix: str, **overrides: Any) -> Family:
@@ -126,7 +127,6 @@ FAMILIES: tuple[Family, ...] = (
         head_count_attr="n_heads",
         head_size_attr="attention_head_size",
         depth_fields=("n_layers",),
-        embedding_fusion="not fused: DistilBERT has no token type embeddings, which the pattern expects",
     ),
     _bert_like(
         "mpnet",
@@ -142,7 +142,7 @@ FAMILIES: tuple[Family, ...] = (
             "not available in onnxruntime for mpnet: its attention adds a relative-position bias, which the "
             "BERT Attention pattern does not match (the graph runs unfused MatMul/Softmax attention)"
         ),
-        embedding_fusion="not fused: MPNet has no token type embeddings and RoBERTa-style position ids",
+        embedding_fusion=UNMATCHED_EMBEDDINGS.format("MPNet's embeddings (no token types, RoBERTa-style positions)"),
     ),
     _bert_like(
         "deberta-v2",
@@ -154,7 +154,7 @@ FAMILIES: tuple[Family, ...] = (
             "not available in onnxruntime for deberta-v2: its disentangled attention (content-to-position "
             "and position-to-content terms over relative embeddings) has no fused Attention op"
         ),
-        embedding_fusion="not fused: DeBERTa has no absolute position embeddings (relative attention)",
+        embedding_fusion=UNMATCHED_EMBEDDINGS.format("DeBERTa-v3's embeddings (no absolute positions)"),
     ),
     Family(
         name="albert",
@@ -170,7 +170,7 @@ FAMILIES: tuple[Family, ...] = (
         head_count_attr="num_attention_heads",
         head_size_attr="attention_head_size",
         shared_layers=True,
-        embedding_fusion="not fused: ALBERT's embeddings are narrower than the encoder (a projection follows)",
+        embedding_fusion=UNMATCHED_EMBEDDINGS.format("ALBERT's factorized embeddings"),
     ),
     Family(
         name="modernbert",
@@ -193,7 +193,7 @@ FAMILIES: tuple[Family, ...] = (
             "not available in onnxruntime for modernbert: rotary position embeddings and sliding-window "
             "layers are outside the BERT Attention pattern (the graph runs unfused MatMul/Softmax attention)"
         ),
-        embedding_fusion="not fused: ModernBERT has no position embeddings (rotary) and no token types",
+        embedding_fusion=UNMATCHED_EMBEDDINGS.format("ModernBERT's embeddings (no positions: rotary; no token types)"),
     ),
 )
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}

@@ -45,8 +45,6 @@ REPORTED_FUSIONS = (
     "BiasGelu",
     "LayerNormalization",
 )
-# transformers model types the "bert" graph patterns of the optimizer match
-BERT_LIKE = {"bert", "slimbert", "roberta", "xlm-roberta", "distilbert", "electra", "camembert", "mpnet", "albert"}
 
 
 @dataclass
@@ -56,7 +54,7 @@ class OptimizeConfig:
     level: int = 2  # ORT level before fusion: 0 fusions only, 1 basic, 2 extended, 99 all (hardware-specific)
     num_heads: int | None = None  # attention heads (None: from config.json)
     hidden_size: int | None = None  # attention width, heads x head size (None: from config.json)
-    model_type: str = "bert"  # ORT optimizer graph patterns ("bert" covers BERT, RoBERTa, DistilBERT, MiniLM)
+    model_type: str | None = None  # ORT optimizer graph patterns (None: the family's, see slimformer.families)
     parity_tolerance: float = 1e-3  # largest |logit difference| vs the unoptimized graph accepted
     max_length: int = 128  # saved in session.json
     threads: int | None = None  # intra-op threads saved in session.json (None: every core at load time)
@@ -71,6 +69,11 @@ class OptimizeConfig:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.graph_optimization_level not in GRAPH_LEVELS:
             raise ConfigError(f"graph optimization level must be one of {', '.join(GRAPH_LEVELS)}")
+        if self.model_type is not None:
+            from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+            if self.model_type not in MODEL_TYPES:
+                raise ConfigError(f"unknown optimizer model type {self.model_type!r}; e.g. bert (or leave it unset)")
 
 
 def optimize_onnx(
@@ -98,10 +101,11 @@ def optimize_onnx(
     if hidden_size % num_heads:
         raise ConfigError(f"hidden size {hidden_size} is not a multiple of {num_heads} attention heads")
 
+    optimizer_type, problems = _optimizer_model_type(config, shape["model_type"])
     with atomic_output_dir(output) as folder:
         started = time.perf_counter()
-        fusions, optimizer_warnings = _run_optimizer(
-            source / ONNX_FILE, folder / ONNX_FILE, config, num_heads, hidden_size
+        fusions = _run_optimizer(
+            source / ONNX_FILE, folder / ONNX_FILE, config.level, optimizer_type, num_heads, hidden_size
         )
         optimize_seconds = time.perf_counter() - started
         embedding_rows = compact_embedding_rows(folder / ONNX_FILE, folder / ONNX_FILE)
@@ -114,12 +118,8 @@ def optimize_onnx(
             )
         layers = shape["num_layers"]
         attention_fused = fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0)
-        problems = list(optimizer_warnings)
-        if layers and attention_fused < layers:
-            problems.append(
-                f"attention fused in {attention_fused} of {layers} layers: export with eager attention and the "
-                "TorchScript exporter (slimformer export does), or check --num-heads/--hidden-size"
-            )
+        notes = fusion_notes(shape["model_type"], fusions, layers)
+        problems += notes.pop("problems")
         for problem in problems:
             warnings.warn(problem, stacklevel=2)
         settings = write_session_file(folder, config.threads, config.max_length, config.graph_optimization_level)
@@ -128,13 +128,15 @@ def optimize_onnx(
             "source_model": str(onnx_dir),
             "config": asdict(config),
             "optimizer": "onnxruntime.transformers.optimizer.optimize_model",
-            "optimizer_model_type": config.model_type,
+            "optimizer_model_type": optimizer_type,
+            "model_type": shape["model_type"],
             "num_heads": num_heads,
             "hidden_size": hidden_size,
             "num_layers": layers,
             "fusions": {name: fusions.get(name, 0) for name in REPORTED_FUSIONS},
             "attention_fused_layers": attention_fused,
             "attention_fully_fused": bool(layers) and attention_fused == layers,
+            **notes,  # attention_fusion / embedding_fusion: what was fused, or why onnxruntime cannot
             "portable": config.level <= 2,  # level 99 adds CPU-specific layout transforms
             "optimize_seconds": round(optimize_seconds, 2),
             "onnx_size_mb_before": round((source / ONNX_FILE).stat().st_size / 1e6, 2),
@@ -146,6 +148,47 @@ def optimize_onnx(
         }
         write_metrics(folder, metrics)
     return metrics
+
+
+def _optimizer_model_type(config: OptimizeConfig, model_type: str) -> tuple[str, list[str]]:
+    """The ORT optimizer model type: the explicit one, else the family's ("bert" for an unknown family, with
+    a warning that it may fuse little)."""
+    from slimformer.families import family_for_model_type
+
+    if config.model_type is not None:
+        return config.model_type, []
+    try:
+        return family_for_model_type(model_type).ort_model_type, []
+    except ModelError as exc:
+        return "bert", [f"{exc}; used onnxruntime's bert patterns, which may fuse little"]
+
+
+def fusion_notes(model_type: str, fusions: dict[str, int], layers: int | None) -> dict[str, Any]:
+    """{"attention_fusion", "embedding_fusion", "problems"}: each fusion's outcome in words; a shortfall the
+    family should not have is a problem (a warning), one onnxruntime has no pattern for is a plain note."""
+    from slimformer.families import family_for_model_type
+
+    try:
+        family = family_for_model_type(model_type)
+    except ModelError:
+        family = None
+    attention_fused = fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0)
+    problems = []
+    if family is not None and family.attention_fusion and not attention_fused:
+        attention = family.attention_fusion
+    else:
+        attention = f"fused in {attention_fused} of {layers} layers"
+        if layers and attention_fused < layers:
+            problems.append(
+                f"attention fused in {attention_fused} of {layers} layers: export with eager attention and "
+                "the TorchScript exporter (slimformer export does), or check --num-heads/--hidden-size"
+            )
+    embedded = fusions.get("EmbedLayerNormalization", 0)
+    if embedded or family is None or not family.embedding_fusion:
+        embedding = "fused" if embedded else "not fused"
+    else:
+        embedding = family.embedding_fusion
+    return {"attention_fusion": attention, "embedding_fusion": embedding, "problems": problems}
 
 
 def fused_operator_counts(model_path: str | Path) -> dict[str, int]:
@@ -161,36 +204,29 @@ def fused_operator_counts(model_path: str | Path) -> dict[str, int]:
 
 
 def _run_optimizer(
-    source: Path, destination: Path, config: OptimizeConfig, num_heads: int, hidden_size: int
-) -> tuple[dict[str, int], list[str]]:
+    source: Path, destination: Path, level: int, model_type: str, num_heads: int, hidden_size: int
+) -> dict[str, int]:
     from onnxruntime.transformers import optimizer
 
-    problems = []
-    if config.model_type not in optimizer.MODEL_TYPES:
-        raise ConfigError(f"unknown optimizer model type {config.model_type!r}; e.g. bert")
-    model_type = encoder_shape(source.parent)["model_type"]
-    if config.model_type == "bert" and model_type not in BERT_LIKE:
-        problems.append(f"model type {model_type!r} is not BERT-like; the optimizer may fuse little")
-    quiet = logging.getLogger("onnxruntime.transformers")
-    previous = quiet.level
-    quiet.setLevel(logging.ERROR)  # it logs every fusion pass at INFO/WARNING
+    # it logs every fusion pass at INFO/WARNING, under loggers named after its modules (fusion_attention, ...)
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             optimized = optimizer.optimize_model(
                 str(source),
-                model_type=config.model_type,
+                model_type=model_type,
                 num_heads=num_heads,
                 hidden_size=hidden_size,
-                opt_level=config.level,
+                opt_level=level,
                 use_gpu=False,
             )
         optimized.save_model_to_file(str(destination))
     except Exception as exc:  # ORT's optimizer raises assorted types on graphs it cannot handle
         raise ModelError(f"onnxruntime's optimizer failed on {source}: {first_line(exc)}") from exc
     finally:
-        quiet.setLevel(previous)
-    return dict(optimized.get_fused_operator_statistics()), problems
+        logging.disable(logging.NOTSET)
+    return dict(optimized.get_fused_operator_statistics())
 
 
 def _parity_with_input(source: Path, folder: Path, config: OptimizeConfig) -> dict[str, Any]:
