@@ -173,9 +173,9 @@ def test_magnitude_prune_stage_writes_loadable_checkpoint_and_metrics(classifier
             epochs=2,
             learning_rate=1e-3,
             pruning_frequency=2,
-            teacher=str(classifier_dir),
         ),
         clinc_slice,
+        teacher=classifier_dir,
     )
     saved = json.loads((output / "metrics.json").read_text())
     assert saved["stage"] == "prune" and saved["method"] == "magnitude"
@@ -229,8 +229,9 @@ def test_movement_pruning_reaches_sparsity_and_bakes_masks(classifier_dir, clinc
     metrics = prune(
         classifier_dir,
         output,
-        PruneConfig(method="movement", sparsity=0.9, epochs=2, pruning_frequency=1, teacher=str(classifier_dir)),
+        PruneConfig(method="movement", sparsity=0.9, epochs=2, pruning_frequency=1),
         clinc_slice,
+        teacher=classifier_dir,
     )
     assert metrics["sparsity"]["encoder"] == pytest.approx(0.9, abs=0.01)
     keys = load_file(str(output / "model.safetensors")).keys()

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from slimformer.config import option
 from slimformer.errors import ConfigError, ModelError, SlimformerError
 
 ISA_FLAGS = {
@@ -42,15 +43,15 @@ ISA_FLAGS = {
 class BenchmarkConfig:
     """Options of `slimformer benchmark`."""
 
-    threads: int | None = None  # intra-op threads per model (default: every available core)
-    max_samples: int | None = None  # evaluation rows used for accuracy and throughput (default: all)
-    latency_samples: int = 1000  # batch-1 queries timed, drawn from the evaluation split
-    warmup: int = 20  # untimed batch-1 calls before timing
-    batch_size: int = 32  # batch size of the throughput / accuracy pass
+    threads: int | None = option(None, "Intra-op threads per model (default: every available core)")
+    max_samples: int | None = option(None, "Evaluation rows used for accuracy and throughput (default: all)")
+    latency_samples: int = option(1000, "Batch-1 queries timed, drawn from the evaluation split.")
+    warmup: int = option(20, "Untimed batch-1 calls before timing.")
+    batch_size: int = option(32, "Batch size of the throughput / accuracy pass.")
     split: str = "test"
-    seed: int = 0  # order in which queries are drawn
-    isolate: bool = True  # run each model in a fresh process (honest peak RSS, clean thread state)
-    rounds: int = 5  # latency is timed in this many interleaved rounds (models take turns each round)
+    seed: int = option(0, "Order in which queries are drawn.")
+    isolate: bool = option(True, "Run each model in a fresh process (honest peak RSS, clean thread state)")
+    rounds: int = option(5, "Latency is timed in this many interleaved rounds (models take turns each round)")
 
     def validate(self) -> None:
         if self.threads is not None and self.threads < 1:

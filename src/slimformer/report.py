@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.artifacts import write_json
+from slimformer.config import StageConfig, option
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(StageConfig):
     """Options of the report stage."""
 
-    title: str = "slimformer report"  # heading of report.md / report.html
-    deploy: bool = True  # also write the deployable OUTPUT/model/ folder
+    title: str = option("slimformer report", "Heading of report.md / report.html.")
+    deploy: bool = option(True, "Also write the deployable OUTPUT/model/ folder.")
 
 
 def comparison_rows(benchmark: dict[str, Any], baseline: str = "teacher") -> list[dict[str, Any]]:

@@ -24,9 +24,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from transformers import TrainerCallback
-
 from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
+from slimformer.config import option
 from slimformer.errors import ConfigError, SlimformerError
 
 if TYPE_CHECKING:
@@ -44,29 +43,29 @@ BASELINE_ATTR = "baseline"  # user attribute of the enqueued default-parameter t
 class SearchConfig:
     """Options of `slimformer search`; ranges are (low, high), inclusive."""
 
-    trials: int = 8  # total finished (complete or pruned) trials the study should hold
-    objective: str = "accuracy"  # or "accuracy,latency": maximise accuracy, minimise batch-1 p50 latency
-    storage: str | None = None  # optuna storage URL (default: sqlite:///<output>/study.db)
-    study_name: str | None = None  # default: derived from teacher, data, student and objective
-    student: str | None = None  # student checkpoint folder or "default" ...
-    student_layers: int | None = None  # ... or K evenly spaced teacher layers ...
-    layers_choices: tuple[int, ...] | None = None  # ... or search K among these (makes latency differ)
-    epochs_range: tuple[int, int] = (5, 10)  # the book's num_train_epochs range
-    max_epochs: int | None = None  # cap on epochs (so a search fits a time budget)
-    alpha_range: tuple[float, float] = (0.0, 1.0)  # the book's range
-    temperature_range: tuple[int, int] = (2, 20)  # the book's range (integers)
-    learning_rate_range: tuple[float, float] = (1e-5, 1e-3)  # sampled on a log scale
-    startup_trials: int = 4  # random trials before TPE models the results (optuna's 10 suits long studies)
-    enqueue_defaults: bool = True  # run DistillConfig's alpha/T once, unpruned (the baseline), also after a resume
-    pruner_startup_trials: int = 2  # trials that finish before the median pruner stops anything
-    pruner_warmup_epochs: int = 1  # epochs a trial always gets before it can be pruned
-    latency_queries: int = 50  # validation queries timed at batch 1 for the latency objective
+    trials: int = option(8, "Total finished (complete or pruned) trials the study should hold.")
+    objective: str = option("accuracy", "Or 'accuracy,latency': maximise accuracy, minimise batch-1 p50 latency.")
+    storage: str | None = option(None, "Optuna storage URL (default: sqlite:///<output>/study.db)")
+    study_name: str | None = option(None, "Default: derived from teacher, data, student and objective.")
+    student: str | None = option(None, "Student checkpoint folder or 'default' ...")
+    student_layers: int | None = option(None, "... or K evenly spaced teacher layers ...")
+    layers_choices: tuple[int, ...] | None = option(None, "... or search K among these (makes latency differ)")
+    epochs_range: tuple[int, int] = option((5, 10), "The book's num_train_epochs range.")
+    max_epochs: int | None = option(None, "Cap on epochs (so a search fits a time budget)")
+    alpha_range: tuple[float, float] = option((0.0, 1.0), "The book's range.")
+    temperature_range: tuple[int, int] = option((2, 20), "The book's range (integers)")
+    learning_rate_range: tuple[float, float] = option((1e-5, 1e-3), "Sampled on a log scale.")
+    startup_trials: int = option(4, "Random trials before TPE models the results (optuna's 10 suits long studies)")
+    enqueue_defaults: bool = option(True, "Run the default alpha/T once, unpruned (the baseline).")
+    pruner_startup_trials: int = option(2, "Trials that finish before the median pruner stops anything.")
+    pruner_warmup_epochs: int = option(1, "Epochs a trial always gets before it can be pruned.")
+    latency_queries: int = option(50, "Validation queries timed at batch 1 for the latency objective.")
     batch_size: int = 32
     max_length: int = 64
     seed: int = 42
-    max_train_samples: int | None = None  # subsample the training split (quick searches)
-    max_eval_samples: int | None = None  # subsample validation and test
-    cache_dir: str | None = None  # teacher-logit cache (default: see slimformer.distill.default_cache_dir)
+    max_train_samples: int | None = option(None, "Subsample the training split (quick searches)")
+    max_eval_samples: int | None = option(None, "Subsample validation and test.")
+    cache_dir: str | None = option(None, "Teacher-logit cache (default: see slimformer.distill.default_cache_dir)")
 
     def validate(self) -> None:
         given = [x for x in (self.student, self.student_layers, self.layers_choices) if x is not None]
@@ -312,6 +311,8 @@ class _Objective:
         from slimformer.distill import distill
 
         params = suggest_params(trial, self.config)
+        from slimformer.trial_pruning import OptunaPruningCallback
+
         callbacks = [] if self.config.multi_objective else [OptunaPruningCallback(trial)]
         folder = self.trials_dir / f"trial-{trial.number}"
         distill_config = _distill_config(params, self.config)
@@ -325,31 +326,6 @@ class _Objective:
         p50_ms = measure_p50_ms(folder, self.latency_texts, self.config.max_length)
         trial.set_user_attr("p50_ms", p50_ms)
         return accuracy, p50_ms
-
-
-class OptunaPruningCallback(TrainerCallback):
-    """Reports each epoch's validation accuracy to the trial and stops training (TrialPruned) when the
-    pruner says so (never for the baseline trial)."""
-
-    def __init__(self, trial: optuna.Trial, metric: str = "eval_accuracy") -> None:
-        self.trial = trial
-        self.metric = metric
-
-    def on_evaluate(
-        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
-    ) -> None:
-        import optuna
-
-        if not metrics or self.metric not in metrics:
-            return
-        epoch = round(state.epoch or 0)
-        self.trial.report(metrics[self.metric], step=epoch)
-        if self.trial.user_attrs.get(BASELINE_ATTR):
-            return  # the default-parameter trial always runs to the end: it is what the search is compared with
-        if self.trial.should_prune():
-            control.should_training_stop = True
-            # raising ends the trial before the model is saved and tested: a pruned trial leaves no folder
-            raise optuna.TrialPruned(f"validation accuracy {metrics[self.metric]:.4f} at epoch {epoch}")
 
 
 def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int = 64, warmup: int = 5) -> float:
@@ -547,3 +523,12 @@ def _write_plots(study: optuna.Study, output: Path, config: SearchConfig) -> Non
             front = optuna_plots.plot_pareto_front(study, target_names=["validation accuracy", "p50 ms"])
             front.figure.savefig(output / "pareto_front.png", dpi=120, bbox_inches="tight")
             plt.close(front.figure)
+
+
+def __getattr__(name: str) -> Any:
+    # the callback subclasses transformers' TrainerCallback: imported only when asked for (a cheap CLI start)
+    if name == "OptunaPruningCallback":
+        from slimformer.trial_pruning import OptunaPruningCallback
+
+        return OptunaPruningCallback
+    raise AttributeError(f"module 'slimformer.search' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
+from slimformer.config import option
 from slimformer.errors import ConfigError, ModelError
 from slimformer.onnx.runtime import (
     GRAPH_LEVELS,
@@ -45,12 +46,12 @@ EXPORTER_REASON = (
 class ExportConfig:
     """Options of `slimformer export`."""
 
-    opset: int = 17  # ONNX opset; >= 17 has LayerNormalization as one op
-    max_length: int = 128  # truncation used for the parity check and saved in session.json
-    parity_tolerance: float = 1e-4  # largest |logit difference| vs PyTorch accepted for an fp32 export
-    parity_examples: int | None = None  # validation examples compared (None: all)
-    threads: int | None = None  # intra-op threads saved in session.json (None: every core at load time)
-    graph_optimization_level: str = "all"  # ONNX Runtime session level saved in session.json
+    opset: int = option(17, "ONNX opset; >= 17 has LayerNormalization as one op.")
+    max_length: int = option(128, "Truncation used for the parity check and saved in session.json.")
+    parity_tolerance: float = option(1e-4, "Largest |logit difference| vs PyTorch accepted for an fp32 export.")
+    parity_examples: int | None = option(None, "Validation examples compared (None: all)")
+    threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
+    graph_optimization_level: str = option("all", "ONNX Runtime session level saved in session.json.")
 
     def validate(self) -> None:
         if not 17 <= self.opset <= 20:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import shutil
 import tempfile
 import time
 import warnings
@@ -35,22 +34,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
+from slimformer.artifacts import atomic_output_dir, write_json, write_metrics, write_session
+from slimformer.config import StageConfig, option
+from slimformer.cpu import VNNI_FLAGS, isa_flags
 from slimformer.errors import ConfigError, DataError, ModelError
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     ONNX_FILE,
-    EncodedBatches,
     copy_model_files,
-    encode_batches,
-    isa_flags,
-    make_session,
-    onnx_logits,
     parity,
     parity_texts,
     split_metrics,
     torch_logits,
-    write_session_file,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +54,6 @@ if TYPE_CHECKING:
 QUANTIZATION_METHODS = ("dynamic", "static", "torch-dynamic", "qat")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZATION_FILE = "quantization.json"
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # ops whose weights ORT dynamic quantization turns to int8 (Gather / EmbedLayerNormalization: embeddings;
 # Gemm: the pooler and classifier, quantized as MatMulInteger)
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
@@ -80,30 +74,28 @@ QUANTIZED_OPS = (
 
 
 @dataclass
-class QuantizeConfig:
+class QuantizeConfig(StageConfig):
     """Options of `slimformer quantize`."""
 
-    method: str = "dynamic"  # dynamic | static | torch-dynamic | qat
-    per_channel: bool = True  # one weight scale per output channel (more accurate, about as fast)
-    reduce_range: bool | None = None  # 7-bit weights; None: True exactly when the CPU lacks VNNI
-    quantize_embeddings: bool = True  # int8 word/position embeddings too (most of MiniLM's size)
-    calibration_samples: int = 256  # static: training examples the activation ranges are calibrated on
-    calibration_method: str = "minmax"  # static: minmax | entropy | percentile
-    max_accuracy_drop: float | None = None  # accuracy-aware mode: allowed validation accuracy loss in points
-    optimize_level: int = 2  # ORT optimizer level used when a PyTorch checkpoint is exported first
-    max_eval_samples: int | None = None  # validation rows used for accuracy (None: all)
-    sensitivity_samples: int | None = 1000  # validation rows used by the per-layer sensitivity pass
-    max_length: int = 128  # tokenizer truncation (saved in session.json)
-    threads: int | None = None  # intra-op threads saved in session.json (None: every core at load time)
+    method: str = option("dynamic", "Dynamic | static | torch-dynamic | qat.")
+    per_channel: bool = option(True, "One weight scale per output channel (more accurate, about as fast)")
+    reduce_range: bool | None = option(None, "7-bit weights; None: True exactly when the CPU lacks VNNI.")
+    quantize_embeddings: bool = option(True, "Int8 word/position embeddings too (most of MiniLM's size)")
+    calibration_samples: int = option(256, "Static: training examples the activation ranges are calibrated on.")
+    calibration_method: str = option("minmax", "Static: minmax | entropy | percentile.")
+    max_accuracy_drop: float | None = option(None, "Accuracy-aware mode: allowed validation accuracy loss in points.")
+    max_eval_samples: int | None = option(None, "Validation rows used for accuracy (None: all)")
+    sensitivity_samples: int | None = option(1000, "Validation rows used by the per-layer sensitivity pass.")
+    max_length: int = option(128, "Tokenizer truncation (saved in session.json)")
+    threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
     # qat only
-    teacher: str | None = None  # fp32 teacher of the distillation loss (None: the model itself before QAT)
-    alpha: float = 0.5  # weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher
-    temperature: float = 2.0  # distillation softmax temperature
-    epochs: float = 1.0  # QAT passes over the training split (a short fine-tune from the fp32 weights)
-    learning_rate: float = 2e-5  # small: QAT starts from trained weights
-    batch_size: int = 32
-    max_train_samples: int | None = None  # subsample the training split (QAT and calibration)
-    seed: int = 42
+    alpha: float = option(0.5, "Weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher.")
+    temperature: float = option(2.0, "Distillation softmax temperature.")
+    epochs: float = option(1.0, "QAT passes over the training split (a short fine-tune from the fp32 weights)")
+    learning_rate: float = option(2e-5, "Small: QAT starts from trained weights.")
+    batch_size: int = option(32, "QAT training batch size.")
+    max_train_samples: int | None = option(None, "Subsample the training split (QAT and calibration)")
+    seed: int = option(42, "Random seed (QAT, calibration rows).")
 
     def validate(self, data: DataSplits | None = None) -> None:
         if self.method not in QUANTIZATION_METHODS:
@@ -151,63 +143,59 @@ def quantize(
 ) -> dict[str, Any]:
     """Quantize `model_dir` with ``config.method`` into `output` and return its metrics.
 
-    `model_dir` is a PyTorch classifier checkpoint (exported and optimized on the way for the ONNX methods)
-    or, for dynamic / static, an ONNX folder (quantized as it is: give the optimized one). `data` gives the
-    validation split for accuracy and agreement (else built-in sentences, agreement only) and the training
-    split for calibration / QAT. metrics.json records the method, settings (reduce_range and why), accuracy
-    of the fp32 reference and the INT8 model, their delta in points, argmax agreement, sizes and, in
+    dynamic / static take an ONNX folder (give the optimized one: `slimformer export` then `optimize`) and
+    write an INT8 ONNX folder; torch-dynamic takes a PyTorch checkpoint. qat fine-tunes a PyTorch checkpoint
+    with fake-quantized Linears, distilling from `teacher` (default: the checkpoint itself), and writes the
+    trained checkpoint: export, optimize and quantize it with `dynamic` next (a stage never runs another stage).
+    `data` gives the validation split for accuracy and agreement (else built-in sentences, agreement only) and
+    the training split for calibration / QAT. metrics.json records the method, settings (reduce_range and why),
+    accuracy of the fp32 reference and the INT8 model, their delta in points, argmax agreement, sizes and, in
     accuracy-aware mode, the sensitivity pass and the layers kept in fp32.
     """
-    from slimformer.models import fit_max_length, resolve_model_path
+    from slimformer.models import resolve_max_length, resolve_model_path
 
     config.validate(data)
     source = resolve_model_path(model_dir)
-    config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit
+    config = replace(config, max_length=resolve_max_length(source, config.max_length))
     is_onnx = (source / ONNX_FILE).is_file()
     if config.method in ("torch-dynamic", "qat") and is_onnx:
         raise ModelError(f"method {config.method!r} takes a PyTorch checkpoint, and {source} is an ONNX folder")
+    if config.method in ("dynamic", "static") and not is_onnx:
+        raise ModelError(
+            f"method {config.method!r} takes an ONNX folder and {source} is a PyTorch checkpoint: run "
+            "`slimformer export` and `slimformer optimize` on it first"
+        )
     if not is_onnx:
         _check_classifier(source, data)
     if config.method == "torch-dynamic":
         return _torch_dynamic(source, output, config, data)
-
+    if config.method == "qat":
+        assert data is not None  # validate() checked
+        return _quantization_aware_training(source, output, config, data, teacher)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".work-{output.name}-", dir=output.parent) as work_dir:
-        work = Path(work_dir)
-        qat_report: dict[str, Any] | None = None
-        reference_model = source
-        if config.method == "qat":
-            assert data is not None  # validate() checked
-            # the accuracy delta stays against `reference_model`: the model as it was before QAT
-            qat_report = _quantization_aware_training(source, work / "qat", config, data)
-            source = work / "qat"
-        fp32_dir = source if is_onnx else _export_and_optimize(source, work, config)
-        return _ort_quantize_folder(fp32_dir, output, work, config, data, reference_model, qat_report)
+        return _ort_quantize_folder(source, output, Path(work_dir), config, data)
 
 
 # --- ONNX Runtime methods ---------------------------------------------------------------------------------
 
 
-def _export_and_optimize(checkpoint: Path, work: Path, config: QuantizeConfig) -> Path:
-    from slimformer.onnx.export import ExportConfig, export_onnx
-    from slimformer.onnx.optimize import OptimizeConfig, optimize_onnx
-
-    export_onnx(checkpoint, work / "fp32", ExportConfig(max_length=config.max_length, threads=config.threads))
-    optimize_onnx(
-        work / "fp32",
-        work / "fp32-optimized",
-        OptimizeConfig(level=config.optimize_level, max_length=config.max_length, threads=config.threads),
-    )
-    return work / "fp32-optimized"
-
-
 @dataclass
 class _Evaluation:
-    """Pre-tokenized texts with labels in the model's label order (None: agreement only)."""
+    """Texts with labels in the model's label order (None: agreement only), scored through the Predictor."""
 
-    encoded: EncodedBatches
+    texts: list[str]
     labels: np.ndarray | None
+    folder: Path  # tokenizer, labels and truncation length of every graph scored
+    threads: int | None
+    max_length: int
+
+    def logits(self, graph: Path) -> np.ndarray:
+        from slimformer.predictor import OnnxPredictor
+
+        predictor = OnnxPredictor.from_file(graph, self.folder, threads=self.threads, max_length=self.max_length)
+        return predictor.predict_logits(self.texts, batch_size=64)
 
     def accuracy(self, logits: np.ndarray) -> float | None:
         return None if self.labels is None else float((logits.argmax(axis=-1) == self.labels).mean())
@@ -219,8 +207,6 @@ def _ort_quantize_folder(
     work: Path,
     config: QuantizeConfig,
     data: DataSplits | None,
-    reference_model: Path,
-    qat_report: dict[str, Any] | None,
 ) -> dict[str, Any]:
     from slimformer.models import classifier_labels, load_tokenizer, read_config
 
@@ -228,18 +214,18 @@ def _ort_quantize_folder(
     tokenizer = load_tokenizer(fp32_dir)
     model_labels = classifier_labels(fp32_dir) or _id2label(read_config(fp32_dir))
     texts, label_ids, text_source = parity_texts(data, config.max_eval_samples)
-    evaluation = _evaluation(tokenizer, texts, label_ids, model_labels, data, config.max_length)
+    evaluation = _evaluation(fp32_dir, texts, label_ids, model_labels, data, config)
     sensitivity_set = evaluation
     if config.sensitivity_samples is not None and config.sensitivity_samples < len(texts):
         # evenly spaced rows: a split stored intent by intent would otherwise give a few intents only
         rows = np.linspace(0, len(texts) - 1, config.sensitivity_samples).astype(int)
         sensitivity_set = _evaluation(
-            tokenizer,
+            fp32_dir,
             [texts[i] for i in rows],
             None if label_ids is None else [label_ids[i] for i in rows],
             model_labels,
             data,
-            config.max_length,
+            config,
         )
     reduce_range, reduce_range_reason = choose_reduce_range(config.reduce_range)
     op_types = _op_types(config)
@@ -255,7 +241,7 @@ def _ort_quantize_folder(
             _dynamic(fp32_model, path, config, reduce_range, op_types, excluded)
         return path
 
-    reference_logits = _reference_logits(fp32_model, reference_model, evaluation, qat_report is not None, config)
+    reference_logits = evaluation.logits(fp32_model)
     reference_accuracy = evaluation.accuracy(reference_logits)
     started = time.perf_counter()
     candidate = quantize_excluding([], work / "int8-all.onnx")
@@ -277,13 +263,13 @@ def _ort_quantize_folder(
     with atomic_output_dir(output) as folder:
         embedding_rows = compact_embedding_rows(candidate, folder / ONNX_FILE)
         copy_model_files(fp32_dir, folder)
-        settings = write_session_file(folder, config.threads, config.max_length)
-        quantized_logits = onnx_logits(make_session(folder / ONNX_FILE, config.threads), evaluation.encoded)
+        settings = write_session(folder, config.max_length, config.threads)
+        quantized_logits = evaluation.logits(folder / ONNX_FILE)
         agreement = parity(reference_logits, quantized_logits)
         metrics: dict[str, Any] = {
             "stage": "quantize",
             "method": config.method,
-            "source_model": str(reference_model),
+            "source_model": str(fp32_dir),
             "config": asdict(config),
             "format": "QDQ (static activation ranges)" if config.method == "static" else "dynamic (QOperator)",
             "weight_type": "int8 (symmetric)",
@@ -294,7 +280,7 @@ def _ort_quantize_folder(
             "quantized_op_types": list(op_types),
             "embeddings_quantized": config.quantize_embeddings,
             "quantized_nodes": _op_histogram(folder / ONNX_FILE, QUANTIZED_OPS),
-            "reference": "fp32 PyTorch model before QAT" if qat_report else "fp32 ONNX model (= PyTorch within 1e-4)",
+            "reference": "fp32 ONNX model (= PyTorch within 1e-4)",
             "agreement": {**agreement, "texts": text_source},
             "quantize_seconds": round(quantize_seconds, 1),
             "fp32_size_mb": round(fp32_model.stat().st_size / 1e6, 2),
@@ -309,25 +295,12 @@ def _ort_quantize_folder(
                 "samples": calibration["samples"],
                 "texts": "training split",
             }
-        if qat_report is not None:
-            metrics["qat"] = qat_report
         if search is not None:
             metrics["accuracy_aware"] = search
         if data is not None and label_ids is not None:
             metrics.update(_validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
         write_metrics(folder, metrics)
     return metrics
-
-
-def _reference_logits(
-    fp32_model: Path, reference_model: Path, evaluation: _Evaluation, before_qat: bool, config: QuantizeConfig
-) -> np.ndarray:
-    """fp32 logits the INT8 model is compared with: the fp32 ONNX graph, or the original PyTorch model for QAT."""
-    if not before_qat:
-        return onnx_logits(make_session(fp32_model, config.threads), evaluation.encoded)
-    from slimformer.models import load_classifier
-
-    return torch_logits(load_classifier(reference_model), evaluation.encoded)
 
 
 def _dynamic(
@@ -490,7 +463,7 @@ def _fit_accuracy_budget(
     assert reference_accuracy is not None and config.max_accuracy_drop is not None
 
     def accuracy_of(path: Path, on: _Evaluation) -> float:
-        return on.accuracy(onnx_logits(make_session(path, config.threads), on.encoded)) or 0.0
+        return on.accuracy(on.logits(path)) or 0.0
 
     def drop_points(accuracy: float) -> float:
         return round(100 * (reference_accuracy - accuracy), 3)
@@ -634,109 +607,61 @@ def _state_dict_bytes(model: Any) -> int:
 
 
 def _quantization_aware_training(
-    source: Path, output: Path, config: QuantizeConfig, data: DataSplits
+    source: Path, output: str | Path, config: QuantizeConfig, data: DataSplits, teacher: str | Path | None
 ) -> dict[str, Any]:
-    """Fine-tune `source` with fake-quantized encoder Linears and the distillation loss; save the fp32
-    weights (fake-quant removed) as a checkpoint in `output` and return what was done."""
-    from transformers import set_seed
-
+    """Fine-tune `source` with fake-quantized Linears through the one training loop, distilling from `teacher`
+    (default: `source` itself, fp32, before QAT); save the fp32 weights (fake-quant removed) with metrics."""
+    from slimformer.artifacts import write_session
+    from slimformer.evaluation import evaluate_model
     from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer, resolve_model_path
-    from slimformer.training import base_training_arguments, evaluate_classifier, tokenize_dataset, train_on_best_device
+    from slimformer.training import Distillation, TrainingOptions, train_classifier
 
-    set_seed(config.seed)
+    teacher_path = resolve_model_path(teacher) if teacher else source
+    check_classifier_fits(teacher_path, data.labels)
     reduce_range, _ = choose_reduce_range(config.reduce_range)
     tokenizer = load_tokenizer(source)
     model = load_classifier(source, attn_implementation="eager")
-    model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    splits = _in_label_order(
-        data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed), model_labels
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed).in_label_order(labels)
+    reference = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
+    options = TrainingOptions(
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
     )
-    train = splits.train
-    teacher_report: dict[str, Any] | None = None
-    trainer_cls, arguments_cls, extra_args, collator = _distillation_parts(tokenizer, config)
-    if config.alpha < 1.0 and trainer_cls is not None:
-        from slimformer.distill import TEACHER_LOGITS_COLUMN, cached_teacher_logits
-
-        teacher = resolve_model_path(config.teacher) if config.teacher else source
-        teacher_labels = check_classifier_fits(teacher, data.labels)
-        cache = cached_teacher_logits(teacher, train, config.max_length)
-        columns = [teacher_labels.index(label) for label in model_labels]
-        train = train.add_column(TEACHER_LOGITS_COLUMN, cache.logits[:, columns].tolist())
-        teacher_report = {
-            "teacher": str(config.teacher or "the model itself (fp32, before QAT)"),
-            "alpha": config.alpha,
-            "temperature": config.temperature,
-            "cache_hit": cache.hit,
-        }
-
+    distillation = Distillation(teacher_path, config.alpha, config.temperature)
     wrapped = _wrap_linears(model, reduce_range)
-    output.mkdir(parents=True, exist_ok=True)
-    arguments = arguments_cls(
-        **extra_args,
-        **base_training_arguments(
-            output / "trainer",
-            num_train_epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            per_device_train_batch_size=config.batch_size,
-            warmup_steps=0.1,
-            seed=config.seed,
-            eval_strategy="no",
-            logging_strategy="no",
-        ),
-    )
-    trainer = trainer_cls(
-        model=model,
-        args=arguments,
-        train_dataset=tokenize_dataset(train, tokenizer, config.max_length),
-        data_collator=collator,
-        processing_class=tokenizer,
-    )
-    started = time.perf_counter()
-    train_on_best_device(trainer)
-    train_seconds = time.perf_counter() - started
-    fake_quant_validation = evaluate_classifier(
-        model, tokenizer, splits.validation, splits.oos_label_id, max_length=config.max_length
-    )
-    _unwrap_linears(model)
-    shutil.rmtree(output / "trainer", ignore_errors=True)
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    return {
-        "fake_quantized_linears": wrapped,
-        "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
-        "as ORT dynamic quantization computes them; embedding quantization is not simulated",
-        "loss": "distillation (slimformer.distill)" if teacher_report else "cross-entropy",
-        "distillation": teacher_report,
-        "epochs": config.epochs,
-        "learning_rate": config.learning_rate,
-        "train_seconds": round(train_seconds, 1),
-        "fake_quant_validation_accuracy": fake_quant_validation["accuracy"],
-        "exported_as": "fp32 weights after QAT, then ORT dynamic INT8 with the same settings",
-    }
-
-
-def _distillation_parts(tokenizer: Any, config: QuantizeConfig) -> tuple[Any, Any, dict[str, Any], Any]:
-    """Trainer class, arguments class, their extra keywords and collator: slimformer.distill's when the
-    distillation loss is wanted (alpha < 1), else the plain Trainer with cross-entropy."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    if config.alpha < 1.0:
-        try:
-            from slimformer.distill import (
-                DistillationDataCollator,
-                DistillationTrainer,
-                DistillationTrainingArguments,
-            )
-        except ImportError:  # pragma: no cover - the distill module ships with the package
-            warnings.warn("slimformer.distill unavailable: QAT falls back to cross-entropy", stacklevel=3)
-        else:
-            return (
-                DistillationTrainer,
-                DistillationTrainingArguments,
-                {"alpha": config.alpha, "temperature": config.temperature},
-                DistillationDataCollator(tokenizer),
-            )
-    return Trainer, TrainingArguments, {}, DataCollatorWithPadding(tokenizer)
+    with atomic_output_dir(output) as folder:
+        result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
+        _unwrap_linears(model)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        write_session(folder, config.max_length)
+        metrics = {
+            "stage": "quantize",
+            "method": "qat",
+            "source_model": str(source),
+            "config": asdict(config),
+            "qat": {
+                "fake_quantized_linears": wrapped,
+                "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
+                "as ORT dynamic quantization computes them; embedding quantization is not simulated",
+                "loss": "distillation (slimformer.distillation)" if config.alpha < 1 else "cross-entropy",
+                "teacher": str(teacher_path),
+                "teacher_logits": result.teacher_logits,
+                "train_seconds": result.train_seconds,
+            },
+            "reference": "fp32 PyTorch model before QAT",
+            "reference_validation": reference,
+            "validation": result.validation,  # with fake quantization, as ORT dynamic INT8 will compute it
+            "test": result.test,
+            "accuracy_delta_points": round(100 * (result.validation["accuracy"] - reference["accuracy"]), 3),
+            "next": "fp32 weights trained for INT8: export, optimize, then quantize --method dynamic",
+        }
+        write_metrics(folder, metrics)
+    return metrics
 
 
 def _wrap_linears(model: Any, reduce_range: bool) -> int:
@@ -805,39 +730,21 @@ def _check_classifier(source: Path, data: DataSplits | None) -> None:
 
 
 def _evaluation(
-    tokenizer: Any,
+    folder: Path,
     texts: list[str],
     label_ids: list[int] | None,
     model_labels: list[str],
     data: DataSplits | None,
-    max_length: int,
+    config: QuantizeConfig,
 ) -> _Evaluation:
-    encoded = encode_batches(tokenizer, texts, max_length)
-    if data is None or label_ids is None:
-        return _Evaluation(encoded, None)
-    position = {label: i for i, label in enumerate(model_labels)}
-    if set(position) != set(data.labels):
-        raise ModelError("the model's labels are not the dataset's; quantize it on the data it was trained for")
-    return _Evaluation(encoded, np.array([position[data.labels[i]] for i in label_ids]))
+    from slimformer.data import label_positions
 
-
-def _in_label_order(splits: DataSplits, model_labels: list[str]) -> DataSplits:
-    """The same splits with label ids renumbered into the model's label order (for training)."""
-    import dataclasses
-
-    position = {label: i for i, label in enumerate(model_labels)}
-    mapping = [position[label] for label in splits.labels]
-
-    def renumber(ds: Any) -> Any:
-        return ds.map(lambda row: {"label": mapping[row["label"]]}, desc="relabeling")
-
-    return dataclasses.replace(
-        splits,
-        labels=list(model_labels),
-        train=renumber(splits.train),
-        validation=renumber(splits.validation),
-        test=renumber(splits.test),
-    )
+    labels = None
+    if data is not None and label_ids is not None:
+        # dataset label ids -> the model's output positions
+        to_model = np.argsort(label_positions(model_labels, data.labels))
+        labels = to_model[np.asarray(label_ids)]
+    return _Evaluation(texts, labels, folder, config.threads, config.max_length)
 
 
 def _id2label(config: dict[str, Any]) -> list[str]:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimformer.artifacts import write_json
+from slimformer.artifacts import write_session
 from slimformer.errors import ModelError
+from slimformer.predictor import GRAPH_LEVELS as GRAPH_LEVELS  # the configs validate against it
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -46,7 +47,6 @@ BUILTIN_SENTENCES = (
     "hi",
     "tell me a joke about cats and dogs and the weather in london",
 )
-GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 
 
 @dataclass
@@ -77,21 +77,13 @@ def encode_batches(
 def make_session(
     model_path: str | Path, threads: int | None = None, graph_optimization_level: str = "all"
 ) -> ort.InferenceSession:
-    """A CPU InferenceSession with explicit threads (default: every core) and graph optimization level."""
+    """A CPU InferenceSession with the predictor's session options (explicit threads, graph level)."""
     import onnxruntime as ort
 
-    from slimformer.predictor import default_threads
+    from slimformer.predictor import session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_optimization_level]
     try:
+        options = session_options(threads, graph_optimization_level)
         return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
         raise ModelError(f"ONNX Runtime cannot load {model_path}: {first_line(exc)}") from exc
@@ -180,17 +172,8 @@ def copy_model_files(source: Path, destination: Path) -> None:
 def write_session_file(
     folder: Path, threads: int | None, max_length: int, graph_optimization_level: str = "all"
 ) -> dict[str, Any]:
-    """`session.json`: the ONNX Runtime settings `slimformer.load` uses for this folder (threads null =
-    every core available at load time)."""
-    settings = {
-        "threads": threads,
-        "graph_optimization_level": graph_optimization_level,
-        "inter_op_threads": 1,
-        "execution_mode": "sequential",
-        "max_length": max_length,
-    }
-    write_json(folder / SESSION_FILE, settings)
-    return settings
+    """`session.json` (see :func:`slimformer.artifacts.write_session`)."""
+    return write_session(folder, max_length, threads, graph_optimization_level)
 
 
 def onnx_folder(path: str | Path) -> Path:
@@ -205,26 +188,15 @@ def onnx_folder(path: str | Path) -> Path:
     return folder
 
 
-def isa_flags() -> set[str]:
-    """The CPU's instruction-set flags from /proc/cpuinfo (empty when unreadable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
-
-
 def split_metrics(
     logits: np.ndarray, label_ids: list[int], model_labels: list[str], data: DataSplits
 ) -> dict[str, float]:
     """Classification metrics of `logits` (columns in the model's label order) against dataset label ids."""
+    from slimformer.data import label_positions
     from slimformer.metrics import classification_metrics
 
-    position = {label: i for i, label in enumerate(data.labels)}
-    to_data_order = np.array([position[label] for label in model_labels])
-    return classification_metrics(label_ids, to_data_order[logits.argmax(axis=-1)], data.oos_label_id)
+    predicted = label_positions(model_labels, data.labels)[logits.argmax(axis=-1)]
+    return classification_metrics(label_ids, predicted, data.oos_label_id)
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,16 +1,18 @@
-"""`prune(model_dir, data, output, config)`: one pruning method applied to a fine-tuned classifier, written as
-a plain dense HF checkpoint (zeros where pruned) plus compressed sparse weights and `metrics.json`."""
+"""`prune(source, output, config, data, teacher=None)`: one pruning method applied to a fine-tuned classifier,
+written as a plain dense HF checkpoint (zeros where pruned, or smaller for structured pruning) plus compressed
+sparse weights and `metrics.json`. Recovery training is :func:`slimformer.training.train_classifier`."""
 
 from __future__ import annotations
 
 import math
-import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slimformer.errors import ConfigError, ModelError
+from slimformer.config import option
+from slimformer.errors import ConfigError
 from slimformer.training import TrainingOptions
 
 METHODS = ("magnitude", "movement", "structured", "vocab")
@@ -23,26 +25,25 @@ SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int
 class PruneConfig(TrainingOptions):
     """Options of `slimformer prune`; defaults suit a MiniLM-sized classifier on CLINC150."""
 
-    epochs: float = 3.0  # training passes (structured: recovery passes; 0 = slice only)
-    learning_rate: float = 5e-5  # weights' learning rate
-    method: str = "magnitude"  # magnitude | movement | structured | vocab
-    sparsity: float = 0.9  # final fraction of encoder linear weights set to zero (structured: FFN fraction)
-    teacher: str | None = None  # classifier folder to distil from while pruning (same labels and tokenizer)
-    scores_learning_rate: float = 1e-2  # movement scores' learning rate (Sanh et al. use 1e-2)
-    initial_sparsity: float = 0.0  # s_i of the cubic schedule
-    pruning_frequency: int = 10  # dt: optimizer steps between mask updates
-    pruning_start: float = 0.1  # t0 as a fraction of the training steps
-    pruning_end: float = 0.7  # last mask update as a fraction of the training steps; then train at s_f
-    alpha: float = 0.5  # weight of the hard-label loss when distilling (1 - alpha on the teacher)
-    temperature: float = 2.0  # distillation temperature
-    heads_fraction: float = 0.0  # structured: attention heads removed per layer (saved as a SlimBERT)
-    ffn_fraction: float | None = None  # structured: FFN neurons to remove per layer (default: `sparsity`)
-    importance: str = "magnitude"  # structured: magnitude | gradient | movement
-    importance_batches: int = 32  # structured: training batches used by gradient / movement importance
-    vocab_unseen: str = "cluster"  # vocab: unseen tokens share k-means centroid rows | split (rebuild tokenizer)
-    vocab_clusters: int = 1024  # vocab, cluster: centroid rows for the tokens the training data never uses
-    vocab_keep_frequent: int = 0  # vocab, split: also keep the first N vocabulary ids (most frequent pieces)
-    sparse_values: tuple[str, ...] = ("float32", "int8")  # compressed files written (float32 is exact)
+    epochs: float = option(3.0, "Training passes (structured: recovery passes; 0 = slice only)")
+    learning_rate: float = option(5e-5, "Weights' learning rate.")
+    method: str = option("magnitude", "Magnitude | movement | structured | vocab.")
+    sparsity: float = option(0.9, "Final fraction of encoder linear weights set to zero (structured: FFN fraction)")
+    scores_learning_rate: float = option(1e-2, "Movement scores' learning rate (Sanh et al. use 1e-2)")
+    initial_sparsity: float = option(0.0, "S_i of the cubic schedule.")
+    pruning_frequency: int = option(10, "Dt: optimizer steps between mask updates.")
+    pruning_start: float = option(0.1, "T0 as a fraction of the training steps.")
+    pruning_end: float = option(0.7, "Last mask update as a fraction of the training steps; then train at s_f.")
+    alpha: float = option(0.5, "Weight of the hard-label loss when distilling (1 - alpha on the teacher)")
+    temperature: float = option(2.0, "Distillation temperature.")
+    heads_fraction: float = option(0.0, "Structured: attention heads removed per layer (saved as a SlimBERT)")
+    ffn_fraction: float | None = option(None, "Structured: FFN neurons to remove per layer (default: `sparsity`)")
+    importance: str = option("magnitude", "Structured: magnitude | gradient | movement.")
+    importance_batches: int = option(32, "Structured: training batches used by gradient / movement importance.")
+    vocab_unseen: str = option("cluster", "Vocab: unseen tokens share k-means rows (cluster) or are re-spelt (split).")
+    vocab_clusters: int = option(1024, "Vocab, cluster: centroid rows for the tokens the training data never uses.")
+    vocab_keep_frequent: int = option(0, "Vocab, split: also keep the first N vocabulary ids (most frequent pieces)")
+    sparse_values: tuple[str, ...] = option(("float32", "int8"), "Compressed files written (float32 is exact)")
 
     def validate(self) -> None:
         from slimformer.prune.sparse_storage import VALUE_FORMATS
@@ -58,7 +59,7 @@ class PruneConfig(TrainingOptions):
             raise ConfigError(f"epochs must be > 0 for {self.method} pruning, got {self.epochs}")
         if not 0 < self.learning_rate < 1 or not 0 < self.scores_learning_rate < 10:
             raise ConfigError(f"learning rates out of range: {self.learning_rate}, {self.scores_learning_rate}")
-        if self.batch_size < 1 or self.pruning_frequency < 1 or self.max_length < 2:
+        if self.batch_size < 1 or self.pruning_frequency < 1 or (self.max_length or 2) < 2:
             raise ConfigError("batch size and pruning frequency must be >= 1, max length >= 2")
         if not 0 <= self.pruning_start <= self.pruning_end <= 1:
             raise ConfigError(f"need 0 <= pruning start <= end <= 1, got {self.pruning_start}, {self.pruning_end}")
@@ -80,8 +81,11 @@ class PruneConfig(TrainingOptions):
             raise ConfigError(f"vocab clusters must be >= 1, got {self.vocab_clusters}")
         if self.vocab_keep_frequent < 0:
             raise ConfigError(f"vocab keep-frequent must be >= 0, got {self.vocab_keep_frequent}")
-        if self.method == "vocab" and self.teacher:
-            raise ConfigError("vocabulary pruning does not train; drop --teacher")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Recovery training distils from the teacher; vocabulary pruning does not train."""
+        return self.method != "vocab" and self.alpha < 1.0
 
 
 def prune(
@@ -93,68 +97,52 @@ def prune(
 ) -> dict[str, Any]:
     """Prune the classifier in `model_dir` with `config.method` on `data` (a DataSplits); write to `output`.
 
-    The output folder is a normal HF checkpoint (loadable by transformers and `slimformer.predictor.load`)
-    with `metrics.json` ("stage": "prune", per-layer sparsity, dense vs compressed size, validation/test
-    metrics) and, for unstructured methods, `compressed/model.sparse*.safetensors`. Returns the metrics.
+    Training methods distil from `teacher` (same labels) when one is given, through the teacher's cached
+    logits. The output folder is a normal HF checkpoint (loadable by transformers and `slimformer.load`) with
+    `session.json` and `metrics.json` ("stage": "prune", per-layer sparsity, dense vs compressed size,
+    validation/test metrics) and, for unstructured methods, `compressed/model.sparse*.safetensors`.
     """
-    from transformers import set_seed
-
-    from slimformer.artifacts import atomic_output_dir, weights_size_bytes, write_metrics
-    from slimformer.models import check_classifier_fits, fit_max_length, load_tokenizer, resolve_model_path
-    from slimformer.training import evaluate_classifier
+    from slimformer.artifacts import atomic_output_dir, weights_size_bytes, write_metrics, write_session
+    from slimformer.data import require_data
+    from slimformer.evaluation import evaluate_model
+    from slimformer.models import (
+        check_classifier_fits,
+        classifier_labels,
+        load_classifier,
+        load_tokenizer,
+        resolve_max_length,
+        resolve_model_path,
+    )
 
     config = config or PruneConfig()
     config.validate()
+    data = require_data(data, "prune")
     model_path = resolve_model_path(model_dir)
-    config = replace(config, max_length=fit_max_length(model_path, config.max_length))  # at most the model's limit
+    teacher_path = resolve_model_path(teacher) if teacher and config.method != "vocab" else None
+    config = replace(config, max_length=resolve_max_length(model_path, config.max_length, also=teacher_path))
+    check_classifier_fits(model_path, data.labels)
+    if teacher_path is not None:
+        check_classifier_fits(teacher_path, data.labels)
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
-    check_classifier_fits(model_path, splits.labels)
-    set_seed(config.seed)
+    splits = splits.in_label_order(classifier_labels(model_path) or [])
     tokenizer = load_tokenizer(model_path)
-
-    def evaluate(model: Any, tok: Any, split: Any) -> dict[str, float]:
-        return evaluate_classifier(model, tok, split, splits.oos_label_id, max_length=config.max_length)
-
+    model = load_classifier(model_path)
     started = time.perf_counter()
-    if config.method == "vocab":
-        from slimformer.data import column
-        from slimformer.models import load_classifier
-        from slimformer.prune.vocab import cluster_unseen_rows, write_pruned_vocabulary
+    input_validation = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
 
-        input_validation = evaluate(_load_ordered(model_path, splits.labels), tokenizer, splits.validation)
-        with atomic_output_dir(output) as folder:
-            texts = column(splits.train, "text")
-            if config.vocab_unseen == "cluster":
-                summary = cluster_unseen_rows(model_path, texts, folder, config.vocab_clusters, config.seed)
-            else:
-                summary = write_pruned_vocabulary(model_path, texts, folder, config.vocab_keep_frequent)
-            model, new_tokenizer = load_classifier(folder), load_tokenizer(folder)
-            metrics = _metrics(model_path, splits, config, started, input_validation)
-            metrics["vocabulary"] = summary
-            metrics["size"] = {
-                "input_weights_bytes": weights_size_bytes(model_path),
-                "dense_bytes": weights_size_bytes(folder),
-            }
-            metrics["validation"] = evaluate(model, new_tokenizer, splits.validation)
-            metrics["test"] = evaluate(model, new_tokenizer, splits.test)
-            metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
-            write_metrics(folder, metrics)
-        return metrics
-
-    model = _load_ordered(model_path, splits.labels)
-    teacher = _load_teacher(config.teacher, splits.labels, tokenizer) if config.teacher else None
-    input_validation = evaluate(model, tokenizer, splits.validation)
     with atomic_output_dir(output) as folder:
-        model, extra = _run_method(model, tokenizer, splits, config, folder, teacher)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        shutil.rmtree(folder / "trainer", ignore_errors=True)
-        metrics = _metrics(model_path, splits, config, started, input_validation)
+        if config.method == "vocab":
+            model, tokenizer, extra = _prune_vocabulary(model_path, splits, config, folder)
+        else:
+            model, extra = _run_method(model, tokenizer, splits, config, folder, teacher_path)
+            model.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+        write_session(folder, config.max_length)
+        metrics = _metrics(model_path, teacher_path, splits, config, started, input_validation)
         metrics.update(extra)
-        metrics["size"] = {
-            "input_weights_bytes": weights_size_bytes(model_path),
-            "dense_bytes": weights_size_bytes(folder),
-        }
+        metrics.setdefault("size", {}).update(
+            input_weights_bytes=weights_size_bytes(model_path), dense_bytes=weights_size_bytes(folder)
+        )
         if config.method in ("magnitude", "movement"):
             from slimformer.prune.magnitude import encoder_sparsity, layer_sparsity
             from slimformer.prune.sparse_storage import save_sparse
@@ -164,15 +152,35 @@ def prune(
                 save_sparse(folder, folder / COMPRESSED_DIR / SPARSE_FILES[values], values)
                 for values in config.sparse_values
             ]
-        metrics["validation"] = evaluate(model, tokenizer, splits.validation)
-        metrics["test"] = evaluate(model, tokenizer, splits.test)
+        if "validation" not in metrics:  # no training: score the pruned model here
+            metrics["validation"] = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
+            metrics["test"] = evaluate_model(model, tokenizer, splits.test, splits, config.max_length)
         metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
         write_metrics(folder, metrics)
     return metrics
 
 
+def _prune_vocabulary(model_path: Path, splits: Any, config: PruneConfig, folder: Path) -> tuple[Any, Any, dict]:
+    """Vocabulary pruning into `folder`; returns the pruned model, its tokenizer and the report entries."""
+    from slimformer.data import column
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.vocab import cluster_unseen_rows, write_pruned_vocabulary
+
+    texts = column(splits.train, "text")
+    if config.vocab_unseen == "cluster":
+        summary = cluster_unseen_rows(model_path, texts, folder, config.vocab_clusters, config.seed)
+    else:
+        summary = write_pruned_vocabulary(model_path, texts, folder, config.vocab_keep_frequent)
+    return load_classifier(folder), load_tokenizer(folder), {"vocabulary": summary}
+
+
 def prune_sweep(
-    model_dir: str | Path, data: Any, output: str | Path, config: PruneConfig, sparsities: list[float]
+    model_dir: str | Path,
+    data: Any,
+    output: str | Path,
+    config: PruneConfig,
+    sparsities: list[float],
+    teacher: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run `prune` once per sparsity into `output/sparsity-<s>/`; write `sweep.json` and
     `accuracy_vs_sparsity.png` into `output`. Returns {"runs": [...]} with one summary per level."""
@@ -184,7 +192,7 @@ def prune_sweep(
     runs = []
     for sparsity in sparsities:
         run_dir = output / f"sparsity-{sparsity:g}"
-        metrics = prune(model_dir, run_dir, replace(config, sparsity=sparsity), data)
+        metrics = prune(model_dir, run_dir, replace(config, sparsity=sparsity), data, teacher)
         runs.append(
             {
                 "sparsity": sparsity,
@@ -231,15 +239,15 @@ def write_sparsity_plot(runs: list[dict[str, Any]], path: Path, method: str) -> 
 
 
 def _run_method(
-    model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Any
+    model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Path | None
 ) -> tuple[Any, dict]:
     """Prune (and train) `model`; returns the pruned model (the same object, or for head pruning a SlimBERT
     with its weights) and the method's own report entries."""
     from slimformer.training import tokenize_dataset
 
     train_set = tokenize_dataset(splits.train, tokenizer, config.max_length)
-    validation_set = tokenize_dataset(splits.validation, tokenizer, config.max_length)
     total_steps = math.ceil(math.ceil(len(train_set) / config.batch_size) * config.epochs)
+    results: dict[str, Any] = {}
 
     if config.method == "structured":
         from slimformer.prune.structured import as_slim_bert, parameter_count, prune_units, unit_importance
@@ -256,10 +264,14 @@ def _run_method(
         if "heads" in fractions:
             model = as_slim_bert(model)  # a BertConfig cannot describe the removed heads
         if config.epochs > 0:
-            _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [])
+            results = _train(model, tokenizer, splits, config, folder, teacher)
         removed = 1 - _encoder_linear_parameters(model) / encoder_before
         summary.update(parameters_before=before, parameters_after=parameter_count(model))
-        return model, {"structured": summary, "sparsity": {"encoder_parameters_removed": round(removed, 4)}}
+        return model, {
+            **results,
+            "structured": summary,
+            "sparsity": {"encoder_parameters_removed": round(removed, 4)},
+        }
 
     from slimformer.prune.schedule import CubicSchedule
 
@@ -275,8 +287,8 @@ def _run_method(
         from slimformer.prune.magnitude import MagnitudePruningCallback
 
         callback = MagnitudePruningCallback(model, schedule)
-        _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [callback])
-        return model, {"schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
+        results = _train(model, tokenizer, splits, config, folder, teacher, [callback])
+        return model, {**results, "schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
 
     import torch
 
@@ -289,59 +301,52 @@ def _run_method(
 
     masks = add_movement_masks(model)
     scores = score_parameters(model)
-    score_ids = {id(p) for p in scores}
-    weights = [(n, p) for n, p in model.named_parameters() if id(p) not in score_ids and p.requires_grad]
-    no_decay = ("bias", "LayerNorm", "layer_norm")  # as the Trainer's own optimizer does
-    optimizer = torch.optim.AdamW(
-        [
-            {
-                "params": [p for n, p in weights if not any(k in n for k in no_decay)],
-                "weight_decay": config.weight_decay,
-            },
-            {"params": [p for n, p in weights if any(k in n for k in no_decay)], "weight_decay": 0.0},
-            {"params": scores, "lr": config.scores_learning_rate, "weight_decay": 0.0},
-        ],
-        lr=config.learning_rate,
-    )
+
+    def score_optimizer(trainer: Any) -> None:
+        # the Trainer's own weight-decay grouping for the weights, plus the movement scores at their own rate
+        score_ids = {id(p) for p in scores}
+        decay = set(trainer.get_decay_parameter_names(model))
+        weights = [(n, p) for n, p in model.named_parameters() if id(p) not in score_ids and p.requires_grad]
+        trainer.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for n, p in weights if n in decay], "weight_decay": config.weight_decay},
+                {"params": [p for n, p in weights if n not in decay], "weight_decay": 0.0},
+                {"params": scores, "lr": config.scores_learning_rate, "weight_decay": 0.0},
+            ],
+            lr=config.learning_rate,
+        )
+
     callback = MovementPruningCallback(masks, schedule)
-    _train(model, tokenizer, train_set, validation_set, splits, config, folder, teacher, [callback], optimizer)
+    results = _train(model, tokenizer, splits, config, folder, teacher, [callback], score_optimizer)
     bake_masks(model)
-    return model, {"schedule": asdict(schedule)}
+    return model, {**results, "schedule": asdict(schedule)}
 
 
 def _train(
     model: Any,
     tokenizer: Any,
-    train_set: Any,
-    validation_set: Any,
     splits: Any,
     config: PruneConfig,
     folder: Path,
-    teacher: Any,
-    callbacks: list,
-    optimizer: Any = None,
-) -> None:
-    from transformers import DataCollatorWithPadding, TrainingArguments
+    teacher: Path | None,
+    callbacks: Sequence[Any] = (),
+    configure: Any = None,
+) -> dict[str, Any]:
+    """Recovery training through the one training loop (distilling from `teacher` when given); returns the
+    validation / test / history entries of metrics.json."""
+    from slimformer.training import Distillation, train_classifier
 
-    from slimformer.prune.trainer import PruningTrainer
-    from slimformer.training import metrics_function, train_on_best_device, trainer_arguments
-
-    arguments = TrainingArguments(**trainer_arguments(folder / "trainer", config))
-    trainer = PruningTrainer(
-        model=model,
-        args=arguments,
-        train_dataset=train_set,
-        eval_dataset=validation_set,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=metrics_function(splits.oos_label_id),
-        callbacks=callbacks,
-        optimizers=(optimizer, None),
-        teacher=teacher,
-        alpha=config.alpha,
-        temperature=config.temperature,
+    distillation = Distillation(teacher, config.alpha, config.temperature) if teacher is not None else None
+    result = train_classifier(
+        model, tokenizer, splits, config, folder / "trainer", distillation, callbacks=callbacks, configure=configure
     )
-    train_on_best_device(trainer)
+    return {
+        "validation": result.validation,
+        "test": result.test,
+        "history": result.history,
+        "train_seconds": result.train_seconds,
+        "teacher_logits": result.teacher_logits,
+    }
 
 
 def _encoder_linear_parameters(model: Any) -> int:
@@ -360,31 +365,14 @@ def _importance_batches(train_set: Any, tokenizer: Any, config: PruneConfig) -> 
     return [collate(rows[i : i + config.batch_size]) for i in range(0, count, config.batch_size)]
 
 
-def _load_ordered(path: Path, labels: list[str]) -> Any:
-    """The classifier in `path`, checked to number its labels in the dataset's order."""
-    from slimformer.models import classifier_labels, load_classifier
-
-    if classifier_labels(path) != list(labels):
-        raise ModelError(f"{path} numbers its labels differently from the dataset; fine-tune it on this dataset")
-    return load_classifier(path)
-
-
-def _load_teacher(teacher: str, labels: list[str], tokenizer: Any) -> Any:
-    from slimformer.models import check_classifier_fits, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(teacher)
-    check_classifier_fits(path, labels)
-    if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
-        raise ModelError(f"teacher {path} uses another vocabulary than the model being pruned")
-    return _load_ordered(path, labels)
-
-
-def _metrics(model_path: Path, splits: Any, config: PruneConfig, started: float, input_validation: dict) -> dict:
+def _metrics(
+    model_path: Path, teacher: Path | None, splits: Any, config: PruneConfig, started: float, input_validation: dict
+) -> dict:
     return {
         "stage": "prune",
         "method": config.method,
         "base_model": str(model_path),
-        "teacher": config.teacher,
+        "teacher": str(teacher) if teacher else None,
         "data": splits.name,
         "data_fingerprint": splits.fingerprint,
         "config": asdict(config),
