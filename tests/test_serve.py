@@ -287,7 +287,12 @@ def test_body_limit_refuses_a_declared_length_before_reading() -> None:
 
     for length, status, fragment in (("5000", 413, b"5000 bytes; the limit is 4096"), ("many", 400, b"not a number")):
         sent.clear()
-        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", length.encode())]}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/predict",
+            "headers": [(b"content-length", length.encode())],
+        }
         asyncio.run(BodyLimit(app, max_body_bytes=4096)(scope, receive, send))
         assert sent[0]["status"] == status and fragment in sent[1]["body"]
     assert not received
@@ -558,6 +563,41 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _start_server(model_dir: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`slimformer serve` in a subprocess on a free loopback port; returns it and its base URL once ready."""
+    import os
+
+    import httpx
+
+    port = _free_port()
+    command = [sys.executable, "-m", "slimformer.cli", "serve", str(model_dir), "--port", str(port), *args]
+    environment = {key: value for key, value in os.environ.items() if key != "SLIMFORMER_API_KEY"}
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**environment, **(env or {})}
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.stdout.read().decode()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.2)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+
+
 def test_serve_command_runs_a_real_server_that_survives_bad_input(tiny_classifier_dir: Path) -> None:
     import httpx
 
@@ -610,3 +650,190 @@ def test_serve_command_runs_a_real_server_that_survives_bad_input(tiny_classifie
             server.kill()
             server.wait(timeout=10)
     assert server.returncode is not None
+
+
+def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_classifier_dir: Path) -> None:
+    import signal
+    import threading
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # a long batching wait holds requests that arrive together in the queue: they are in flight at SIGTERM.
+    # They arrive together behind a slow request (64 long texts): while it runs they queue, then wait for company.
+    server, base = _start_server(tiny_classifier_dir, "--max-wait-ms", "3000", "--max-batch-size", "64")
+    answers: list[tuple[int, float, int]] = []
+    slow = {"texts": ["book a flight " * 700] * 64}
+
+    def send(body: dict) -> None:
+        response = httpx.post(f"{base}/predict", json=body, timeout=60)
+        answers.append((response.status_code, time.monotonic(), len(response.json()["predictions"])))
+
+    try:
+        senders = [threading.Thread(target=send, args=(body,)) for body in [slow] + [GOOD] * 7]
+        senders[0].start()
+        time.sleep(0.05)
+        for sender in senders[1:]:
+            sender.start()
+        deadline, pending = time.monotonic() + 10, 0.0
+        while pending < 3 and time.monotonic() < deadline:
+            families = text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+            pending = next(s.value for f in families for s in f.samples if s.name == "slimformer_pending_texts")
+        assert pending >= 3, "requests should be waiting in the batcher"
+        signalled = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        for sender in senders:
+            sender.join(timeout=60)
+        code = server.wait(timeout=60)
+    finally:
+        _stop(server)
+    output = server.stdout.read().decode()
+    assert code == 0, output
+    assert sorted((status, count) for status, _, count in answers) == [(200, 1)] * 7 + [(200, 64)]
+    assert sum(finished > signalled for _, finished, _ in answers) >= 3, "the queued requests were answered after it"
+    assert "Traceback" not in output
+
+
+# --- authentication ------------------------------------------------------------------------------------------
+
+KEY = "s3cret-key-\u00e9"  # a non-ASCII character too: compared as the bytes the client sends
+AUTH = {"authorization": f"Bearer {KEY}".encode()}  # sent as its UTF-8 bytes
+
+
+@pytest.fixture(scope="module")
+def keyed_client(tiny_classifier_dir: Path):
+    config = ServeConfig(max_texts_per_request=4, max_chars_per_text=300, max_body_bytes=4096, api_key=KEY)
+    with TestClient(create_app(tiny_classifier_dir, config)) as test_client:
+        yield test_client
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({}, "needs an API key"),
+        ({"authorization": "Bearer wrong-key"}, "not valid"),
+        ({"authorization": f"Bearer {KEY[:-1]}"}, "not valid"),  # a prefix of the key is not the key
+        ({"authorization": "Basic dXNlcjpwYXNz"}, "needs an API key"),
+        ({"authorization": "Bearer "}, "needs an API key"),
+    ],
+)
+def test_predict_without_the_right_key_is_401(keyed_client, headers, fragment) -> None:
+    response = keyed_client.post("/predict", json=GOOD, headers=headers)
+    payload = assert_error(response, 401, "unauthorized", fragment)
+    assert payload == {"error": "unauthorized", "message": payload["message"], "details": None}
+    assert response.headers["www-authenticate"] == "Bearer"
+    # the key is checked before the body: an unauthenticated client learns nothing from validation errors
+    assert_error(keyed_client.post("/predict", content=b"{", headers=headers), 401, "unauthorized")
+
+
+def test_the_right_key_is_served_and_health_stays_open(keyed_client) -> None:
+    response = keyed_client.post("/predict", json={"texts": ["book a flight", "what is my balance"]}, headers=AUTH)
+    assert response.status_code == 200
+    labels, _ = keyed_client.app.state.serve.predictor.predict(["book a flight", "what is my balance"])
+    assert [p["label"] for p in response.json()["predictions"]] == labels
+    assert_error(keyed_client.post("/predict", json={"text": ""}, headers=AUTH), 422, "validation_error")
+    assert keyed_client.get("/healthz").json() == {"status": "ok"}
+    assert keyed_client.get("/readyz").json() == {"status": "ready"}
+    assert_error(keyed_client.get("/metrics"), 401, "unauthorized")
+    assert 'status="401"' in keyed_client.get("/metrics", headers=AUTH).text
+    info = keyed_client.get("/info").json()
+    assert info["auth"] == {"api_key": True, "open_metrics": False} and KEY not in json.dumps(info)
+
+
+def test_open_metrics_leaves_only_predict_behind_the_key(tiny_classifier_dir: Path) -> None:
+    with TestClient(create_app(tiny_classifier_dir, ServeConfig(api_key=KEY, open_metrics=True))) as client:
+        assert client.get("/metrics").status_code == 200
+        assert_error(client.post("/predict", json=GOOD), 401, "unauthorized")
+        schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"] == {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+    assert schema["paths"]["/predict"]["post"]["security"] == [{"bearerAuth": []}]
+    assert "401" in schema["paths"]["/predict"]["post"]["responses"]
+    assert "security" not in schema["paths"]["/metrics"]["get"]
+
+
+def test_api_key_comes_from_a_file_or_the_environment(tmp_path: Path, monkeypatch) -> None:
+    from slimformer.errors import ConfigError
+    from slimformer.serve import load_api_key
+
+    monkeypatch.delenv("SLIMFORMER_API_KEY", raising=False)
+    assert load_api_key(None) is None
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    assert load_api_key(key_file) == "from-file"
+    monkeypatch.setenv("SLIMFORMER_API_KEY", " from-env ")
+    assert load_api_key(None) == "from-env"
+    assert load_api_key(key_file) == "from-file"  # the file wins
+    (tmp_path / "empty").write_text(" \n")
+    with pytest.raises(ConfigError, match="API key file .*empty is empty"):
+        load_api_key(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="cannot read the API key file"):
+        load_api_key(tmp_path / "missing")
+    monkeypatch.setenv("SLIMFORMER_API_KEY", "")
+    with pytest.raises(ConfigError, match="set but empty"):
+        load_api_key(None)
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "insecure", "refused"),
+    [
+        ("127.0.0.1", None, False, False),
+        ("localhost", None, False, False),
+        ("::1", None, False, False),
+        ("0.0.0.0", None, False, True),
+        ("192.168.1.5", None, False, True),
+        ("my-host.example", None, False, True),
+        ("0.0.0.0", "k", False, False),
+        ("0.0.0.0", None, True, False),
+    ],
+)
+def test_a_non_loopback_bind_needs_a_key_or_insecure(host, key, insecure, refused) -> None:
+    from slimformer.errors import ConfigError
+    from slimformer.serve import check_bind
+
+    if refused:
+        with pytest.raises(ConfigError, match=f"refusing to serve on {host} without an API key"):
+            check_bind(host, key, insecure)
+    else:
+        check_bind(host, key, insecure)
+
+
+def test_serve_command_refuses_a_public_bind_without_a_key_and_an_empty_key_file(
+    tiny_classifier_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from slimformer.cli import main
+
+    monkeypatch.delenv("SLIMFORMER_API_KEY", raising=False)
+    (tmp_path / "empty").write_text("")
+    for args, message in (
+        (["--host", "0.0.0.0"], "error: refusing to serve on 0.0.0.0 without an API key"),
+        (["--api-key-file", str(tmp_path / "empty")], "is empty"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", str(tiny_classifier_dir), "--port", "8123", *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_serve_command_with_a_key_file_on_all_interfaces(tiny_classifier_dir: Path, tmp_path: Path) -> None:
+    import httpx
+
+    (tmp_path / "key").write_text("file-key\n")
+    server, base = _start_server(tiny_classifier_dir, "--host", "0.0.0.0", "--api-key-file", str(tmp_path / "key"))
+    try:
+        assert httpx.post(f"{base}/predict", json=GOOD).status_code == 401
+        assert httpx.post(f"{base}/predict", json=GOOD, headers={"authorization": "Bearer nope"}).status_code == 401
+        response = httpx.post(f"{base}/predict", json=GOOD, headers={"authorization": "Bearer file-key"})
+        assert response.status_code == 200 and response.json()["predictions"][0]["num_tokens"] > 2
+    finally:
+        _stop(server)
+
+
+def test_serve_command_insecure_serves_openly_on_all_interfaces(tiny_classifier_dir: Path) -> None:
+    import httpx
+
+    server, base = _start_server(tiny_classifier_dir, "--host", "0.0.0.0", "--insecure")
+    try:
+        assert httpx.post(f"{base}/predict", json=GOOD).status_code == 200
+    finally:
+        _stop(server)
