@@ -1,0 +1,347 @@
+"""Every encoder family through every stage: a tiny random classifier per family (its own kind of tokenizer,
+trained here in milliseconds) distilled, pruned (heads + FFN, vocabulary), exported, optimized, quantized."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+DEBERTA_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
+ALBERT_SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+HIDDEN, HEADS, INTERMEDIATE, TEACHER_LAYERS = 32, 4, 64, 4
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one family's tiny classifier is built: its config class and tokenizer kind."""
+
+    family: str
+    tokenizer: str  # wordpiece | bpe | unigram
+    specials: tuple[str, ...]  # pad, unk/bos..., in the family's usual order
+    pair_style: str  # bert ([CLS] a [SEP]) | roberta (<s> a </s>)
+
+
+RECIPES = {
+    "bert": Recipe("bert", "wordpiece", tuple(WORDPIECE_SPECIALS), "bert"),
+    "distilbert": Recipe("distilbert", "wordpiece", tuple(WORDPIECE_SPECIALS), "bert"),
+    "electra": Recipe("electra", "wordpiece", tuple(WORDPIECE_SPECIALS), "bert"),
+    "mpnet": Recipe("mpnet", "wordpiece", tuple(ROBERTA_SPECIALS), "roberta"),
+    "roberta": Recipe("roberta", "bpe", tuple(ROBERTA_SPECIALS), "roberta"),
+    "modernbert": Recipe("modernbert", "bpe", tuple(WORDPIECE_SPECIALS), "bert"),
+    "xlm-roberta": Recipe("xlm-roberta", "unigram", tuple(ROBERTA_SPECIALS), "roberta"),
+    "deberta-v2": Recipe("deberta-v2", "unigram", tuple(DEBERTA_SPECIALS), "bert"),
+    "albert": Recipe("albert", "unigram", tuple(ALBERT_SPECIALS), "bert"),
+}
+
+
+def build_tokenizer(recipe: Recipe, texts: list[str]) -> Any:
+    """A fast tokenizer of the family's kind trained on `texts` (WordPiece, byte-level BPE or Unigram)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(recipe.specials)
+    unk = next(s for s in specials if "unk" in s.lower())
+    if recipe.tokenizer == "wordpiece":
+        backend = Tokenizer(models.WordPiece(unk_token=unk))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials)
+    elif recipe.tokenizer == "bpe":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
+    else:
+        backend = Tokenizer(models.Unigram())
+        backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token=unk)
+    backend.train_from_iterator(texts, trainer)
+    if recipe.pair_style == "roberta":
+        cls, sep, pad, mask = "<s>", "</s>", "<pad>", "<mask>"
+    else:
+        cls, sep, pad, mask = "[CLS]", "[SEP]", specials[0], "[MASK]"
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep, mask_token=mask
+    )
+    tokenizer.model_max_length = 64
+    return tokenizer
+
+
+def build_config(recipe: Recipe, tokenizer: Any, labels: list[str]) -> Any:
+    """A tiny config of the family (hidden 32, 4 heads, 4 layers) numbering the labels in dataset order."""
+    from transformers import AutoConfig
+
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+    shape = {
+        "hidden_size": HIDDEN,
+        "num_attention_heads": HEADS,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": TEACHER_LAYERS,
+        "max_position_embeddings": 130,
+    }
+    family = recipe.family
+    if family == "distilbert":
+        shape = {"dim": HIDDEN, "n_heads": HEADS, "hidden_dim": INTERMEDIATE, "n_layers": TEACHER_LAYERS}
+        shape["max_position_embeddings"] = 128
+    elif family == "electra":
+        shape["embedding_size"] = 16  # ELECTRA-small's embeddings are narrower than its encoder too
+    elif family == "albert":
+        shape.update(embedding_size=16, num_hidden_groups=1, inner_group_num=1)
+    elif family == "deberta-v2":  # DeBERTa-v3's relative attention, no absolute positions
+        shape.update(
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            position_buckets=32,
+            max_relative_positions=-1,
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            type_vocab_size=0,
+        )
+    elif family == "modernbert":
+        shape.update(global_attn_every_n_layers=3, local_attention=16, cls_token_id=tokenizer.cls_token_id)
+        shape.update(sep_token_id=tokenizer.sep_token_id)
+    return AutoConfig.for_model(family, **shape, **ids)
+
+
+def build_classifier(folder: Path, family: str, texts: list[str], labels: list[str], seed: int = 0) -> Path:
+    """Save a tiny random classifier of `family` with its tokenizer to `folder`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = RECIPES[family]
+    tokenizer = build_tokenizer(recipe, texts)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(build_config(recipe, tokenizer, labels))
+    with torch.no_grad():  # random heads of std 0.02 give near-constant logits: widen them so parity means something
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+FAMILIES = tuple(RECIPES)
+HEADLESS = {"mpnet"}  # families whose heads preflight refuses to remove (FFN pruning only)
+# Attention / EmbedLayerNormalization fusions onnxruntime 1.32 makes on the 2-layer pruned student
+ATTENTION_FUSIONS = {"bert": 2, "distilbert": 2, "roberta": 2, "xlm-roberta": 2, "electra": 2, "albert": 1}
+EMBEDDING_FUSIONS = {"bert": 1, "distilbert": 1, "electra": 1}
+NO_ORT_ATTENTION = {"mpnet", "deberta-v2", "modernbert"}
+
+
+@pytest.fixture(scope="session")
+def slice_data(clinc_slice_dir: Path) -> Any:
+    from slimformer.data import load_data
+
+    return load_data(str(clinc_slice_dir))
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory: pytest.TempPathFactory, slice_data: Any) -> dict[str, Path]:
+    """One tiny random 4-layer classifier per family."""
+    root = tmp_path_factory.mktemp("family_teachers")
+    texts = list(slice_data.train["text"])
+    return {family: build_classifier(root / family, family, texts, slice_data.labels) for family in FAMILIES}
+
+
+_RUNS: dict[str, dict[str, Any]] = {}
+
+
+@pytest.fixture(scope="session")
+def stage_runs(tmp_path_factory: pytest.TempPathFactory, teachers: dict[str, Path], slice_data: Any) -> Any:
+    """run(family) -> {stage: metrics} of distill -> prune structured -> prune vocab -> export -> optimize ->
+    quantize, each family run once per session."""
+    from slimformer.distill import DistillConfig, distill
+    from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
+    from slimformer.prune.stage import PruneConfig, prune
+
+    def run(family: str) -> dict[str, Any]:
+        if family in _RUNS:
+            return _RUNS[family]
+        root = tmp_path_factory.mktemp(f"run_{family}")
+        heads = 0.0 if family in HEADLESS else 0.5
+        steps = [
+            ("distill", distill, DistillConfig(student_layers=2, epochs=1, max_length=32)),
+            (
+                "structured",
+                prune,
+                PruneConfig(method="structured", heads_fraction=heads, ffn_fraction=0.5, epochs=0, max_length=32),
+            ),
+            ("vocab", prune, PruneConfig(method="vocab", vocab_clusters=8, max_length=32)),
+            ("export", export_onnx, ExportConfig(max_length=32)),
+            ("optimize", optimize_onnx, OptimizeConfig(max_length=32)),
+            ("quantize", quantize, QuantizeConfig(max_length=32)),
+        ]
+        source, results = teachers[family], {}
+        for name, stage, config in steps:
+            results[name] = stage(source, root / name, config, slice_data)
+            source = root / name
+        results["folders"] = {name: root / name for name, _, _ in steps}
+        _RUNS[family] = results
+        return results
+
+    return run
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_runs_through_every_stage(family: str, stage_runs: Any) -> None:
+    from slimformer.models import load_classifier, read_config
+
+    runs = stage_runs(family)
+    folders = runs["folders"]
+    student = read_config(folders["distill"])
+    assert student.get("num_hidden_layers", student.get("n_layers")) == 2
+    if family == "modernbert":  # the kept layers' own attention kinds (teacher: full, sliding, sliding, full)
+        assert student["layer_types"] == ["full_attention", "full_attention"]
+
+    structured = runs["structured"]["structured"]
+    assert (structured["intermediate_size_before"], structured["intermediate_size_after"]) == (64, 32)
+    pruned = read_config(folders["structured"])
+    if family in HEADLESS:
+        assert "heads_after" not in structured and pruned["model_type"] == family
+    else:
+        assert (structured["heads_before"], structured["heads_after"], structured["head_size"]) == (4, 2, 8)
+        assert pruned["model_type"] in (f"slim-{family}", "slimbert")
+        assert pruned["attention_head_size"] == 8
+    assert structured["parameters_after"] < structured["parameters_before"]
+    assert load_classifier(folders["structured"]).num_parameters() == structured["parameters_after"]
+
+    vocabulary = runs["vocab"]["vocabulary"]
+    assert vocabulary["unseen_tokens"] == "cluster"
+    assert vocabulary["distinct_embedding_rows"] <= vocabulary["used_tokens"] + vocabulary["clusters"]
+
+    parity = runs["export"]["parity"]
+    assert parity["passed"] and parity["max_abs_logit_diff"] < 1e-4 and parity["argmax_agreement"] == 1.0
+
+    optimized = runs["optimize"]
+    assert optimized["optimizer_model_type"] == "bert"
+    assert optimized["attention_fused_layers"] == ATTENTION_FUSIONS.get(family, 0)
+    assert optimized["fusions"]["EmbedLayerNormalization"] == EMBEDDING_FUSIONS.get(family, 0)
+    if family in NO_ORT_ATTENTION:
+        assert optimized["attention_fusion"].startswith(f"not available in onnxruntime for {family}")
+        assert not any("attention fused in" in w for w in optimized["warnings"])
+    else:
+        assert optimized["attention_fusion"].startswith(f"fused in {ATTENTION_FUSIONS[family]} of 2 layers")
+    assert optimized["parity_vs_input"]["max_abs_logit_diff"] < 1e-3
+    assert (folders["quantize"] / "model.onnx").is_file()
+
+
+def _logits(model: Any, tokenizer: Any, texts: list[str]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model.eval()(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_slicing_units_equals_zeroing_their_output_columns(
+    family: str, teachers: dict[str, Path], slice_data: Any, tmp_path: Path
+) -> None:
+    """Removing heads / FFN neurons computes exactly what the unpruned model computes with those units'
+    columns of the output projection set to zero, and the saved checkpoint reloads to the same logits."""
+    import copy
+
+    import torch
+
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.structured import as_slim_model, layer_units, prune_units, unit_importance
+
+    model, tokenizer = load_classifier(teachers[family]), load_tokenizer(teachers[family])
+    texts = list(slice_data.validation["text"])[:6]
+    kinds = ("ffn",) if family in HEADLESS else ("ffn", "heads")
+    importance = unit_importance(model, "magnitude", kinds=kinds)
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for kind in kinds:
+            for unit, score in zip(layer_units(masked, kind), importance[kind], strict=True):
+                kept = torch.topk(score, len(score) // 2).indices
+                dropped = torch.ones(len(score), dtype=torch.bool)
+                dropped[kept] = False
+                columns = dropped.repeat_interleave(unit.width)
+                unit.output.weight[:, columns] = 0
+    for kind in kinds:
+        prune_units(model, kind, 0.5, importance[kind])
+    if "heads" in kinds:
+        model = as_slim_model(model)
+    expected = _logits(masked, tokenizer, texts)
+    assert torch.allclose(_logits(model, tokenizer, texts), expected, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    assert torch.allclose(_logits(load_classifier(tmp_path), tokenizer, texts), expected, atol=1e-5)
+
+
+def test_albert_student_repeats_the_shared_layer(teachers: dict[str, Path]) -> None:
+    import torch
+
+    from slimformer.models import load_classifier
+    from slimformer.students import build_student_from_teacher
+
+    student, _, kept = build_student_from_teacher(teachers["albert"], 2)
+    teacher = load_classifier(teachers["albert"])
+    assert student.config.num_hidden_layers == 2 and kept == [0, 3]
+    for key, tensor in teacher.state_dict().items():
+        assert torch.equal(student.state_dict()[key], tensor)
+
+
+def test_modernbert_student_keeps_each_kept_layers_attention_kind(teachers: dict[str, Path]) -> None:
+    from slimformer.students import build_student_from_teacher
+
+    student, _, kept = build_student_from_teacher(teachers["modernbert"], 3)
+    assert kept == [0, 2, 3]
+    assert student.config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+
+
+def test_preflight_refuses_with_one_line_reasons(teachers: dict[str, Path], tmp_path: Path) -> None:
+    from slimformer.families import preflight
+    from slimformer.prune.stage import PruneConfig
+
+    heads = PruneConfig(method="structured", heads_fraction=0.5, ffn_fraction=0.5)
+    reason = preflight(teachers["mpnet"], "prune", heads)
+    assert reason.startswith("attention heads of mpnet cannot be removed: MPNet adds one relative-position bias")
+    assert preflight(teachers["mpnet"], "prune", PruneConfig(method="structured", ffn_fraction=0.5)) is None
+    for family in FAMILIES:
+        if family not in HEADLESS:
+            assert preflight(teachers[family], "prune", heads) is None
+        assert preflight(teachers[family], "distill", None) is None
+
+    split = PruneConfig(method="vocab", vocab_unseen="split")
+    assert preflight(teachers["bert"], "prune", split) is None
+    assert preflight(teachers["roberta"], "prune", split) == (
+        "--vocab-unseen split rebuilds WordPiece tokenizers only; this one is BPE (use --vocab-unseen cluster)"
+    )
+    assert "this one is Unigram" in preflight(teachers["deberta-v2"], "prune", split)
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    reason = preflight(tmp_path, "export", None)
+    assert reason.startswith("model type 'gpt2' is not a supported encoder family (supported: bert, roberta")
+    assert "\n" not in reason
+
+
+def test_split_vocabulary_pruning_refuses_non_wordpiece(teachers: dict[str, Path], tmp_path: Path) -> None:
+    from slimformer.errors import ModelError
+    from slimformer.prune.vocab import prune_vocabulary
+
+    with pytest.raises(ModelError, match="supports WordPiece tokenizers, not BPE"):
+        prune_vocabulary(teachers["roberta"], ["book a flight"], tmp_path / "out")
