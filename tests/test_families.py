@@ -343,5 +343,30 @@ def test_split_vocabulary_pruning_refuses_non_wordpiece(teachers: dict[str, Path
     from slimformer.errors import ModelError
     from slimformer.prune.vocab import prune_vocabulary
 
-    with pytest.raises(ModelError, match="supports WordPiece tokenizers, not BPE"):
+    with pytest.raises(ModelError, match="rebuilds WordPiece tokenizers only; this one is BPE"):
         prune_vocabulary(teachers["roberta"], ["book a flight"], tmp_path / "out")
+
+
+# encoder Linear layers unstructured pruning masks: 6 per layer (query, key, value, output, 2 FFN); ALBERT's
+# one shared layer plus its embedding projection; ModernBERT's fused Wqkv, Wo and its gated FFN's Wi, Wo
+ENCODER_LINEARS = {"albert": 7, "modernbert": 16}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unstructured_pruning_finds_each_familys_encoder_linears(family: str, teachers: dict[str, Path]) -> None:
+    from slimformer.families import family_for_model_type
+    from slimformer.models import load_classifier
+    from slimformer.prune.magnitude import encoder_linears
+
+    linears = encoder_linears(load_classifier(teachers[family]))
+    assert len(linears) == ENCODER_LINEARS.get(family, 6 * TEACHER_LAYERS)
+    assert all(name.startswith(family_for_model_type(family).encoder + ".") for name in linears)
+
+
+def test_magnitude_pruning_runs_on_distilbert(teachers: dict[str, Path], slice_data: Any, tmp_path: Path) -> None:
+    from slimformer.prune.stage import PruneConfig, prune
+
+    config = PruneConfig(method="magnitude", sparsity=0.5, epochs=1, max_length=32, sparse_values=("float32",))
+    metrics = prune(teachers["distilbert"], tmp_path / "out", config, slice_data)
+    assert metrics["sparsity"]["encoder"] == pytest.approx(0.5, abs=0.01)
+    assert all(name.startswith("distilbert.transformer.layer.") for name in metrics["sparsity"]["per_layer"])

@@ -2,7 +2,8 @@
 
 Two ways to treat the tokens the corpus never uses:
 
-- ``cluster`` (default, :func:`cluster_unseen_rows`): the tokenizer is unchanged (every text is spelt with the
+- ``cluster`` (default, :func:`cluster_unseen_rows`; any tokenizer: WordPiece, byte-level BPE, SentencePiece /
+  Unigram): the tokenizer is unchanged (every text is spelt with the
   same pieces as before) and each unseen token's row becomes the centroid of its k-means cluster, so the table
   holds only `used + clusters` distinct rows. The ONNX stages store each distinct row once
   (:mod:`slimformer.onnx.embeddings`), which is where the file shrinks.
@@ -10,7 +11,7 @@ Two ways to treat the tokens the corpus never uses:
   only. WordPiece is greedy longest-match-first and every token it chose on the corpus is kept, so the corpus
   tokenizes as before (ids remapped); a word of another text is spelt with smaller kept pieces or becomes
   [UNK]. The PyTorch checkpoint itself shrinks, but unseen words change spelling, which costs accuracy on
-  out-of-scope queries.
+  out-of-scope queries. BPE and Unigram vocabularies are not greedy longest-match, so ``split`` refuses them.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ def write_pruned_vocabulary(
         raise ModelError("vocabulary pruning needs a tokenizers-backed (fast) tokenizer")
     tokenizer_model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     if tokenizer_model.get("type") != "WordPiece":
-        raise ModelError(f"vocabulary pruning supports WordPiece tokenizers, not {tokenizer_model.get('type')}")
+        raise ModelError(
+            f"--vocab-unseen split rebuilds WordPiece tokenizers only; this one is {tokenizer_model.get('type')} "
+            "(use --vocab-unseen cluster, which works with any tokenizer)"
+        )
     model = load_classifier(model_dir)
     kept = sorted(set(used_token_ids(tokenizer, texts)) | frequent_token_ids(tokenizer, keep_frequent))
     old_embeddings = model.get_input_embeddings()
