@@ -21,26 +21,20 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from slimformer.config import option
+from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError, SlimformerError
 
-ISA_FLAGS = {
-    "avx2": "avx2",
-    "avx512": "avx512f",
-    "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni",
-    "amx": "amx_int8",
-}
+QUICK_LATENCY_SAMPLES = 200  # --quick: batch-1 queries timed
 
 
 @dataclass
-class BenchmarkConfig:
+class BenchmarkConfig(StageConfig):
     """Options of `slimformer benchmark`."""
 
     threads: int | None = option(None, "Intra-op threads per model (default: every available core)")
@@ -52,6 +46,11 @@ class BenchmarkConfig:
     seed: int = option(0, "Order in which queries are drawn.")
     isolate: bool = option(True, "Run each model in a fresh process (honest peak RSS, clean thread state)")
     rounds: int = option(5, "Latency is timed in this many interleaved rounds (models take turns each round)")
+
+    produces_model: ClassVar[bool] = False
+
+    def quick(self) -> BenchmarkConfig:
+        return replace(self, latency_samples=min(self.latency_samples, QUICK_LATENCY_SAMPLES))
 
     def validate(self) -> None:
         if self.threads is not None and self.threads < 1:
@@ -68,8 +67,8 @@ class BenchmarkConfig:
 
 def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfig | None = None) -> dict[str, Any]:
     """Benchmark every model folder on `data` (a DataSplits). Returns ``{"environment": ..., "results": [...]}``."""
+    from slimformer.cpu import default_threads
     from slimformer.data import column
-    from slimformer.predictor import default_threads
 
     config = config or BenchmarkConfig()
     config.validate()
@@ -121,6 +120,7 @@ def latency_rounds(texts: list[str], config: BenchmarkConfig) -> list[list[str]]
 def prepare_model(path: str, job: dict[str, Any]) -> dict[str, Any]:
     """Load the model (kept for the latency rounds), measure accuracy and batch throughput, warm up."""
     from slimformer.artifacts import folder_size_bytes, weights_size_bytes
+    from slimformer.data import label_positions
     from slimformer.metrics import classification_metrics
     from slimformer.models import resolve_model_path
     from slimformer.predictor import load
@@ -129,7 +129,7 @@ def prepare_model(path: str, job: dict[str, Any]) -> dict[str, Any]:
     rss_before = _current_rss_mb()
     predictor = load(path, threads=job["threads"])
     rss_loaded = _current_rss_mb()
-    label_index = _label_index(path, predictor.labels, job["labels"])
+    label_index = label_positions(predictor.labels, job["labels"])
     _LOADED[path] = predictor
 
     # accuracy and throughput: the whole evaluation split in batches
@@ -209,7 +209,8 @@ def environment_info(threads: int) -> dict[str, Any]:
     """The machine and software a benchmark ran on."""
     import importlib.metadata
 
-    cpu_model, flags = _cpu_info()
+    from slimformer.cpu import cpu_model, isa_summary
+
     versions = {}
     for package in ("torch", "transformers", "onnxruntime", "onnx", "numpy", "slimformer"):
         try:
@@ -217,9 +218,9 @@ def environment_info(threads: int) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
     return {
-        "cpu": cpu_model,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "isa": {name: flag in flags for name, flag in ISA_FLAGS.items()},
+        "isa": isa_summary(),
         "threads": threads,
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -341,17 +342,6 @@ def _maybe(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-def _label_index(path: str, model_labels: list[str], data_labels: list[str]) -> np.ndarray:
-    """Map the model's output indices to the dataset's label indices (by name, whatever the order)."""
-    if sorted(model_labels) != sorted(data_labels):
-        raise ModelError(
-            f"{path} predicts {len(model_labels)} labels that are not the dataset's {len(data_labels)}; "
-            "benchmark it on the data it was fine-tuned for"
-        )
-    position = {label: i for i, label in enumerate(data_labels)}
-    return np.array([position[label] for label in model_labels])
-
-
 class _ModelRunner:
     """Runs the benchmark steps of one model: in a spawned process of its own (isolate), else in this one."""
 
@@ -394,20 +384,6 @@ def _exit_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="slimformer-parent-watch", daemon=True).start()
-
-
-def _cpu_info() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags
 
 
 def _current_rss_mb() -> float:

@@ -24,30 +24,12 @@ from slimformer.errors import ConfigError
 
 QUICK_TRAIN_ROWS = 1500  # --quick: training rows
 QUICK_EVAL_ROWS = 400  # --quick: validation and test rows
-QUICK_MAX_EPOCHS = 1.0  # --quick: cap on every stage's epochs
-QUICK_LATENCY_SAMPLES = 200
-
-
-@dataclass(frozen=True)
-class StageKind:
-    """How a recipe stage maps to a stage function and its config dataclass (imported lazily)."""
-
-    config: str  # "module:Class" of the options dataclass
-    produces_model: bool  # does the stage output a new model variant?
-    uses_teacher: bool = False  # is the fine-tuned teacher passed in (distillation, pruning, QAT)?
-
-
-STAGE_KINDS: dict[str, StageKind] = {
-    "finetune-teacher": StageKind("slimformer.finetune:FinetuneConfig", produces_model=True),
-    "benchmark-teacher": StageKind("slimformer.benchmark:BenchmarkConfig", produces_model=False),
-    "distill": StageKind("slimformer.distill:DistillConfig", produces_model=True, uses_teacher=True),
-    "search": StageKind("slimformer.search:SearchConfig", produces_model=True, uses_teacher=True),
-    "prune": StageKind("slimformer.prune:PruneConfig", produces_model=True, uses_teacher=True),
-    "export": StageKind("slimformer.onnx:ExportConfig", produces_model=True),
-    "optimize": StageKind("slimformer.onnx:OptimizeConfig", produces_model=True),
-    "quantize": StageKind("slimformer.onnx:QuantizeConfig", produces_model=True, uses_teacher=True),
-    "benchmark-all": StageKind("slimformer.benchmark:BenchmarkConfig", produces_model=False),
-    "report": StageKind("slimformer.report:ReportConfig", produces_model=False),
+# steps of a run that are not model stages: they read the whole run (its teacher, its variants)
+RUN_STEPS: dict[str, str] = {
+    "finetune-teacher": "slimformer.finetune:FinetuneConfig",  # the finetune stage, skipped for a fitted model
+    "benchmark-teacher": "slimformer.benchmark:BenchmarkConfig",
+    "benchmark-all": "slimformer.benchmark:BenchmarkConfig",
+    "report": "slimformer.report:ReportConfig",
 }
 RECIPE_KEYS = {"model", "data", "data_dir", "seed", "threads", "stages", "text_column", "label_column"}
 
@@ -118,8 +100,8 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
         options = dict(entry)
         kind = str(options.pop("stage"))
         name = str(options.pop("name", "") or "")
-        if kind not in STAGE_KINDS:
-            raise ConfigError(f"{source}: stage {index} is unknown stage {kind!r} (valid: {', '.join(STAGE_KINDS)})")
+        if kind not in stage_kinds():
+            raise ConfigError(f"{source}: stage {index} is unknown stage {kind!r} (valid: {', '.join(stage_kinds())})")
         stage = Stage(kind=kind, options=options, name=name)
         build_config(stage, source=f"{source}: stage {index} ({kind})")  # validates option names and values
         stages.append(stage)
@@ -137,34 +119,30 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
+def stage_kinds() -> list[str]:
+    """Every stage a recipe may name: the run-level steps and the registered stages."""
+    from slimformer.stages import STAGES
+
+    return [*RUN_STEPS, *STAGES]
+
+
 def config_class(kind: str) -> type:
+    """The config dataclass of a recipe stage."""
     import importlib
 
-    module_name, _, class_name = STAGE_KINDS[kind].config.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"stage {kind!r} is not available in this installation ({exc})") from exc
+    from slimformer.stages import STAGES
+
+    if kind in STAGES:
+        return STAGES[kind].config
+    module_name, _, class_name = RUN_STEPS[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def build_config(stage: Stage, source: str = "", overrides: dict[str, Any] | None = None) -> Any:
     """The stage's config dataclass built from its options; unknown options and bad values are ConfigErrors."""
-    cls = config_class(stage.kind)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    options = {**stage.options, **(overrides or {})}
-    for key in options:
-        if key not in fields:
-            raise ConfigError(f"{source or stage.kind}: unknown option {key!r} (valid: {', '.join(fields)})")
-    try:
-        config = cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source or stage.kind}: {exc}") from exc
-    if hasattr(config, "validate"):
-        try:
-            config.validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{source or stage.kind}: {exc}") from exc
-    return config
+    from slimformer.config import build_config as build
+
+    return build(config_class(stage.kind), {**stage.options, **(overrides or {})}, source or stage.kind)
 
 
 # --- running --------------------------------------------------------------------------------------------
@@ -210,6 +188,7 @@ def run_recipe(recipe: Recipe, output: str | Path, quick: bool = False) -> dict[
     if quick:
         data = data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=recipe.seed)
     model = resolve_model_path(recipe.model)
+    _preflight(recipe, model)
     state = RunState(output=output, data=data, recipe=recipe, quick=quick, current=model)
     state.current_key = _model_key(model)
     started = time.perf_counter()
@@ -218,7 +197,8 @@ def run_recipe(recipe: Recipe, output: str | Path, quick: bool = False) -> dict[
         elapsed = time.perf_counter() - started
         console.rule(f"[bold]stage {index}/{total}: {stage.variant}[/bold] · {_clock(elapsed)} elapsed")
         tick = time.perf_counter()
-        cached = RUNNERS[stage.kind](state, stage, index, console)
+        runner = RUN_STEP_RUNNERS.get(stage.kind, _run_model_stage)
+        cached = runner(state, stage, index, console)
         seconds = time.perf_counter() - tick
         state.stage_log.append(
             {"index": index, "stage": stage.kind, "name": stage.variant, "cached": cached, "seconds": round(seconds, 1)}
@@ -237,6 +217,18 @@ def run_recipe(recipe: Recipe, output: str | Path, quick: bool = False) -> dict[
     write_json(output / "run.json", summary)
     console.rule(f"[bold green]finished in {_clock(summary['seconds'])}[/bold green]")
     return summary
+
+
+def _preflight(recipe: Recipe, model: Path) -> None:
+    """Stop in one line, before any training, when a stage cannot run on this model's encoder family."""
+    from slimformer.families import preflight
+    from slimformer.stages import STAGES
+
+    for index, stage in enumerate(recipe.stages, start=1):
+        if stage.kind in STAGES or stage.kind == "finetune-teacher":
+            reason = preflight(model, stage.kind, build_config(stage))
+            if reason:
+                raise ConfigError(f"stage {index} ({stage.variant}) cannot run on {model}: {reason}")
 
 
 def _clock(seconds: float) -> str:
@@ -268,66 +260,34 @@ def _stage_key(state: RunState, stage: Stage, config: Any, extra: str = "") -> s
 
 
 def _stage_config(state: RunState, stage: Stage) -> Any:
+    """The stage's config with the recipe's seed and threads, shrunk by the config itself under --quick."""
+    names = {f.name for f in dataclasses.fields(config_class(stage.kind))}
     overrides: dict[str, Any] = {}
-    cls = config_class(stage.kind)
-    names = {f.name for f in dataclasses.fields(cls)}
     if "seed" in names and "seed" not in stage.options:
         overrides["seed"] = state.recipe.seed
     if "threads" in names and "threads" not in stage.options and state.recipe.threads:
         overrides["threads"] = state.recipe.threads
-    if state.quick:
-        for name in ("epochs", "max_epochs"):
-            if name in names:
-                value = stage.options.get(name, getattr(cls(), name) if _constructible(cls) else None)
-                if value is not None:
-                    overrides[name] = min(float(value), QUICK_MAX_EPOCHS)
-        if "latency_samples" in names:
-            overrides["latency_samples"] = min(int(stage.options.get("latency_samples", 1000)), QUICK_LATENCY_SAMPLES)
-        if "trials" in names:
-            overrides["trials"] = min(int(stage.options.get("trials", 8)), 2)
-    if _wants_teacher(stage) and "teacher" in names and "teacher" not in stage.options and state.teacher:
-        overrides["teacher"] = str(state.teacher)
-    return build_config(stage, overrides=overrides)
+    config = build_config(stage, overrides=overrides)
+    return config.quick() if state.quick and hasattr(config, "quick") else config
 
 
-def _wants_teacher(stage: Stage) -> bool:
-    """Only stages that train against the teacher get it: vocabulary pruning and post-training quantization don't."""
-    if not STAGE_KINDS[stage.kind].uses_teacher:
-        return False
-    if stage.kind == "prune":
-        return stage.options.get("method") != "vocab"
-    if stage.kind == "quantize":
-        return stage.options.get("method") == "qat"
-    return True
+def _run_model_stage(state: RunState, stage: Stage, index: int, console: Any) -> bool:
+    """Run (or reuse) a registered stage on the current model; its model becomes the current one."""
+    from slimformer.stages import STAGES, stage_fact
 
-
-def _constructible(cls: type) -> bool:
-    try:
-        cls()
-        return True
-    except TypeError:
-        return False
-
-
-def _run_model_stage(
-    state: RunState,
-    stage: Stage,
-    index: int,
-    console: Any,
-    call: Callable[[Path, Any], dict[str, Any]],
-    result_subdir: str = "",
-) -> bool:
-    """Run (or reuse) a stage that writes a new model folder; make it the current model."""
+    teacher = _ensure_teacher(state)
     config = _stage_config(state, stage)
-    key = _stage_key(state, stage, config)
+    uses_teacher = stage_fact(config, "needs_teacher", False)
+    key = _stage_key(state, stage, config, extra="teacher" if uses_teacher else "")
     folder = state.output / "stages" / f"{index:02d}-{stage.kind}-{key}"
     cached = (folder / "metrics.json").is_file()
     if not cached:
-        call(folder, config)
-    model_folder = folder / result_subdir if result_subdir else folder
+        data = None if stage_fact(config, "uses_data", "none") == "none" else state.data
+        STAGES[stage.kind].run(state.current, folder, config, data, teacher if uses_teacher else None)
+    model_folder = folder / stage_fact(config, "model_subdir", "")
     state.current = model_folder
     state.current_key = key
-    state.variants.append(Variant(stage.variant, model_folder, stage.kind, read_metrics(folder)))
+    state.variants.append(Variant(stage.variant, model_folder, stage.kind, read_metrics(model_folder)))
     return cached
 
 
@@ -340,10 +300,14 @@ def _finetune_teacher(state: RunState, stage: Stage, index: int, console: Any) -
         console.print(f"  {state.current} already classifies this dataset's labels: no fine-tuning needed")
         state.teacher = state.current
         return True
-    cached = _run_model_stage(
-        state, stage, index, console, lambda out, cfg: finetune(state.current, out, cfg, state.data)
-    )
-    state.teacher = state.current
+    config = _stage_config(state, stage)
+    key = _stage_key(state, stage, config)
+    folder = state.output / "stages" / f"{index:02d}-{stage.kind}-{key}"
+    cached = (folder / "metrics.json").is_file()
+    if not cached:
+        finetune(state.current, folder, config, state.data)
+    state.current, state.current_key, state.teacher = folder, key, folder
+    state.variants.append(Variant(stage.variant, folder, stage.kind, read_metrics(folder)))
     state.variants[-1].name = stage.name or "teacher"
     return cached
 
@@ -356,55 +320,6 @@ def _ensure_teacher(state: RunState) -> Path:
         state.teacher = state.current
         state.variants.insert(0, Variant("teacher", state.current, "input", read_metrics(state.current)))
     return state.teacher
-
-
-def _distill(state: RunState, stage: Stage, index: int, console: Any) -> bool:
-    from slimformer.distill import distill
-
-    teacher = _ensure_teacher(state)
-    return _run_model_stage(state, stage, index, console, lambda out, cfg: distill(teacher, out, cfg, state.data))
-
-
-def _search(state: RunState, stage: Stage, index: int, console: Any) -> bool:
-    from slimformer.search import search
-
-    teacher = _ensure_teacher(state)
-    return _run_model_stage(
-        state, stage, index, console, lambda out, cfg: search(teacher, out, cfg, state.data), "best_model"
-    )
-
-
-def _prune(state: RunState, stage: Stage, index: int, console: Any) -> bool:
-    from slimformer.prune import prune
-
-    _ensure_teacher(state)
-    source = state.current
-    return _run_model_stage(state, stage, index, console, lambda out, cfg: prune(source, out, cfg, state.data))
-
-
-def _export(state: RunState, stage: Stage, index: int, console: Any) -> bool:
-    from slimformer.onnx import export_onnx
-
-    _ensure_teacher(state)
-    source = state.current
-    return _run_model_stage(
-        state, stage, index, console, lambda out, cfg: export_onnx(source, out, cfg, data=state.data)
-    )
-
-
-def _optimize(state: RunState, stage: Stage, index: int, console: Any) -> bool:
-    from slimformer.onnx import optimize_onnx
-
-    source = state.current
-    return _run_model_stage(state, stage, index, console, lambda out, cfg: optimize_onnx(source, out, cfg))
-
-
-def _quantize(state: RunState, stage: Stage, index: int, console: Any) -> bool:
-    from slimformer.onnx import quantize
-
-    _ensure_teacher(state)
-    source = state.current
-    return _run_model_stage(state, stage, index, console, lambda out, cfg: quantize(source, out, cfg, data=state.data))
 
 
 def _benchmark(state: RunState, stage: Stage, index: int, console: Any, models: list[Variant]) -> bool:
@@ -456,15 +371,9 @@ def _report(state: RunState, stage: Stage, index: int, console: Any) -> bool:
     return False
 
 
-RUNNERS: dict[str, Callable[[RunState, Stage, int, Any], bool]] = {
+RUN_STEP_RUNNERS: dict[str, Callable[[RunState, Stage, int, Any], bool]] = {
     "finetune-teacher": _finetune_teacher,
     "benchmark-teacher": _benchmark_teacher,
-    "distill": _distill,
-    "search": _search,
-    "prune": _prune,
-    "export": _export,
-    "optimize": _optimize,
-    "quantize": _quantize,
     "benchmark-all": _benchmark_all,
     "report": _report,
 }

@@ -164,13 +164,20 @@ def _method_line(benchmark: dict[str, Any]) -> str:
 
 
 def _search_section(variants: list[Any]) -> list[dict[str, Any]]:
+    """The search's trials (number, state, objective values, parameters) from its `trials.csv`, if it ran."""
+    import csv
+
     for variant in variants:
         if variant.stage == "search":
-            folder = Path(variant.path)
-            for candidate in (folder / "trials.json", folder.parent / "trials.json"):
-                if candidate.is_file():
-                    return json.loads(candidate.read_text())
-            return variant.metrics.get("trials", [])
+            trials = Path(variant.path).parent / "trials.csv"  # the search folder; its model is best_model/
+            if not trials.is_file():
+                return []
+            with trials.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            keep = [
+                k for k in (rows[0] if rows else {}) if k in ("number", "state") or k.startswith(("value", "params_"))
+            ]
+            return [{key.removeprefix("params_"): row[key] for key in keep} for row in rows]
     return []
 
 

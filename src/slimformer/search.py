@@ -22,10 +22,10 @@ import statistics
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
-from slimformer.config import option
+from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.errors import ConfigError, SlimformerError
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ BASELINE_ATTR = "baseline"  # user attribute of the enqueued default-parameter t
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(StageConfig):
     """Options of `slimformer search`; ranges are (low, high), inclusive."""
 
     trials: int = option(8, "Total finished (complete or pruned) trials the study should hold.")
@@ -66,6 +66,15 @@ class SearchConfig:
     max_train_samples: int | None = option(None, "Subsample the training split (quick searches)")
     max_eval_samples: int | None = option(None, "Subsample validation and test.")
     cache_dir: str | None = option(None, "Teacher-logit cache (default: see slimformer.distill.default_cache_dir)")
+
+    model_subdir: ClassVar[str] = BEST_MODEL_FOLDER
+
+    @property
+    def needs_teacher(self) -> bool:
+        return True
+
+    def quick(self) -> SearchConfig:
+        return replace(self, trials=min(self.trials, 2), max_epochs=int(QUICK_MAX_EPOCHS))
 
     def validate(self) -> None:
         given = [x for x in (self.student, self.student_layers, self.layers_choices) if x is not None]

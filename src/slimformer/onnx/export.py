@@ -12,10 +12,10 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
-from slimformer.config import option
+from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
 from slimformer.onnx.runtime import (
     GRAPH_LEVELS,
@@ -43,8 +43,10 @@ EXPORTER_REASON = (
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(StageConfig):
     """Options of `slimformer export`."""
+
+    uses_data: ClassVar[str] = "optional"  # parity and accuracy on the validation split, else built-in sentences
 
     opset: int = option(17, "ONNX opset; >= 17 has LayerNormalization as one op.")
     max_length: int = option(128, "Truncation used for the parity check and saved in session.json.")

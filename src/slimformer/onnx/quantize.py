@@ -30,12 +30,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from slimformer.artifacts import atomic_output_dir, write_json, write_metrics, write_session
-from slimformer.config import StageConfig, option
+from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.cpu import VNNI_FLAGS, isa_flags
 from slimformer.errors import ConfigError, DataError, ModelError
 from slimformer.onnx.embeddings import compact_embedding_rows
@@ -77,6 +77,8 @@ QUANTIZED_OPS = (
 class QuantizeConfig(StageConfig):
     """Options of `slimformer quantize`."""
 
+    uses_data: ClassVar[str] = "optional"  # dynamic without data: agreement on built-in sentences only
+
     method: str = option("dynamic", "Dynamic | static | torch-dynamic | qat.")
     per_channel: bool = option(True, "One weight scale per output channel (more accurate, about as fast)")
     reduce_range: bool | None = option(None, "7-bit weights; None: True exactly when the CPU lacks VNNI.")
@@ -96,6 +98,13 @@ class QuantizeConfig(StageConfig):
     batch_size: int = option(32, "QAT training batch size.")
     max_train_samples: int | None = option(None, "Subsample the training split (QAT and calibration)")
     seed: int = option(42, "Random seed (QAT, calibration rows).")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method == "qat" and self.alpha < 1.0
+
+    def quick(self) -> QuantizeConfig:
+        return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS))
 
     def validate(self, data: DataSplits | None = None) -> None:
         if self.method not in QUANTIZATION_METHODS:
