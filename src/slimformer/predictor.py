@@ -33,6 +33,7 @@ __all__ = [
     "TextEncoder",
     "TorchPredictor",
     "apply_torch_dynamic_quantization",
+    "check_folder",
     "default_threads",
     "load",
     "session_options",
@@ -420,6 +421,18 @@ def load(path: str | Path, threads: int | None = None, max_length: int | None = 
     if (folder / ONNX_FILE).is_file():
         return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
     return TorchPredictor.from_folder(folder, threads, max_length)
+
+
+def check_folder(path: str | Path) -> Path:
+    """The resolved folder, after the cheap checks `load` would fail on (a one-line ModelError): a classifier
+    config, and for an ONNX folder its tokenizer.json. Reads JSON only; loads no model."""
+    from slimformer.models import resolve_model_path
+
+    folder = resolve_model_path(path)
+    _labels_from_config(folder)
+    if (folder / ONNX_FILE).is_file() and not (folder / TOKENIZER_FILE).is_file():
+        TextEncoder.from_folder(folder, DEFAULT_MAX_LENGTH)  # raises the error that says how to fix it
+    return folder
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -50,6 +50,7 @@ def serve(
 ) -> None:
     """Serve a model folder: POST /predict, GET /healthz /readyz /info /metrics /openapi.json."""
     # imported here: `slimformer --help` stays instant, and no command pulls torch in before it needs it
+    from slimformer.predictor import check_folder
     from slimformer.serve import ServeConfig, check_bind, load_api_key
     from slimformer.serve import serve as run_server
 
@@ -72,7 +73,9 @@ def serve(
         graceful_timeout_s=graceful_timeout,
     )
     config.validate()
-    check_bind(config.host, config.api_key, config.insecure)  # before announcing a server that will not start
+    # before announcing a server that will not start
+    check_bind(config.host, config.api_key, config.insecure)
+    check_folder(model_dir)
     auth = "API key required" if config.api_key else "no API key"
     typer.echo(f"serving {model_dir} on http://{host}:{port} (workers={workers}, {auth})", err=True)
     run_server(model_dir, config)

@@ -39,12 +39,12 @@ def serve(model_dir: str | Path, config: ServeConfig | None = None) -> None:
     """
     import uvicorn
 
-    from slimformer.models import resolve_model_path
+    from slimformer.predictor import check_folder
 
     config = config or ServeConfig()
     config.validate()
     check_bind(config.host, config.api_key, config.insecure)
-    folder = resolve_model_path(model_dir)  # a missing folder is a one-line error, not a failed worker
+    folder = check_folder(model_dir)  # a missing folder or tokenizer is a one-line error, not a failed startup
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
