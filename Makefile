@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_DIR ?= demo
 
-.PHONY: venv demo test test-slow lint clean
+.PHONY: venv demo test test-slow test-lean lint clean
 
 $(BIN)/slimformer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ test: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m ci_slow
+	$(MAKE) test-lean
+
+# the lean install (ONNX serving without torch/transformers): the package without its dependencies + requirements-serve.txt
+LEAN := .venv-lean
+$(LEAN)/bin/slimformer: pyproject.toml requirements-serve.txt
+	test -x $(LEAN)/bin/python || $(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/pip install --quiet --upgrade pip
+	$(LEAN)/bin/pip install --quiet -r requirements-serve.txt pytest httpx
+	$(LEAN)/bin/pip install --quiet --no-deps -e .
+	touch $(LEAN)/bin/slimformer
+
+test-lean: $(LEAN)/bin/slimformer
+	$(LEAN)/bin/pytest -q tests/test_lean.py
 
 test-slow: venv
 	$(BIN)/pytest -q -m slow
