@@ -66,9 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-batch-size", type=int, default=32, help="Server micro-batch limit.")
     parser.add_argument("--max-wait-ms", type=float, default=2.0, help="Server micro-batch max wait.")
-    parser.add_argument(
-        "--busy-poll-ms", type=float, default=None, help="Server busy polling after a lone request (default: serve's)."
-    )
     parser.add_argument("--workers", type=int, default=1, help="Server worker processes.")
     parser.add_argument("--data", default="clinc150", help="Dataset spec for slimformer.data.load_data.")
     parser.add_argument("--split", default="test", help="Split whose texts are sent.")
@@ -268,8 +265,6 @@ def serve_command(args: argparse.Namespace, port: int) -> list[str]:
     ]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    if args.busy_poll_ms is not None:
-        command += ["--busy-poll-ms", str(args.busy_poll_ms)]
     return command
 
 

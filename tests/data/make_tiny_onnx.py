@@ -16,7 +16,24 @@ import numpy as np
 
 FOLDER = Path(__file__).resolve().parent / "tiny_onnx"
 LABELS = ["balance", "book_flight", "weather"]
-WORDS = "what is my balance book a flight to paris rome the weather like in today please".split()
+WORDS = [
+    "what",
+    "is",
+    "my",
+    "balance",
+    "book",
+    "a",
+    "flight",
+    "to",
+    "paris",
+    "rome",
+    "the",
+    "weather",
+    "like",
+    "in",
+    "today",
+    "please",
+]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 HIDDEN = 8
 MAX_LENGTH = 16  # session.json's truncation
