@@ -54,8 +54,11 @@ def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tm
         (["benchmark", "{model}", "--data", "{data}", "--threads", "0"], "threads must be >= 1"),
         (["benchmark", "{model}", "--data", "clinc150:huge"], "unknown clinc150 config"),
         (["benchmark", "{model}", "--threads", "many"], "Invalid value for '--threads'"),
-        (["finetune", "--output", "{tmp}/o", "--data", "{data}", "--epochs", "-1"], "epochs must be > 0"),
-        (["finetune", "--output", "{tmp}/o", "--model", "/nope"], "model folder not found"),
+        (["finetune", "{base}", "--output", "{tmp}/o", "--data", "{data}", "--epochs", "-1"], "epochs must be > 0"),
+        (["finetune", "/nope", "--output", "{tmp}/o", "--data", "{data}"], "model folder not found"),
+        (["distill", "{model}", "--output", "{tmp}/o", "--data", "{data}"], "exactly one of --student"),
+        (["quantize", "{model}", "--output", "{tmp}/o", "--data", "{data}"], "export` and `slimformer optimize"),
+        (["export", "{model}", "--output", "/proc/nope/o", "--data", "none"], "cannot write the output folder"),
         (["nosuchcommand"], "No such command"),
     ],
 )

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from slimformer.commands import core, register_all
+from slimformer.commands import register_all
 from slimformer.errors import SlimformerError
 
 app = typer.Typer(
@@ -20,7 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-core.register(app)
 register_all(app)
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slimformer.errors import DataError
+from slimformer.errors import DataError, ModelError
 
 if TYPE_CHECKING:
     import datasets
@@ -79,7 +79,6 @@ class DataSplits:
         splits.fingerprint = _fingerprint(splits)
         return splits
 
-
     def in_label_order(self, labels: list[str]) -> DataSplits:
         """The same splits with label ids renumbered into `labels`' order (a model head's own order), by
         datasets' `align_labels_with_mapping` over the ClassLabel column."""
@@ -108,7 +107,7 @@ def label_positions(model_labels: list[str], data_labels: list[str]) -> np.ndarr
     position = {label: i for i, label in enumerate(data_labels)}
     missing = [label for label in model_labels if label not in position]
     if missing or len(model_labels) != len(data_labels):
-        raise DataError(
+        raise ModelError(
             f"the model predicts {len(model_labels)} labels that are not the dataset's {len(data_labels)}; "
             "use the data it was fine-tuned for"
         )

@@ -131,4 +131,3 @@ def _student_checkpoint(path: Path, labels: list[str]) -> tuple[Any, Any]:
         return load_classifier(path, labels=labels), load_tokenizer(path)
     check_classifier_fits(path, labels)
     return load_classifier(path), load_tokenizer(path)
-

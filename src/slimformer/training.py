@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from slimformer.data import DataSplits
 
 
-
 @dataclass
 class TrainingOptions(StageConfig):
     """Hyper-parameters every training stage shares (finetune, distill, prune, QAT); stages override defaults."""

@@ -1,22 +1,13 @@
-"""CLI commands, grouped by technique. Each module has `register(app)`; options shared by all live in
-:mod:`slimformer.commands.options`."""
+"""CLI commands: one per registered stage (generated from its config), plus benchmark, run/recipe and serve."""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-# modules are registered in this order; a module that is not there yet is skipped
-COMMAND_MODULES = ("distill", "onnx", "prune", "pipeline", "serve")
+from slimformer.commands import core, pipeline, serve, stages
 
 
 def register_all(app: typer.Typer) -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"slimformer.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"slimformer.commands.{name}":
-                raise
-            continue
+    """Register every command on `app`."""
+    for module in (stages, core, pipeline, serve):
         module.register(app)

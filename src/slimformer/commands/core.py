@@ -11,49 +11,9 @@ from slimformer.commands.options import (
     DataDirOption,
     DataOption,
     LabelColumnOption,
-    OutputOption,
-    SeedOption,
     TextColumnOption,
     load_data_option,
 )
-
-
-def finetune(
-    output: OutputOption,
-    model: Annotated[
-        str, typer.Option("--model", help="Checkpoint folder, or 'default' (packaged MiniLM-L6).")
-    ] = "default",
-    data: DataOption = "clinc150",
-    data_dir: DataDirOption = None,
-    text_column: TextColumnOption = "text",
-    label_column: LabelColumnOption = "label",
-    epochs: Annotated[float, typer.Option(help="Passes over the training split.")] = 5.0,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", help="Peak learning rate.")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 32,
-    max_length: Annotated[int, typer.Option("--max-length", help="Truncate texts to this many tokens.")] = 64,
-    max_train_samples: Annotated[
-        int | None, typer.Option("--max-train-samples", help="Subsample training rows.")
-    ] = None,
-    max_eval_samples: Annotated[int | None, typer.Option("--max-eval-samples", help="Subsample eval rows.")] = None,
-    seed: SeedOption = 42,
-) -> None:
-    """Fine-tune a checkpoint into a classifier for the dataset; writes an HF checkpoint + metrics.json."""
-    from slimformer.commands.options import print_json
-    from slimformer.finetune import FinetuneConfig
-    from slimformer.finetune import finetune as run_finetune
-
-    splits = load_data_option(data, data_dir, text_column, label_column, seed)
-    config = FinetuneConfig(
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples,
-    )
-    metrics = run_finetune(model, output, config, splits)
-    print_json({"output": str(output), "validation": metrics["validation"], "test": metrics["test"]})
 
 
 def benchmark(
@@ -100,5 +60,4 @@ def benchmark(
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(finetune)
     app.command()(benchmark)

@@ -49,7 +49,7 @@ class ExportConfig(StageConfig):
     uses_data: ClassVar[str] = "optional"  # parity and accuracy on the validation split, else built-in sentences
 
     opset: int = option(17, "ONNX opset; >= 17 has LayerNormalization as one op.")
-    max_length: int = option(128, "Truncation used for the parity check and saved in session.json.")
+    max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
     parity_tolerance: float = option(1e-4, "Largest |logit difference| vs PyTorch accepted for an fp32 export.")
     parity_examples: int | None = option(None, "Validation examples compared (None: all)")
     threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
@@ -60,7 +60,7 @@ class ExportConfig(StageConfig):
             raise ConfigError(f"opset must be between 17 and 20 (the TorchScript exporter's range), got {self.opset}")
         if self.parity_tolerance <= 0:
             raise ConfigError(f"parity tolerance must be > 0, got {self.parity_tolerance}")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"max length must be >= 2, got {self.max_length}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
@@ -85,15 +85,15 @@ def export_onnx(
     from slimformer.models import (
         check_classifier_fits,
         classifier_labels,
-        fit_max_length,
         load_tokenizer,
+        resolve_max_length,
         resolve_model_path,
     )
 
     config = config or ExportConfig()
     config.validate()
     source = resolve_model_path(model_dir)
-    config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit
+    config = replace(config, max_length=resolve_max_length(source, config.max_length))
     if (source / ONNX_FILE).is_file():
         raise ModelError(f"{source} is already an ONNX folder; export takes a PyTorch checkpoint")
     model_labels = classifier_labels(source)

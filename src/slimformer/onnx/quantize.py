@@ -88,7 +88,7 @@ class QuantizeConfig(StageConfig):
     max_accuracy_drop: float | None = option(None, "Accuracy-aware mode: allowed validation accuracy loss in points.")
     max_eval_samples: int | None = option(None, "Validation rows used for accuracy (None: all)")
     sensitivity_samples: int | None = option(1000, "Validation rows used by the per-layer sensitivity pass.")
-    max_length: int = option(128, "Tokenizer truncation (saved in session.json)")
+    max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
     threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
     # qat only
     alpha: float = option(0.5, "Weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher.")

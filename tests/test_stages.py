@@ -1,0 +1,143 @@
+"""The stage contract: a stage added as one config class + one function + one registry line is a CLI command and
+a recipe stage; regression tests for bad input found by trying the tool as a new user."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from slimformer.config import StageConfig, option
+from slimformer.errors import DataError
+
+
+@dataclass
+class CopyConfig(StageConfig):
+    """A toy stage: copies the model and records a note."""
+
+    uses_data = "none"
+    note: str = option("copied", "What to write in metrics.json.")
+
+
+def copy_stage(source, output, config, data=None, teacher=None) -> dict:
+    from slimformer.artifacts import atomic_output_dir, write_metrics
+    from slimformer.models import resolve_model_path
+
+    with atomic_output_dir(output) as folder:
+        shutil.copytree(resolve_model_path(source), folder, dirs_exist_ok=True)
+        metrics = {"stage": "copy", "note": config.note, "had_data": data is not None}
+        write_metrics(folder, metrics)
+    return metrics
+
+
+@pytest.fixture()
+def toy_stage():
+    from slimformer.stages import STAGES, Stage, register_stage
+
+    stage = register_stage(Stage("copy", CopyConfig, copy_stage, "Copy a model folder."))
+    yield stage
+    STAGES.pop("copy")
+
+
+def test_a_registered_stage_is_a_cli_command_with_its_fields_as_options(toy_stage, tiny_classifier_dir, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from slimformer.commands import register_all
+
+    app = typer.Typer()
+    register_all(app)
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["copy", "--help"]).output
+    assert "--note" in help_text and "What to write in metrics.json." in help_text
+    assert "--data" not in help_text  # uses_data = "none"
+    result = runner.invoke(app, ["copy", str(tiny_classifier_dir), "--output", str(tmp_path / "c"), "--note", "hi"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text()) == {
+        "stage": "copy",
+        "note": "hi",
+        "had_data": False,
+    }
+
+
+def test_a_registered_stage_runs_in_a_recipe(toy_stage, tiny_classifier_dir, clinc_slice_dir, tmp_path):
+    from slimformer.pipeline import parse_recipe, run_recipe
+
+    raw = {"model": str(tiny_classifier_dir), "data": str(clinc_slice_dir), "stages": [{"stage": "copy", "note": "r"}]}
+    summary = run_recipe(parse_recipe(raw), tmp_path / "run")
+    final = Path(summary["final_model"])
+    assert json.loads((final / "metrics.json").read_text())["note"] == "r"
+    with pytest.raises(Exception, match="unknown option 'nope'"):
+        parse_recipe({**raw, "stages": [{"stage": "copy", "nope": 1}]})
+
+
+def test_cli_import_stays_lean():
+    heavy = "('torch', 'transformers', 'datasets')"
+    code = f"import sys, slimformer.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_tiny_single_file_dataset_is_one_line_error(tmp_path):
+    from slimformer.data import load_data
+
+    path = tmp_path / "tiny.csv"
+    path.write_text("text,label\nhello,a\nbye,b\nhi,a\nciao,b\n")
+    with pytest.raises(DataError, match="needs at least 10 rows per label") as caught:
+        load_data(str(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_single_file_is_split_stratified(tmp_path):
+    from slimformer.data import column, load_data
+
+    rows = [f"text {i},{'ab'[i % 2]}" for i in range(40)]
+    path = tmp_path / "one.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    splits = load_data(str(path))
+    for split in (splits.validation, splits.test):
+        assert sorted(set(column(split, "label"))) == [0, 1]  # every label in every split
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 40
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line_error(tiny_classifier_dir, capsys):
+    from slimformer.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["export", str(tiny_classifier_dir), "--output", "/proc/forbidden/x", "--data", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: cannot write the output folder /proc/forbidden/x")
+
+
+def test_labels_follow_the_model_head_order(clinc_slice):
+    from slimformer.data import column
+
+    reordered = list(reversed(clinc_slice.labels))
+    aligned = clinc_slice.in_label_order(reordered)
+    before = [clinc_slice.labels[i] for i in column(clinc_slice.test, "label")]
+    after = [reordered[i] for i in column(aligned.test, "label")]
+    assert before == after and aligned.labels == reordered
+
+
+def test_search_then_report_writes_the_trials_table(tiny_classifier_dir, clinc_slice_dir, tmp_path, monkeypatch):
+    from slimformer.pipeline import parse_recipe, run_recipe
+
+    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
+    stages = [
+        {"stage": "search", "student_layers": 1, "trials": 2, "epochs_range": [1, 1], "batch_size": 16},
+        {"stage": "benchmark-all", "latency_samples": 5, "warmup": 1, "isolate": False},
+        "report",
+    ]
+    raw = {"model": str(tiny_classifier_dir), "data": str(clinc_slice_dir), "threads": 1, "stages": stages}
+    run_recipe(parse_recipe(raw), tmp_path / "run")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Hyperparameter search" in report
+    assert report.count("| COMPLETE |") + report.count("| PRUNED |") == 2
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
