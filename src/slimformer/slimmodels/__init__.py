@@ -17,15 +17,11 @@ from slimformer.families import FAMILIES, SLIM_PREFIX, Family, encoder_layers
 
 
 @cache
-def slim_classes(family: Family) -> tuple[type, type]:
-    """(config class, sequence-classifier class) of the head-pruned form of `family`."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+def slim_config_class(family: Family) -> type:
+    """The config class of the head-pruned form of `family` (imports no modeling code)."""
+    from transformers import AutoConfig
 
     base_config = type(AutoConfig.for_model(family.name))
-    base_model = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[base_config]
-    stem = base_model.__name__.removesuffix("ForSequenceClassification")
-    del AutoModelForSequenceClassification  # imported for the mapping's lazy loading only
 
     def config_init(self: Any, attention_head_size: int | None = None, **kwargs: Any) -> None:
         base_config.__init__(self, **kwargs)
@@ -33,11 +29,21 @@ def slim_classes(family: Family) -> tuple[type, type]:
         if family.head_size_config_field:  # e.g. ModernBERT's rotary embedding reads config.head_dim
             setattr(self, family.head_size_config_field, self.attention_head_size)
 
-    config_class = type(
+    stem = base_config.__name__.removesuffix("Config")
+    return type(
         f"Slim{stem}Config",
         (base_config,),
         {"model_type": SLIM_PREFIX + family.name, "__init__": config_init, "__module__": __name__},
     )
+
+
+@cache
+def slim_classes(family: Family) -> tuple[type, type]:
+    """(config class, sequence-classifier class) of the head-pruned form of `family`."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    config_class = slim_config_class(family)
+    base_model = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[config_class.__mro__[1]]
 
     def model_init(self: Any, config: Any) -> None:
         heads, head_size = config.num_attention_heads, config.attention_head_size
@@ -50,7 +56,7 @@ def slim_classes(family: Family) -> tuple[type, type]:
         _narrow_attention(self, family, heads, head_size)
 
     model_class = type(
-        f"Slim{stem}ForSequenceClassification",
+        f"Slim{base_model.__name__}",
         (base_model,),
         {"config_class": config_class, "__init__": model_init, "__module__": __name__},
     )
@@ -70,19 +76,22 @@ def _narrow_attention(model: Any, family: Family, heads: int, head_size: int) ->
             slice_layer_heads(layer, family, torch.arange(heads), head_size, full)
 
 
-_REGISTERED: list[str] = []
+_REGISTERED: set[tuple[str, bool]] = set()
 
 
-def register_slim_families() -> None:
-    """Make transformers' Auto classes know every `slim-<model_type>` (idempotent)."""
+def register_slim_families(with_models: bool = True) -> None:
+    """Make transformers' Auto classes know every `slim-<model_type>` config and, with `with_models`, its
+    classifier (`with_models=False` imports no modeling code: enough for AutoConfig / AutoTokenizer).
+    Idempotent."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    if _REGISTERED:
-        return
     for family in FAMILIES:
         if family.name == "bert" or family.head_pruning:
             continue  # BERT has SlimBERT; a family whose heads cannot be removed needs no slim type
-        config_class, model_class = slim_classes(family)
-        AutoConfig.register(config_class.model_type, config_class)
-        AutoModelForSequenceClassification.register(config_class, model_class)
-        _REGISTERED.append(config_class.model_type)
+        config_class = slim_config_class(family)
+        if (family.name, False) not in _REGISTERED:
+            AutoConfig.register(config_class.model_type, config_class)
+            _REGISTERED.add((family.name, False))
+        if with_models and (family.name, True) not in _REGISTERED:
+            AutoModelForSequenceClassification.register(config_class, slim_classes(family)[1])
+            _REGISTERED.add((family.name, True))
