@@ -315,7 +315,7 @@ def test_cli_needs_exactly_one_student(teacher_dir: Path, tmp_path: Path, capsys
 
     for extra in ([], ["--student", "default", "--student-layers", "2"]):
         with pytest.raises(SystemExit) as exit_info:
-            main(["distill", "--teacher", str(teacher_dir), "--output", str(tmp_path / "o"), *extra])
+            main(["distill", str(teacher_dir), "--output", str(tmp_path / "o"), *extra])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err == "error: give exactly one of --student PATH|default and --student-layers K"
@@ -330,7 +330,6 @@ def test_cli_distill_runs(
         main(
             [
                 "distill",
-                "--teacher",
                 str(teacher_dir),
                 "--student-layers",
                 "1",
