@@ -578,16 +578,11 @@ def test_cli_missing_model_gives_one_line_error(clinc_slice_dir, tmp_path, capsy
     assert "model folder not found" in err and "\n" not in err
 
 
-def test_cli_sweep_writes_plot(classifier_dir, clinc_slice_dir, tmp_path, capsys):
-    from slimformer.cli import main
+def test_sweep_writes_plot(classifier_dir, clinc_slice, tmp_path):
+    from slimformer.prune.stage import PruneConfig, prune_sweep
 
     output = tmp_path / "sweep"
-    with pytest.raises(SystemExit) as exit_info:
-        main([
-            "prune", str(classifier_dir), "--method", "structured", "--sparsity", "0.25", "--sparsity", "0.5",
-            "--epochs", "0", "--data", str(clinc_slice_dir), "--output", str(output),
-        ])  # fmt: skip
-    assert exit_info.value.code == 0
+    prune_sweep(classifier_dir, clinc_slice, output, PruneConfig(method="structured", epochs=0), [0.25, 0.5])
     sweep = json.loads((output / "sweep.json").read_text())
     assert [r["sparsity"] for r in sweep["runs"]] == [0.25, 0.5]
     assert sweep["runs"][1]["dense_bytes"] < sweep["runs"][0]["dense_bytes"]

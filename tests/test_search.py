@@ -213,10 +213,11 @@ def test_cli_search_flags(
 ) -> None:
     from slimformer.cli import main
 
-    base = ["search", "--teacher", str(teacher_dir), "--data", str(clinc_slice_dir), "--output", str(tmp_path / "o")]
+    base = ["search", str(teacher_dir), "--data", str(clinc_slice_dir), "--output", str(tmp_path / "o")]
     for extra, message in (
-        (["--student-layers", "2", "--alpha-range", "0"], "error: --alpha-range takes LOW,HIGH, got '0'"),
-        (["--student-layers", "2", "--epochs-range", "a,b"], "error: --epochs-range takes comma-separated numbers"),
+        (["--student-layers", "2", "--alpha-range", "0"], "error: Option '--alpha-range' requires 2 arguments"),
+        (["--student-layers", "2", "--epochs-range", "a", "b"], "error: Invalid value for '--epochs-range'"),
+        (["--student-layers", "2", "--alpha-range", "0.8", "0.2"], "error: alpha range is empty"),
         (["--student-layers", "2", "--objective", "speed"], "error: objective must be one of"),
         ([], "error: give exactly one of"),
     ):

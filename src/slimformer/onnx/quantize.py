@@ -45,7 +45,6 @@ from slimformer.onnx.runtime import (
     parity,
     parity_texts,
     split_metrics,
-    torch_logits,
 )
 
 if TYPE_CHECKING:
@@ -106,7 +105,8 @@ class QuantizeConfig(StageConfig):
     def quick(self) -> QuantizeConfig:
         return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS))
 
-    def validate(self, data: DataSplits | None = None) -> None:
+    def validate(self, data: Any = ...) -> None:
+        """Option ranges; with `data` given (None included), also whether this method can run without data."""
         if self.method not in QUANTIZATION_METHODS:
             methods = ", ".join(QUANTIZATION_METHODS)
             raise ConfigError(f"unknown quantization method {self.method!r}; use one of {methods}")
@@ -122,7 +122,9 @@ class QuantizeConfig(StageConfig):
             raise ConfigError("accuracy-aware mode (--max-accuracy-drop) works on the ONNX methods, not torch-dynamic")
         if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError("qat needs 0 <= alpha <= 1, temperature > 0, epochs > 0 and learning rate > 0")
-        if data is None and (self.method in ("static", "qat") or self.max_accuracy_drop is not None):
+        if data is None and (
+            self.method in ("static", "qat") or self.max_accuracy_drop is not None
+        ):  # `...` (the default) skips this check
             what = "accuracy-aware mode" if self.max_accuracy_drop is not None else f"method {self.method!r}"
             raise DataError(f"{what} needs a dataset (--data): it calibrates, trains or measures accuracy on it")
 
@@ -538,14 +540,15 @@ def _torch_dynamic(source: Path, output: str | Path, config: QuantizeConfig, dat
     tokenizer = load_tokenizer(source)
     fp32 = load_classifier(source).eval()
     model_labels = classifier_labels(source) or []
+    from slimformer.predictor import TorchPredictor
+
     texts, label_ids, text_source = parity_texts(data, config.max_eval_samples)
-    evaluation = _evaluation(tokenizer, texts, label_ids, model_labels, data, config.max_length)
-    reference_logits = torch_logits(fp32, evaluation.encoded)
+    reference_logits = TorchPredictor.from_model(fp32, tokenizer, config.max_length).predict_logits(texts, 64)
     fp32_bytes = _state_dict_bytes(fp32)
     started = time.perf_counter()
     quantized = apply_torch_dynamic_quantization(load_classifier(source).eval())  # as load() does
     quantize_seconds = time.perf_counter() - started
-    quantized_logits = torch_logits(quantized, evaluation.encoded)
+    quantized_logits = TorchPredictor.from_model(quantized, tokenizer, config.max_length).predict_logits(texts, 64)
 
     with atomic_output_dir(output) as folder:
         fp32.save_pretrained(folder)
