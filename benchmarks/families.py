@@ -50,7 +50,8 @@ def build_base_classifier(folder: Path, family: str, texts: list[str], labels: l
         settings["embedding_size"] = 128
     if family == "electra":
         settings["embedding_size"] = 768
-    for key in ("model_type", "transformers_version", "architectures", "layer_types"):
+    # the tiny config's derived widths (DeBERTa's pooler_hidden_size) must follow the base hidden size
+    for key in ("model_type", "transformers_version", "architectures", "layer_types", "pooler_hidden_size"):
         settings.pop(key, None)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(family, **settings))
