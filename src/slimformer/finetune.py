@@ -31,6 +31,8 @@ def finetune(
     length, which every later stage inherits) and `metrics.json` with validation and test metrics, both
     measured at the training length. `teacher` is part of the stage contract and unused. Returns the metrics.
     """
+    from transformers import set_seed
+
     from slimformer.data import require_data
     from slimformer.models import load_classifier, load_tokenizer, resolve_max_length, resolve_model_path
     from slimformer.training import train_classifier
@@ -41,6 +43,7 @@ def finetune(
     model_path = resolve_model_path(source)
     config = replace(config, max_length=resolve_max_length(model_path, config.max_length))
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
+    set_seed(config.seed)  # the new classification head's initialisation is part of the seeded run
     tokenizer = load_tokenizer(model_path)
     classifier = load_classifier(model_path, labels=splits.labels)
 

@@ -136,6 +136,9 @@ def register_model_types(with_models: bool = True) -> None:
         AutoModelForSequenceClassification.register(SlimBertConfig, SlimBertForSequenceClassification)
         SlimBertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
         _REGISTERED_MODELS.append(SlimBertForSequenceClassification)
+    from slimformer.slimmodels import register_slim_families
+
+    register_slim_families(with_models)  # slim-roberta, slim-deberta-v2, ...: the other families' head-pruned form
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

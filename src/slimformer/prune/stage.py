@@ -250,7 +250,7 @@ def _run_method(
     results: dict[str, Any] = {}
 
     if config.method == "structured":
-        from slimformer.prune.structured import as_slim_bert, parameter_count, prune_units, unit_importance
+        from slimformer.prune.structured import as_slim_model, parameter_count, prune_units, unit_importance
 
         before, encoder_before = parameter_count(model), _encoder_linear_parameters(model)
         fractions = {"ffn": config.ffn_fraction if config.ffn_fraction is not None else config.sparsity}
@@ -262,7 +262,7 @@ def _run_method(
         for kind, fraction in fractions.items():
             summary.update(prune_units(model, kind, fraction, importance[kind]))
         if "heads" in fractions:
-            model = as_slim_bert(model)  # a BertConfig cannot describe the removed heads
+            model = as_slim_model(model)  # no family's config can describe fewer heads than hidden / head size
         if config.epochs > 0:
             results = _train(model, tokenizer, splits, config, folder, teacher)
         removed = 1 - _encoder_linear_parameters(model) / encoder_before
