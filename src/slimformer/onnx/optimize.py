@@ -12,11 +12,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from slimformer.artifacts import atomic_output_dir, write_metrics
+from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
-from slimformer.models import fit_max_length
+from slimformer.models import resolve_max_length
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     BUILTIN_SENTENCES,
@@ -48,17 +49,19 @@ REPORTED_FUSIONS = (
 
 
 @dataclass
-class OptimizeConfig:
+class OptimizeConfig(StageConfig):
     """Options of `slimformer optimize`."""
 
-    level: int = 2  # ORT level before fusion: 0 fusions only, 1 basic, 2 extended, 99 all (hardware-specific)
-    num_heads: int | None = None  # attention heads (None: from config.json)
-    hidden_size: int | None = None  # attention width, heads x head size (None: from config.json)
-    model_type: str | None = None  # ORT optimizer graph patterns (None: the family's, see slimformer.families)
-    parity_tolerance: float = 1e-3  # largest |logit difference| vs the unoptimized graph accepted
-    max_length: int = 128  # saved in session.json
-    threads: int | None = None  # intra-op threads saved in session.json (None: every core at load time)
-    graph_optimization_level: str = "all"  # ONNX Runtime session level saved in session.json
+    uses_data: ClassVar[str] = "none"  # parity against the input graph on built-in sentences
+
+    level: int = option(2, "ORT level before fusion: 0 fusions only, 1 basic, 2 extended, 99 all (hardware-specific)")
+    num_heads: int | None = option(None, "Attention heads (None: from config.json)")
+    hidden_size: int | None = option(None, "Attention width, heads x head size (None: from config.json)")
+    model_type: str | None = option(None, "ORT optimizer graph patterns (None: the family's, see slimformer.families)")
+    parity_tolerance: float = option(1e-3, "Largest |logit difference| vs the unoptimized graph accepted.")
+    max_length: int | None = option(None, "Truncation saved in session.json (default: the source's, else 128).")
+    threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
+    graph_optimization_level: str = option("all", "ONNX Runtime session level saved in session.json.")
 
     def validate(self) -> None:
         if self.level not in OPTIMIZATION_LEVELS:
@@ -92,7 +95,7 @@ def optimize_onnx(
     config = config or OptimizeConfig()
     config.validate()
     source = onnx_folder(onnx_dir)
-    config = replace(config, max_length=fit_max_length(source, config.max_length))  # at most the model's limit
+    config = replace(config, max_length=resolve_max_length(source, config.max_length))
     shape = encoder_shape(source)
     num_heads = config.num_heads or shape["num_heads"]
     hidden_size = config.hidden_size or shape["attention_size"]
