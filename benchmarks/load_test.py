@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="Split whose texts are sent.")
     parser.add_argument("--seed", type=int, default=0, help="Order of the texts.")
     parser.add_argument("--output", type=Path, default=None, help="Write the results JSON here.")
+    parser.add_argument(
+        "--server-bin",
+        type=Path,
+        default=None,
+        help="The `slimformer` executable that serves (e.g. .venv-lean/bin/slimformer; default: this venv's).",
+    )
     args = parser.parse_args(argv)
     for name in ("requests", "concurrency", "direct_calls", "sequential_requests"):
         if getattr(args, name) < 1:
@@ -242,7 +248,7 @@ def free_port() -> int:
 
 def serve_command(args: argparse.Namespace, port: int) -> list[str]:
     """`slimformer serve MODEL --port P ...`, through the console script next to this Python when it exists."""
-    script = Path(sys.executable).with_name("slimformer")
+    script = args.server_bin or Path(sys.executable).with_name("slimformer")
     prefix = (
         [str(script)]
         if script.is_file()

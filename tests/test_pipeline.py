@@ -132,3 +132,35 @@ def test_killed_stage_leaves_no_finished_artifact_and_is_redone(tiny_base_dir, c
     assert [s["cached"] for s in summary["stages"]] == [False, False]
     assert not list(stages.glob(".tmp-*"))
     assert len([p for p in stages.iterdir() if (p / "metrics.json").is_file()]) == 2
+
+
+def test_quick_recipe_through_every_model_stage(tiny_classifier_dir, clinc_slice_dir, tmp_path, monkeypatch):
+    """distill -> prune (structured, heads and FFN) -> prune vocab -> export -> optimize -> quantize -> report
+    under --quick: each stage's model feeds the next, and the deployable model is the INT8 graph."""
+    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
+    stages = [
+        {"stage": "distill", "student_layers": 1, "epochs": 3, "batch_size": 16},
+        {"stage": "prune", "method": "structured", "heads_fraction": 0.5, "ffn_fraction": 0.5, "epochs": 1},
+        {"stage": "prune", "name": "vocab", "method": "vocab", "vocab_clusters": 8},
+        "export",
+        "optimize",
+        {"stage": "quantize", "method": "dynamic"},
+        {"stage": "benchmark-all", **FAST_BENCH, "isolate": False},
+        "report",
+    ]
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_classifier_dir, clinc_slice_dir, stages)
+    summary = run_recipe(load_recipe(recipe), tmp_path / "run", quick=True)
+    kinds = [v["stage"] for v in summary["variants"]]
+    assert kinds == ["input", "distill", "prune", "prune", "export", "optimize", "quantize"]
+    distilled = json.loads((Path(summary["variants"][1]["path"]) / "metrics.json").read_text())
+    assert distilled["config"]["epochs"] == 1.0  # --quick capped the recipe's 3 epochs
+    assert distilled["teacher_logits"]["hit"] is False  # distilled from the run's teacher
+    pruned = json.loads((Path(summary["variants"][2]["path"]) / "config.json").read_text())
+    assert pruned["model_type"] == "slimbert" and pruned["num_attention_heads"] == 2
+    final = json.loads((Path(summary["final_model"]) / "metrics.json").read_text())
+    assert final["quantized_nodes"].get("MatMulInteger", 0) + final["quantized_nodes"].get("QAttention", 0) > 0
+    session = json.loads((tmp_path / "run" / "model" / "session.json").read_text())
+    assert session["max_length"] == 64  # the tiny tokenizer's limit, inherited from stage to stage
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert report.count("| onnxruntime |") == 3 and "| quantize |" in report
