@@ -127,7 +127,8 @@ def test_accuracy_aware_keeps_layers_in_fp32_for_an_impossible_tolerance(
     optimized_dir: Path, clinc_slice, tmp_path: Path
 ) -> None:
     from slimformer.onnx import QuantizeConfig, quantize
-    from slimformer.onnx.quantize import DYNAMIC_OPS, layer_groups
+    from slimformer.onnx.accuracy_aware import layer_groups
+    from slimformer.onnx.quantize import DYNAMIC_OPS
 
     groups = layer_groups(optimized_dir / "model.onnx", DYNAMIC_OPS)
     assert list(groups) == ["embeddings", "layer.0", "layer.1", "head"]

@@ -14,27 +14,23 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
+from slimformer.artifacts import atomic_output_dir, write_json, write_metrics, write_session
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
 from slimformer.onnx.runtime import (
     GRAPH_LEVELS,
     ONNX_FILE,
-    encode_batches,
     first_line,
-    make_session,
-    onnx_logits,
     parity,
     parity_texts,
     split_metrics,
-    torch_logits,
-    write_session_file,
 )
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
 
 PARITY_FILE = "parity.json"
+PARITY_BATCH = 64  # texts per call when PyTorch and ONNX Runtime are compared (padded batches, as in serving)
 EXPORTER = "torchscript (torch.onnx.export dynamo=False)"
 EXPORTER_REASON = (
     "its graph gets Attention/EmbedLayerNormalization fusion in onnxruntime's BERT optimizer; the dynamo "
@@ -105,16 +101,18 @@ def export_onnx(
     model = _load_eager_classifier(source)
 
     texts, label_ids, parity_source = parity_texts(data, config.parity_examples)
-    encoded = encode_batches(tokenizer, texts, config.max_length)
+    from slimformer.predictor import OnnxPredictor, TorchPredictor
+
+    reference = TorchPredictor.from_model(model, tokenizer, config.max_length).predict_logits(texts, PARITY_BATCH)
     with atomic_output_dir(output) as folder:
         started = time.perf_counter()
         input_names = _export_graph(model, tokenizer, folder / ONNX_FILE, config.opset)
         export_seconds = time.perf_counter() - started
         tokenizer.save_pretrained(folder)
         model.config.save_pretrained(folder)  # config.json with id2label: what the predictor reads labels from
-        session = make_session(folder / ONNX_FILE, config.threads, config.graph_optimization_level)
-        reference = torch_logits(model, encoded)
-        exported = onnx_logits(session, encoded)
+        exported = OnnxPredictor.from_file(
+            folder / ONNX_FILE, folder, config.threads, config.max_length, config.graph_optimization_level
+        ).predict_logits(texts, PARITY_BATCH)
         report = {
             **parity(reference, exported),
             "reference": "pytorch fp32 (eager attention)",
@@ -128,7 +126,7 @@ def export_onnx(
                 f"{report['max_abs_logit_diff']:.2e} > {config.parity_tolerance:.0e} on {len(texts)} {parity_source}"
             )
         write_json(folder / PARITY_FILE, report)
-        settings = write_session_file(folder, config.threads, config.max_length, config.graph_optimization_level)
+        settings = write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
         metrics: dict[str, Any] = {
             "stage": "export",
             "source_model": str(model_dir),

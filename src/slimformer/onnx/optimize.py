@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from slimformer.artifacts import atomic_output_dir, write_metrics
+from slimformer.artifacts import atomic_output_dir, write_metrics, write_session
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
 from slimformer.models import resolve_max_length
@@ -24,14 +24,10 @@ from slimformer.onnx.runtime import (
     GRAPH_LEVELS,
     ONNX_FILE,
     copy_model_files,
-    encode_batches,
     encoder_shape,
     first_line,
-    make_session,
     onnx_folder,
-    onnx_logits,
     parity,
-    write_session_file,
 )
 
 OPTIMIZATION_LEVELS = (0, 1, 2, 99)
@@ -125,7 +121,7 @@ def optimize_onnx(
         problems += notes.pop("problems")
         for problem in problems:
             warnings.warn(problem, stacklevel=2)
-        settings = write_session_file(folder, config.threads, config.max_length, config.graph_optimization_level)
+        settings = write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
         metrics = {
             "stage": "optimize",
             "source_model": str(onnx_dir),
@@ -233,9 +229,12 @@ def _run_optimizer(
 
 
 def _parity_with_input(source: Path, folder: Path, config: OptimizeConfig) -> dict[str, Any]:
-    from slimformer.models import load_tokenizer
+    from slimformer.predictor import OnnxPredictor
 
-    encoded = encode_batches(load_tokenizer(source), list(BUILTIN_SENTENCES), config.max_length)
-    reference = onnx_logits(make_session(source / ONNX_FILE, config.threads), encoded)
-    optimized = onnx_logits(make_session(folder / ONNX_FILE, config.threads), encoded)
+    texts = list(BUILTIN_SENTENCES)
+    graphs = (source / ONNX_FILE, folder / ONNX_FILE)
+    reference, optimized = (
+        OnnxPredictor.from_file(graph, source, config.threads, config.max_length).predict_logits(texts, 64)
+        for graph in graphs
+    )
     return {**parity(reference, optimized), "reference": "input ONNX graph", "texts": "built-in sentences"}

@@ -22,19 +22,17 @@ sensitive groups are kept in fp32 (``nodes_to_exclude``) until the drop fits.
 from __future__ import annotations
 
 import contextlib
-import io
-import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from slimformer.artifacts import atomic_output_dir, write_json, write_metrics, write_session
+from slimformer.artifacts import atomic_output_dir, write_metrics, write_session
 from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.cpu import VNNI_FLAGS, isa_flags
 from slimformer.errors import ConfigError, DataError, ModelError
@@ -179,10 +177,14 @@ def quantize(
     if not is_onnx:
         _check_classifier(source, data)
     if config.method == "torch-dynamic":
-        return _torch_dynamic(source, output, config, data)
+        from slimformer.onnx.torch_dynamic import quantize_torch_dynamic
+
+        return quantize_torch_dynamic(source, output, config, data)
     if config.method == "qat":
         assert data is not None  # validate() checked
-        return _quantization_aware_training(source, output, config, data, teacher)
+        from slimformer.onnx.qat import quantization_aware_training
+
+        return quantization_aware_training(source, output, config, data, teacher)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".work-{output.name}-", dir=output.parent) as work_dir:
@@ -258,7 +260,9 @@ def _ort_quantize_folder(
     candidate = quantize_excluding([], work / "int8-all.onnx")
     search: dict[str, Any] | None = None
     if config.max_accuracy_drop is not None:
-        candidate, search = _fit_accuracy_budget(
+        from slimformer.onnx.accuracy_aware import fit_accuracy_budget
+
+        candidate, search = fit_accuracy_budget(
             fp32_model,
             candidate,
             work,
@@ -309,7 +313,7 @@ def _ort_quantize_folder(
         if search is not None:
             metrics["accuracy_aware"] = search
         if data is not None and label_ids is not None:
-            metrics.update(_validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
+            metrics.update(validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
         write_metrics(folder, metrics)
     return metrics
 
@@ -428,171 +432,7 @@ def _op_types(config: QuantizeConfig) -> tuple[str, ...]:
     return ops if config.quantize_embeddings else tuple(op for op in ops if op not in EMBEDDING_OPS)
 
 
-# --- accuracy-aware mode ----------------------------------------------------------------------------------
-
-
-def layer_groups(model_path: str | Path, op_types: tuple[str, ...]) -> dict[str, list[str]]:
-    """The nodes quantization would touch, grouped by transformer layer ("embeddings", "layer.N", "head").
-
-    Fused Attention nodes are numbered in graph order (one per layer); other nodes carry the layer in the
-    module path the TorchScript exporter gives them (``/bert/encoder/layer.3/...``).
-    """
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    weights = {init.name for init in graph.initializer if len(init.dims) >= 2}
-    groups: dict[str, list[str]] = {}
-    attention_index = 0
-    for node in graph.node:
-        if node.op_type not in op_types or not any(name in weights for name in node.input):
-            continue  # e.g. a Gather of an activation: nothing to quantize
-        if node.op_type in ("Attention", "MultiHeadAttention"):
-            group = f"layer.{attention_index}"
-            attention_index += 1
-        elif match := re.search(r"layer\.(\d+)", node.name):
-            group = f"layer.{match.group(1)}"
-        elif node.op_type in EMBEDDING_OPS or "embedding" in node.name.lower():
-            group = "embeddings"
-        else:
-            group = "head"
-        groups.setdefault(group, []).append(node.name)
-    return groups
-
-
-def _fit_accuracy_budget(
-    fp32_model: Path,
-    all_quantized: Path,
-    work: Path,
-    config: QuantizeConfig,
-    op_types: tuple[str, ...],
-    evaluation: _Evaluation,
-    sensitivity_set: _Evaluation,
-    reference_accuracy: float | None,
-    quantize_excluding: Callable[[list[str], Path], Path],
-) -> tuple[Path, dict[str, Any]]:
-    """Keep the most sensitive layer groups in fp32 until the accuracy drop is within the budget."""
-    assert reference_accuracy is not None and config.max_accuracy_drop is not None
-
-    def accuracy_of(path: Path, on: _Evaluation) -> float:
-        return on.accuracy(on.logits(path)) or 0.0
-
-    def drop_points(accuracy: float) -> float:
-        return round(100 * (reference_accuracy - accuracy), 3)
-
-    accuracy = accuracy_of(all_quantized, evaluation)
-    report: dict[str, Any] = {
-        "max_accuracy_drop": config.max_accuracy_drop,
-        "reference_accuracy": reference_accuracy,
-        "all_quantized_accuracy": accuracy,
-        "all_quantized_drop_points": drop_points(accuracy),
-        "sensitivity": [],
-        "kept_fp32": [],
-        "nodes_kept_fp32": [],
-    }
-    if drop_points(accuracy) <= config.max_accuracy_drop:
-        report.update(fits=True, final_accuracy=accuracy, final_drop_points=drop_points(accuracy))
-        return all_quantized, report
-
-    # sensitivity: quantize everything but one group; the accuracy that buys back is that group's cost
-    groups = layer_groups(fp32_model, op_types)
-    baseline = accuracy_of(all_quantized, sensitivity_set)
-    for index, (group, nodes) in enumerate(groups.items()):
-        candidate = quantize_excluding(nodes, work / f"sensitivity-{index}.onnx")
-        gain = accuracy_of(candidate, sensitivity_set) - baseline
-        report["sensitivity"].append(
-            {"group": group, "nodes": len(nodes), "accuracy_gain_points": round(100 * gain, 3)}
-        )
-        candidate.unlink()
-    ranked = sorted(report["sensitivity"], key=lambda entry: -entry["accuracy_gain_points"])
-
-    best, excluded = all_quantized, []
-    for step, entry in enumerate(ranked):
-        excluded += groups[entry["group"]]
-        report["kept_fp32"].append(entry["group"])
-        best = quantize_excluding(list(excluded), work / f"kept-{step}.onnx")
-        accuracy = accuracy_of(best, evaluation)
-        if drop_points(accuracy) <= config.max_accuracy_drop:
-            break
-    report.update(
-        nodes_kept_fp32=excluded,
-        fits=drop_points(accuracy) <= config.max_accuracy_drop,
-        final_accuracy=accuracy,
-        final_drop_points=drop_points(accuracy),
-    )
-    if not report["fits"]:
-        warnings.warn(
-            f"accuracy drop {drop_points(accuracy)} points still exceeds {config.max_accuracy_drop} with every "
-            "layer group in fp32",
-            stacklevel=3,
-        )
-    return best, report
-
-
-# --- PyTorch dynamic quantization (baseline) --------------------------------------------------------------
-
-
-def _torch_dynamic(source: Path, output: str | Path, config: QuantizeConfig, data: DataSplits | None) -> dict[str, Any]:
-    import torch
-
-    from slimformer.models import classifier_labels, load_classifier, load_tokenizer
-    from slimformer.predictor import apply_torch_dynamic_quantization
-
-    tokenizer = load_tokenizer(source)
-    fp32 = load_classifier(source).eval()
-    model_labels = classifier_labels(source) or []
-    from slimformer.predictor import TorchPredictor
-
-    texts, label_ids, text_source = parity_texts(data, config.max_eval_samples)
-    reference_logits = TorchPredictor.from_model(fp32, tokenizer, config.max_length).predict_logits(texts, 64)
-    fp32_bytes = _state_dict_bytes(fp32)
-    started = time.perf_counter()
-    quantized = apply_torch_dynamic_quantization(load_classifier(source).eval())  # as load() does
-    quantize_seconds = time.perf_counter() - started
-    quantized_logits = TorchPredictor.from_model(quantized, tokenizer, config.max_length).predict_logits(texts, 64)
-
-    with atomic_output_dir(output) as folder:
-        fp32.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        marker = {
-            "method": "torch-dynamic",
-            "modules": ["torch.nn.Linear"],
-            "dtype": "qint8",
-            "engine": torch.backends.quantized.engine,
-            "note": "weights are stored in fp32; slimformer.load applies "
-            "torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8) when loading this folder",
-        }
-        write_json(folder / QUANTIZATION_FILE, marker)
-        (folder / "README.md").write_text(
-            "# PyTorch dynamic INT8 (baseline)\n\n"
-            "`model.safetensors` holds the fp32 weights. A dynamically quantized PyTorch model can only be saved by "
-            "pickling it, so instead `quantization.json` tells `slimformer.load` to apply "
-            "`torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)` at load time "
-            "(deterministic: the same int8 weights every time). Size on disk is therefore the fp32 size; "
-            "`metrics.json` records the in-memory int8 state size.\n"
-        )
-        metrics: dict[str, Any] = {
-            "stage": "quantize",
-            "method": "torch-dynamic",
-            "source_model": str(source),
-            "config": asdict(config),
-            "quantization": marker,
-            "quantized_linear_layers": sum(
-                1 for m in quantized.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
-            ),
-            "reference": "fp32 PyTorch model",
-            "agreement": {**parity(reference_logits, quantized_logits), "texts": text_source},
-            "quantize_seconds": round(quantize_seconds, 2),
-            "fp32_state_mb": round(fp32_bytes / 1e6, 2),
-            "int8_state_mb": round(_state_dict_bytes(quantized) / 1e6, 2),
-            "size_on_disk": "fp32 checkpoint (quantized at load time)",
-        }
-        if data is not None and label_ids is not None:
-            metrics.update(_validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
-        write_metrics(folder, metrics)
-    return metrics
-
-
-def _validation_report(
+def validation_report(
     data: DataSplits, label_ids: Any, model_labels: list[str], reference_logits: Any, quantized_logits: Any
 ) -> dict[str, Any]:
     """Validation metrics of the fp32 reference and the quantized model, and the accuracy delta in points."""
@@ -605,128 +445,6 @@ def _validation_report(
         "validation": quantized,
         "accuracy_delta_points": round(100 * (quantized["accuracy"] - reference["accuracy"]), 3),
     }
-
-
-def _state_dict_bytes(model: Any) -> int:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell()
-
-
-# --- quantization-aware training --------------------------------------------------------------------------
-
-
-def _quantization_aware_training(
-    source: Path, output: str | Path, config: QuantizeConfig, data: DataSplits, teacher: str | Path | None
-) -> dict[str, Any]:
-    """Fine-tune `source` with fake-quantized Linears through the one training loop, distilling from `teacher`
-    (default: `source` itself, fp32, before QAT); save the fp32 weights (fake-quant removed) with metrics."""
-    from slimformer.artifacts import write_session
-    from slimformer.evaluation import evaluate_model
-    from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer, resolve_model_path
-    from slimformer.training import Distillation, TrainingOptions, train_classifier
-
-    teacher_path = resolve_model_path(teacher) if teacher else source
-    check_classifier_fits(teacher_path, data.labels)
-    reduce_range, _ = choose_reduce_range(config.reduce_range)
-    tokenizer = load_tokenizer(source)
-    model = load_classifier(source, attn_implementation="eager")
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed).in_label_order(labels)
-    reference = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
-    options = TrainingOptions(
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        seed=config.seed,
-    )
-    distillation = Distillation(teacher_path, config.alpha, config.temperature)
-    wrapped = _wrap_linears(model, reduce_range)
-    with atomic_output_dir(output) as folder:
-        result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
-        _unwrap_linears(model)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_session(folder, config.max_length)
-        metrics = {
-            "stage": "quantize",
-            "method": "qat",
-            "source_model": str(source),
-            "config": asdict(config),
-            "qat": {
-                "fake_quantized_linears": wrapped,
-                "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
-                "as ORT dynamic quantization computes them; embedding quantization is not simulated",
-                "loss": "distillation (slimformer.distillation)" if config.alpha < 1 else "cross-entropy",
-                "teacher": str(teacher_path),
-                "teacher_logits": result.teacher_logits,
-                "train_seconds": result.train_seconds,
-            },
-            "reference": "fp32 PyTorch model before QAT",
-            "reference_validation": reference,
-            "validation": result.validation,  # with fake quantization, as ORT dynamic INT8 will compute it
-            "test": result.test,
-            "accuracy_delta_points": round(100 * (result.validation["accuracy"] - reference["accuracy"]), 3),
-            "next": "fp32 weights trained for INT8: export, optimize, then quantize --method dynamic",
-        }
-        write_metrics(folder, metrics)
-    return metrics
-
-
-def _wrap_linears(model: Any, reduce_range: bool) -> int:
-    """Replace every Linear (encoder, pooler, classifier: all of them become int8 in ORT) by a fake-quantized
-    one; return how many."""
-    import torch
-
-    fake_quant_linear = _fake_quant_linear_class()
-    count = 0
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(module, child_name, fake_quant_linear(child, reduce_range))
-                count += 1
-    return count
-
-
-def _unwrap_linears(model: Any) -> None:
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child).__name__ == "FakeQuantLinear":
-                setattr(module, child_name, child.linear)
-
-
-def _fake_quant_linear_class() -> type:
-    import torch
-    import torch.nn.functional as F
-
-    class FakeQuantLinear(torch.nn.Module):
-        """A Linear whose weights and inputs are rounded to int8 in the forward pass (straight-through
-        gradients), mirroring ORT dynamic quantization: symmetric per-output-channel int8 weights, asymmetric
-        uint8 activations with the batch's own range."""
-
-        def __init__(self, linear: torch.nn.Linear, reduce_range: bool) -> None:
-            super().__init__()
-            self.linear = linear
-            self.weight_max = 63 if reduce_range else 127
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            weight = self.linear.weight
-            weight_scale = (weight.detach().abs().amax(dim=1) / self.weight_max).clamp(min=1e-8)
-            zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-            weight_q = torch.fake_quantize_per_channel_affine(
-                weight, weight_scale, zero, 0, -self.weight_max, self.weight_max
-            )
-            low = x.detach().min().clamp(max=0.0)
-            high = x.detach().max().clamp(min=0.0)
-            scale = ((high - low) / 255.0).clamp(min=1e-8).reshape(1).float()
-            zero_point = torch.round(-low / scale).clamp(0, 255).to(torch.int32).reshape(1)
-            x_q = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
-            return F.linear(x_q, weight_q, self.linear.bias)
-
-    return FakeQuantLinear
 
 
 # --- shared helpers ---------------------------------------------------------------------------------------

@@ -1,23 +1,18 @@
-"""Pieces every ONNX stage shares: sessions, batched inference over pre-tokenized texts, parity figures,
-and copying the files that make an ONNX folder self-contained."""
+"""Pieces every ONNX stage shares: parity figures, the texts they are measured on, the encoder's shape, and
+copying the files that make an ONNX folder self-contained. Inference itself is the Predictor's."""
 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimformer.artifacts import write_session
 from slimformer.errors import ModelError
 from slimformer.predictor import GRAPH_LEVELS as GRAPH_LEVELS  # the configs validate against it
 
 if TYPE_CHECKING:
-    import onnxruntime as ort
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
     from slimformer.data import DataSplits
 
 ONNX_FILE = "model.onnx"
@@ -47,70 +42,6 @@ BUILTIN_SENTENCES = (
     "hi",
     "tell me a joke about cats and dogs and the weather in london",
 )
-
-
-@dataclass
-class EncodedBatches:
-    """Texts tokenized once into padded numpy batches, so several models can be evaluated on the same input."""
-
-    texts: list[str]
-    batches: list[dict[str, np.ndarray]]
-
-
-def encode_batches(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, batch_size: int = 64
-) -> EncodedBatches:
-    """Tokenize `texts` in padded batches of `batch_size` (int64 arrays keyed by the tokenizer's input names)."""
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="np",
-        )
-        batches.append({name: np.asarray(value, dtype=np.int64) for name, value in encoded.items()})
-    return EncodedBatches(list(texts), batches)
-
-
-def make_session(
-    model_path: str | Path, threads: int | None = None, graph_optimization_level: str = "all"
-) -> ort.InferenceSession:
-    """A CPU InferenceSession with the predictor's session options (explicit threads, graph level)."""
-    import onnxruntime as ort
-
-    from slimformer.predictor import session_options
-
-    try:
-        options = session_options(threads, graph_optimization_level)
-        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-        raise ModelError(f"ONNX Runtime cannot load {model_path}: {first_line(exc)}") from exc
-
-
-def onnx_logits(session: ort.InferenceSession, encoded: EncodedBatches) -> np.ndarray:
-    """Logits of an ONNX classifier for every encoded text, shape (texts, labels)."""
-    input_names = [i.name for i in session.get_inputs()]
-    outputs = []
-    for batch in encoded.batches:
-        feed = {name: batch[name] for name in input_names if name in batch}
-        if "token_type_ids" in input_names and "token_type_ids" not in feed:
-            feed["token_type_ids"] = np.zeros_like(batch["input_ids"])
-        outputs.append(session.run(None, feed)[0])
-    return np.concatenate(outputs).astype(np.float32)
-
-
-def torch_logits(model: PreTrainedModel, encoded: EncodedBatches) -> np.ndarray:
-    """Logits of a PyTorch classifier for every encoded text, shape (texts, labels)."""
-    import torch
-
-    model.eval()
-    outputs = []
-    with torch.inference_mode():
-        for batch in encoded.batches:
-            outputs.append(model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
-    return np.concatenate(outputs)
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
@@ -167,13 +98,6 @@ def copy_model_files(source: Path, destination: Path) -> None:
     for name in ("config.json", *CUSTOM_CODE_FILES, *TOKENIZER_FILES):
         if (source / name).is_file():
             shutil.copy2(source / name, destination / name)
-
-
-def write_session_file(
-    folder: Path, threads: int | None, max_length: int, graph_optimization_level: str = "all"
-) -> dict[str, Any]:
-    """`session.json` (see :func:`slimformer.artifacts.write_session`)."""
-    return write_session(folder, max_length, threads, graph_optimization_level)
 
 
 def onnx_folder(path: str | Path) -> Path:
