@@ -370,3 +370,37 @@ def test_magnitude_pruning_runs_on_distilbert(teachers: dict[str, Path], slice_d
     metrics = prune(teachers["distilbert"], tmp_path / "out", config, slice_data)
     assert metrics["sparsity"]["encoder"] == pytest.approx(0.5, abs=0.01)
     assert all(name.startswith("distilbert.transformer.layer.") for name in metrics["sparsity"]["per_layer"])
+
+
+@pytest.mark.parametrize("family", ["roberta", "modernbert"])
+def test_family_through_a_quick_recipe_with_benchmark_and_report(
+    family: str, teachers: dict[str, Path], clinc_slice_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`slimformer run --quick` from a non-BERT teacher: every stage, and the benchmark loads each variant
+    (head-pruned `slim-<family>` checkpoint included) in a fresh process of its own."""
+    import json
+
+    from slimformer.pipeline import parse_recipe, run_recipe
+
+    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
+    stages = [
+        {"stage": "distill", "student_layers": 2, "epochs": 1, "max_length": 32},
+        {"stage": "prune", "method": "structured", "heads_fraction": 0.5, "ffn_fraction": 0.5, "epochs": 0},
+        {"stage": "prune", "name": "vocab", "method": "vocab", "vocab_clusters": 8},
+        "export",
+        "optimize",
+        "quantize",
+        {"stage": "benchmark-all", "latency_samples": 5, "warmup": 1, "max_samples": 24},
+        "report",
+    ]
+    raw = {"model": str(teachers[family]), "data": str(clinc_slice_dir), "threads": 1, "stages": stages}
+    summary = run_recipe(parse_recipe(raw), tmp_path / "run", quick=True)
+    pruned = Path(summary["variants"][2]["path"])
+    assert json.loads((pruned / "config.json").read_text())["model_type"] == f"slim-{family}"
+    rows = json.loads((tmp_path / "run" / "comparison.json").read_text())
+    assert [row["model"] for row in rows][:3] == ["teacher", "distill", "prune"]
+    assert len(rows) == 7 and all(row["p50_ms"] > 0 for row in rows)
+    by_name = {row["model"]: row for row in rows}
+    assert by_name["export"]["accuracy"] == pytest.approx(by_name["vocab"]["accuracy"], abs=1 / 24)  # parity
+    assert (tmp_path / "run" / "model" / "model.onnx").is_file()

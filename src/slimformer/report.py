@@ -294,6 +294,7 @@ def _model_card(model: Path, row: dict[str, Any] | None, benchmark: dict[str, An
         "",
         "or serve it: `slimformer serve model --port 8000`.",
         "",
+        *_custom_code_note(model),
         "## Measured",
         "",
     ]
@@ -315,6 +316,29 @@ def _model_card(model: Path, row: dict[str, Any] | None, benchmark: dict[str, An
         _environment_line(benchmark["environment"]),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _custom_code_note(model: Path) -> list[str]:
+    """What a head-pruned PyTorch folder needs to load outside slimformer (an ONNX folder needs nothing)."""
+    from slimformer.models import read_config
+
+    if (model / "model.onnx").is_file():
+        return []
+    model_type = str(read_config(model).get("model_type", ""))
+    if model_type == "slimbert":
+        return [
+            "Its attention heads were pruned (SlimBERT): plain transformers loads it with "
+            "`AutoModelForSequenceClassification.from_pretrained('model', trust_remote_code=True)` from the "
+            "`configuration_slimbert.py` / `modeling_slimbert.py` beside the weights (read them first).",
+            "",
+        ]
+    if model_type.startswith("slim-"):
+        return [
+            f"Its attention heads were pruned (model type `{model_type}`): loading this PyTorch folder needs "
+            "slimformer installed (`slimformer.load`); plain transformers has no class for it.",
+            "",
+        ]
+    return []
 
 
 def _fmt(value: float | None) -> str:
