@@ -3,6 +3,7 @@ a recipe stage; regression tests for bad input found by trying the tool as a new
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from slimformer.config import StageConfig, option
 from slimformer.errors import DataError
@@ -141,3 +143,17 @@ def test_search_then_report_writes_the_trials_table(tiny_classifier_dir, clinc_s
     assert "## Hyperparameter search" in report
     assert report.count("| COMPLETE |") + report.count("| PRUNED |") == 2
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+def test_every_stage_prints_its_options_as_a_recipe_block_that_parses_back():
+    from slimformer.config import commented_options
+    from slimformer.pipeline import build_config, config_class, parse_recipe, stage_kinds
+
+    for kind in stage_kinds():
+        block = yaml.safe_load(f"stages:\n  - stage: {kind}\n" + commented_options(config_class(kind), indent="    "))
+        stage = block["stages"][0]
+        assert stage["stage"] == kind and len(stage) == 1 + len(dataclasses.fields(config_class(kind)))
+        if kind in ("distill", "search"):  # need a student choice to validate
+            stage["student_layers"] = 2
+        recipe = parse_recipe({"stages": [stage]})
+        assert build_config(recipe.stages[0]) is not None

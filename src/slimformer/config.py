@@ -72,3 +72,16 @@ def build_config(cls: type, options: dict[str, Any], source: str = "") -> Any:
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from exc
     return config
+
+
+def commented_options(cls: type, indent: str = "") -> str:
+    """Every field of config class `cls` as YAML `name: default  # help` lines (a recipe stage's options)."""
+    import yaml
+
+    lines = []
+    for field in dataclasses.fields(cls):
+        default = field.default
+        value = list(default) if isinstance(default, tuple) else default
+        text = yaml.safe_dump({field.name: value}, default_flow_style=True, width=10_000).strip().strip("{}")
+        lines.append(f"{indent}{text}  # {field.metadata.get('help', '')}".rstrip(" #"))
+    return "\n".join(lines) + "\n"

@@ -34,11 +34,23 @@ def run(
     typer.echo(f"final model: {output / 'model'} (from {summary['final_model']})")
 
 
-def recipe() -> None:
-    """Print the packaged default recipe (copy it to start your own)."""
-    from slimformer.pipeline import default_recipe_path
+def recipe(
+    stage: Annotated[
+        str | None,
+        typer.Option("--stage", help="Print every option of this recipe stage instead, commented, with its default."),
+    ] = None,
+) -> None:
+    """Print the packaged default recipe (copy it to start your own), or one stage's options."""
+    from slimformer.config import commented_options
+    from slimformer.errors import ConfigError
+    from slimformer.pipeline import config_class, default_recipe_path, stage_kinds
 
-    typer.echo(default_recipe_path().read_text())
+    if stage is None:
+        typer.echo(default_recipe_path().read_text())
+        return
+    if stage not in stage_kinds():
+        raise ConfigError(f"unknown stage {stage!r} (valid: {', '.join(stage_kinds())})")
+    typer.echo(f"  - stage: {stage}\n" + commented_options(config_class(stage), indent="    "))
 
 
 def register(app: typer.Typer) -> None:
