@@ -281,28 +281,13 @@ def _ort_quantize_folder(
         settings = write_session(folder, config.max_length, config.threads)
         quantized_logits = evaluation.logits(folder / ONNX_FILE)
         agreement = parity(reference_logits, quantized_logits)
-        metrics: dict[str, Any] = {
-            "stage": "quantize",
-            "method": config.method,
-            "source_model": str(fp32_dir),
-            "config": asdict(config),
-            "format": "QDQ (static activation ranges)" if config.method == "static" else "dynamic (QOperator)",
-            "weight_type": "int8 (symmetric)",
-            "activation_type": "uint8 (asymmetric)",
-            "per_channel": config.per_channel,
-            "reduce_range": reduce_range,
-            "reduce_range_reason": reduce_range_reason,
-            "quantized_op_types": list(op_types),
-            "embeddings_quantized": config.quantize_embeddings,
-            "quantized_nodes": _op_histogram(folder / ONNX_FILE, QUANTIZED_OPS),
-            "reference": "fp32 ONNX model (= PyTorch within 1e-4)",
-            "agreement": {**agreement, "texts": text_source},
-            "quantize_seconds": round(quantize_seconds, 1),
-            "fp32_size_mb": round(fp32_model.stat().st_size / 1e6, 2),
-            "size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
-            "embedding_rows": embedding_rows,
-            "session": settings,
-        }
+        metrics = _int8_metrics(fp32_dir, folder, config, (reduce_range, reduce_range_reason), op_types)
+        metrics.update(
+            agreement={**agreement, "texts": text_source},
+            quantize_seconds=round(quantize_seconds, 1),
+            embedding_rows=embedding_rows,
+            session=settings,
+        )
         metrics["size_ratio"] = round(metrics["fp32_size_mb"] / metrics["size_mb"], 2)
         if config.method == "static":
             metrics["calibration"] = {
@@ -316,6 +301,30 @@ def _ort_quantize_folder(
             metrics.update(validation_report(data, label_ids, model_labels, reference_logits, quantized_logits))
         write_metrics(folder, metrics)
     return metrics
+
+
+def _int8_metrics(
+    fp32_dir: Path, folder: Path, config: QuantizeConfig, reduce_range: tuple[bool, str], op_types: tuple[str, ...]
+) -> dict[str, Any]:
+    """What metrics.json says about how an INT8 ONNX folder was made and what it holds."""
+    return {
+        "stage": "quantize",
+        "method": config.method,
+        "source_model": str(fp32_dir),
+        "config": asdict(config),
+        "format": "QDQ (static activation ranges)" if config.method == "static" else "dynamic (QOperator)",
+        "weight_type": "int8 (symmetric)",
+        "activation_type": "uint8 (asymmetric)",
+        "per_channel": config.per_channel,
+        "reduce_range": reduce_range[0],
+        "reduce_range_reason": reduce_range[1],
+        "quantized_op_types": list(op_types),
+        "embeddings_quantized": config.quantize_embeddings,
+        "quantized_nodes": _op_histogram(folder / ONNX_FILE, QUANTIZED_OPS),
+        "reference": "fp32 ONNX model (= PyTorch within 1e-4)",
+        "fp32_size_mb": round((fp32_dir / ONNX_FILE).stat().st_size / 1e6, 2),
+        "size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
+    }
 
 
 def _dynamic(
