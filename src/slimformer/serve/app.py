@@ -254,6 +254,7 @@ def create_app(model_dir: str | Path, config: ServeConfig | None = None) -> "fas
     The model is loaded (and warmed up) in the lifespan, so use the app under uvicorn or as
     ``with TestClient(app)``. Limits, batching, threads and the API key come from `config`.
     """
+    # long by design: the routes are closures over this app's state (predictor, batcher, limits), in one place
     from fastapi import FastAPI
     from fastapi.responses import Response
 

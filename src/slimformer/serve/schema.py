@@ -49,6 +49,7 @@ def _json_integer(value: Any) -> Any:
 
 def build_models(config: ServeConfig) -> dict[str, type]:
     """Pydantic models for /predict and the other endpoints, with this config's limits in their schema."""
+    # long by design: the models are classes built here because their limits come from the config
     from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
     text_type = Annotated[
