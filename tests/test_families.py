@@ -374,7 +374,7 @@ def test_magnitude_pruning_runs_on_distilbert(teachers: dict[str, Path], slice_d
 
 @pytest.mark.parametrize("family", ["roberta", "modernbert"])
 def test_family_through_a_quick_recipe_with_benchmark_and_report(
-    family: str, teachers: dict[str, Path], clinc_slice_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    family: str, teachers: dict[str, Path], clinc_slice_dir: Path, tmp_path: Path, private_cache_one_thread: None
 ) -> None:
     """`slimformer run --quick` from a non-BERT teacher: every stage, and the benchmark loads each variant
     (head-pruned `slim-<family>` checkpoint included) in a fresh process of its own."""
@@ -382,8 +382,6 @@ def test_family_through_a_quick_recipe_with_benchmark_and_report(
 
     from slimformer.pipeline import parse_recipe, run_recipe
 
-    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
     stages = [
         {"stage": "distill", "student_layers": 2, "epochs": 1, "max_length": 32},
         {"stage": "prune", "method": "structured", "heads_fraction": 0.5, "ffn_fraction": 0.5, "epochs": 0},

@@ -134,11 +134,11 @@ def test_killed_stage_leaves_no_finished_artifact_and_is_redone(tiny_base_dir, c
     assert len([p for p in stages.iterdir() if (p / "metrics.json").is_file()]) == 2
 
 
-def test_quick_recipe_through_every_model_stage(tiny_classifier_dir, clinc_slice_dir, tmp_path, monkeypatch):
+def test_quick_recipe_through_every_model_stage(
+    tiny_classifier_dir, clinc_slice_dir, tmp_path, private_cache_one_thread
+):
     """distill -> prune (structured, heads and FFN) -> prune vocab -> export -> optimize -> quantize -> report
     under --quick: each stage's model feeds the next, and the deployable model is the INT8 graph."""
-    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
     stages = [
         {"stage": "distill", "student_layers": 1, "epochs": 3, "batch_size": 16},
         {"stage": "prune", "method": "structured", "heads_fraction": 0.5, "ffn_fraction": 0.5, "epochs": 1},

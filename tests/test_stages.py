@@ -127,11 +127,11 @@ def test_labels_follow_the_model_head_order(clinc_slice):
     assert before == after and aligned.labels == reordered
 
 
-def test_search_then_report_writes_the_trials_table(tiny_classifier_dir, clinc_slice_dir, tmp_path, monkeypatch):
+def test_search_then_report_writes_the_trials_table(
+    tiny_classifier_dir, clinc_slice_dir, tmp_path, private_cache_one_thread
+):
     from slimformer.pipeline import parse_recipe, run_recipe
 
-    monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("SLIMFORMER_NO_PROGRESS", "1")
     stages = [
         {"stage": "search", "student_layers": 1, "trials": 2, "epochs_range": [1, 1], "batch_size": 16},
         {"stage": "benchmark-all", "latency_samples": 5, "warmup": 1, "isolate": False},

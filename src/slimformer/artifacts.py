@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.errors import SlimformerError
+from slimformer.models import SESSION_FILE
 
 METRICS_FILE = "metrics.json"
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".bin", ".pt", ".npz")
@@ -90,7 +91,7 @@ def write_session(
         "inter_op_threads": 1,
         "execution_mode": "sequential",
     }
-    write_json(Path(folder) / "session.json", settings)
+    write_json(Path(folder) / SESSION_FILE, settings)
     return settings
 
 

@@ -25,15 +25,15 @@ def split_logits(predictor: Predictor, split: datasets.Dataset, batch_size: int 
     return predictor.predict_logits(column(split, "text"), batch_size=batch_size)
 
 
-def score_logits(logits: np.ndarray, model_labels: list[str], split: datasets.Dataset, data: DataSplits) -> dict:
-    """Classification metrics of `logits` (columns in `model_labels` order) against `split`'s dataset labels."""
+def score_logits(logits: np.ndarray, model_labels: list[str], label_ids: list[int], data: DataSplits) -> dict:
+    """Classification metrics of `logits` (columns in `model_labels` order) against dataset label ids."""
     predicted = label_positions(model_labels, data.labels)[logits.argmax(axis=-1)]
-    return classification_metrics(column(split, "label"), predicted, data.oos_label_id)
+    return classification_metrics(label_ids, predicted, data.oos_label_id)
 
 
 def evaluate_predictor(predictor: Predictor, split: datasets.Dataset, data: DataSplits) -> dict[str, float]:
     """Accuracy, macro-F1 (and in-scope accuracy / OOS recall) of `predictor` on `split` of `data`."""
-    return score_logits(split_logits(predictor, split), predictor.labels, split, data)
+    return score_logits(split_logits(predictor, split), predictor.labels, column(split, "label"), data)
 
 
 def evaluate_model(model: Any, tokenizer: Any, split: datasets.Dataset, data: DataSplits, max_length: int) -> dict:

@@ -71,9 +71,10 @@ def recorded_max_length(path: str | Path) -> int | None:
     if not session.is_file():
         return None
     try:
-        value = json.loads(session.read_text()).get("max_length")
+        saved = json.loads(session.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot read {session}: {exc}") from exc
+    value = saved.get("max_length") if isinstance(saved, dict) else None
     return int(value) if isinstance(value, int) else None
 
 

@@ -268,23 +268,23 @@ def _stage_config(state: RunState, stage: Stage) -> Any:
     if "threads" in names and "threads" not in stage.options and state.recipe.threads:
         overrides["threads"] = state.recipe.threads
     config = build_config(stage, overrides=overrides)
-    return config.quick() if state.quick and hasattr(config, "quick") else config
+    return config.quick() if state.quick else config
 
 
 def _run_model_stage(state: RunState, stage: Stage, index: int, console: Any) -> bool:
     """Run (or reuse) a registered stage on the current model; its model becomes the current one."""
-    from slimformer.stages import STAGES, stage_fact
+    from slimformer.stages import STAGES
 
     teacher = _ensure_teacher(state)
     config = _stage_config(state, stage)
-    uses_teacher = stage_fact(config, "needs_teacher", False)
-    key = _stage_key(state, stage, config, extra="teacher" if uses_teacher else "")
+    uses_teacher = config.needs_teacher
+    key = _stage_key(state, stage, config)  # the config (hence needs_teacher) and the teacher are in the key
     folder = state.output / "stages" / f"{index:02d}-{stage.kind}-{key}"
     cached = (folder / "metrics.json").is_file()
     if not cached:
-        data = None if stage_fact(config, "uses_data", "none") == "none" else state.data
+        data = None if config.uses_data == "none" else state.data
         STAGES[stage.kind].run(state.current, folder, config, data, teacher if uses_teacher else None)
-    model_folder = folder / stage_fact(config, "model_subdir", "")
+    model_folder = folder / config.model_subdir
     state.current = model_folder
     state.current_key = key
     state.variants.append(Variant(stage.variant, model_folder, stage.kind, read_metrics(model_folder)))

@@ -18,6 +18,7 @@ import numpy as np
 
 from slimformer.cpu import default_threads
 from slimformer.errors import ModelError
+from slimformer.models import DEFAULT_MAX_LENGTH, SESSION_FILE
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -41,10 +42,8 @@ __all__ = [
 ]
 
 ONNX_FILE = "model.onnx"
-SESSION_FILE = "session.json"
 TOKENIZER_FILE = "tokenizer.json"
 QUANTIZATION_FILE = "quantization.json"  # a PyTorch folder to be quantized at load time (see slimformer.onnx.quantize)
-DEFAULT_MAX_LENGTH = 128
 # ONNX Runtime graph optimization levels by the name session.json and the CLI use (GraphOptimizationLevel members)
 GRAPH_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -384,11 +383,10 @@ class OnnxPredictor(Predictor):
         """A predictor over an explicit .onnx graph, with the tokenizer and labels of `folder` (e.g. a quantizer's
         candidate graph in a work dir). `max_length` defaults to the folder's session.json, else 128, capped at
         what the model can take."""
-        from slimformer.models import fit_max_length
+        from slimformer.models import resolve_max_length
 
         folder = Path(folder)
-        saved = _read_json(folder / SESSION_FILE)
-        max_length = fit_max_length(folder, max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH)
+        max_length = resolve_max_length(folder, max_length)
         return cls(folder, threads or default_threads(), max_length, graph_optimization_level, Path(onnx_path))
 
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
@@ -412,12 +410,12 @@ def load(path: str | Path, threads: int | None = None, max_length: int | None = 
 
     Session settings saved by an earlier stage (`session.json`) are used unless overridden here.
     """
-    from slimformer.models import fit_max_length, resolve_model_path
+    from slimformer.models import resolve_max_length, resolve_model_path
 
     folder = resolve_model_path(path)
     saved = _read_json(folder / SESSION_FILE)
     threads = threads or saved.get("threads") or default_threads()
-    max_length = fit_max_length(folder, max_length or saved.get("max_length") or DEFAULT_MAX_LENGTH)
+    max_length = resolve_max_length(folder, max_length)
     if (folder / ONNX_FILE).is_file():
         return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
     return TorchPredictor.from_folder(folder, threads, max_length)

@@ -94,9 +94,3 @@ for _stage in (
     ),
 ):
     register_stage(_stage)
-
-
-def stage_fact(config: Any, name: str, default: Any) -> Any:
-    """A stage fact from its config (`needs_teacher`, `uses_data`, `model_subdir`), with a default for configs
-    that do not derive from StageConfig."""
-    return getattr(config, name, default)

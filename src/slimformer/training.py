@@ -123,8 +123,6 @@ def train_classifier(
     may adjust the trainer before training (movement pruning sets its optimizer there). The model is on the CPU
     afterwards. `work_dir` holds the Trainer's scratch files and is removed.
     """
-    from transformers import set_seed
-
     from slimformer.distillation import (
         DistillationDataCollator,
         DistillationTrainer,
@@ -133,7 +131,6 @@ def train_classifier(
         cache_report,
     )
 
-    set_seed(config.seed)
     max_length = config.max_length or DEFAULT_MAX_LENGTH
     train, cache = splits.train, None
     alpha, temperature = 1.0, 1.0

@@ -23,7 +23,7 @@ from slimformer.commands.options import (
     print_json,
 )
 from slimformer.config import build_config, field_types
-from slimformer.stages import STAGES, Stage, stage_fact
+from slimformer.stages import STAGES, Stage
 
 NO_DATA = "none"
 SUMMARY_KEYS = ("validation", "test", "parity", "fusions", "attention_fully_fused", "accuracy_delta_points", "warnings")
@@ -50,8 +50,7 @@ def _parameters(stage: Stage) -> tuple[list[inspect.Parameter], set[str]]:
         ),
         inspect.Parameter("output", kind, annotation=OutputOption),
     ]
-    sample = stage.config.__new__(stage.config)  # class-level facts only
-    uses_data = stage_fact(sample, "uses_data", "none")
+    uses_data = stage.config.uses_data
     if uses_data != "none":
         help_text = "clinc150[:plus|full|small|imbalanced], a folder with train/validation/test files, or one file"
         if uses_data == "optional":

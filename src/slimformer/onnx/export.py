@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from slimformer.artifacts import atomic_output_dir, write_json, write_metrics, write_session
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
+from slimformer.evaluation import score_logits
 from slimformer.onnx.runtime import (
     GRAPH_LEVELS,
     ONNX_FILE,
     first_line,
     parity,
     parity_texts,
-    split_metrics,
 )
 
 if TYPE_CHECKING:
@@ -144,8 +144,8 @@ def export_onnx(
         if data is not None:
             metrics["data"] = data.name
             metrics["data_fingerprint"] = data.fingerprint
-            metrics["validation"] = split_metrics(exported, label_ids, model_labels, data)
-            metrics["validation_pytorch"] = split_metrics(reference, label_ids, model_labels, data)
+            metrics["validation"] = score_logits(exported, model_labels, label_ids, data)
+            metrics["validation_pytorch"] = score_logits(reference, model_labels, label_ids, data)
         write_metrics(folder, metrics)
     return metrics
 

@@ -36,13 +36,13 @@ from slimformer.artifacts import atomic_output_dir, write_metrics, write_session
 from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.cpu import VNNI_FLAGS, isa_flags
 from slimformer.errors import ConfigError, DataError, ModelError
+from slimformer.evaluation import score_logits
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     ONNX_FILE,
     copy_model_files,
     parity,
     parity_texts,
-    split_metrics,
 )
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 QUANTIZATION_METHODS = ("dynamic", "static", "torch-dynamic", "qat")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-QUANTIZATION_FILE = "quantization.json"
 # ops whose weights ORT dynamic quantization turns to int8 (Gather / EmbedLayerNormalization: embeddings;
 # Gemm: the pooler and classifier, quantized as MatMulInteger)
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
@@ -445,8 +444,8 @@ def validation_report(
     data: DataSplits, label_ids: Any, model_labels: list[str], reference_logits: Any, quantized_logits: Any
 ) -> dict[str, Any]:
     """Validation metrics of the fp32 reference and the quantized model, and the accuracy delta in points."""
-    reference = split_metrics(reference_logits, label_ids, model_labels, data)
-    quantized = split_metrics(quantized_logits, label_ids, model_labels, data)
+    reference = score_logits(reference_logits, model_labels, label_ids, data)
+    quantized = score_logits(quantized_logits, model_labels, label_ids, data)
     return {
         "data": data.name,
         "data_fingerprint": data.fingerprint,

@@ -112,17 +112,6 @@ def onnx_folder(path: str | Path) -> Path:
     return folder
 
 
-def split_metrics(
-    logits: np.ndarray, label_ids: list[int], model_labels: list[str], data: DataSplits
-) -> dict[str, float]:
-    """Classification metrics of `logits` (columns in the model's label order) against dataset label ids."""
-    from slimformer.data import label_positions
-    from slimformer.metrics import classification_metrics
-
-    predicted = label_positions(model_labels, data.labels)[logits.argmax(axis=-1)]
-    return classification_metrics(label_ids, predicted, data.oos_label_id)
-
-
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none (bare asserts)."""
     text = str(exc).strip()

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import atomic_output_dir, write_json, write_metrics
-from slimformer.onnx.quantize import QUANTIZATION_FILE, validation_report
+from slimformer.onnx.quantize import validation_report
 from slimformer.onnx.runtime import parity, parity_texts
+from slimformer.predictor import QUANTIZATION_FILE
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
