@@ -79,6 +79,19 @@ class DataSplits:
         splits.fingerprint = _fingerprint(splits)
         return splits
 
+    def without_test(self) -> DataSplits:
+        """The same splits with the test split sealed (empty): what a search trains and selects on, so that
+        test rows are scored only once, for the final report. Stages skip scoring an empty split."""
+        splits = DataSplits(
+            name=f"{self.name}[test sealed]",
+            labels=self.labels,
+            train=self.train,
+            validation=self.validation,
+            test=self.test.select([]),
+        )
+        splits.fingerprint = _fingerprint(splits)
+        return splits
+
     def in_label_order(self, labels: list[str]) -> DataSplits:
         """The same splits with label ids renumbered into `labels`' order (a model head's own order), by
         datasets' `align_labels_with_mapping` over the ClassLabel column."""

@@ -190,7 +190,7 @@ def run_recipe(recipe: Recipe, output: str | Path, quick: bool = False) -> dict[
     model = resolve_model_path(recipe.model)
     _preflight(recipe, model)
     state = RunState(output=output, data=data, recipe=recipe, quick=quick, current=model)
-    state.current_key = _model_key(model)
+    state.current_key = model_key(model)
     started = time.perf_counter()
     total = len(recipe.stages)
     for index, stage in enumerate(recipe.stages, start=1):
@@ -236,7 +236,7 @@ def _clock(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def _model_key(path: Path) -> str:
+def model_key(path: Path) -> str:
     """A content key for an input model folder: config + weight file sizes and mtimes (cheap, not a full hash)."""
     digest = hashlib.sha256(str(path.resolve()).encode())
     for file in sorted(path.iterdir()):
@@ -246,17 +246,22 @@ def _model_key(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _stage_key(state: RunState, stage: Stage, config: Any, extra: str = "") -> str:
+def stage_key(kind: str, config: Any, input_key: str, teacher: Path | None, data: Any, **extra: Any) -> str:
+    """The cache key of one stage run: its kind and options, its input's key, the teacher and the data.
+    `run` and `auto` both name stage folders by it, so a finished stage is found again and never redone."""
     payload = {
-        "kind": stage.kind,
+        "kind": kind,
         "config": dataclasses.asdict(config),
-        "input": state.current_key,
-        "teacher": _model_key(state.teacher) if state.teacher else None,
-        "data": state.data.fingerprint,
-        "quick": state.quick,
-        "extra": extra,
+        "input": input_key,
+        "teacher": model_key(teacher) if teacher else None,
+        "data": data.fingerprint if data is not None else None,
+        **extra,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _stage_key(state: RunState, stage: Stage, config: Any, extra: str = "") -> str:
+    return stage_key(stage.kind, config, state.current_key, state.teacher, state.data, quick=state.quick, extra=extra)
 
 
 def _stage_config(state: RunState, stage: Stage) -> Any:
@@ -365,7 +370,7 @@ def _report(state: RunState, stage: Stage, index: int, console: Any) -> bool:
     final = state.current
     write_report(state.output, benchmark["report"], state.variants, config)
     write_deployable_model(
-        final, state.output / "model", benchmark["report"], state.variants, config, threads=state.recipe.threads
+        final, state.output / "model", benchmark["report"], state.variants, config, state.recipe.threads, state.data
     )
     console.print(f"  report: {state.output / 'report.html'} · deployable model: {state.output / 'model'}")
     return False

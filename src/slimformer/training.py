@@ -169,6 +169,8 @@ def train_classifier(
 
 
 def _evaluate(trainer: Any, dataset: Any, prefix: str) -> dict[str, float]:
+    if dataset is not None and len(dataset) == 0:  # a sealed split (see DataSplits.without_test)
+        return {}
     scores = trainer.evaluate(eval_dataset=dataset, metric_key_prefix=prefix)
     names = ("accuracy", "macro_f1", "in_scope_accuracy", "oos_recall")
     return {name: scores[f"{prefix}_{name}"] for name in names if f"{prefix}_{name}" in scores}

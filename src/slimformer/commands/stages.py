@@ -73,9 +73,17 @@ def _parameters(stage: Stage) -> tuple[list[inspect.Parameter], set[str]]:
                 annotation=Annotated[str | None, typer.Option("--teacher", help=teacher_help)],
             )
         )
+    fields, variadic = config_parameters(stage.config)
+    return params + fields, variadic
+
+
+def config_parameters(config_class: type) -> tuple[list[inspect.Parameter], set[str]]:
+    """One keyword CLI option per field of `config_class` (help from the field), and the variadic tuple fields."""
+    kind = inspect.Parameter.KEYWORD_ONLY
+    params = []
     variadic = set()
-    types_ = field_types(stage.config)
-    for field in dataclasses.fields(stage.config):
+    types_ = field_types(config_class)
+    for field in dataclasses.fields(config_class):
         annotation, is_variadic = _option_type(types_[field.name])
         if is_variadic:
             variadic.add(field.name)

@@ -154,7 +154,9 @@ def prune(
             ]
         if "validation" not in metrics:  # no training: score the pruned model here
             metrics["validation"] = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
-            metrics["test"] = evaluate_model(model, tokenizer, splits.test, splits, config.max_length)
+            metrics["test"] = (
+                evaluate_model(model, tokenizer, splits.test, splits, config.max_length) if len(splits.test) else {}
+            )
         metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
         write_metrics(folder, metrics)
     return metrics

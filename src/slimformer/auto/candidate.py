@@ -1,0 +1,211 @@
+"""One candidate of `slimformer auto`: a shape (depth, heads, FFN, vocabulary, INT8 method, threads) and its
+training (alpha, T, epochs, learning rate), built by composing the registered stage functions.
+
+The chain is: K evenly spaced teacher layers → structured slicing of heads and FFN neurons (no training yet)
+→ distillation from the teacher's cached logits → vocabulary clustering → export → optimize → quantize. The
+screen runs the same chain without the distillation: latency and size depend on the shape, not the weights,
+so a shape that cannot meet the budget is dropped before any training is spent on it. Every step is cached
+in the shared work folder under a key of its options and input (:func:`slimformer.pipeline.stage_key`), behind
+a file lock, so trials and workers reuse each other's finished steps and never run one twice at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+import statistics
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from slimformer.auto.config import AutoConfig
+
+SCREEN_EVAL_ROWS = 64  # validation rows the screening chain's stages score on (their accuracy is not used)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What decides a candidate's latency and size."""
+
+    layers: int
+    heads_fraction: float
+    ffn_fraction: float
+    vocab_clusters: int
+    quantization: str
+    per_channel: bool
+    threads: int
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a shape is trained (distillation from the teacher)."""
+
+    epochs: int
+    alpha: float
+    temperature: float
+    learning_rate: float
+
+
+def suggest_shape(trial: Any, config: AutoConfig, teacher_layers: int, cores: int) -> Shape:
+    """The shape part of the search space (suggested first: it is screened before training is sampled)."""
+    layers = config.layers_choices or tuple(range(1, max(teacher_layers, 2)))
+    threads = config.threads or tuple(range(1, cores + 1))
+    shape = {
+        "layers": trial.suggest_categorical("layers", list(layers)),
+        "heads_fraction": trial.suggest_categorical("heads_fraction", list(config.heads_fractions)),
+        "ffn_fraction": trial.suggest_categorical("ffn_fraction", list(config.ffn_fractions)),
+        "vocab_clusters": trial.suggest_categorical("vocab_clusters", list(config.vocab_clusters)),
+        "quantization": trial.suggest_categorical("quantization", list(config.quantization)),
+    }
+    per_channel = trial.suggest_categorical("per_channel", [True, False]) if config.search_per_channel else True
+    return Shape(**shape, per_channel=per_channel, threads=trial.suggest_categorical("threads", list(threads)))
+
+
+def suggest_training(trial: Any, config: AutoConfig) -> Training:
+    """The training part of the search space."""
+    return Training(
+        epochs=trial.suggest_int("epochs", *config.epochs_range),
+        alpha=trial.suggest_float("alpha", *config.alpha_range),
+        temperature=trial.suggest_float("temperature", *config.temperature_range),
+        learning_rate=trial.suggest_float("learning_rate", *config.learning_rate_range, log=True),
+    )
+
+
+class StageCache:
+    """Runs registered stages into `root/<stage>-<key>/`, reusing any finished folder (one writer per key)."""
+
+    def __init__(self, root: Path, teacher: Path) -> None:
+        self.root = root
+        self.teacher = teacher
+        root.mkdir(parents=True, exist_ok=True)
+
+    def run(self, kind: str, source: tuple[Path, str], config: Any, data: Any, **kwargs: Any) -> tuple[Path, str]:
+        """Stage `kind` on `source` (its folder and cache key); returns the output model folder and its key."""
+        from slimformer.pipeline import stage_key
+        from slimformer.stages import STAGES
+
+        teacher = self.teacher if config.needs_teacher else None
+        key = stage_key(kind, config, source[1], teacher, data)
+        folder = self.root / f"{kind}-{key}"
+        with self._claim(folder) as todo:
+            if todo:
+                STAGES[kind].run(source[0], folder, config, data, teacher, **kwargs)
+        return folder / config.model_subdir, key
+
+    def student(self, layers: int, teacher_key: str) -> tuple[Path, str]:
+        """K evenly spaced layers of the teacher, untrained (the start of every chain of that depth)."""
+        from slimformer.artifacts import write_metrics
+        from slimformer.students import student_from_teacher
+
+        key = f"{teacher_key}-L{layers}"
+        folder = self.root / f"student-{key}"
+        with self._claim(folder) as todo:
+            if todo:
+                kept = student_from_teacher(self.teacher, layers, folder)
+                write_metrics(folder, {"stage": "student", "teacher": str(self.teacher), "layers_kept": kept})
+        return folder, key
+
+    @contextlib.contextmanager
+    def _claim(self, folder: Path) -> Iterator[bool]:
+        """Yield True when `folder` must be made (holding its lock), False when it is already finished."""
+        if (folder / "metrics.json").is_file():
+            yield False
+            return
+        with open(self.root / f".{folder.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker making the same folder: wait, then reuse it
+            try:
+                done = (folder / "metrics.json").is_file()
+                if not done:
+                    for leftover in self.root.glob(f".tmp-{folder.name}-*"):  # a killed writer's half folder
+                        shutil.rmtree(leftover, ignore_errors=True)
+                yield not done
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def build_chain(
+    cache: StageCache,
+    shape: Shape,
+    training: Training | None,
+    data: Any,
+    config: AutoConfig,
+    teacher_key: str,
+    callbacks: tuple = (),
+) -> Path:
+    """The candidate's INT8 ONNX folder: trained when `training` is given, else the untrained screen."""
+    from slimformer.distill import DistillConfig
+    from slimformer.onnx.export import ExportConfig
+    from slimformer.onnx.optimize import OptimizeConfig
+    from slimformer.onnx.quantize import QuantizeConfig
+    from slimformer.prune.stage import PruneConfig
+
+    eval_rows = config.max_eval_samples if training else SCREEN_EVAL_ROWS
+    common = {"max_length": config.max_length, "seed": config.seed}
+    current = cache.student(shape.layers, teacher_key)
+    if shape.heads_fraction or shape.ffn_fraction:
+        prune = PruneConfig(
+            method="structured",
+            epochs=0.0,  # slice only: the distillation below trains the sliced student
+            sparsity=shape.ffn_fraction,
+            heads_fraction=shape.heads_fraction,
+            max_eval_samples=SCREEN_EVAL_ROWS,
+            **common,
+        )
+        current = cache.run("prune", current, prune, _screen_data(data))
+    if training is not None:
+        distill = DistillConfig(
+            student=str(current[0]),
+            alpha=training.alpha,
+            temperature=training.temperature,
+            epochs=float(training.epochs),
+            learning_rate=training.learning_rate,
+            batch_size=config.batch_size,
+            cache_dir=str(cache.root / "teacher-logits"),
+            max_eval_samples=config.max_eval_samples,
+            **common,
+        )
+        current = cache.run("distill", current, distill, data, callbacks=callbacks)
+    if shape.vocab_clusters:
+        vocab = PruneConfig(method="vocab", vocab_clusters=shape.vocab_clusters, max_eval_samples=eval_rows, **common)
+        current = cache.run("prune", current, vocab, data if training else _screen_data(data))
+    onnx_data = data if training else _screen_data(data)
+    export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
+    current = cache.run("export", current, export, onnx_data)
+    current = cache.run("optimize", current, OptimizeConfig(level=99, threads=shape.threads), None)
+    quantize = QuantizeConfig(
+        method=shape.quantization,
+        per_channel=shape.per_channel,
+        calibration_samples=config.calibration_samples,
+        max_eval_samples=eval_rows,
+        threads=shape.threads,
+        seed=config.seed,
+    )
+    return cache.run("quantize", current, quantize, onnx_data)[0]
+
+
+_SCREEN_DATA: dict[str, Any] = {}
+
+
+def _screen_data(data: Any) -> Any:
+    """The trial data with validation cut to a few rows: the screen's stages need data, not their scores."""
+    if data.fingerprint not in _SCREEN_DATA:
+        _SCREEN_DATA[data.fingerprint] = data.subset(None, SCREEN_EVAL_ROWS, seed=0)
+    return _SCREEN_DATA[data.fingerprint]
+
+
+def measure(folder: Path, texts: list[str], threads: int | None) -> dict[str, float]:
+    """Batch-1 p50 (ms, tokenization included) at `threads` over `texts`, and weight files in MB."""
+    from slimformer.artifacts import weights_size_bytes
+    from slimformer.benchmark import batch1_latencies_ms
+    from slimformer.predictor import load
+
+    predictor = load(folder, threads=threads)
+    p50 = statistics.median(batch1_latencies_ms(predictor, texts, warmup=10))
+    return {"p50_ms": round(p50, 4), "size_mb": round(weights_size_bytes(folder) / 1e6, 3)}
+
+
+def shape_key(shape: Shape) -> str:
+    return json.dumps(asdict(shape), sort_keys=True)

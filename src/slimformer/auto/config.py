@@ -1,0 +1,128 @@
+"""Options of `slimformer auto`: one budget, the accuracy it may cost, the search space and how to run it.
+
+The fields are the CLI (`slimformer auto --help`): each is written once, with its help text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from slimformer.config import StageConfig, option
+from slimformer.errors import ConfigError
+
+QUANTIZATION_CHOICES = ("dynamic", "static")
+QUICK_TRIALS = 3
+
+
+@dataclass
+class AutoConfig(StageConfig):
+    """A budget, an accuracy tolerance and the space `slimformer auto` searches to meet them."""
+
+    # the budget: give exactly one
+    max_latency_ms: float | None = option(
+        None, "Budget: batch-1 p50 at most this many ms on this CPU (tokenizing too)."
+    )
+    min_speedup: float | None = option(None, "Budget: at least this many times lower p50 than the teacher (same run).")
+    max_size_mb: float | None = option(None, "Budget: model files at most this many MB on disk.")
+    max_accuracy_drop: float = option(0.5, "Accuracy may fall at most this many points below the teacher's.")
+    # how long
+    trials: int = option(12, "Trained trials the study should hold (shapes screened out before training do not count).")
+    time_budget: float | None = option(None, "Minutes after which this process starts no new trial.")
+    max_screened: int = option(40, "Stop after this many shapes in a row were screened out (the budget is too tight).")
+    # where, and by how many
+    storage: str | None = option(
+        None, "Optuna storage URL (default: sqlite:///OUTPUT/study.db); postgresql://... joins workers"
+    )
+    study_name: str | None = option(None, "Default: derived from the teacher, the data and the budget.")
+    workers: int = option(1, "Local worker processes joining the study (they share the cores).")
+    work_dir: str | None = option(
+        None, "Stage artefacts and teacher logits, on a path every worker sees (default: OUTPUT/work)."
+    )
+    heartbeat_seconds: int = option(30, "Workers beat this often; a trial silent for 3 beats is failed and run again.")
+    # the search space
+    layers_choices: tuple[int, ...] | None = option(None, "Student depths (default: 1 .. teacher depth - 1).")
+    heads_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5), "Fractions of attention heads removed per layer.")
+    ffn_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75), "Fractions of FFN neurons removed per layer.")
+    vocab_clusters: tuple[int, ...] = option(
+        (0, 1024), "Vocabulary clustering: 0 = off, else centroid rows for unseen tokens."
+    )
+    quantization: tuple[str, ...] = option(QUANTIZATION_CHOICES, "INT8 methods: dynamic, static (calibrated).")
+    search_per_channel: bool = option(True, "Search per-tensor weight scales too (else always per channel).")
+    threads: tuple[int, ...] | None = option(
+        None, "Intra-op thread counts searched (default: 1 .. cores); one fixes it."
+    )
+    epochs_range: tuple[int, int] = option((2, 6), "Distillation epochs (inclusive range).")
+    alpha_range: tuple[float, float] = option((0.2, 0.9), "Weight of the hard-label loss.")
+    temperature_range: tuple[float, float] = option((2.0, 12.0), "Distillation temperature.")
+    learning_rate_range: tuple[float, float] = option((5e-5, 5e-4), "Peak learning rate (log scale).")
+    # measuring
+    latency_queries: int = option(200, "Validation queries timed at batch 1 per candidate.")
+    screen_margin: float = option(1.15, "A shape is screened out only when over the budget by more than this factor.")
+    calibration_samples: int = option(128, "Training rows the static INT8 ranges are calibrated on.")
+    final_candidates: int = option(4, "Pareto-front models benchmarked on test at the end, the pick included.")
+    batch_size: int = option(32, "Training batch size.")
+    max_length: int | None = option(None, "Truncate texts to this many tokens (default: the teacher's, else 128).")
+    seed: int = option(42, "Seed of the sampler, the training and the data subsets.")
+    max_train_samples: int | None = option(None, "Subsample the training split.")
+    max_eval_samples: int | None = option(None, "Subsample validation and test.")
+
+    produces_model: ClassVar[bool] = True
+
+    def quick(self) -> AutoConfig:
+        return replace(
+            self,
+            trials=min(self.trials, QUICK_TRIALS),
+            epochs_range=(1, 1),
+            latency_queries=min(self.latency_queries, 50),
+            final_candidates=min(self.final_candidates, 2),
+        )
+
+    def validate(self) -> None:
+        budgets = [b for b in (self.max_latency_ms, self.min_speedup, self.max_size_mb) if b is not None]
+        if len(budgets) != 1:
+            raise ConfigError("give exactly one budget: --max-latency-ms X, --min-speedup S or --max-size-mb M")
+        if budgets[0] <= 0:
+            raise ConfigError(f"the budget must be > 0, got {budgets[0]}")
+        if not 0 <= self.max_accuracy_drop <= 100:
+            raise ConfigError(f"max accuracy drop is in points (0-100), got {self.max_accuracy_drop}")
+        if self.trials < 1 or self.workers < 1 or self.max_screened < 1 or self.final_candidates < 1:
+            raise ConfigError("trials, workers, max screened and final candidates must be >= 1")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"time budget is in minutes and must be > 0, got {self.time_budget}")
+        if self.heartbeat_seconds < 1:
+            raise ConfigError(f"heartbeat seconds must be >= 1, got {self.heartbeat_seconds}")
+        self._validate_space()
+
+    def _validate_space(self) -> None:
+        if self.layers_choices is not None and (not self.layers_choices or min(self.layers_choices) < 1):
+            raise ConfigError("layers choices must be >= 1")
+        for name in ("heads_fractions", "ffn_fractions"):
+            values = getattr(self, name)
+            if not values or not all(0 <= v < 1 for v in values):
+                raise ConfigError(f"{name.replace('_', ' ')} must be in [0, 1), got {list(values)}")
+        if not self.vocab_clusters or min(self.vocab_clusters) < 0:
+            raise ConfigError("vocab clusters must be >= 0 (0 = off)")
+        if not self.quantization or set(self.quantization) - set(QUANTIZATION_CHOICES):
+            raise ConfigError(f"quantization must be among {', '.join(QUANTIZATION_CHOICES)}")
+        if self.threads is not None and (not self.threads or min(self.threads) < 1):
+            raise ConfigError("threads must be >= 1")
+        for name in ("epochs_range", "alpha_range", "temperature_range", "learning_rate_range"):
+            low, high = getattr(self, name)
+            if low > high or low < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be a range low <= high, got ({low}, {high})")
+        if self.epochs_range[0] < 1 or self.alpha_range[1] > 1 or self.learning_rate_range[0] <= 0:
+            raise ConfigError("epochs must be >= 1, alpha <= 1 and the learning rate > 0")
+        if self.screen_margin < 1:
+            raise ConfigError(f"screen margin must be >= 1, got {self.screen_margin}")
+
+    @property
+    def budget_text(self) -> str:
+        """The budget in words, e.g. 'p50 <= 1 ms, accuracy drop <= 0.5 points'."""
+        if self.max_latency_ms is not None:
+            budget = f"p50 ≤ {self.max_latency_ms:g} ms"
+        elif self.min_speedup is not None:
+            budget = f"≥ {self.min_speedup:g}x lower p50 than the teacher"
+        else:
+            budget = f"size ≤ {self.max_size_mb:g} MB"
+        return f"{budget}, accuracy drop ≤ {self.max_accuracy_drop:g} points"

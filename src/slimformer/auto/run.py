@@ -1,0 +1,273 @@
+"""`slimformer auto`: fine-tune the teacher if needed, run (or join, or resume) the study on one or many
+workers, then select, benchmark on test once, report and write `OUTPUT/model/`.
+
+Files: `OUTPUT/study.db` (the default storage), `OUTPUT/work/` (shared stage artefacts and teacher logits;
+`--work-dir` puts them on a path every worker sees), `OUTPUT/report.md|html`, `OUTPUT/auto.json`,
+`OUTPUT/model/` (only when a candidate met the budget on validation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimformer.auto.config import AutoConfig
+from slimformer.errors import ConfigError, SlimformerError
+
+
+class BudgetNotMet(SlimformerError):
+    """No candidate met the budget (the report shows the closest)."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How to load the data (every worker process loads it itself)."""
+
+    name: str = "clinc150"
+    data_dir: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, quick: bool = False) -> dict[str, Any]:
+    """Search the compression space for the most accurate model within `config`'s budget. Returns auto.json."""
+    from slimformer.artifacts import check_output_dir
+    from slimformer.auto.study import open_study, requeue_abandoned
+    from slimformer.search import _printable_url
+
+    config = config.quick() if quick else config
+    config.validate()
+    output = check_output_dir(output)
+    output.mkdir(parents=True, exist_ok=True)
+    work = Path(config.work_dir) if config.work_dir else output / "work"
+    splits = load_splits(data, config, quick)
+    teacher = ensure_teacher(model, splits, work, quick, config.seed)
+    _preflight(teacher, config)
+    url = config.storage or f"sqlite:///{output.resolve() / 'study.db'}"
+    name = config.study_name or study_name(teacher, splits, config)
+    study = open_study(url, name, config)
+    if config.storage is None and (n := requeue_abandoned(study)):
+        say(f"{n} trial(s) left running by a killed run: failed and queued again")
+    say(f"study {name} in {_printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
+    if config.workers == 1:
+        _work(teacher, splits, work, config, url, name, 0)
+    else:
+        _spawn_workers(teacher, data, work, config, url, name, quick)
+    return finish(study, teacher, splits, output, config)
+
+
+def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
+    from slimformer.data import load_data
+    from slimformer.pipeline import QUICK_EVAL_ROWS, QUICK_TRAIN_ROWS
+
+    splits = load_data(spec.name, spec.data_dir, spec.text_column, spec.label_column, seed=config.seed)
+    if quick:
+        splits = splits.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=config.seed)
+    if config.max_train_samples or config.max_eval_samples:
+        splits = splits.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
+    return splits
+
+
+def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) -> Path:
+    """The fine-tuned teacher: `model` itself when its head has the data's labels, else fine-tuned (cached)."""
+    from slimformer.finetune import FinetuneConfig, finetune
+    from slimformer.models import classifier_labels, resolve_model_path
+    from slimformer.pipeline import model_key, stage_key
+
+    path = resolve_model_path(model)
+    labels = classifier_labels(path)
+    if labels is not None and sorted(labels) == sorted(splits.labels):
+        return path
+    config = FinetuneConfig(seed=seed)
+    config = config.quick() if quick else config
+    folder = work / f"teacher-{stage_key('finetune', config, model_key(path), None, splits)}"
+    if not (folder / "metrics.json").is_file():
+        say(f"{path} has no head for these {len(splits.labels)} labels: fine-tuning it first")
+        finetune(path, folder, config, splits)
+    return folder
+
+
+def _preflight(teacher: Path, config: AutoConfig) -> None:
+    from slimformer.families import preflight
+    from slimformer.prune.stage import PruneConfig
+
+    if max(config.heads_fractions) > 0:
+        reason = preflight(
+            teacher, "prune", PruneConfig(method="structured", heads_fraction=max(config.heads_fractions))
+        )
+        if reason:
+            raise ConfigError(f"{reason}: search --heads-fractions 0 only")
+
+
+def study_name(teacher: Path, splits: Any, config: AutoConfig) -> str:
+    """Same teacher, data, budget and space: the same study (a re-run resumes it)."""
+    from slimformer.distillation import model_files_hash
+
+    space = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY_FIELDS}
+    digest = hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"auto-{model_files_hash(teacher)[:10]}-{splits.fingerprint[:10]}-{digest}"
+
+
+# options that change how the study runs, not what it searches
+RUN_ONLY_FIELDS = {
+    "trials",
+    "time_budget",
+    "max_screened",
+    "storage",
+    "study_name",
+    "workers",
+    "work_dir",
+    "heartbeat_seconds",
+    "final_candidates",
+}
+
+
+def _work(teacher: Path, splits: Any, work: Path, config: AutoConfig, url: str, name: str, index: int) -> None:
+    """One worker: join the study and run trials until it holds enough."""
+    from slimformer.auto.study import Objective, open_study, run_worker
+    from slimformer.pipeline import model_key
+
+    study = open_study(url, name, config, seed_offset=1000 * index + len(_all_trials(url, name)))
+    objective = Objective(teacher, model_key(teacher), splits.without_test(), work, config)
+    run_worker(objective, study, config, say)
+
+
+def _all_trials(url: str, name: str) -> list[Any]:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def worker_main(
+    teacher: str, data: DataSpec, work: str, config: AutoConfig, url: str, name: str, quick: bool, index: int
+) -> None:
+    """Entry point of a local worker process (spawned): its share of the cores, its own data loading."""
+    import torch
+
+    from slimformer.cpu import default_threads
+
+    torch.set_num_threads(max(1, default_threads() // config.workers))
+    splits = load_splits(data, config, quick)
+    _work(Path(teacher), splits, Path(work), config, url, name, index)
+
+
+def _spawn_workers(
+    teacher: Path, data: DataSpec, work: Path, config: AutoConfig, url: str, name: str, quick: bool
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    args = (str(teacher), data, str(work), config, url, name, quick)
+    workers = [
+        context.Process(target=worker_main, args=(*args, i), name=f"auto-worker-{i}") for i in range(config.workers)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    failed = [w.name for w in workers if w.exitcode]
+    if failed:
+        say(f"worker(s) {', '.join(failed)} exited with an error; their trials are failed and were re-run")
+
+
+def finish(study: Any, teacher: Path, splits: Any, output: Path, config: AutoConfig) -> dict[str, Any]:
+    """Select on validation, benchmark the finalists on test once, report, write model/ when the budget is met."""
+    from slimformer.artifacts import write_json
+    from slimformer.auto import report
+    from slimformer.auto.select import select, trial_rows
+
+    selection = select(study, config)
+    trials = trial_rows(study)
+    if not trials:
+        raise BudgetNotMet(f"study {study.study_name} holds no trial; run without --time-budget or with more time")
+    bench, rows, pick_row, outcome = _final_benchmark(teacher, selection, splits, config)
+    cpu = (
+        f"{bench['environment'].get('cpu', 'this CPU')}, {bench['environment'].get('threads')} threads" if bench else ""
+    )
+    pick = selection.pick
+    summary = {
+        "headline": report.headline(pick_row, outcome, config, cpu),
+        "budget": config.budget_text,
+        "study": study.study_name,
+        "verdict": outcome,
+        "pick": None
+        if pick is None
+        else {"trial": pick.number, "params": pick.params, "folder": pick.user_attrs["folder"]},
+        "pareto_front": [t.number for t in selection.front],
+        "trials": {state: sum(t["state"] == state for t in trials) for state in sorted({t["state"] for t in trials})},
+        "notes": _notes(selection, config),
+        "final_benchmark": rows,
+        "environment": bench["environment"] if bench else None,
+    }
+    reference = next(t.user_attrs for t in study.get_trials(deepcopy=False) if "teacher_p50_ms" in t.user_attrs)
+    teacher_ref = {"accuracy": reference["teacher_validation_accuracy"], "p50_ms": reference["teacher_p50_ms"]}
+    plot = report.write_pareto_plot(
+        trials, summary["pareto_front"], pick and pick.number, teacher_ref, config, output / "pareto_front.png"
+    )
+    report.write_report(output, summary, rows, trials, plot)
+    write_json(output / "auto.json", summary)
+    if pick is not None:
+        _write_model(Path(pick.user_attrs["folder"]), output / "model", bench, teacher, summary)
+    say(summary["headline"].replace("**", ""))
+    if pick is None:
+        raise BudgetNotMet(
+            f"no candidate met the budget ({config.budget_text}); the closest are in {output / 'report.md'}"
+        )
+    if not outcome["met"]:
+        raise BudgetNotMet(f"the pick met the budget on validation but not on test; see {output / 'report.md'}")
+    return summary
+
+
+def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoConfig) -> tuple:
+    """The benchmark of teacher + finalists on test, its rows, the pick's row and the verdict on the budget."""
+    from slimformer.auto.select import final_benchmark, verdict
+    from slimformer.report import comparison_rows
+
+    if not selection.complete:
+        return None, [], None, verdict(None, {}, config)
+    bench = final_benchmark(teacher, selection, splits, config)
+    rows = comparison_rows(bench)
+    teacher_row = rows[0]
+    teacher_row["meets"] = "(reference)"
+    for row in rows[1:]:
+        row["meets"] = "yes" if verdict(row, teacher_row, config)["met"] else "no"
+    name = f"trial-{selection.pick.number}" if selection.pick is not None else None
+    pick_row = next((r for r in rows[1:] if r["model"] == name), None)
+    return bench, rows, pick_row, verdict(pick_row, teacher_row, config)
+
+
+def _notes(selection: Any, config: AutoConfig) -> list[str]:
+    notes = [
+        "Candidates were trained and chosen on the validation split only; the test split was scored once, "
+        "in the final side-by-side benchmark of the finalists and the teacher.",
+        f"Search: {len(selection.complete)} trained trial(s); latency during the search was timed per worker at "
+        "batch 1 on validation queries, the final numbers in the benchmark table below.",
+    ]
+    if selection.pick is None and selection.closest:
+        closest = ", ".join(
+            f"trial {t.number} (constraints {t.user_attrs['constraints']})" for t in selection.closest[:3]
+        )
+        notes.append(f"No candidate met the budget on validation. Closest trained: {closest}.")
+    elif selection.pick is None:
+        notes.append("No shape met the budget even untrained, so nothing was trained; the smallest are in the table.")
+    return notes
+
+
+def _write_model(folder: Path, target: Path, bench: dict[str, Any], teacher: Path, summary: dict[str, Any]) -> None:
+    from slimformer.auto.report import model_card_section
+    from slimformer.pipeline import Variant
+    from slimformer.report import ReportConfig, write_deployable_model
+
+    variants = [Variant("teacher", teacher, "teacher"), Variant(f"trial-{summary['pick']['trial']}", folder, "auto")]
+    write_deployable_model(folder, target, bench, variants, ReportConfig())
+    card = target / "README.md"
+    card.write_text(card.read_text().replace("## Measured", model_card_section(summary) + "\n## Measured", 1))
+
+
+def say(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold]auto[/bold] {message}", highlight=False)

@@ -1,0 +1,261 @@
+"""The study behind `slimformer auto`: Optuna over RDB storage, one or many workers, heartbeats, resumable.
+
+Sampler: TPE, constrained (``Trial.set_constraint``: the budget and the accuracy tolerance, each ≤ 0 when met)
+and maximising validation accuracy. TPE rather than NSGA-II because each trial costs minutes of training: TPE
+models a mixed categorical / integer / log-float space from a handful of trials, where a genetic algorithm
+needs populations of dozens. ``multivariate`` + ``group`` model the joint shape (depth × heads × FFN × INT8
+method × threads), including the trials screened out before their training parameters were sampled;
+``constant_liar`` keeps parallel workers from proposing the same point. The Pareto front (accuracy vs latency)
+is computed over the finished trials for the report.
+
+Trial states: COMPLETE (trained and measured), PRUNED with user attr ``screened_out`` (the untrained shape missed
+the budget: no training spent), PRUNED by the median pruner (weak per-epoch validation accuracy), FAIL (a
+worker died: its heartbeat stopped, the trial is failed and re-queued with the same parameters).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slimformer.auto.candidate import StageCache, build_chain, measure, suggest_shape, suggest_training
+from slimformer.auto.config import AutoConfig
+from slimformer.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+SCREENED = "screened_out"
+CONSTRAINTS = "constraints"
+
+
+class SurplusTrial(Exception):
+    """Another worker already started the last trial the study needs: this one ends unrun."""
+
+
+def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) -> optuna.Study:
+    """Create or join the study `name` in the RDB storage `url` (heartbeats on, dead workers' trials retried)."""
+    import optuna
+
+    from slimformer.search import _printable_url
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed instead
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
+    try:
+        storage = optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=config.heartbeat_seconds,
+            grace_period=3 * config.heartbeat_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+        )
+    except ImportError as exc:
+        hint = "pip install psycopg2-binary" if url.startswith("postgres") else "install its SQLAlchemy driver"
+        raise ConfigError(f"the storage {url.split(':')[0]} needs a database driver: {hint}") from exc
+    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot open the optuna storage {_printable_url(url)}: {reason}") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=config.seed + seed_offset,
+            n_startup_trials=4,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
+        )
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        study = optuna.create_study(
+            storage=storage, study_name=name, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
+        )
+    return study
+
+
+def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
+    """Record the constraint values (≤ 0: met) for the sampler and for the report."""
+    trial.set_user_attr(CONSTRAINTS, values)
+    for index, value in enumerate(values):
+        trial.set_constraint(f"c{index}", value)
+
+
+def trained(trial: optuna.trial.FrozenTrial) -> bool:
+    """A finished trial that spent training: complete, or stopped by the pruner (not screened out)."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.COMPLETE or (trial.state == TrialState.PRUNED and SCREENED not in trial.user_attrs)
+
+
+def requeue_abandoned(study: optuna.Study) -> int:
+    """Fail trials left RUNNING by a killed process and queue their parameters again. Only safe when no other
+    process can be working on the study (the default SQLite file, before this run's workers start)."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in abandoned:
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+    return len(abandoned)
+
+
+class Reference:
+    """The teacher's validation accuracy and batch-1 p50, timed by this worker on the same queries."""
+
+    def __init__(self, teacher: Path, data: Any, texts: list[str]) -> None:
+        from slimformer.evaluation import evaluate_predictor
+        from slimformer.predictor import load
+
+        predictor = load(teacher)
+        self.accuracy = evaluate_predictor(predictor, data.validation, data)["accuracy"]
+        self.p50_ms = measure(teacher, texts, None)["p50_ms"]
+
+
+def violations(
+    p50_ms: float, size_mb: float, drop_points: float | None, teacher_p50: float, config: AutoConfig
+) -> list[float]:
+    """The budget and the accuracy tolerance as constraints (≤ 0 means met): relative excess, points over."""
+    values = []
+    if config.max_latency_ms is not None:
+        values.append(p50_ms / config.max_latency_ms - 1)
+    if config.min_speedup is not None:
+        values.append(p50_ms / (teacher_p50 / config.min_speedup) - 1)
+    if config.max_size_mb is not None:
+        values.append(size_mb / config.max_size_mb - 1)
+    if drop_points is not None:
+        values.append(drop_points - config.max_accuracy_drop)
+    return [round(v, 5) for v in values]
+
+
+class Objective:
+    """One trial: suggest a shape, screen it untrained, then (if it can fit) train, build and measure it."""
+
+    def __init__(self, teacher: Path, teacher_key: str, data: Any, work: Path, config: AutoConfig) -> None:
+        from slimformer.cpu import default_threads
+        from slimformer.data import column
+        from slimformer.families import family_for_model_type, model_type_of
+
+        self.teacher, self.teacher_key, self.data, self.config = teacher, teacher_key, data, config
+        self.cache = StageCache(work / "stages", teacher)
+        self.texts = column(data.validation, "text")[: config.latency_queries]
+        family = family_for_model_type(model_type_of(teacher))
+        self.teacher_layers = int(json.loads((teacher / "config.json").read_text())[family.depth_fields[0]])
+        self.cores = default_threads()
+        self.reference = Reference(teacher, data, self.texts)
+        self.study: optuna.Study | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        self._refuse_surplus(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("teacher_validation_accuracy", self.reference.accuracy)
+        trial.set_user_attr("teacher_p50_ms", self.reference.p50_ms)
+        shape = suggest_shape(trial, self.config, self.teacher_layers, self.cores)
+        screen = measure(
+            build_chain(self.cache, shape, None, self.data, self.config, self.teacher_key), self.texts, shape.threads
+        )
+        screen_violations = violations(screen["p50_ms"], screen["size_mb"], None, self.reference.p50_ms, self.config)
+        trial.set_user_attr("screen", {**screen, "teacher_p50_ms": self.reference.p50_ms})
+        worst = max(screen_violations, default=0.0)
+        if worst > self.config.screen_margin - 1:
+            trial.set_user_attr(SCREENED, f"untrained shape {screen['p50_ms']:.3f} ms / {screen['size_mb']:.1f} MB")
+            set_constraints(trial, [*screen_violations, 0.0])
+            raise optuna.TrialPruned("screened out before training")
+        training = suggest_training(trial, self.config)
+        from slimformer.trial_pruning import OptunaPruningCallback
+
+        folder = build_chain(
+            self.cache, shape, training, self.data, self.config, self.teacher_key, (OptunaPruningCallback(trial),)
+        )
+        return self._score(trial, folder, shape)
+
+    def _score(self, trial: optuna.Trial, folder: Path, shape: Any) -> float:
+        from slimformer.artifacts import read_metrics
+
+        accuracy = read_metrics(folder)["validation"]["accuracy"]
+        measured = measure(folder, self.texts, shape.threads)
+        drop = round(100 * (self.reference.accuracy - accuracy), 3)
+        trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr("validation_accuracy", accuracy)
+        trial.set_user_attr("accuracy_drop_points", drop)
+        trial.set_user_attr("speedup", round(self.reference.p50_ms / measured["p50_ms"], 2))
+        set_constraints(
+            trial, violations(measured["p50_ms"], measured["size_mb"], drop, self.reference.p50_ms, self.config)
+        )
+        for key, value in measured.items():
+            trial.set_user_attr(key, value)
+        return accuracy
+
+    def _refuse_surplus(self, trial: optuna.Trial) -> None:
+        from optuna.trial import TrialState
+
+        trials = trial.study.get_trials(deepcopy=False)
+        done = sum(trained(t) for t in trials)
+        ahead = sum(t.state == TrialState.RUNNING and t.number < trial.number for t in trials)
+        if done + ahead >= self.config.trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"the study already has {done} trained and {ahead} running trials")
+
+
+def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, say: Any) -> None:
+    """Run trials until the study holds `config.trials` trained ones (or time / screening runs out)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + 60 * config.time_budget if config.time_budget else None
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, re-queued by the retry callback
+        trials = study.get_trials(deepcopy=False)
+        done = sum(trained(t) for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if done >= config.trials:
+            return
+        if screened_streak(trials) >= config.max_screened:
+            say(f"the last {config.max_screened} shapes all missed the budget untrained: stopping the search")
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            say(f"time budget of {config.time_budget:g} min spent: no new trial")
+            return
+        if done + running >= config.trials and not waiting:
+            time.sleep(min(config.heartbeat_seconds, 5))  # the last trials run elsewhere: wait for them
+            continue
+        study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True, callbacks=[_Printer(say)])
+
+
+def screened_streak(trials: list[Any]) -> int:
+    """How many of the most recent finished trials in a row were screened out."""
+    from optuna.trial import TrialState
+
+    streak = 0
+    for trial in sorted((t for t in trials if t.state.is_finished()), key=lambda t: -t.number):
+        if trial.state == TrialState.PRUNED and SCREENED in trial.user_attrs:
+            streak += 1
+        elif trial.state != TrialState.FAIL:
+            break
+    return streak
+
+
+class _Printer:
+    def __init__(self, say: Any) -> None:
+        self.say = say
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        attrs = trial.user_attrs
+        if SCREENED in attrs:
+            outcome = f"screened out ({attrs[SCREENED]})"
+        elif trial.state.name == "COMPLETE":
+            outcome = (
+                f"validation {100 * trial.value:.2f} % ({attrs['accuracy_drop_points']:+.2f} pts drop), "
+                f"{attrs['p50_ms']:.3f} ms, {attrs['speedup']:.1f}x, {attrs['size_mb']:.1f} MB"
+            )
+        else:
+            outcome = trial.state.name.lower()
+        self.say(f"trial {trial.number}: {outcome} [{params}]")
