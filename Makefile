@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_DIR ?= demo
 
-.PHONY: venv demo test test-slow test-lean lint clean
+.PHONY: venv demo test test-slow test-lean lint clean peers-venv bench-peers
 
 $(BIN)/slimformer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ $(LEAN)/bin/slimformer: pyproject.toml requirements-serve.txt
 
 test-lean: $(LEAN)/bin/slimformer
 	$(LEAN)/bin/pytest -q tests/test_lean.py
+
+# Optimum's INT8 paths and the book's PyTorch INT8, timed beside slimformer's (benchmarks/peers): Optimum pins
+# transformers < 4.58, so it gets its own venv; slimformer is not installed there
+PEERS := .venv-peers
+PEERS_ARGS ?= --threads 2 --queries 300 --rounds 5
+$(PEERS)/.installed: benchmarks/peers/requirements.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --upgrade pip
+	$(PEERS)/bin/pip install --quiet $(TORCH)
+	$(PEERS)/bin/pip install --quiet -r benchmarks/peers/requirements.txt
+	touch $(PEERS)/.installed
+
+peers-venv: $(PEERS)/.installed
+
+bench-peers: venv peers-venv
+	$(BIN)/python benchmarks/peers/run.py --peers-python $(PEERS)/bin/python $(PEERS_ARGS)
 
 test-slow: venv
 	$(BIN)/pytest -q -m slow

@@ -1,0 +1,350 @@
+"""slimformer's INT8 beside Optimum's INT8 paths and the book's PyTorch dynamic INT8, on one teacher, timed side by
+side (issue #15). Run from the repository root with the main venv (`make bench-peers` does it):
+
+    .venv/bin/python benchmarks/peers/run.py --peers-python .venv-peers/bin/python --threads 2 \\
+        --queries 300 --rounds 5 [--work runs/peers] [--teacher FOLDER] [--slimformer-model FOLDER]
+
+1. The teacher: `--teacher`, else the packaged default teacher's body with a random CLINC150 head (151 labels,
+   seed 0), built in `.venv-peers` (latency does not depend on the weights).
+2. slimformer's model: `--slimformer-model`, else the teacher through `slimformer export`, `optimize --level 2`
+   and `quantize --method dynamic` (the main venv's CLI).
+3. Optimum's models, built in `.venv-peers` by build.py: the export, and avx2 / avx512_vnni dynamic quantization
+   of it and of ORTOptimizer's O1 / O2 / O3 graphs; a path that fails is recorded with its one-line error.
+4. Every model gets its own timer process (timer.py, run by its venv's python), all loaded at once. Each round
+   asks every timer in turn (the order rotated each round) for one timed pass over the same real validation
+   queries: batch 1, tokenization included, the same thread count. Latency: median and p90 over all rounds. A
+   speed-up is also taken per round (one p50 over the other within the round), then its median.
+
+Writes WORK/peers.json and WORK/peers.md (the markdown table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PLAIN_LOOP = "plain tokenizers + ORT loop"
+OURS = {"source": "slimformer", "int8": True}
+
+
+@dataclass
+class Model:
+    """One model to time and how: `kind` is timer.py's --kind, `source` whose path it is (slimformer, optimum,
+    torch)."""
+
+    name: str
+    python: str
+    kind: str
+    folder: Path
+    recipe: str
+    source: str
+    int8: bool
+    file: str = "model.onnx"
+    info: dict[str, Any] = field(default_factory=dict)
+    rounds: list[list[float]] = field(default_factory=list)
+
+    @property
+    def timings(self) -> list[float]:
+        return [t for one_round in self.rounds for t in one_round]
+
+    @property
+    def round_p50s(self) -> list[float]:
+        return [float(np.percentile(one_round, 50)) for one_round in self.rounds]
+
+
+# --- building the models ----------------------------------------------------------------------------------------
+
+
+def _check(command: list[str]) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def build_teacher(work: Path, peers_python: str, data: Any) -> Path:
+    from slimformer.models import resolve_model_path
+
+    teacher = work / "teacher"
+    if not (teacher / "config.json").is_file():
+        labels = work / "labels.json"
+        labels.write_text(json.dumps(data.train.features["label"].names))
+        base = str(resolve_model_path("default"))
+        build = str(HERE / "build.py")
+        _check([peers_python, build, "teacher", "--base", base, "--labels", str(labels), "--output", str(teacher)])
+    return teacher
+
+
+def build_slimformer(work: Path, teacher: Path, data_name: str) -> Path:
+    cli = str(Path(sys.executable).parent / "slimformer")
+    fp32, optimized, int8 = (work / "slimformer" / name for name in ("fp32", "opt", "opt_int8"))
+    steps = [
+        (fp32, [cli, "export", str(teacher), "--output", str(fp32), "--data", data_name]),
+        (optimized, [cli, "optimize", str(fp32), "--output", str(optimized), "--level", "2"]),
+        (int8, [cli, "quantize", str(optimized), "--output", str(int8), "--method", "dynamic", "--data", data_name]),
+    ]
+    for folder, command in steps:
+        if not (folder / "model.onnx").is_file():
+            _check(command)
+    return int8
+
+
+def build_optimum(work: Path, teacher: Path, peers_python: str) -> list[dict[str, Any]]:
+    folder = work / "optimum"
+    status = folder / "status.json"
+    if not status.is_file():
+        _check([peers_python, str(HERE / "build.py"), "optimum", "--teacher", str(teacher), "--output", str(folder)])
+    return json.loads(status.read_text())
+
+
+def plan(slimformer_model: Path, teacher: Path, optimum: list[dict[str, Any]], peers_python: str) -> list[Model]:
+    """Every model to time. Optimum: the fp32 export as its baseline, and each working INT8 path both in the plain
+    loop (the same code as slimformer's model) and in Optimum's own runtime; its optimized fp32 graphs are only
+    steps towards INT8."""
+    main = sys.executable
+    built = "slimformer export → optimize --level 2 → quantize --method dynamic"
+    models = [
+        Model("slimformer-int8", main, "slimformer", slimformer_model, f"{built}; slimformer.predictor", **OURS),
+        Model("slimformer-int8 (plain loop)", main, "onnx", slimformer_model, f"{built}; {PLAIN_LOOP}", **OURS),
+    ]
+    for entry in optimum:
+        int8 = not entry["name"].endswith("-fp32")
+        if not entry["ok"] or not (int8 or entry["name"] == "optimum-export-fp32"):
+            continue
+        theirs = {"source": "optimum", "int8": int8, "file": entry["file"]}
+        folder, recipe = Path(entry["folder"]), entry["recipe"]
+        models.append(Model(entry["name"], peers_python, "onnx", folder, f"{recipe}; {PLAIN_LOOP}", **theirs))
+        if int8:
+            runtime = f"{recipe}; ORTModelForSequenceClassification"
+            models.append(
+                Model(entry["name"] + " (Optimum runtime)", peers_python, "optimum", folder, runtime, **theirs)
+            )
+    torch_fp32 = "transformers AutoModelForSequenceClassification, eval, inference_mode"
+    book = "torch.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)"
+    models += [
+        Model("torch-fp32", peers_python, "torch", teacher, torch_fp32, source="torch", int8=False, file=""),
+        Model(
+            "torch-dynamic-int8 (book)",
+            peers_python,
+            "torch-dynamic",
+            teacher,
+            book,
+            source="torch",
+            int8=True,
+            file="",
+        ),
+    ]
+    return models
+
+
+# --- timing -----------------------------------------------------------------------------------------------------
+
+
+class Timer:
+    """A timer.py process holding one loaded model; `ask` sends it one command line and returns its JSON answer."""
+
+    def __init__(self, model: Model, queries: Path, threads: int) -> None:
+        self.model = model
+        options = {
+            "--kind": model.kind,
+            "--model": model.folder,
+            "--file": model.file,
+            "--queries": queries,
+            "--threads": threads,
+        }
+        command = [model.python, str(HERE / "timer.py"), *(str(x) for pair in options.items() for x in pair)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+
+    def ask(self, command: str | None) -> dict[str, Any]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        if command is not None:
+            stdin.write(command + "\n")
+            stdin.flush()
+        for line in stdout:
+            if line.startswith("{"):  # libraries may print their own lines first
+                return json.loads(line)
+        raise RuntimeError(f"{self.model.name}: the timer exited (code {self.process.wait()})")
+
+    def close(self) -> None:
+        if self.process.poll() is None and self.process.stdin is not None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=30)
+
+
+def time_side_by_side(models: list[Model], queries: Path, threads: int, rounds: int, warmup: int) -> None:
+    """Fill each model's `rounds` with one timed pass over the queries per round, the models taking turns."""
+    timers = [Timer(model, queries, threads) for model in models]
+    try:
+        for timer in timers:
+            timer.model.info = timer.ask(None)["info"]  # its "ready" line
+            timer.ask(f"warmup {warmup}")
+        for round_index in range(rounds):
+            shift = round_index % len(timers)
+            for timer in timers[shift:] + timers[:shift]:
+                timer.ask("warmup 10")  # re-warm the caches the other processes used
+                timer.model.rounds.append(timer.ask("time")["ms"])
+            print(f"round {round_index + 1}/{rounds} done", flush=True)
+    finally:
+        for timer in timers:
+            timer.close()
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+
+def per_round_ratio(slower: Model, faster: Model) -> list[float]:
+    """`slower`'s p50 over `faster`'s, round by round."""
+    return [s / f for s, f in zip(slower.round_p50s, faster.round_p50s, strict=True)]
+
+
+def summarise(models: list[Model]) -> list[dict[str, Any]]:
+    reference = models[0]  # slimformer's INT8 in its own predictor
+    reference_p50 = float(np.percentile(reference.timings, 50))
+    results = []
+    for model in models:
+        p50 = float(np.percentile(model.timings, 50))
+        results.append(
+            {
+                "name": model.name,
+                "recipe": model.recipe,
+                "venv": "main" if model.python == sys.executable else "peers",
+                "kind": model.kind,
+                "source": model.source,
+                "int8": model.int8,
+                "folder": str(model.folder),
+                "file": model.file,
+                "p50_ms": round(p50, 3),
+                "p90_ms": round(float(np.percentile(model.timings, 90)), 3),
+                "round_p50_ms": [round(p, 3) for p in model.round_p50s],
+                "slimformer_speedup_p50": round(p50 / reference_p50, 3),
+                "slimformer_speedup_per_round_median": round(statistics.median(per_round_ratio(model, reference)), 3),
+                "info": model.info,
+            }
+        )
+    return results
+
+
+def headline(models: list[Model]) -> list[dict[str, Any]]:
+    """slimformer's INT8 against Optimum's fastest working INT8 path: both in the same plain loop (the artefacts
+    alone), and each in its own runtime (slimformer.predictor against ORTModelForSequenceClassification)."""
+    ours = {model.kind: model for model in models if model.source == "slimformer"}
+    comparisons = []
+    for what, mine, peer_kind in (
+        ("same plain loop", ours.get("onnx"), "onnx"),
+        ("each in its own runtime", ours.get("slimformer"), "optimum"),
+    ):
+        peers = [m for m in models if m.source == "optimum" and m.int8 and m.kind == peer_kind]
+        if not peers or mine is None:
+            continue
+        peer = min(peers, key=lambda m: float(np.percentile(m.timings, 50)))
+        ratios = per_round_ratio(peer, mine)
+        comparisons.append(
+            {
+                "what": f"slimformer INT8 vs Optimum's best working INT8, {what}",
+                "ours": mine.name,
+                "peer": peer.name,
+                "ours_p50_ms": round(float(np.percentile(mine.timings, 50)), 3),
+                "peer_p50_ms": round(float(np.percentile(peer.timings, 50)), 3),
+                "p50_ratio": round(float(np.percentile(peer.timings, 50) / np.percentile(mine.timings, 50)), 3),
+                "per_round": [round(r, 2) for r in ratios],
+                "per_round_median": round(statistics.median(ratios), 3),
+            }
+        )
+    return comparisons
+
+
+def markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    isa = ", ".join(name for name, present in env["isa"].items() if present)
+    lines = [
+        f"{env['cpu']} ({isa}), {report['threads']} threads, {report['queries']} {report['data']} queries x "
+        f"{report['rounds']} interleaved rounds, batch 1, tokenization included; {env['timestamp']}",
+        "",
+        "| model | how it was built / run | venv | p50 ms | p90 ms | slimformer speed-up (p50) | per-round median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['name']} | {r['recipe']} | {r['venv']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"{r['slimformer_speedup_p50']:.2f}x | {r['slimformer_speedup_per_round_median']:.2f}x |"
+        )
+    runtimes = sorted({f"{r['venv']}: onnxruntime {r['info']['versions']['onnxruntime']}" for r in report["results"]})
+    lines += ["", "Versions: " + "; ".join(runtimes) + "."]
+    if len({runtime.split(": ")[1] for runtime in runtimes}) > 1:
+        lines.append("**The two venvs run different ONNX Runtime versions: the comparison mixes runtimes.**")
+    failed = [entry for entry in report["optimum_build"] if not entry["ok"]]
+    if failed:
+        lines += ["", "| Optimum path that failed | error |", "|---|---|"]
+        lines += [f"| {entry['name']}: {entry['recipe']} | `{entry['error'].split('. ')[0]}` |" for entry in failed]
+    for versus in report["headline"]:
+        detail = (
+            f"{versus['peer']} {versus['peer_p50_ms']:.3f} ms / {versus['ours']} {versus['ours_p50_ms']:.3f} ms; "
+            f"per-round median {versus['per_round_median']:.2f}x, rounds {versus['per_round']}"
+        )
+        lines += ["", f"{versus['what']}: **{versus['p50_ratio']:.2f}x** at p50 ({detail})"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers-python", default=str(REPO / ".venv-peers" / "bin" / "python"))
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "peers", help="models and results go here")
+    parser.add_argument("--teacher", type=Path, help="PyTorch classifier folder (default: built in WORK/teacher)")
+    parser.add_argument("--slimformer-model", type=Path, help="slimformer INT8 folder (default: built from it)")
+    parser.add_argument("--data", default="clinc150", help="dataset whose validation queries are timed")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=300, help="queries timed per model and round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="which validation queries")
+    args = parser.parse_args()
+
+    from slimformer.benchmark import environment_info
+    from slimformer.data import column, load_data
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = load_data(args.data)
+    teacher = (args.teacher or build_teacher(work, args.peers_python, data)).resolve()
+    slimformer_model = (args.slimformer_model or build_slimformer(work, teacher, args.data)).resolve()
+    optimum = build_optimum(work, teacher, args.peers_python)
+
+    validation = column(data.validation, "text")
+    order = np.random.default_rng(args.seed).permutation(len(validation))[: args.queries]
+    queries = work / "queries.json"
+    queries.write_text(json.dumps([validation[i] for i in order]))
+
+    models = plan(slimformer_model, teacher, optimum, args.peers_python)
+    tick = time.perf_counter()
+    time_side_by_side(models, queries, args.threads, args.rounds, args.warmup)
+    report = {
+        "environment": environment_info(args.threads),
+        "threads": args.threads,
+        "queries": len(order),
+        "rounds": args.rounds,
+        "data": f"{data.name} validation",
+        "timing_seconds": round(time.perf_counter() - tick, 1),
+        "teacher": str(teacher),
+        "results": summarise(models),
+        "optimum_build": [{k: v for k, v in entry.items() if k != "traceback"} for entry in optimum],
+        "headline": headline(models),
+    }
+    (work / "peers.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (work / "peers.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""One model's batch-1 timer, driven over stdin/stdout by run.py so that several models' rounds interleave.
+
+Runs in either virtualenv: the "onnx", "optimum", "torch" and "torch-dynamic" kinds need only onnxruntime,
+tokenizers / transformers and torch (`.venv-peers` has no slimformer); "slimformer" imports slimformer (`.venv`).
+
+    python timer.py --kind onnx --model FOLDER [--file model.onnx] --queries queries.json --threads 2
+
+Prints one JSON line when loaded ({"ready": ..., "info": {...}}), then answers each command line on stdin:
+``warmup N`` (N untimed calls, answers ``{"ok": true}``), ``time`` (one timed pass over every query, answers
+``{"ms": [...]}``), ``quit``. Every call is ``logits of [text]``, tokenization included.
+
+Kinds:
+  onnx           tokenizers' Rust tokenizer (tokenizer.json) + an ORT session: the plain loop, the same for every
+                 ONNX model, with slimformer's session options (N intra-op threads, 1 inter-op, sequential, ALL)
+  optimum        Optimum's own runtime: ORTModelForSequenceClassification + AutoTokenizer, return_tensors="pt"
+  slimformer     slimformer.predictor.load(FOLDER).predict_logits([text])
+  torch          transformers AutoModelForSequenceClassification in eval / inference_mode (fp32)
+  torch-dynamic  the book's path: torch.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MAX_LENGTH = 128  # slimformer's default truncation, the same for every kind
+
+
+def ort_session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def load_onnx(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+    import numpy as np
+    import onnxruntime as ort
+    import tokenizers
+
+    tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(MAX_LENGTH)
+    session = ort.InferenceSession(str(folder / file), ort_session_options(threads), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def logits(text: str) -> Any:
+        encoding = tokenizer.encode(text)
+        arrays = {
+            "input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+        }
+        return session.run(None, {name: arrays[name] for name in names})[0]
+
+    return logits
+
+
+def load_optimum(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = ORTModelForSequenceClassification.from_pretrained(
+        folder, file_name=file, session_options=ort_session_options(threads), provider="CPUExecutionProvider"
+    )
+
+    def logits(text: str) -> Any:
+        inputs = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+        return model(**inputs).logits.numpy()
+
+    return logits
+
+
+def load_slimformer(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+    from slimformer.predictor import load
+
+    predictor = load(folder, threads=threads)
+    return lambda text: predictor.predict_logits([text])
+
+
+def load_torch(folder: Path, file: str, threads: int, quantize: bool = False) -> Callable[[str], Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    if quantize:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.quantization is deprecated in favour of torchao; it still works
+            model = torch.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def logits(text: str) -> Any:
+        with torch.inference_mode():
+            inputs = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            return model(**inputs).logits.numpy()
+
+    return logits
+
+
+LOADERS: dict[str, Callable[..., Callable[[str], Any]]] = {
+    "onnx": load_onnx,
+    "optimum": load_optimum,
+    "slimformer": load_slimformer,
+    "torch": load_torch,
+    "torch-dynamic": lambda folder, file, threads: load_torch(folder, file, threads, quantize=True),
+}
+
+
+def versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    found = {}
+    for package in ("onnxruntime", "tokenizers", "transformers", "torch", "optimum", "optimum-onnx", "slimformer"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", choices=sorted(LOADERS), required=True)
+    parser.add_argument("--model", required=True, help="model folder")
+    parser.add_argument("--file", default="model.onnx", help="the ONNX file in the folder (onnx, optimum kinds)")
+    parser.add_argument("--queries", required=True, help="JSON list of query texts")
+    parser.add_argument("--threads", type=int, required=True)
+    args = parser.parse_args()
+
+    queries = json.loads(Path(args.queries).read_text())
+    tick = time.perf_counter()
+    logits = LOADERS[args.kind](Path(args.model), args.file, args.threads)
+    shape = list(logits(queries[0]).shape)
+    info = {"kind": args.kind, "load_s": round(time.perf_counter() - tick, 2), "logits_shape": shape}
+    print(json.dumps({"ready": True, "info": {**info, "versions": versions(), "python": sys.executable}}), flush=True)
+
+    for line in sys.stdin:
+        command, *rest = line.split()
+        if command == "warmup":
+            for i in range(int(rest[0])):
+                logits(queries[i % len(queries)])
+            answer: dict[str, Any] = {"ok": True}
+        elif command == "time":
+            timings = []
+            for text in queries:
+                start = time.perf_counter()
+                logits(text)
+                timings.append((time.perf_counter() - start) * 1000)
+            answer = {"ms": timings}
+        elif command == "quit":
+            return
+        else:
+            answer = {"error": f"unknown command {command!r}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
