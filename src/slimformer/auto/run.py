@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,9 @@ def _work(teacher: Path, splits: Any, work: Path, config: AutoConfig, url: str, 
     from slimformer.auto.study import Objective, open_study, run_worker
     from slimformer.pipeline import model_key
 
-    study = open_study(url, name, config, seed_offset=1000 * index + len(_all_trials(url, name)))
+    # a different seed per worker (and per resumption), else workers joining at once sample the same points
+    joined = os.getpid() if config.storage else 0  # processes started apart on other machines
+    study = open_study(url, name, config, seed_offset=1000 * index + len(_all_trials(url, name)) + joined)
     objective = Objective(teacher, model_key(teacher), splits.without_test(), work, config)
     run_worker(objective, study, config, say)
 

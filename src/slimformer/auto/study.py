@@ -51,7 +51,7 @@ def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) ->
             url,
             heartbeat_interval=config.heartbeat_seconds,
             grace_period=3 * config.heartbeat_seconds,
-            heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
         )
     except ImportError as exc:
         hint = "pip install psycopg2-binary" if url.startswith("postgres") else "install its SQLAlchemy driver"

@@ -1,0 +1,195 @@
+"""`slimformer auto` on a tiny 4-layer BERT and a real CLINC150 slice: the budget, screening before training,
+honest selection, resuming, and a 2-worker study on a real PostgreSQL with a worker killed mid-trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slimformer.auto.config import AutoConfig
+from slimformer.errors import ConfigError
+
+from .conftest import build_tiny_bert
+
+TINY = ["--epochs-range", "1", "1", "--latency-queries", "20", "--final-candidates", "2", "--heartbeat-seconds", "2"]
+
+
+@pytest.fixture(scope="module")
+def tiny4(tmp_path_factory, clinc_slice) -> Path:
+    from slimformer.data import column
+
+    texts = (
+        column(clinc_slice.train, "text") + column(clinc_slice.validation, "text") + column(clinc_slice.test, "text")
+    )
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny4"), texts, clinc_slice.labels, layers=4)
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """Run `slimformer ARGS` in a fresh process; returns the exit code and stderr."""
+    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "slimformer.cli", *args], capture_output=True, text=True, env=env)
+    return done.returncode, done.stderr
+
+
+def study_trials(output: Path, storage: str | None = None):
+    import optuna
+
+    url = storage or f"sqlite:///{output / 'study.db'}"
+    name = json.loads((output / "auto.json").read_text())["study"] if (output / "auto.json").exists() else None
+    names = [s.study_name for s in optuna.get_all_study_summaries(url)] if name is None else [name]
+    return optuna.load_study(study_name=names[0], storage=url).get_trials(deepcopy=False)
+
+
+def trained_count(trials) -> int:
+    from slimformer.auto.study import trained
+
+    return sum(trained(t) for t in trials)
+
+
+def test_one_budget_is_required_and_ranges_are_checked():
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        AutoConfig().validate()
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        AutoConfig(min_speedup=2, max_size_mb=10).validate()
+    with pytest.raises(ConfigError, match="heads fractions"):
+        AutoConfig(min_speedup=2, heads_fractions=(1.0,)).validate()
+    assert AutoConfig(min_speedup=12).budget_text.startswith("≥ 12x lower p50")
+
+
+def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_path):
+    output = tmp_path / "auto"
+    args = ["auto", "--model", str(tiny4), "--data", str(clinc_slice_dir), "--output", str(output)]
+    code, err = cli(*args, "--min-speedup", "1.2", "--max-accuracy-drop", "100", "--trials", "2", *TINY)
+    assert code == 0, err
+    summary = json.loads((output / "auto.json").read_text())
+    trials = study_trials(output)
+    assert trained_count(trials) == 2
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: (t.value, -t.user_attrs["p50_ms"]))
+    assert summary["pick"]["trial"] == best.number  # the most accurate on validation (all meet this loose budget)
+    assert summary["verdict"]["met"] is True
+    # the report opens with the headline; the test split was scored once, in the final benchmark
+    lines = (output / "report.md").read_text().splitlines()
+    assert lines[2].startswith(f"**Final model: trial-{best.number} — ")
+    assert (output / "pareto_front.png").stat().st_size > 10_000
+    for stage in (output / "work" / "stages").glob("distill-*"):
+        assert json.loads((stage / "metrics.json").read_text())["test"] == {}  # sealed during the search
+    # model/ is the pick's INT8 ONNX model; its test accuracy is the final benchmark's
+    from slimformer.evaluation import evaluate_predictor
+    from slimformer.predictor import load
+
+    predictor = load(output / "model")
+    assert predictor.backend == "onnxruntime"
+    row = next(r for r in summary["final_benchmark"] if r["model"] == f"trial-{best.number}")
+    assert evaluate_predictor(predictor, clinc_slice_test(clinc_slice_dir), load_slice(clinc_slice_dir))[
+        "accuracy"
+    ] == pytest.approx(row["accuracy"])
+    assert "## Budget (slimformer auto)" in (output / "model" / "README.md").read_text()
+
+
+def load_slice(folder: Path):
+    from slimformer.data import load_data
+
+    return load_data(str(folder))
+
+
+def clinc_slice_test(folder: Path):
+    return load_slice(folder).test
+
+
+def test_shapes_over_budget_are_dropped_before_any_training(tiny4, clinc_slice_dir, tmp_path):
+    output = tmp_path / "auto"
+    args = ["auto", "--model", str(tiny4), "--data", str(clinc_slice_dir), "--output", str(output), *TINY]
+    code, err = cli(*args, "--max-size-mb", "0.001", "--trials", "2", "--max-screened", "3")
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith("error: no candidate met the budget (size ≤ 0.001 MB")
+    assert not (output / "model").exists()
+    assert not list((output / "work" / "stages").glob("distill-*"))  # no training spent
+    trials = study_trials(output)
+    assert len(trials) == 3 and all("screened_out" in t.user_attrs for t in trials)
+    assert "**No candidate met the budget" in (output / "report.md").read_text()
+
+
+def test_resume_keeps_finished_trials_and_reruns_an_abandoned_one(tiny4, clinc_slice_dir, tmp_path):
+    import optuna
+
+    output = tmp_path / "auto"
+    args = ["auto", "--model", str(tiny4), "--data", str(clinc_slice_dir), "--output", str(output), *TINY]
+    budget = ["--min-speedup", "1.0", "--max-accuracy-drop", "100", "--heartbeat-seconds", "600"]
+    assert cli(*args, *budget, "--trials", "1")[0] == 0
+    first = study_trials(output)
+    finished_at = first[0].datetime_complete
+    stages = {p.name: p.stat().st_mtime for p in (output / "work" / "stages").iterdir()}
+    # a run killed mid-trial leaves it RUNNING: fake one with known parameters
+    name = json.loads((output / "auto.json").read_text())["study"]
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{output / 'study.db'}")
+    abandoned = study.ask({"layers": optuna.distributions.CategoricalDistribution([1, 2, 3])})
+    layers = abandoned.params["layers"]
+    assert cli(*args, *budget, "--trials", "3")[0] == 0
+    trials = study_trials(output)
+    assert trials[0].datetime_complete == finished_at  # not redone
+    assert all((output / "work" / "stages" / n).stat().st_mtime == m for n, m in stages.items())
+    assert trials[abandoned.number].state.name == "FAIL"
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == abandoned.number]
+    assert len(retried) == 1 and retried[0].params["layers"] == layers
+    assert trained_count(trials) == 3
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    from .pg_cluster import Cluster
+
+    try:
+        cluster = Cluster(tmp_path_factory.mktemp("pg") / "cluster")
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        if os.environ.get("SLIMFORMER_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"no PostgreSQL could be started here: {exc}")
+    yield cluster.url
+    cluster.stop()
+
+
+def test_two_workers_on_postgres_one_killed_mid_trial(tiny4, clinc_slice_dir, tmp_path, postgres):
+    import optuna
+
+    output = tmp_path / "auto"
+    args = [sys.executable, "-m", "slimformer.cli", "auto", "--model", str(tiny4), "--data", str(clinc_slice_dir)]
+    args += ["--output", str(output), "--storage", postgres, "--trials", "4", "--min-speedup", "1.0"]
+    args += ["--max-accuracy-drop", "100", "--epochs-range", "3", "3", "--latency-queries", "20"]
+    args += ["--heartbeat-seconds", "2", "--final-candidates", "1", "--study-name", "two-workers"]
+    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
+    survivor = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = None
+    deadline = time.monotonic() + 600
+    while killed is None and time.monotonic() < deadline:  # kill the victim while it trains a trial
+        time.sleep(0.3)
+        try:
+            running = optuna.load_study(study_name="two-workers", storage=postgres).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+            )
+        except KeyError:
+            continue
+        for trial in running:
+            if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "screen" in trial.user_attrs:
+                victim.send_signal(signal.SIGKILL)
+                killed = trial.number
+    assert killed is not None, "the victim never trained a trial"
+    _, err = survivor.communicate(timeout=900)
+    assert survivor.returncode == 0, err
+    trials = optuna.load_study(study_name="two-workers", storage=postgres).get_trials(deepcopy=False)
+    assert trained_count(trials) == 4  # exactly the trials asked for
+    assert trials[killed].state.name == "FAIL"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and retries[0].params == trials[killed].params
+    complete = [json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == len(set(complete))  # no trial ran twice
+    workers = {t.user_attrs.get("worker") for t in trials if t.state.name == "COMPLETE"}
+    assert len(workers) >= 1
