@@ -23,6 +23,8 @@ def atomic_output_dir(output: str | Path, overwrite: bool = True) -> Iterator[Pa
     """Yield a temporary folder next to `output`; rename it to `output` only when the block succeeds.
 
     A crash or kill mid-way leaves a `.tmp-*` folder, never something that looks like a finished artefact.
+    Under torchrun only rank 0 writes `output`: the other ranks' folders are thrown away (they train the same
+    model in lock-step through DDP).
     """
     output = check_output_dir(output)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{output.name}-", dir=output.parent))
@@ -31,6 +33,9 @@ def atomic_output_dir(output: str | Path, overwrite: bool = True) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not is_main_process():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     if output.exists():
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -41,6 +46,11 @@ def atomic_output_dir(output: str | Path, overwrite: bool = True) -> Iterator[Pa
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(output)
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun (data-parallel) launch."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def check_output_dir(output: str | Path) -> Path:
@@ -80,16 +90,24 @@ def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> Path:
 
 
 def write_session(
-    folder: str | Path, max_length: int, threads: int | None = None, graph_optimization_level: str = "all"
+    folder: str | Path,
+    max_length: int,
+    threads: int | None = None,
+    graph_optimization_level: str = "all",
+    spinning: bool | None = None,
 ) -> dict[str, Any]:
     """`session.json`: how the artefact in `folder` runs (`slimformer.load` and every later stage read it):
-    its truncation length and, for ONNX Runtime, threads (null = every core at load time) and graph level."""
+    its truncation length and, for ONNX Runtime, threads (null = every core at load time), graph level and
+    whether idle intra-op threads spin (null = ONNX Runtime's default; `slimformer tune-threads` measures it)."""
+    from slimformer.predictor import SPINNING_KEY
+
     settings = {
         "max_length": max_length,
         "threads": threads,
         "graph_optimization_level": graph_optimization_level,
         "inter_op_threads": 1,
         "execution_mode": "sequential",
+        SPINNING_KEY: spinning,
     }
     write_json(Path(folder) / SESSION_FILE, settings)
     return settings

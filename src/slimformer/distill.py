@@ -115,6 +115,7 @@ def distill(
             "config": asdict(config),
             "teacher_logits": result.teacher_logits,
             "train_seconds": result.train_seconds,
+            "training_processes": result.processes,
             "validation": result.validation,
             "test": result.test,
             "history": result.history,

@@ -59,6 +59,7 @@ def finetune(
             "data_fingerprint": splits.fingerprint,
             "config": asdict(config),
             "train_seconds": result.train_seconds,
+            "training_processes": result.processes,
             "validation": result.validation,
             "test": result.test,
             "history": result.history,

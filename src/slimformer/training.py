@@ -83,6 +83,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     teacher_logits: dict[str, Any] | None = None
+    processes: int = 1  # data-parallel processes that trained (torchrun --nproc_per_node N: N, via DDP)
 
 
 def tokenize_dataset(
@@ -162,6 +163,7 @@ def train_classifier(
         history=epoch_history(trainer.state.log_history),
         train_seconds=round(train_seconds, 1),
         teacher_logits=cache_report(cache),
+        processes=trainer.args.world_size,
     )
     model.to("cpu")  # every later step (saving, export, latency) runs on the CPU
     shutil.rmtree(work_dir, ignore_errors=True)

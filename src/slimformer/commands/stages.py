@@ -104,7 +104,7 @@ def make_command(stage: Stage) -> typing.Callable[..., None]:
     field_names = [f.name for f in dataclasses.fields(stage.config)]
 
     def command(**kwargs: Any) -> None:
-        from slimformer.artifacts import check_output_dir
+        from slimformer.artifacts import check_output_dir, is_main_process
 
         options = {name: kwargs[name] for name in field_names}
         for name in variadic:
@@ -118,7 +118,8 @@ def make_command(stage: Stage) -> typing.Callable[..., None]:
                 kwargs["data"], kwargs["data_dir"], kwargs["text_column"], kwargs["label_column"], seed
             )
         metrics = stage.run(kwargs["source"], output, config, data, kwargs.get("teacher"))
-        print_json({"output": str(output), **{k: metrics[k] for k in SUMMARY_KEYS if k in metrics}})
+        if is_main_process():  # under torchrun, one summary
+            print_json({"output": str(output), **{k: metrics[k] for k in SUMMARY_KEYS if k in metrics}})
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}

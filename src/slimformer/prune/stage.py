@@ -347,6 +347,7 @@ def _train(
         "test": result.test,
         "history": result.history,
         "train_seconds": result.train_seconds,
+        "training_processes": result.processes,
         "teacher_logits": result.teacher_logits,
     }
 
