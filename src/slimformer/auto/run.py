@@ -54,6 +54,8 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     study = open_study(url, name, config)
     if config.storage is None and (n := requeue_abandoned(study)):
         say(f"{n} trial(s) left running by a killed run: failed and queued again")
+    if not study.get_trials(deepcopy=False):  # a new study starts from the packaged recipe's choices
+        study.enqueue_trial(recipe_params(config), user_attrs={"baseline": "the packaged recipe's choices"})
     say(f"study {name} in {_printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     if config.workers == 1:
         _work(teacher, splits, work, config, url, name, 0)
@@ -76,21 +78,67 @@ def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
 
 def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) -> Path:
     """The fine-tuned teacher: `model` itself when its head has the data's labels, else fine-tuned (cached)."""
-    from slimformer.finetune import FinetuneConfig, finetune
+    from slimformer.finetune import finetune
     from slimformer.models import classifier_labels, resolve_model_path
+    from slimformer.pipeline import build_config as build_recipe_config
     from slimformer.pipeline import model_key, stage_key
 
     path = resolve_model_path(model)
     labels = classifier_labels(path)
     if labels is not None and sorted(labels) == sorted(splits.labels):
         return path
-    config = FinetuneConfig(seed=seed)
+    config = dataclasses.replace(build_recipe_config(_recipe_stage("finetune-teacher")), seed=seed)  # as `run` does
     config = config.quick() if quick else config
     folder = work / f"teacher-{stage_key('finetune', config, model_key(path), None, splits)}"
     if not (folder / "metrics.json").is_file():
         say(f"{path} has no head for these {len(splits.labels)} labels: fine-tuning it first")
         finetune(path, folder, config, splits)
     return folder
+
+
+def _recipe_stage(kind: str, method: str | None = None) -> Any:
+    from slimformer.pipeline import load_recipe
+
+    stages = [s for s in load_recipe().stages if s.kind == kind and method in (None, s.options.get("method"))]
+    return stages[0] if stages else None
+
+
+def recipe_params(config: AutoConfig) -> dict[str, Any]:
+    """The packaged recipe's shape and distillation settings as trial parameters (those inside the space)."""
+    from slimformer.cpu import default_threads
+
+    distill = _recipe_stage("distill").options
+    vocab = _recipe_stage("prune", "vocab")
+    quantize = _recipe_stage("quantize")
+    params = {
+        "layers": distill.get("student_layers"),
+        "heads_fraction": 0.0,
+        "ffn_fraction": 0.0,
+        "vocab_clusters": vocab.options.get("vocab_clusters", 1024) if vocab else 0,
+        "quantization": quantize.options.get("method", "dynamic") if quantize else "dynamic",
+        "per_channel": True,
+        "threads": default_threads(),
+        "epochs": int(distill.get("epochs", 3)),
+        "alpha": distill.get("alpha"),
+        "temperature": distill.get("temperature"),
+        "learning_rate": distill.get("learning_rate"),
+    }
+    choices = {
+        "layers": config.layers_choices,
+        "heads_fraction": config.heads_fractions,
+        "ffn_fraction": config.ffn_fractions,
+        "vocab_clusters": config.vocab_clusters,
+        "quantization": config.quantization,
+        "threads": config.threads,
+    }
+    ranges = {
+        "epochs": config.epochs_range,
+        "alpha": config.alpha_range,
+        "temperature": config.temperature_range,
+        "learning_rate": config.learning_rate_range,
+    }
+    keep = {k: v for k, v in params.items() if v is not None and (choices.get(k) is None or v in choices[k])}
+    return {k: v for k, v in keep.items() if k not in ranges or ranges[k][0] <= v <= ranges[k][1]}
 
 
 def _preflight(teacher: Path, config: AutoConfig) -> None:
