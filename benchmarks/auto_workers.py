@@ -1,0 +1,82 @@
+"""Trials per hour of one `slimformer auto` study run by 1 worker and by 2 workers sharing a PostgreSQL study.
+
+Starts a throwaway PostgreSQL cluster (tests/pg_cluster.py), then runs the same small study twice, each from
+scratch (its own study name and work folder, so both do the same work): once with `--workers 1`, once with
+`--workers 2`. Prints and writes JSON with wall seconds, trained trials and trials per hour, and the CPU.
+
+    python benchmarks/auto_workers.py --model TEACHER [--trials 6] [--json out.json] [-- extra auto options]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.pg_cluster import Cluster
+
+
+def run_study(model: str, url: str, workers: int, trials: int, root: Path, extra: list[str]) -> dict:
+    import optuna
+
+    name = f"bench-workers-{workers}-{int(time.time())}"
+    command = [sys.executable, "-m", "slimformer.cli", "auto", "--model", model, "--quick", "--storage", url]
+    command += ["--study-name", name, "--workers", str(workers), "--trials", str(trials)]
+    command += ["--work-dir", str(root / f"work-{workers}"), "--output", str(root / f"out-{workers}"), *extra]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    study = optuna.load_study(study_name=name, storage=url)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    trained = sum(
+        t.state.name == "COMPLETE" or (t.state.name == "PRUNED" and "screened_out" not in t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
+    )
+    return {
+        "workers": workers,
+        "exit_code": done.returncode,
+        "wall_seconds": round(seconds, 1),
+        "trained_trials": trained,
+        "all_trials": len(states),
+        "screened_out": sum("screened_out" in t.user_attrs for t in study.get_trials(deepcopy=False)),
+        "trained_per_hour": round(3600 * trained / seconds, 1),
+        "last_error": done.stderr.strip().splitlines()[-1] if done.returncode else None,
+    }
+
+
+def main() -> None:
+    from slimformer.cpu import cpu_model, default_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("extra", nargs="*", help="more `slimformer auto` options (after --)")
+    args = parser.parse_args()
+    extra = args.extra or ["--min-speedup", "4", "--max-accuracy-drop", "100"]
+    root = Path(tempfile.mkdtemp(prefix="auto-workers-"))
+    cluster = Cluster(root / "pg")
+    try:
+        results = [run_study(args.model, cluster.url, w, args.trials, root, extra) for w in (1, 2)]
+    finally:
+        cluster.stop()
+    report = {
+        "cpu": cpu_model(),
+        "cores": default_threads(),
+        "trials": args.trials,
+        "auto_options": extra,
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
