@@ -134,7 +134,7 @@ def prune(
         if config.method == "vocab":
             model, tokenizer, extra = _prune_vocabulary(model_path, splits, config, folder)
         else:
-            model, extra = _run_method(model, tokenizer, splits, config, folder, teacher_path)
+            model, extra = METHOD_FUNCTIONS[config.method](model, tokenizer, splits, config, folder, teacher_path)
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
         write_session(folder, config.max_length)
@@ -240,66 +240,67 @@ def write_sparsity_plot(runs: list[dict[str, Any]], path: Path, method: str) -> 
     return path
 
 
-def _run_method(
+def _structured(
     model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Path | None
 ) -> tuple[Any, dict]:
-    """Prune (and train) `model`; returns the pruned model (the same object, or for head pruning a SlimBERT
-    with its weights) and the method's own report entries."""
+    """Slice attention heads and FFN neurons by importance, then (epochs > 0) recover by distillation. A
+    head-pruned model comes back as its slim class (no family's config can describe fewer heads)."""
+    from slimformer.prune.structured import as_slim_model, parameter_count, prune_units, unit_importance
     from slimformer.training import tokenize_dataset
 
-    train_set = tokenize_dataset(splits.train, tokenizer, config.max_length)
-    total_steps = math.ceil(math.ceil(len(train_set) / config.batch_size) * config.epochs)
-    results: dict[str, Any] = {}
+    before, encoder_before = parameter_count(model), _encoder_linear_parameters(model)
+    fractions = {"ffn": config.ffn_fraction if config.ffn_fraction is not None else config.sparsity}
+    if config.heads_fraction:
+        fractions["heads"] = config.heads_fraction
+    batches = None
+    if config.importance != "magnitude":
+        batches = _importance_batches(tokenize_dataset(splits.train, tokenizer, config.max_length), tokenizer, config)
+    importance = unit_importance(model, config.importance, batches, kinds=tuple(fractions))
+    summary: dict[str, Any] = {}
+    for kind, fraction in fractions.items():
+        summary.update(prune_units(model, kind, fraction, importance[kind]))
+    if "heads" in fractions:
+        model = as_slim_model(model)
+    results = _train(model, tokenizer, splits, config, folder, teacher) if config.epochs > 0 else {}
+    removed = 1 - _encoder_linear_parameters(model) / encoder_before
+    summary.update(parameters_before=before, parameters_after=parameter_count(model))
+    return model, {**results, "structured": summary, "sparsity": {"encoder_parameters_removed": round(removed, 4)}}
 
-    if config.method == "structured":
-        from slimformer.prune.structured import as_slim_model, parameter_count, prune_units, unit_importance
 
-        before, encoder_before = parameter_count(model), _encoder_linear_parameters(model)
-        fractions = {"ffn": config.ffn_fraction if config.ffn_fraction is not None else config.sparsity}
-        if config.heads_fraction:
-            fractions["heads"] = config.heads_fraction
-        batches = _importance_batches(train_set, tokenizer, config) if config.importance != "magnitude" else None
-        importance = unit_importance(model, config.importance, batches, kinds=tuple(fractions))
-        summary: dict[str, Any] = {}
-        for kind, fraction in fractions.items():
-            summary.update(prune_units(model, kind, fraction, importance[kind]))
-        if "heads" in fractions:
-            model = as_slim_model(model)  # no family's config can describe fewer heads than hidden / head size
-        if config.epochs > 0:
-            results = _train(model, tokenizer, splits, config, folder, teacher)
-        removed = 1 - _encoder_linear_parameters(model) / encoder_before
-        summary.update(parameters_before=before, parameters_after=parameter_count(model))
-        return model, {
-            **results,
-            "structured": summary,
-            "sparsity": {"encoder_parameters_removed": round(removed, 4)},
-        }
-
+def _schedule(splits: Any, tokenizer: Any, config: PruneConfig) -> Any:
+    """The cubic sparsity schedule over this run's optimizer steps (Zhu & Gupta, 2017)."""
     from slimformer.prune.schedule import CubicSchedule
 
-    schedule = CubicSchedule.over_training(
-        total_steps,
+    steps = math.ceil(math.ceil(len(splits.train) / config.batch_size) * config.epochs)
+    return CubicSchedule.over_training(
+        steps,
         config.initial_sparsity,
         config.sparsity,
         config.pruning_frequency,
         config.pruning_start,
         config.pruning_end,
     )
-    if config.method == "magnitude":
-        from slimformer.prune.magnitude import MagnitudePruningCallback
 
-        callback = MagnitudePruningCallback(model, schedule)
-        results = _train(model, tokenizer, splits, config, folder, teacher, [callback])
-        return model, {**results, "schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
 
+def _magnitude(
+    model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Path | None
+) -> tuple[Any, dict]:
+    """Zero the smallest encoder weights on the cubic schedule while training."""
+    from slimformer.prune.magnitude import MagnitudePruningCallback
+
+    schedule = _schedule(splits, tokenizer, config)
+    callback = MagnitudePruningCallback(model, schedule)
+    results = _train(model, tokenizer, splits, config, folder, teacher, [callback])
+    return model, {**results, "schedule": {**asdict(schedule), "mask_updates": len(callback.updates)}}
+
+
+def _movement(
+    model: Any, tokenizer: Any, splits: Any, config: PruneConfig, folder: Path, teacher: Path | None
+) -> tuple[Any, dict]:
+    """Learn importance scores with the weights (Sanh et al., 2020); mask the lowest on the cubic schedule."""
     import torch
 
-    from slimformer.prune.movement import (
-        MovementPruningCallback,
-        add_movement_masks,
-        bake_masks,
-        score_parameters,
-    )
+    from slimformer.prune.movement import MovementPruningCallback, add_movement_masks, bake_masks, score_parameters
 
     masks = add_movement_masks(model)
     scores = score_parameters(model)
@@ -318,10 +319,17 @@ def _run_method(
             lr=config.learning_rate,
         )
 
+    schedule = _schedule(splits, tokenizer, config)
     callback = MovementPruningCallback(masks, schedule)
     results = _train(model, tokenizer, splits, config, folder, teacher, [callback], score_optimizer)
     bake_masks(model)
     return model, {**results, "schedule": asdict(schedule)}
+
+
+# a pruning method is one function (model, tokenizer, splits, config, folder, teacher) -> (model, report entries)
+# and one line here; its options are PruneConfig fields, checked in PruneConfig.validate (vocabulary pruning
+# rewrites the tokenizer too, so it has its own path: _prune_vocabulary)
+METHOD_FUNCTIONS = {"structured": _structured, "magnitude": _magnitude, "movement": _movement}
 
 
 def _train(
