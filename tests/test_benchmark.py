@@ -148,6 +148,45 @@ def test_plot_is_a_png_with_one_bubble_per_model(tmp_path):
         assert image.size == (960, 660)
 
 
+def test_plot_labels_do_not_overlap_even_when_the_bubbles_do():
+    """export and optimize often have the same accuracy and nearly the same latency: their labels must not collide."""
+    from slimformer.plots import accuracy_latency_figure, label_slots
+
+    results = [
+        {"model": name, "accuracy": accuracy, "size_mb": size, "latency_ms": {"p50": p50}}
+        for name, accuracy, size, p50 in [
+            ("teacher", 0.8729, 91.1, 7.85),
+            ("distill", 0.8751, 45.0, 3.9),
+            ("prune", 0.8751, 20.1, 3.9),
+            ("export", 0.8751, 20.3, 1.62),
+            ("optimize", 0.8751, 20.3, 1.60),
+            ("quantize", 0.8704, 8.4, 0.70),
+        ]
+    ]
+    figure = accuracy_latency_figure(results)
+    renderer = figure.canvas.get_renderer()
+    labels = [text for text in figure.axes[0].texts]
+    assert sorted(text.get_text() for text in labels) == sorted(
+        f"{r['model']} · {r['size_mb']:.1f} MB" for r in results
+    )
+    from matplotlib.text import Text
+
+    for text in labels:
+        text.update_positions(renderer)
+    boxes = [Text.get_window_extent(text, renderer) for text in labels]  # the text alone, not its leader line
+    for i, box in enumerate(boxes):
+        assert box.x1 <= figure.bbox.x1 and box.y0 >= 0 and box.y1 <= figure.bbox.y1  # inside the image
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other)
+    crowded = label_slots([0.5] * 30)  # more labels than fit at the usual gap: squeezed, in order, inside
+    assert crowded == sorted(crowded, reverse=True) and 0.02 <= min(crowded) and max(crowded) <= 0.98
+    assert min(a - b for a, b in zip(crowded, crowded[1:], strict=False)) == pytest.approx(0.96 / 29)
+    assert label_slots([0.9, 0.1]) == [0.9, 0.1]  # room enough: each label at its bubble's height
+    # top to bottom in accuracy order, so leader lines do not cross needlessly
+    order = [t.get_text().split(" · ")[0] for _, t in sorted(zip(boxes, labels, strict=True), key=lambda b: -b[0].y0)]
+    assert order[0] in ("distill", "prune", "export", "optimize") and order[-1] == "quantize"
+
+
 def test_latency_is_timed_in_interleaved_rounds(tiny_classifier_dir, tiny_classifier, clinc_slice, monkeypatch):
     """Models take turns, a slice of queries each per round, so load that comes and goes hits all alike."""
     import slimformer.benchmark as bench

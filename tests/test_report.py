@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from slimformer.pipeline import Variant
-from slimformer.report import ReportConfig, comparison_rows, write_deployable_model, write_report
+from slimformer.report import (
+    ReportConfig,
+    comparison_rows,
+    headline,
+    short_cpu_name,
+    write_deployable_model,
+    write_report,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -55,11 +62,46 @@ def test_comparison_rows_are_relative_to_the_teacher(benchmark):
     assert int8["accuracy_delta_points"] == pytest.approx(-0.2)
 
 
+def row(model, p50, size, accuracy):
+    return {"model": model, "p50_ms": p50, "size_mb": size, "accuracy": accuracy, "cpu": "Intel(R) Xeon(R) Processor"}
+
+
+def test_headline_says_what_the_final_model_gains():
+    rows = [row("teacher", 7.85, 91.1, 0.8729), row("distill", 4.1, 45.0, 0.875), row("quantize", 0.70, 8.4, 0.8704)]
+    for r in rows:
+        r["threads"] = 2
+    assert headline(rows) == (
+        "**Final model: quantize — 11.2x faster than the teacher (0.70 vs 7.85 ms p50), 10.8x smaller "
+        "(8.4 vs 91.1 MB), −0.25 points accuracy (87.04 vs 87.29 %) · Intel Xeon, 2 threads**"
+    )
+    budgeted = headline(rows, budget="budget: p50 ≤ 1 ms — met")
+    assert budgeted.endswith("· Intel Xeon, 2 threads · budget: p50 ≤ 1 ms — met**")
+    worse = headline([row("teacher", 2.0, 10.0, 0.80), row("big", 3.0, 20.0, 0.805)])
+    assert (
+        "Final model: big — 1.5x slower than the teacher (3.00 vs 2.00 ms p50), 2.0x larger (20.0 vs 10.0 MB)" in worse
+    )
+    assert "+0.50 points accuracy (80.50 vs 80.00 %) · Intel Xeon**" in worse
+    alone = headline([row("teacher", 7.85, 91.1, 0.8729)])
+    assert (
+        alone
+        == "**Final model: teacher — 7.85 ms p50, 91.1 MB, 87.29 % accuracy (no other variant measured) · Intel Xeon**"
+    )
+    assert short_cpu_name("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "Intel Xeon Platinum 8480+"
+    assert short_cpu_name("AMD EPYC 7B13 64-Core Processor") == "AMD EPYC 7B13 64-Core"
+    assert short_cpu_name("Test CPU") == "Test CPU"
+
+
 def test_markdown_report_has_table_and_images(benchmark, tmp_path):
     variants = [Variant("int8", tmp_path, "quantize", {"history": [{"epoch": 1, "validation_accuracy": 0.8}]})]
     write_report(tmp_path, benchmark, variants, ReportConfig(title="My run"))
     markdown = (tmp_path / "report.md").read_text()
     assert markdown.startswith("# My run")
+    expected = (
+        "**Final model: int8 — 12.0x faster than the teacher (1.00 vs 12.00 ms p50), 10.0x smaller (9.0 vs 90.0 MB), "
+        "−0.20 points accuracy (86.80 vs 87.00 %) · Test CPU, 2 threads**"
+    )
+    assert markdown.splitlines()[2] == expected  # the first line after the title
+    assert "breakdown.png" not in markdown  # no profiled pass, no breakdown
     assert "| int8 | onnxruntime | 0.8680 |" in markdown
     assert "12.0x" in markdown and "10.0x" in markdown and "-0.20" in markdown
     assert "![Size on disk](sizes.png)" in markdown
@@ -68,6 +110,23 @@ def test_markdown_report_has_table_and_images(benchmark, tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert "Test CPU" in html
+    assert html.index("<strong>Final model: int8 — 12.0x faster") < html.index("interleaved rounds")
+
+
+def test_report_shows_the_latency_breakdown(benchmark, tmp_path):
+    breakdown = {
+        "queries": 200,
+        "total_ms": 1.0,
+        "tokenization_ms": 0.1,
+        "ops_ms": {"MatMulInteger": 0.5, "Attention": 0.2, "LayerNormalization": 0.05},
+        "node_counts": {"MatMulInteger": 36, "Attention": 6, "LayerNormalization": 13},
+        "rest_ms": 0.15,
+    }
+    benchmark["results"][1]["breakdown"] = breakdown
+    write_report(tmp_path, benchmark, [], ReportConfig())
+    markdown = (tmp_path / "report.md").read_text()
+    assert "(breakdown.png)" in markdown and (tmp_path / "breakdown.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3  # accuracy, sizes, breakdown
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")

@@ -7,7 +7,9 @@ peak RSS. The environment (CPU, ISA flags, threads, library versions) is recorde
 
 Latency is timed in interleaved rounds: every model's process stays alive, and the models take turns, each
 timing its next slice of queries. Background load that comes and goes on a shared machine then hits every
-model alike, so the ratios between them (speed-ups) hold even when the absolute numbers drift.
+model alike, so the ratios between them (speed-ups) hold even when the absolute numbers drift. With `profile`,
+a separate pass after the timed one splits each model's batch-1 time into tokenization, operators and the rest
+(slimformer.profiling), so the profiler's own cost never reaches the latency numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import numpy as np
 
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError, SlimformerError
+from slimformer.plots import write_plot as write_plot  # the benchmark's figure: callers import it from here
+from slimformer.profiling import PROFILE_QUERIES, batch1_latencies_ms, latency_summary, profile_predictor
 
 QUICK_LATENCY_SAMPLES = 200  # --quick: batch-1 queries timed
 
@@ -46,6 +50,9 @@ class BenchmarkConfig(StageConfig):
     seed: int = option(0, "Order in which queries are drawn.")
     isolate: bool = option(True, "Run each model in a fresh process (honest peak RSS, clean thread state)")
     rounds: int = option(5, "Latency is timed in this many interleaved rounds (models take turns each round)")
+    profile: bool = option(
+        False, "After the timed latency, a profiled pass: batch-1 time split into tokenization, operators, rest"
+    )
 
     produces_model: ClassVar[bool] = False
 
@@ -94,9 +101,18 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
         for queries in latency_rounds(job["texts"], config):
             for runner, model, times in zip(runners, models, timings, strict=True):
                 times += runner.call(time_queries, str(model), queries, min(config.warmup, ROUND_WARMUP))
+        # peak RSS before any profiled session; the models stay loaded for the profiled pass
+        finished = [
+            runner.call(finish_model, str(m), t, config.profile)
+            for runner, m, t in zip(runners, models, timings, strict=True)
+        ]
+        if config.profile:  # after the timed latency (a profiler slows the model), over its first queries
+            queries = [query for chunk in latency_rounds(job["texts"], config) for query in chunk][:PROFILE_QUERIES]
+            for runner, model, result in zip(runners, models, partial, strict=True):
+                result["breakdown"] = runner.call(profile_model, str(model), queries)
         results = [
-            {"model": name, "path": str(m), **result, **runner.call(finish_model, str(m), times)}
-            for name, m, result, runner, times in zip(names, models, partial, runners, timings, strict=True)
+            {"model": name, "path": str(m), **result, **summary}
+            for name, m, result, summary in zip(names, models, partial, finished, strict=True)
         ]
     return {
         "environment": environment_info(threads),
@@ -163,36 +179,16 @@ def time_queries(path: str, queries: list[str], warmup: int) -> list[float]:
     return batch1_latencies_ms(_LOADED[path], queries, warmup)
 
 
-def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int) -> list[float]:
-    """Milliseconds of `predict([text])` for each query (tokenization included), after `warmup` untimed calls."""
-    for text in queries[:warmup]:
-        predictor.predict([text])
-    timings = []
-    for text in queries:
-        tick = time.perf_counter()
-        predictor.predict([text])
-        timings.append((time.perf_counter() - tick) * 1000)
-    return timings
+def profile_model(path: str, queries: list[str]) -> dict[str, Any]:
+    """The latency breakdown of the loaded model `path` (see slimformer.profiling); the model is released."""
+    return profile_predictor(_LOADED.pop(path), queries)
 
 
-def finish_model(path: str, timings: list[float]) -> dict[str, Any]:
-    """Latency summary and this process's peak RSS; the model is released."""
-    _LOADED.pop(path, None)
+def finish_model(path: str, timings: list[float], keep: bool = False) -> dict[str, Any]:
+    """Latency summary and this process's peak RSS; the model is released unless `keep` (to profile it)."""
+    if not keep:
+        _LOADED.pop(path, None)
     return {"latency_ms": latency_summary(timings), "peak_rss_mb": round(_peak_rss_mb(), 1)}
-
-
-def latency_summary(timings_ms: list[float]) -> dict[str, float]:
-    """mean, std, p50, p95, p99 (milliseconds) and the number of timed calls."""
-    values = np.asarray(timings_ms, dtype=float)
-    percentiles = np.percentile(values, [50, 95, 99])
-    return {
-        "mean": round(float(values.mean()), 3),
-        "std": round(float(values.std()), 3),
-        "p50": round(float(percentiles[0]), 3),
-        "p95": round(float(percentiles[1]), 3),
-        "p99": round(float(percentiles[2]), 3),
-        "n": len(values),
-    }
 
 
 def parameter_count(predictor: Any) -> int:
@@ -240,57 +236,31 @@ def display_names(paths: list[str]) -> list[str]:
         depth += 1
 
 
-def write_plot(results: list[dict[str, Any]], path: str | Path, title: str = "Accuracy vs latency") -> Path:
-    """The book's figure: accuracy against p50 latency, bubble area proportional to size, one colour each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    largest = max(r["size_mb"] for r in results) or 1.0
-    colours = plt.get_cmap("tab10")
-    for i, result in enumerate(results):
-        area = 80 + 2400 * result["size_mb"] / largest
-        ax.scatter(
-            result["latency_ms"]["p50"],
-            100 * result["accuracy"],
-            s=area,
-            alpha=0.55,
-            color=colours(i % 10),
-            edgecolors="black",
-            linewidths=0.6,
-            label=f"{result['model']} ({result['size_mb']:.1f} MB)",
-        )
-        ax.annotate(
-            result["model"],
-            (result["latency_ms"]["p50"], 100 * result["accuracy"]),
-            textcoords="offset points",
-            xytext=(0, area**0.5 / 2 + 4),
-            ha="center",
-            fontsize=8,
-        )
-    accuracies = [100 * r["accuracy"] for r in results]
-    latencies = [r["latency_ms"]["p50"] for r in results]
-    ax.set_ylim(min(accuracies) - 3, max(accuracies) + 3)
-    ax.set_xlim(0, max(latencies) * 1.25 + 0.5)
-    ax.set_xlabel("p50 latency at batch 1 (ms)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{title} — bubble area = size on disk")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, markerscale=0.4, labelspacing=1.2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+# the terminal table: each column's header and how a result fills it
+TABLE_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("model", lambda r: r["model"]),
+    ("backend", lambda r: r["backend"]),
+    ("accuracy", lambda r: f"{r['accuracy']:.4f}"),
+    ("macro-F1", lambda r: f"{r['macro_f1']:.4f}"),
+    ("in-scope", lambda r: _maybe(r.get("in_scope_accuracy"))),
+    ("OOS recall", lambda r: _maybe(r.get("oos_recall"))),
+    ("p50 ms", lambda r: f"{r['latency_ms']['p50']:.2f}"),
+    ("p95 ms", lambda r: f"{r['latency_ms']['p95']:.2f}"),
+    ("p99 ms", lambda r: f"{r['latency_ms']['p99']:.2f}"),
+    ("mean ± std ms", lambda r: f"{r['latency_ms']['mean']:.2f} ± {r['latency_ms']['std']:.2f}"),
+    ("batch-32 /s", lambda r: f"{r['throughput_per_s']:.0f}"),
+    ("size MB", lambda r: f"{r['size_mb']:.1f}"),
+    ("params", lambda r: f"{r['parameters'] / 1e6:.1f}M"),
+    ("peak RSS MB", lambda r: f"{r['peak_rss_mb']:.0f}"),
+]
 
 
 def print_table(report: dict[str, Any]) -> None:
-    """A rich table of every figure, and the environment, on the terminal."""
+    """A rich table of every figure, and the environment, on the terminal (and the latency breakdowns, if any)."""
     from rich.console import Console
     from rich.table import Table
+
+    from slimformer.profiling import print_breakdowns
 
     environment = report["environment"]
     isa = ", ".join(name for name, present in environment["isa"].items() if present) or "none"
@@ -299,43 +269,14 @@ def print_table(report: dict[str, Any]) -> None:
         caption=f"{environment['cpu']} · ISA: {isa} · {environment['threads']} threads · "
         f"torch {environment['versions']['torch']} · onnxruntime {environment['versions']['onnxruntime']}",
     )
-    for header in (
-        "model",
-        "backend",
-        "accuracy",
-        "macro-F1",
-        "in-scope",
-        "OOS recall",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "mean ± std ms",
-        "batch-32 /s",
-        "size MB",
-        "params",
-        "peak RSS MB",
-    ):
+    for header, _ in TABLE_COLUMNS:
         table.add_column(header, justify="left" if header in ("model", "backend") else "right")
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        table.add_row(
-            r["model"],
-            r["backend"],
-            f"{r['accuracy']:.4f}",
-            f"{r['macro_f1']:.4f}",
-            _maybe(r.get("in_scope_accuracy")),
-            _maybe(r.get("oos_recall")),
-            f"{lat['p50']:.2f}",
-            f"{lat['p95']:.2f}",
-            f"{lat['p99']:.2f}",
-            f"{lat['mean']:.2f} ± {lat['std']:.2f}",
-            f"{r['throughput_per_s']:.0f}",
-            f"{r['size_mb']:.1f}",
-            f"{r['parameters'] / 1e6:.1f}M",
-            f"{r['peak_rss_mb']:.0f}",
-        )
+    for result in report["results"]:
+        table.add_row(*(cell(result) for _, cell in TABLE_COLUMNS))
     # a 14-column table needs more than the 80 columns rich assumes when output is not a terminal
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(table)
+    print_breakdowns(report["results"], lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
 def _maybe(value: float | None) -> str:

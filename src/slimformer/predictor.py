@@ -17,18 +17,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimformer.cpu import default_threads
+from slimformer.encoder import TOKENIZER_FILE, TextEncoder, read_json
 from slimformer.errors import ModelError
 from slimformer.models import DEFAULT_MAX_LENGTH, SESSION_FILE
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-    import tokenizers
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "GRAPH_LEVELS",
     "ONNX_FILE",
     "SESSION_FILE",
+    "SPINNING_KEY",
     "OnnxPredictor",
     "Predictor",
     "TextEncoder",
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 ONNX_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 QUANTIZATION_FILE = "quantization.json"  # a PyTorch folder to be quantized at load time (see slimformer.onnx.quantize)
 # ONNX Runtime graph optimization levels by the name session.json and the CLI use (GraphOptimizationLevel members)
 GRAPH_LEVELS = {
@@ -51,14 +51,16 @@ GRAPH_LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what TextEncoder produces
-# encode_batch's thread pool costs more than it saves on a few short texts
-SMALL_BATCH = 4
+SPINNING_KEY = "intra_op_allow_spinning"  # session.json: true / false / null (ONNX Runtime's default: spin)
+ORT_SPINNING_ENTRY = "session.intra_op.allow_spinning"
 
 
-def session_options(threads: int | None = None, graph_optimization_level: str = "all") -> ort.SessionOptions:
+def session_options(
+    threads: int | None = None, graph_optimization_level: str = "all", spinning: bool | None = None
+) -> ort.SessionOptions:
     """CPU SessionOptions: `threads` intra-op threads (default: every core), one inter-op thread, sequential
-    execution, and the named graph optimization level (one of GRAPH_LEVELS)."""
+    execution, the named graph optimization level (one of GRAPH_LEVELS), and whether idle intra-op threads
+    spin waiting for work (None: ONNX Runtime's default, which spins)."""
     import onnxruntime as ort
 
     if graph_optimization_level not in GRAPH_LEVELS:
@@ -69,120 +71,14 @@ def session_options(threads: int | None = None, graph_optimization_level: str = 
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_LEVELS[graph_optimization_level])
+    if spinning is not None:
+        options.add_session_config_entry(ORT_SPINNING_ENTRY, "1" if spinning else "0")
     return options
 
 
-class TextEncoder:
-    """A `tokenizers.Tokenizer` giving what a transformers fast tokenizer gives for
-    ``tokenizer(texts, padding=True, truncation=True, max_length=...)``: int64 arrays padded to the longest text."""
-
-    def __init__(
-        self,
-        tokenizer: tokenizers.Tokenizer,
-        max_length: int,
-        input_names: tuple[str, ...] = MODEL_INPUTS,
-        truncation_side: str = "right",
-        padding_side: str = "right",
-        pad_id: int = 0,
-        pad_type_id: int = 0,
-    ) -> None:
-        self.tokenizer = _copy_tokenizer(tokenizer)  # private copies: settings below must not leak to the caller
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self._truncating = _copy_tokenizer(self.tokenizer)
-        self.input_names = tuple(input_names)
-        self.truncation_side = truncation_side
-        self.padding_side = padding_side
-        self.pad_id = pad_id
-        self.pad_type_id = pad_type_id
-        self.max_length = max_length
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @max_length.setter
-    def max_length(self, value: int) -> None:
-        self._max_length = value
-        self._truncating.enable_truncation(value, direction=self.truncation_side)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path, max_length: int) -> TextEncoder:
-        """The encoder of a model folder's `tokenizer.json` (and `tokenizer_config.json`), without transformers."""
-        import tokenizers
-
-        folder = Path(folder)
-        path = folder / TOKENIZER_FILE
-        if not path.is_file():
-            raise ModelError(
-                f"{folder} has no {TOKENIZER_FILE}, which serving an ONNX folder needs (it runs without transformers); "
-                'write it with: python -c "from transformers import AutoTokenizer; '
-                f"AutoTokenizer.from_pretrained('SOURCE_CHECKPOINT').save_pretrained('{folder}')\""
-            )
-        try:
-            tokenizer = tokenizers.Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
-            raise ModelError(f"cannot read the tokenizer {path}: {str(exc).splitlines()[0]}") from exc
-        config = _read_json(folder / "tokenizer_config.json")
-        pad_token = config.get("pad_token")
-        pad_token = pad_token.get("content") if isinstance(pad_token, dict) else pad_token
-        saved_padding = _read_json(path).get("padding") or {}
-        pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
-        names = tuple(config.get("model_input_names") or MODEL_INPUTS)
-        return cls(
-            tokenizer,
-            max_length,
-            input_names=tuple(name for name in names if name in MODEL_INPUTS),
-            truncation_side=config.get("truncation_side", "right"),
-            padding_side=config.get("padding_side", "right"),
-            pad_id=pad_id if pad_id is not None else saved_padding.get("pad_id", 0),
-        )
-
-    @classmethod
-    def from_transformers(cls, tokenizer: Any, max_length: int) -> TextEncoder | None:
-        """The encoder of a transformers fast tokenizer; None for a slow one, or one with other inputs."""
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        names = tuple(getattr(tokenizer, "model_input_names", ()))
-        if backend is None or not names or not set(names) <= set(MODEL_INPUTS):
-            return None
-        return cls(
-            backend,
-            max_length,
-            input_names=names,
-            truncation_side=tokenizer.truncation_side,
-            padding_side=tokenizer.padding_side,
-            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            pad_type_id=getattr(tokenizer, "pad_token_type_id", 0) or 0,
-        )
-
-    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int] | None]:
-        """Model inputs truncated to `max_length` and padded to the longest, and each text's token count
-        (None when a text was truncated: its full count then needs `token_counts`)."""
-        texts = list(texts)
-        if len(texts) <= SMALL_BATCH:
-            encodings = [self._truncating.encode(text) for text in texts]
-        else:
-            encodings = self._truncating.encode_batch(texts)
-        longest = max((len(e.ids) for e in encodings), default=0)
-        arrays = {
-            "input_ids": np.full((len(texts), longest), self.pad_id, dtype=np.int64),
-            "token_type_ids": np.full((len(texts), longest), self.pad_type_id, dtype=np.int64),
-            "attention_mask": np.zeros((len(texts), longest), dtype=np.int64),
-        }
-        for row, encoding in enumerate(encodings):
-            size = len(encoding.ids)
-            span = slice(0, size) if self.padding_side == "right" else slice(longest - size, longest)
-            arrays["input_ids"][row, span] = encoding.ids
-            arrays["token_type_ids"][row, span] = encoding.type_ids
-            arrays["attention_mask"][row, span] = encoding.attention_mask
-        counts = None if any(e.overflowing for e in encodings) else [len(e.ids) for e in encodings]
-        return {name: arrays[name] for name in self.input_names}, counts
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens of each text with special tokens, before truncation."""
-        if len(texts) <= SMALL_BATCH:
-            return [len(self.tokenizer.encode(text).ids) for text in texts]
-        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts))]
+def saved_session(folder: str | Path) -> dict[str, Any]:
+    """A folder's `session.json` ({} when it has none): how the artefact runs (see artifacts.write_session)."""
+    return read_json(Path(folder) / SESSION_FILE)
 
 
 class Predictor(ABC):
@@ -354,16 +250,19 @@ class OnnxPredictor(Predictor):
         max_length: int,
         graph_optimization: str = "all",
         onnx_path: Path | None = None,
+        spinning: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
         folder = Path(folder)
-        options = session_options(threads, graph_optimization)  # an unknown level fails before the tokenizer loads
+        # an unknown level fails before the tokenizer loads
+        options = session_options(threads, graph_optimization, spinning)
         super().__init__(
             _labels_from_config(folder), max_length, threads, TextEncoder.from_folder(folder, max_length), folder
         )
         self.tokenizer = self.encoder.tokenizer  # the `tokenizers.Tokenizer` (no truncation, no padding)
         self.graph_optimization = graph_optimization
+        self.spinning = spinning
         self.onnx_path = Path(onnx_path) if onnx_path is not None else folder / ONNX_FILE
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
@@ -378,16 +277,25 @@ class OnnxPredictor(Predictor):
         folder: str | Path,
         threads: int | None = None,
         max_length: int | None = None,
-        graph_optimization_level: str = "all",
+        graph_optimization_level: str | None = None,
+        spinning: bool | None = None,
     ) -> OnnxPredictor:
         """A predictor over an explicit .onnx graph, with the tokenizer and labels of `folder` (e.g. a quantizer's
-        candidate graph in a work dir). `max_length` defaults to the folder's session.json, else 128, capped at
-        what the model can take."""
+        candidate graph in a work dir). What is not given comes from the folder's session.json: threads and
+        spinning (as `slimformer tune-threads` recorded them; else every core, ONNX Runtime's spinning), graph
+        level (else "all") and `max_length` (else 128, capped at what the model can take)."""
         from slimformer.models import resolve_max_length
 
         folder = Path(folder)
-        max_length = resolve_max_length(folder, max_length)
-        return cls(folder, threads or default_threads(), max_length, graph_optimization_level, Path(onnx_path))
+        saved = saved_session(folder)
+        return cls(
+            folder,
+            threads or saved.get("threads") or default_threads(),
+            resolve_max_length(folder, max_length),
+            graph_optimization_level or saved.get("graph_optimization_level") or "all",
+            Path(onnx_path),
+            spinning if spinning is not None else saved.get(SPINNING_KEY),
+        )
 
     def logits_from_inputs(self, inputs: Any) -> np.ndarray:
         feed = {name: np.asarray(inputs[name], dtype=np.int64) for name in self.input_names if name in inputs}
@@ -402,23 +310,25 @@ class OnnxPredictor(Predictor):
             "inter_op_num_threads": 1,
             "execution_mode": "sequential",
             "graph_optimization_level": self.graph_optimization,
+            SPINNING_KEY: self.spinning,
         }
 
 
-def load(path: str | Path, threads: int | None = None, max_length: int | None = None) -> Predictor:
+def load(
+    path: str | Path, threads: int | None = None, max_length: int | None = None, spinning: bool | None = None
+) -> Predictor:
     """Load an artefact folder as a :class:`Predictor` (ONNX Runtime when it holds model.onnx, else PyTorch).
 
-    Session settings saved by an earlier stage (`session.json`) are used unless overridden here.
+    Session settings saved by an earlier stage or by `slimformer tune-threads` (`session.json`: threads,
+    spinning, graph level, truncation length) are used unless given here; an explicit value wins.
     """
     from slimformer.models import resolve_max_length, resolve_model_path
 
     folder = resolve_model_path(path)
-    saved = _read_json(folder / SESSION_FILE)
-    threads = threads or saved.get("threads") or default_threads()
-    max_length = resolve_max_length(folder, max_length)
     if (folder / ONNX_FILE).is_file():
-        return OnnxPredictor(folder, threads, max_length, saved.get("graph_optimization_level", "all"))
-    return TorchPredictor.from_folder(folder, threads, max_length)
+        return OnnxPredictor.from_file(folder / ONNX_FILE, folder, threads, max_length, spinning=spinning)
+    threads = threads or saved_session(folder).get("threads") or default_threads()
+    return TorchPredictor.from_folder(folder, threads, resolve_max_length(folder, max_length))
 
 
 def check_folder(path: str | Path) -> Path:
@@ -437,23 +347,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def _copy_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
-    import tokenizers
-
-    return tokenizers.Tokenizer.from_str(tokenizer.to_str())
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file, {} when it is absent; a one-line ModelError when it is unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from exc
-    return data if isinstance(data, dict) else {}
 
 
 def _labels_from_config(path: Path) -> list[str]:

@@ -1,4 +1,7 @@
-"""Reports: `report.md` and a self-contained `report.html` comparing every variant, and the deployable folder."""
+"""Reports: `report.md` and a self-contained `report.html` comparing every variant, and the deployable folder.
+
+Both reports open with one line a reader can act on (:func:`headline`): the final model against the teacher.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ class ReportConfig(StageConfig):
 
 def comparison_rows(benchmark: dict[str, Any], baseline: str = "teacher") -> list[dict[str, Any]]:
     """One row per variant with its figures and its speed-up / shrink / accuracy delta against `baseline`."""
-    results = benchmark["results"]
+    results, environment = benchmark["results"], benchmark.get("environment", {})
     base = next((r for r in results if r["model"] == baseline), results[0])
     rows = []
     for r in results:
@@ -44,61 +47,59 @@ def comparison_rows(benchmark: dict[str, Any], baseline: str = "teacher") -> lis
                 "speedup": base["latency_ms"]["p50"] / r["latency_ms"]["p50"],
                 "shrink": base["size_mb"] / r["size_mb"] if r["size_mb"] else float("nan"),
                 "peak_rss_mb": r["peak_rss_mb"],
+                "cpu": environment.get("cpu"),
+                "threads": r.get("settings", {}).get("threads") or environment.get("threads"),
             }
         )
     return rows
 
 
-def write_size_plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Horizontal bars of size on disk per variant."""
-    import matplotlib
+def headline(rows: list[dict[str, Any]], budget: str | None = None) -> str:
+    """The report's first line (markdown bold): the final model (the last row) against the teacher (the row
+    named "teacher", else the first): speed-up and shrink with both numbers, accuracy change in points, and
+    the CPU and threads it was measured with; `budget` (e.g. "budget: p50 ≤ 1 ms — met") is appended."""
+    if not rows:
+        raise ValueError("a headline needs at least one comparison row")
+    base = next((r for r in rows if r["model"] == "teacher"), rows[0])
+    final = rows[-1]
+    if final is base:
+        summary = (
+            f"Final model: {final['model']} — {final['p50_ms']:.2f} ms p50, {final['size_mb']:.1f} MB, "
+            f"{100 * final['accuracy']:.2f} % accuracy (no other variant measured)"
+        )
+    else:
+        against = "the teacher" if base["model"] == "teacher" else base["model"]
+        delta = f"{100 * (final['accuracy'] - base['accuracy']):+.2f}".replace("-", "−")
+        summary = (
+            f"Final model: {final['model']} — {_times(base['p50_ms'], final['p50_ms'], 'faster', 'slower')} than "
+            f"{against} ({final['p50_ms']:.2f} vs {base['p50_ms']:.2f} ms p50), "
+            f"{_times(base['size_mb'], final['size_mb'], 'smaller', 'larger')} "
+            f"({final['size_mb']:.1f} vs {base['size_mb']:.1f} MB), {delta} points accuracy "
+            f"({100 * final['accuracy']:.2f} vs {100 * base['accuracy']:.2f} %)"
+        )
+    threads = f"{final['threads']} threads" if final.get("threads") else ""
+    where = ", ".join(part for part in (short_cpu_name(final.get("cpu") or ""), threads) if part)
+    return "**" + " · ".join(part for part in (summary, where, budget) if part) + "**"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
-    names = [r["model"] for r in rows]
-    sizes = [r["size_mb"] for r in rows]
-    bars = ax.barh(names, sizes, color=plt.get_cmap("tab10").colors[: len(rows)])
-    ax.bar_label(bars, labels=[f"{s:.1f} MB" for s in sizes], padding=3, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_xlim(0, max(sizes) * 1.2)
-    ax.set_title("Model size per variant")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _times(base: float, value: float, better: str, worse: str) -> str:
+    """ "11.2x faster" / "1.3x slower": how many times `value` beats `base` (smaller is better)."""
+    if not value or not base:
+        return f"n/a {better}"
+    return f"{base / value:.1f}x {better}" if value <= base else f"{value / base:.1f}x {worse}"
 
 
-def write_history_plot(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
-    """Validation accuracy per epoch of each training stage (fine-tuning, distillation, pruning)."""
-    histories = {name: h for name, h in histories.items() if h and any("validation_accuracy" in e for e in h)}
-    if not histories:
-        return None
-    import matplotlib
+def short_cpu_name(name: str) -> str:
+    """A CPU model name without trademarks, clock and filler: "Intel(R) Xeon(R) Processor" -> "Intel Xeon"."""
+    import re
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, history in histories.items():
-        points = [(e["epoch"], 100 * e["validation_accuracy"]) for e in history if "validation_accuracy" in e]
-        ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Training history")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    name = re.sub(r"\((R|TM|tm|r)\)|\bProcessor\b|(\bCPU\s*)?@.*$", " ", name)
+    return " ".join(name.split())
 
 
 def write_report(output: Path, benchmark: dict[str, Any], variants: list[Any], config: ReportConfig) -> Path:
     """Write report.md, report.html (images embedded) and the plots they show into `output`."""
-    from slimformer.benchmark import write_plot
+    from slimformer.plots import write_breakdown_plot, write_history_plot, write_plot, write_size_plot
 
     output = Path(output)
     rows = comparison_rows(benchmark)
@@ -112,6 +113,9 @@ def write_report(output: Path, benchmark: dict[str, Any], variants: list[Any], c
     history_plot = write_history_plot(histories, output / "history.png")
     if history_plot:
         images["Training history (validation accuracy per epoch)"] = history_plot
+    breakdown_plot = write_breakdown_plot(benchmark["results"], output / "breakdown.png")
+    if breakdown_plot:
+        images["Where the time goes (batch 1, ms per query, profiled pass)"] = breakdown_plot
     search = _search_section(variants)
     environment = benchmark["environment"]
     markdown = _markdown(config.title, benchmark, rows, images, search, environment)
@@ -182,7 +186,7 @@ def _search_section(variants: list[Any]) -> list[dict[str, Any]]:
 
 
 def _markdown(title, benchmark, rows, images, search, environment) -> str:
-    lines = [f"# {title}", "", _method_line(benchmark), ""]
+    lines = [f"# {title}", "", headline(rows), "", _method_line(benchmark), ""]
     lines.append("| " + " | ".join(header for _, header, _ in TABLE_COLUMNS) + " |")
     lines.append("|" + "---|" * len(TABLE_COLUMNS))
     for row in rows:
@@ -229,7 +233,9 @@ def _html(title, benchmark, rows, images, search, environment) -> str:
     )
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
-        f"<style>{style}</style></head><body><h1>{esc(title)}</h1><p>{esc(_method_line(benchmark))}</p>"
+        f"<style>{style}</style></head><body><h1>{esc(title)}</h1>"
+        f"<p class='headline'><strong>{esc(headline(rows).strip('*'))}</strong></p>"
+        f"<p>{esc(_method_line(benchmark))}</p>"
         f"<table id='comparison'><tr>{head}</tr>{body}</table>"
         "<p>Speed-up and shrink are against the teacher (PyTorch fp32) in the same run; Δ acc. in points.</p>"
         f"{figures}{search_html}<h2>Environment</h2><p>{esc(_environment_line(environment))}</p></body></html>"
@@ -243,10 +249,13 @@ def write_deployable_model(
     variants: list[Any],
     config: ReportConfig,
     threads: int | None = None,
+    data: Any = None,
 ) -> Path | None:
-    """Copy the final model to `output` with its session settings and a model card holding the measured numbers."""
+    """Copy the final model to `output` with its session settings and a model card holding the measured numbers.
+    An ONNX model's threads and spinning are then measured on this CPU over real queries of `data` (the
+    benchmark's split) and recorded in its session.json (slimformer.threads), unless `threads` fixes them."""
     from slimformer.artifacts import atomic_output_dir
-    from slimformer.predictor import SESSION_FILE, default_threads
+    from slimformer.predictor import ONNX_FILE, SESSION_FILE, default_threads
 
     if not config.deploy:
         return None
@@ -262,10 +271,20 @@ def write_deployable_model(
             saved = json.loads((model / SESSION_FILE).read_text())
             session.update({key: value for key, value in saved.items() if value is not None})
         write_json(folder / SESSION_FILE, session)
+        sweep = None
+        if data is not None and threads is None and (folder / ONNX_FILE).is_file():
+            sweep = _tune_threads(folder, data, benchmark["data"]["split"])
         write_json(folder / "labels.json", _labels(model))
-        (folder / "README.md").write_text(_model_card(model, row, benchmark, variants))
+        (folder / "README.md").write_text(_model_card(model, row, benchmark, variants, sweep))
         write_json(folder / "metrics.json", {"stage": "deploy", "source": str(model), "benchmark": row})
     return output
+
+
+def _tune_threads(folder: Path, data: Any, split: str) -> dict[str, Any]:
+    from slimformer.data import column
+    from slimformer.threads import sample_queries, tune_threads
+
+    return tune_threads(folder, sample_queries(column(data.split(split), "text")))
 
 
 def _labels(model: Path) -> list[str]:
@@ -274,7 +293,13 @@ def _labels(model: Path) -> list[str]:
     return classifier_labels(model) or []
 
 
-def _model_card(model: Path, row: dict[str, Any] | None, benchmark: dict[str, Any], variants: list[Any]) -> str:
+def _model_card(
+    model: Path,
+    row: dict[str, Any] | None,
+    benchmark: dict[str, Any],
+    variants: list[Any],
+    sweep: dict[str, Any] | None = None,
+) -> str:
     lineage = " → ".join(f"{v.name} ({v.stage})" for v in variants)
     backend = "ONNX Runtime (`model.onnx`)" if (model / "model.onnx").is_file() else "PyTorch / transformers"
     lines = [
@@ -307,6 +332,13 @@ def _model_card(model: Path, row: dict[str, Any] | None, benchmark: dict[str, An
             f"- size {row['size_mb']:.1f} MB ({row['shrink']:.1f}x smaller than the teacher)",
             f"- throughput {row['throughput_per_s']:.0f} queries/s at batch 32",
         ]
+    if sweep:
+        best = sweep["best"]
+        lines.append(
+            f"- runs with {best['threads']} intra-op threads, spinning {'on' if best['spinning'] else 'off'}: the "
+            f"fastest batch-1 p50 ({best['p50_ms']:.2f} ms) of 1..{sweep['cores']} threads x spinning on/off on "
+            f"{sweep['cpu']} (`thread_sweep` in session.json; `slimformer tune-threads model` redoes it on another CPU)"
+        )
     lines += [
         "",
         "## How it was measured",

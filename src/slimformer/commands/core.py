@@ -1,4 +1,4 @@
-"""`finetune` and `benchmark`: the foundation commands."""
+"""`benchmark` and `tune-threads`: measuring artefacts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from slimformer.benchmark import BenchmarkConfig
 from slimformer.commands.options import (
     DataDirOption,
     DataOption,
@@ -14,6 +15,7 @@ from slimformer.commands.options import (
     TextColumnOption,
     load_data_option,
 )
+from slimformer.config import help_text
 
 
 def benchmark(
@@ -33,10 +35,11 @@ def benchmark(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the accuracy-vs-latency plot (PNG).")] = None,
     isolate: Annotated[bool, typer.Option(help="Run each model in a fresh process.")] = True,
+    profile: Annotated[bool, typer.Option(help=help_text(BenchmarkConfig, "profile"))] = False,
 ) -> None:
     """Accuracy, latency (mean ± std, p50/p95/p99), throughput, size and memory of each model."""
     from slimformer.artifacts import write_json
-    from slimformer.benchmark import BenchmarkConfig, benchmark_models, print_table, write_plot
+    from slimformer.benchmark import benchmark_models, print_table, write_plot
 
     splits = load_data_option(data, data_dir, text_column, label_column)
     config = BenchmarkConfig(
@@ -47,6 +50,7 @@ def benchmark(
         rounds=rounds,
         split=split,
         isolate=isolate,
+        profile=profile,
     )
     report = benchmark_models(models, splits, config)
     print_table(report)
@@ -59,5 +63,32 @@ def benchmark(
         typer.echo(f"plot written to {plot}")
 
 
+def tune_threads(
+    folder: Annotated[str, typer.Argument(help="ONNX model folder (model.onnx, tokenizer.json, config.json).")],
+    data: DataOption = "clinc150",
+    data_dir: DataDirOption = None,
+    text_column: TextColumnOption = "text",
+    label_column: LabelColumnOption = "label",
+    split: Annotated[str, typer.Option(help="Split the queries are drawn from.")] = "test",
+    queries: Annotated[int, typer.Option(help="Batch-1 queries timed at each setting.")] = 200,
+    max_threads: Annotated[
+        int | None, typer.Option("--max-threads", help="Most intra-op threads tried (default: every core).")
+    ] = None,
+) -> None:
+    """Time batch 1 at 1..N intra-op threads, spinning on and off; record the fastest in the folder's session.json."""
+    from slimformer.data import column
+    from slimformer.errors import ConfigError
+    from slimformer.models import resolve_model_path
+    from slimformer.threads import print_sweep, sample_queries
+    from slimformer.threads import tune_threads as tune
+
+    if queries < 1:
+        raise ConfigError(f"queries must be >= 1, got {queries}")
+    model = resolve_model_path(folder)
+    texts = column(load_data_option(data, data_dir, text_column, label_column).split(split), "text")
+    print_sweep(tune(model, sample_queries(texts, queries), max_threads), typer.echo)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(benchmark)
+    app.command(name="tune-threads")(tune_threads)

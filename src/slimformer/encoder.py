@@ -1,0 +1,151 @@
+"""Text to model inputs without transformers: a `tokenizers.Tokenizer` read from a folder's `tokenizer.json`
+(its padding side, pad id and input names from `tokenizer_config.json`), giving the arrays a transformers fast
+tokenizer gives. The ONNX predictor and the torch predictor's fast path both tokenize here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimformer.errors import ModelError
+
+if TYPE_CHECKING:
+    import tokenizers
+
+TOKENIZER_FILE = "tokenizer.json"
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what TextEncoder produces
+# encode_batch's thread pool costs more than it saves on a few short texts
+SMALL_BATCH = 4
+
+
+class TextEncoder:
+    """A `tokenizers.Tokenizer` giving what a transformers fast tokenizer gives for
+    ``tokenizer(texts, padding=True, truncation=True, max_length=...)``: int64 arrays padded to the longest text."""
+
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        max_length: int,
+        input_names: tuple[str, ...] = MODEL_INPUTS,
+        truncation_side: str = "right",
+        padding_side: str = "right",
+        pad_id: int = 0,
+        pad_type_id: int = 0,
+    ) -> None:
+        self.tokenizer = _copy_tokenizer(tokenizer)  # private copies: settings below must not leak to the caller
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self._truncating = _copy_tokenizer(self.tokenizer)
+        self.input_names = tuple(input_names)
+        self.truncation_side = truncation_side
+        self.padding_side = padding_side
+        self.pad_id = pad_id
+        self.pad_type_id = pad_type_id
+        self.max_length = max_length
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self._max_length = value
+        self._truncating.enable_truncation(value, direction=self.truncation_side)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, max_length: int) -> TextEncoder:
+        """The encoder of a model folder's `tokenizer.json` (and `tokenizer_config.json`), without transformers."""
+        import tokenizers
+
+        folder = Path(folder)
+        path = folder / TOKENIZER_FILE
+        if not path.is_file():
+            raise ModelError(
+                f"{folder} has no {TOKENIZER_FILE}, which serving an ONNX folder needs (it runs without transformers); "
+                'write it with: python -c "from transformers import AutoTokenizer; '
+                f"AutoTokenizer.from_pretrained('SOURCE_CHECKPOINT').save_pretrained('{folder}')\""
+            )
+        try:
+            tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for a malformed file
+            raise ModelError(f"cannot read the tokenizer {path}: {str(exc).splitlines()[0]}") from exc
+        config = read_json(folder / "tokenizer_config.json")
+        pad_token = config.get("pad_token")
+        pad_token = pad_token.get("content") if isinstance(pad_token, dict) else pad_token
+        saved_padding = read_json(path).get("padding") or {}
+        pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
+        names = tuple(config.get("model_input_names") or MODEL_INPUTS)
+        return cls(
+            tokenizer,
+            max_length,
+            input_names=tuple(name for name in names if name in MODEL_INPUTS),
+            truncation_side=config.get("truncation_side", "right"),
+            padding_side=config.get("padding_side", "right"),
+            pad_id=pad_id if pad_id is not None else saved_padding.get("pad_id", 0),
+        )
+
+    @classmethod
+    def from_transformers(cls, tokenizer: Any, max_length: int) -> TextEncoder | None:
+        """The encoder of a transformers fast tokenizer; None for a slow one, or one with other inputs."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        names = tuple(getattr(tokenizer, "model_input_names", ()))
+        if backend is None or not names or not set(names) <= set(MODEL_INPUTS):
+            return None
+        return cls(
+            backend,
+            max_length,
+            input_names=names,
+            truncation_side=tokenizer.truncation_side,
+            padding_side=tokenizer.padding_side,
+            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            pad_type_id=getattr(tokenizer, "pad_token_type_id", 0) or 0,
+        )
+
+    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int] | None]:
+        """Model inputs truncated to `max_length` and padded to the longest, and each text's token count
+        (None when a text was truncated: its full count then needs `token_counts`)."""
+        texts = list(texts)
+        if len(texts) <= SMALL_BATCH:
+            encodings = [self._truncating.encode(text) for text in texts]
+        else:
+            encodings = self._truncating.encode_batch(texts)
+        longest = max((len(e.ids) for e in encodings), default=0)
+        arrays = {
+            "input_ids": np.full((len(texts), longest), self.pad_id, dtype=np.int64),
+            "token_type_ids": np.full((len(texts), longest), self.pad_type_id, dtype=np.int64),
+            "attention_mask": np.zeros((len(texts), longest), dtype=np.int64),
+        }
+        for row, encoding in enumerate(encodings):
+            size = len(encoding.ids)
+            span = slice(0, size) if self.padding_side == "right" else slice(longest - size, longest)
+            arrays["input_ids"][row, span] = encoding.ids
+            arrays["token_type_ids"][row, span] = encoding.type_ids
+            arrays["attention_mask"][row, span] = encoding.attention_mask
+        counts = None if any(e.overflowing for e in encodings) else [len(e.ids) for e in encodings]
+        return {name: arrays[name] for name in self.input_names}, counts
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens of each text with special tokens, before truncation."""
+        if len(texts) <= SMALL_BATCH:
+            return [len(self.tokenizer.encode(text).ids) for text in texts]
+        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts))]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, {} when it is absent; a one-line ModelError when it is unreadable."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _copy_tokenizer(tokenizer: tokenizers.Tokenizer) -> tokenizers.Tokenizer:
+    import tokenizers
+
+    return tokenizers.Tokenizer.from_str(tokenizer.to_str())

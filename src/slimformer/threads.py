@@ -1,0 +1,105 @@
+"""How many intra-op threads an ONNX artefact runs with, and whether they spin: measured on this CPU, not guessed.
+
+`tune_threads(folder, queries)` times batch 1 (tokenization included) at 1..N intra-op threads (N: the cores
+this process may use), each with ONNX Runtime's spinning on and off (`session.intra_op.allow_spinning`: idle
+pool threads busy-wait for the next piece of work instead of sleeping, so hand-offs are quicker but a core
+stays busy). The settings take turns in interleaved rounds, as the benchmark's models do, so background load
+hits them alike. The fastest median goes into the folder's session.json (`threads`, `intra_op_allow_spinning`)
+with the whole sweep and the CPU it ran on (`thread_sweep`); `slimformer.load`, and the server through it,
+then run with them unless told otherwise. Torch-free.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimformer.errors import ModelError
+
+TUNE_QUERIES = 200  # batch-1 queries timed at each setting
+TUNE_ROUNDS = 4  # interleaved rounds (the settings take turns)
+TUNE_WARMUP = 5  # untimed calls at the start of each setting's turn
+EVERY_COUNT_UP_TO = 8  # thread counts tried one by one; above, powers of two and the core count
+
+
+def thread_candidates(cores: int) -> list[int]:
+    """Intra-op thread counts to try: 1..cores, thinned above 8 to the powers of two and `cores` itself."""
+    counts = set(range(1, min(cores, EVERY_COUNT_UP_TO) + 1)) | {cores}
+    counts |= {2**k for k in range(1, cores.bit_length()) if 2**k < cores}
+    return sorted(counts)
+
+
+def sample_queries(texts: list[str], count: int = TUNE_QUERIES, seed: int = 0) -> list[str]:
+    """`count` of `texts` in a seeded order (repeated when there are fewer)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i] for i in np.resize(order, count)] if len(texts) else []
+
+
+def tune_threads(
+    folder: str | Path,
+    queries: list[str],
+    max_threads: int | None = None,
+    rounds: int = TUNE_ROUNDS,
+    warmup: int = TUNE_WARMUP,
+) -> dict[str, Any]:
+    """Time batch 1 of the ONNX folder `folder` over `queries` at each thread count (1..`max_threads`, default
+    every available core) with spinning on and off; write the fastest into its session.json. Returns the sweep
+    (also written there as `thread_sweep`): ``{"cpu", "cores", "queries", "p50_ms": [{"threads", "spinning",
+    "p50_ms"}, ...], "best": {...}}``."""
+    from slimformer.artifacts import write_json
+    from slimformer.cpu import cpu_model, default_threads
+    from slimformer.predictor import ONNX_FILE, SESSION_FILE, SPINNING_KEY, OnnxPredictor, saved_session
+    from slimformer.profiling import batch1_latencies_ms
+
+    folder = Path(folder)
+    if not (folder / ONNX_FILE).is_file():
+        raise ModelError(f"{folder} has no {ONNX_FILE}: thread tuning is for ONNX Runtime folders (export it first)")
+    if not queries:
+        raise ModelError("thread tuning needs at least one query")
+    if max_threads is not None and max_threads < 1:
+        raise ModelError(f"max threads must be >= 1, got {max_threads}")
+    cores = default_threads()
+    settings = [(count, spin) for count in thread_candidates(max_threads or cores) for spin in (True, False)]
+    predictors = {
+        (count, spin): OnnxPredictor.from_file(folder / ONNX_FILE, folder, threads=count, spinning=spin)
+        for count, spin in settings
+    }
+    timings: dict[tuple[int, bool], list[float]] = {setting: [] for setting in settings}
+    for chunk in np.array_split(np.array(queries, dtype=object), max(1, min(rounds, len(queries)))):
+        for setting in settings:
+            timings[setting] += batch1_latencies_ms(predictors[setting], list(chunk), warmup)
+    rows = [
+        {"threads": count, "spinning": spin, "p50_ms": round(float(np.median(timings[count, spin])), 4)}
+        for count, spin in settings
+    ]
+    best = min(rows, key=lambda row: row["p50_ms"])
+    sweep = {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "queries": len(queries),
+        "rounds": rounds,
+        "p50_ms": rows,
+        "best": best,
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    session = saved_session(folder)
+    session.update({"threads": best["threads"], SPINNING_KEY: best["spinning"], "thread_sweep": sweep})
+    write_json(folder / SESSION_FILE, session)
+    return sweep
+
+
+def print_sweep(sweep: dict[str, Any], echo: Callable[[str], Any] = print) -> None:
+    """The sweep as a threads x spinning table of p50 ms, the fastest marked."""
+    by_setting = {(row["threads"], row["spinning"]): row["p50_ms"] for row in sweep["p50_ms"]}
+    best = (sweep["best"]["threads"], sweep["best"]["spinning"])
+    echo(f"batch-1 p50 ms over {sweep['queries']} queries on {sweep['cpu']} ({sweep['cores']} cores)")
+    echo(f"{'threads':>7}  {'spin on':>9}  {'spin off':>9}")
+    for count in sorted({threads for threads, _ in by_setting}):
+        cells = [f"{by_setting[count, spin]:>8.3f}{'*' if (count, spin) == best else ' '}" for spin in (True, False)]
+        echo(f"{count:>7}  {cells[0]}  {cells[1]}")
+    spin = "on" if best[1] else "off"
+    echo(f"* fastest: {best[0]} threads, spinning {spin} ({sweep['best']['p50_ms']:.3f} ms), written to session.json")
