@@ -150,3 +150,11 @@ def test_subset_is_smaller_and_keeps_labels(clinc_slice):
     assert (len(small.train), len(small.validation), len(small.test)) == (10, 5, 5)
     assert small.labels == clinc_slice.labels
     assert small.fingerprint != clinc_slice.fingerprint
+
+
+def test_without_test_seals_only_the_test_split(clinc_slice):
+    sealed = clinc_slice.without_test()
+    assert len(sealed.test) == 0 and len(clinc_slice.test) == 48
+    assert list(sealed.validation["text"]) == list(clinc_slice.validation["text"])
+    assert list(sealed.train["text"]) == list(clinc_slice.train["text"])
+    assert sealed.fingerprint != clinc_slice.fingerprint and sealed.labels == clinc_slice.labels
