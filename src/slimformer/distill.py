@@ -113,12 +113,7 @@ def distill(
             "data": splits.name,
             "data_fingerprint": splits.fingerprint,
             "config": asdict(config),
-            "teacher_logits": result.teacher_logits,
-            "train_seconds": result.train_seconds,
-            "training_processes": result.processes,
-            "validation": result.validation,
-            "test": result.test,
-            "history": result.history,
+            **result.metrics(),
         }
         write_metrics(folder, metrics)
     return metrics

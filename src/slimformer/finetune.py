@@ -58,11 +58,7 @@ def finetune(
             "data": splits.name,
             "data_fingerprint": splits.fingerprint,
             "config": asdict(config),
-            "train_seconds": result.train_seconds,
-            "training_processes": result.processes,
-            "validation": result.validation,
-            "test": result.test,
-            "history": result.history,
+            **result.metrics(),
         }
         write_metrics(folder, metrics)
     return metrics

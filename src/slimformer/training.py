@@ -85,6 +85,17 @@ class TrainResult:
     teacher_logits: dict[str, Any] | None = None
     processes: int = 1  # data-parallel processes that trained (torchrun --nproc_per_node N: N, via DDP)
 
+    def metrics(self) -> dict[str, Any]:
+        """The entries every training stage writes to metrics.json."""
+        return {
+            "teacher_logits": self.teacher_logits,
+            "train_seconds": self.train_seconds,
+            "training_processes": self.processes,
+            "validation": self.validation,
+            "test": self.test,
+            "history": self.history,
+        }
+
 
 def tokenize_dataset(
     dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int = DEFAULT_MAX_LENGTH

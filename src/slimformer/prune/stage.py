@@ -350,14 +350,7 @@ def _train(
     result = train_classifier(
         model, tokenizer, splits, config, folder / "trainer", distillation, callbacks=callbacks, configure=configure
     )
-    return {
-        "validation": result.validation,
-        "test": result.test,
-        "history": result.history,
-        "train_seconds": result.train_seconds,
-        "training_processes": result.processes,
-        "teacher_logits": result.teacher_logits,
-    }
+    return result.metrics()
 
 
 def _encoder_linear_parameters(model: Any) -> int:
