@@ -11,9 +11,10 @@ side (issue #15). Run from the repository root with the main venv (`make bench-p
 3. Optimum's models, built in `.venv-peers` by build.py: the export, and avx2 / avx512_vnni dynamic quantization
    of it and of ORTOptimizer's O1 / O2 / O3 graphs; a path that fails is recorded with its one-line error.
 4. Every model gets its own timer process (timer.py, run by its venv's python), all loaded at once. Each round
-   asks every timer in turn (the order rotated each round) for one timed pass over the same real validation
-   queries: batch 1, tokenization included, the same thread count. Latency: median and p90 over all rounds. A
-   speed-up is also taken per round (one p50 over the other within the round), then its median.
+   walks the same real validation queries in blocks of `--block`, and every timer in turn (the order rotated
+   from block to block) times the block: batch 1, tokenization included, the same thread count. Latency: median
+   and p90 over all rounds. A speed-up is also taken per block (one p50 over the other within the block), then
+   its median.
 
 Writes WORK/peers.json and WORK/peers.md (the markdown table).
 """
@@ -52,15 +53,15 @@ class Model:
     int8: bool
     file: str = "model.onnx"
     info: dict[str, Any] = field(default_factory=dict)
-    rounds: list[list[float]] = field(default_factory=list)
+    blocks: list[list[float]] = field(default_factory=list)
 
     @property
     def timings(self) -> list[float]:
-        return [t for one_round in self.rounds for t in one_round]
+        return [t for one_block in self.blocks for t in one_block]
 
     @property
-    def round_p50s(self) -> list[float]:
-        return [float(np.percentile(one_round, 50)) for one_round in self.rounds]
+    def block_p50s(self) -> list[float]:
+        return [float(np.percentile(one_block, 50)) for one_block in self.blocks]
 
 
 # --- building the models ----------------------------------------------------------------------------------------
@@ -182,18 +183,25 @@ class Timer:
             self.process.wait(timeout=30)
 
 
-def time_side_by_side(models: list[Model], queries: Path, threads: int, rounds: int, warmup: int) -> None:
-    """Fill each model's `rounds` with one timed pass over the queries per round, the models taking turns."""
+def time_side_by_side(
+    models: list[Model], queries: Path, threads: int, rounds: int, warmup: int, block: int, count: int
+) -> None:
+    """Fill each model's `blocks` with timed blocks: every round walks the queries in blocks of `block`, and each
+    block is timed by every model in turn (the order rotated from block to block), so that the models see the same
+    machine load within a block. `blocks` ends up with one list of timings per (round, block)."""
     timers = [Timer(model, queries, threads) for model in models]
     try:
         for timer in timers:
             timer.model.info = timer.ask(None)["info"]  # its "ready" line
             timer.ask(f"warmup {warmup}")
+        turn = 0
         for round_index in range(rounds):
-            shift = round_index % len(timers)
-            for timer in timers[shift:] + timers[:shift]:
-                timer.ask("warmup 10")  # re-warm the caches the other processes used
-                timer.model.rounds.append(timer.ask("time")["ms"])
+            for start in range(0, count, block):
+                shift = turn % len(timers)
+                for timer in timers[shift:] + timers[:shift]:
+                    timer.ask("warmup 10")  # re-warm the caches the other processes used
+                    timer.model.blocks.append(timer.ask(f"time {start} {min(start + block, count)}")["ms"])
+                turn += 1
             print(f"round {round_index + 1}/{rounds} done", flush=True)
     finally:
         for timer in timers:
@@ -203,9 +211,9 @@ def time_side_by_side(models: list[Model], queries: Path, threads: int, rounds: 
 # --- the report -------------------------------------------------------------------------------------------------
 
 
-def per_round_ratio(slower: Model, faster: Model) -> list[float]:
-    """`slower`'s p50 over `faster`'s, round by round."""
-    return [s / f for s, f in zip(slower.round_p50s, faster.round_p50s, strict=True)]
+def per_block_ratio(slower: Model, faster: Model) -> list[float]:
+    """`slower`'s p50 over `faster`'s, block by block (each block was timed by both under the same load)."""
+    return [s / f for s, f in zip(slower.block_p50s, faster.block_p50s, strict=True)]
 
 
 def summarise(models: list[Model]) -> list[dict[str, Any]]:
@@ -226,9 +234,9 @@ def summarise(models: list[Model]) -> list[dict[str, Any]]:
                 "file": model.file,
                 "p50_ms": round(p50, 3),
                 "p90_ms": round(float(np.percentile(model.timings, 90)), 3),
-                "round_p50_ms": [round(p, 3) for p in model.round_p50s],
+                "block_p50_ms": [round(p, 3) for p in model.block_p50s],
                 "slimformer_speedup_p50": round(p50 / reference_p50, 3),
-                "slimformer_speedup_per_round_median": round(statistics.median(per_round_ratio(model, reference)), 3),
+                "slimformer_speedup_per_block_median": round(statistics.median(per_block_ratio(model, reference)), 3),
                 "info": model.info,
             }
         )
@@ -248,7 +256,7 @@ def headline(models: list[Model]) -> list[dict[str, Any]]:
         if not peers or mine is None:
             continue
         peer = min(peers, key=lambda m: float(np.percentile(m.timings, 50)))
-        ratios = per_round_ratio(peer, mine)
+        ratios = per_block_ratio(peer, mine)
         comparisons.append(
             {
                 "what": f"slimformer INT8 vs Optimum's best working INT8, {what}",
@@ -257,8 +265,8 @@ def headline(models: list[Model]) -> list[dict[str, Any]]:
                 "ours_p50_ms": round(float(np.percentile(mine.timings, 50)), 3),
                 "peer_p50_ms": round(float(np.percentile(peer.timings, 50)), 3),
                 "p50_ratio": round(float(np.percentile(peer.timings, 50) / np.percentile(mine.timings, 50)), 3),
-                "per_round": [round(r, 2) for r in ratios],
-                "per_round_median": round(statistics.median(ratios), 3),
+                "per_block": [round(r, 2) for r in ratios],
+                "per_block_median": round(statistics.median(ratios), 3),
             }
         )
     return comparisons
@@ -269,15 +277,16 @@ def markdown(report: dict[str, Any]) -> str:
     isa = ", ".join(name for name, present in env["isa"].items() if present)
     lines = [
         f"{env['cpu']} ({isa}), {report['threads']} threads, {report['queries']} {report['data']} queries x "
-        f"{report['rounds']} interleaved rounds, batch 1, tokenization included; {env['timestamp']}",
+        f"{report['rounds']} rounds, interleaved in blocks of {report['block']}, batch 1, tokenization included; "
+        f"{env['timestamp']}",
         "",
-        "| model | how it was built / run | venv | p50 ms | p90 ms | slimformer speed-up (p50) | per-round median |",
+        "| model | how it was built / run | venv | p50 ms | p90 ms | slimformer speed-up (p50) | per-block median |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['name']} | {r['recipe']} | {r['venv']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
-            f"{r['slimformer_speedup_p50']:.2f}x | {r['slimformer_speedup_per_round_median']:.2f}x |"
+            f"{r['slimformer_speedup_p50']:.2f}x | {r['slimformer_speedup_per_block_median']:.2f}x |"
         )
     runtimes = sorted({f"{r['venv']}: onnxruntime {r['info']['versions']['onnxruntime']}" for r in report["results"]})
     lines += ["", "Versions: " + "; ".join(runtimes) + "."]
@@ -290,7 +299,7 @@ def markdown(report: dict[str, Any]) -> str:
     for versus in report["headline"]:
         detail = (
             f"{versus['peer']} {versus['peer_p50_ms']:.3f} ms / {versus['ours']} {versus['ours_p50_ms']:.3f} ms; "
-            f"per-round median {versus['per_round_median']:.2f}x, rounds {versus['per_round']}"
+            f"per-block median {versus['per_block_median']:.2f}x, blocks {versus['per_block']}"
         )
         lines += ["", f"{versus['what']}: **{versus['p50_ratio']:.2f}x** at p50 ({detail})"]
     return "\n".join(lines) + "\n"
@@ -306,6 +315,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=300, help="queries timed per model and round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--block", type=int, default=100, help="queries each model times before the next takes over")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="which validation queries")
     args = parser.parse_args()
@@ -327,12 +337,13 @@ def main() -> None:
 
     models = plan(slimformer_model, teacher, optimum, args.peers_python)
     tick = time.perf_counter()
-    time_side_by_side(models, queries, args.threads, args.rounds, args.warmup)
+    time_side_by_side(models, queries, args.threads, args.rounds, args.warmup, args.block, len(order))
     report = {
         "environment": environment_info(args.threads),
         "threads": args.threads,
         "queries": len(order),
         "rounds": args.rounds,
+        "block": args.block,
         "data": f"{data.name} validation",
         "timing_seconds": round(time.perf_counter() - tick, 1),
         "teacher": str(teacher),

@@ -6,8 +6,9 @@ tokenizers / transformers and torch (`.venv-peers` has no slimformer); "slimform
     python timer.py --kind onnx --model FOLDER [--file model.onnx] --queries queries.json --threads 2
 
 Prints one JSON line when loaded ({"ready": ..., "info": {...}}), then answers each command line on stdin:
-``warmup N`` (N untimed calls, answers ``{"ok": true}``), ``time`` (one timed pass over every query, answers
-``{"ms": [...]}``), ``quit``. Every call is ``logits of [text]``, tokenization included.
+``warmup N`` (N untimed calls, answers ``{"ok": true}``), ``time [START END]`` (one timed pass over the queries,
+or over queries[START:END]; answers ``{"ms": [...]}``), ``quit``. Every call is the logits of ``[text]``,
+tokenization included.
 
 Kinds:
   onnx           tokenizers' Rust tokenizer (tokenizer.json) + an ORT session: the plain loop, the same for every
@@ -154,8 +155,9 @@ def main() -> None:
                 logits(queries[i % len(queries)])
             answer: dict[str, Any] = {"ok": True}
         elif command == "time":
+            start, end = (int(rest[0]), int(rest[1])) if rest else (0, len(queries))
             timings = []
-            for text in queries:
+            for text in queries[start:end]:
                 start = time.perf_counter()
                 logits(text)
                 timings.append((time.perf_counter() - start) * 1000)
