@@ -1,4 +1,5 @@
-"""INT8 quantization: every method gives a loadable model that agrees with fp32; accuracy-aware mode."""
+"""INT8 quantization: every method gives a loadable model that agrees with fp32; static formats; auto; accuracy-aware
+mode."""
 
 from __future__ import annotations
 
@@ -93,6 +94,162 @@ def test_each_method_gives_a_loadable_model_that_agrees_with_fp32(
         assert metrics["calibration"] == {"method": "minmax", "samples": 32, "texts": "training split"}
 
 
+def _ops_after_session_optimization(model: Path, tmp_path: Path) -> dict[str, int]:
+    """Op histogram of the graph ONNX Runtime actually runs (its ORT_ENABLE_ALL rewrite, saved to a file)."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "session-optimized.onnx")
+    ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for node in onnx.load(options.optimized_model_filepath).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize(("quant_format", "dynamic_attention"), [("qdq", False), ("qoperator", False), ("qdq", True)])
+def test_static_formats_give_int8_graphs_that_agree_with_fp32(
+    quant_format: str,
+    dynamic_attention: bool,
+    optimized_dir: Path,
+    trained_tiny_dir: Path,
+    clinc_slice,
+    tmp_path: Path,
+) -> None:
+    import onnx
+
+    from slimformer.data import column
+    from slimformer.onnx import QuantizeConfig, quantize
+
+    config = QuantizeConfig(
+        method="static",
+        quant_format=quant_format,
+        dynamic_attention=dynamic_attention,
+        threads=1,
+        calibration_samples=48,
+    )
+    metrics = quantize(optimized_dir, tmp_path / "int8", config, clinc_slice)
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert "MatMulInteger" not in ops  # the MatMuls' activation ranges are static, not measured per batch
+    if dynamic_attention:  # ORT has no static form of the fused Attention: the default quantizes it dynamically
+        assert "Attention" not in ops and ops.count("QAttention") == 2 and "QEmbedLayerNormalization" in ops
+        assert metrics["format"].endswith("+ dynamic QAttention / QEmbedLayerNormalization")
+        assert metrics["quantized_op_types"] == ["MatMul", "Gemm", "Gather", "Attention", "EmbedLayerNormalization"]
+    else:
+        assert "Attention" in ops and "QAttention" not in ops and "DynamicQuantizeLinear" not in ops
+    if quant_format == "qdq":
+        assert metrics["format"].startswith("QDQ (static activation ranges)")
+        assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+        # MatMul outputs stay float (no requantize before the fp32 SkipLayerNorm / Gelu) ...
+        quantized_inputs = {node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+        matmul_outputs = {node.output[0] for node in graph.node if node.op_type in ("MatMul", "Gemm")}
+        assert not quantized_inputs & matmul_outputs
+        # ... so ORT runs each DQ -> MatMul as one integer MatMul with a float output
+        run_ops = _ops_after_session_optimization(tmp_path / "int8" / "model.onnx", tmp_path)
+        assert run_ops.get("MatMulIntegerToFloat", 0) >= 2 * 3  # FFN in/out + attention output, 2 layers
+        assert "DequantizeLinear" not in run_ops  # the residual stream (SkipLayerNorm's skip input) stays fp32
+        assert ("QAttention" in run_ops) is dynamic_attention
+    else:
+        assert metrics["format"] == "QOperator (static activation ranges)"
+        assert ops.count("QLinearMatMul") >= 2 * 3 and "DequantizeLinear" in ops
+        assert metrics["quantized_nodes"]["QLinearMatMul"] == ops.count("QLinearMatMul")
+    assert metrics["size_mb"] < metrics["fp32_size_mb"]
+    assert metrics["calibration"] == {"method": "minmax", "samples": 48, "texts": "training split"}
+    assert metrics["reduce_range"] is False or "no VNNI" in metrics["reduce_range_reason"]
+    texts = column(clinc_slice.validation, "text") + column(clinc_slice.test, "text")
+    assert _agreement_with_fp32(tmp_path / "int8", trained_tiny_dir, texts) >= 0.8
+    assert metrics["agreement"]["argmax_agreement"] >= 0.8
+
+
+def test_auto_keeps_the_faster_candidate_within_a_huge_tolerance(
+    optimized_dir: Path, clinc_slice, tmp_path: Path
+) -> None:
+    import onnx
+
+    from slimformer.cpu import cpu_model
+    from slimformer.onnx import QuantizeConfig, quantize
+
+    # a 100-point budget: every candidate qualifies, so speed alone decides
+    config = QuantizeConfig(
+        method="auto", threads=1, calibration_samples=32, latency_samples=60, max_accuracy_drop=100.0
+    )
+    metrics = quantize(optimized_dir, tmp_path / "int8", config, clinc_slice)
+    auto = metrics["auto"]
+    assert metrics["method"] == "auto" and set(auto["candidates"]) == {"dynamic", "static"}
+    p50 = {name: entry["latency_ms"]["p50"] for name, entry in auto["candidates"].items()}
+    assert auto["kept"] == min(p50, key=p50.get)
+    assert all(entry["latency_ms"]["n"] == 60 for entry in auto["candidates"].values())
+    assert auto["reason"].endswith(f"both within 100 pts: kept {auto['kept']}")
+    assert auto["tolerance_points"] == 100.0 and auto["tolerance_from"] == "max_accuracy_drop"
+    assert auto["latency"]["threads"] == 1 and auto["cpu"]["model"] == cpu_model()
+    assert set(auto["cpu"]["isa"]) >= {"avx2", "avx512_vnni", "amx"}
+    # the folder holds the kept candidate, scored as the candidate was
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert ("QuantizeLinear" in ops) is (auto["kept"] == "static")  # static activation scales
+    kept = auto["candidates"][auto["kept"]]
+    assert metrics["validation"]["accuracy"] == pytest.approx(kept["accuracy"])
+    assert metrics["format"] == kept["format"]
+    assert ("calibration" in metrics) is (auto["kept"] == "static")
+    for entry in auto["candidates"].values():
+        assert entry["drop_points"] == pytest.approx(100 * (auto["reference_accuracy"] - entry["accuracy"]), abs=1e-3)
+
+
+def test_auto_keeps_the_more_accurate_when_no_candidate_fits(optimized_dir: Path, clinc_slice, tmp_path: Path) -> None:
+    from slimformer.onnx import QuantizeConfig, quantize
+
+    # -100 points: a candidate would have to be 100 points *more* accurate than fp32
+    config = QuantizeConfig(
+        method="auto", threads=1, calibration_samples=32, latency_samples=40, max_accuracy_drop=-100.0
+    )
+    with pytest.warns(UserWarning, match="no INT8 candidate is within -100 points"):
+        metrics = quantize(optimized_dir, tmp_path / "int8", config, clinc_slice)
+    candidates = metrics["auto"]["candidates"]
+    expected = min(
+        candidates, key=lambda name: (candidates[name]["drop_points"], candidates[name]["latency_ms"]["p50"])
+    )
+    assert metrics["auto"]["kept"] == expected
+    assert "none within -100 pts" in metrics["auto"]["reason"]
+    assert all(entry["accuracy_aware_fits"] is False for entry in candidates.values())
+
+
+def test_auto_rule() -> None:
+    from slimformer.onnx.quantize_select import choose
+
+    def candidate(p50: float, drop: float) -> dict:
+        return {"latency_ms": {"p50": p50}, "drop_points": drop}
+
+    both = {"dynamic": candidate(0.52, 0.1), "static": candidate(0.41, 0.3)}
+    assert choose(both, 0.5) == ("static", "static 0.41 ms vs dynamic 0.52 ms, both within 0.5 pts: kept static")
+    kept, reason = choose({"dynamic": candidate(0.52, 0.1), "static": candidate(0.41, 0.8)}, 0.5)
+    assert kept == "dynamic"
+    assert reason == "static 0.41 ms vs dynamic 0.52 ms; static drops 0.8 pts (> 0.5): kept dynamic"
+    with pytest.warns(UserWarning):
+        kept, reason = choose({"dynamic": candidate(0.52, 0.9), "static": candidate(0.41, 0.7)}, 0.5)
+    assert kept == "static" and reason.endswith("kept the more accurate, static")
+    with pytest.warns(UserWarning):  # a tie in accuracy goes to the faster
+        assert choose({"dynamic": candidate(0.30, 0.9), "static": candidate(0.41, 0.9)}, 0.5)[0] == "dynamic"
+
+
+def test_auto_without_data_is_a_one_line_config_error(
+    optimized_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from slimformer.cli import main
+    from slimformer.onnx import QuantizeConfig, quantize
+
+    with pytest.raises(ConfigError, match="method 'auto' needs a dataset") as error:
+        quantize(optimized_dir, tmp_path / "a", QuantizeConfig(method="auto"))
+    assert "\n" not in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", str(optimized_dir), "--output", str(tmp_path / "b"), "--method", "auto", "--data", "none"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "method 'auto' needs a dataset" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_static_quantization_takes_relative_paths(
     optimized_dir: Path, clinc_slice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,7 +326,9 @@ def test_quantize_rejects_bad_requests(
         quantize(tiny_base_dir, tmp_path / "d", QuantizeConfig(method="torch-dynamic"))
     with pytest.raises(ConfigError, match="calibration method"):
         quantize(optimized_dir, tmp_path / "e", QuantizeConfig(calibration_method="kl"))
-    assert not any((tmp_path / name).exists() for name in "abcde")
+    with pytest.raises(ConfigError, match="unknown quant format"):
+        quantize(optimized_dir, tmp_path / "f", QuantizeConfig(method="static", quant_format="qlinear"))
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_cli_quantize(exported_dir: Path, clinc_slice_dir: Path, tmp_path: Path, capsys) -> None:

@@ -1,0 +1,134 @@
+"""`slimformer quantize --method auto`: dynamic and static INT8 of the same fp32 graph, side by side in one run.
+
+Both are scored on the validation split against the fp32 graph and timed at batch 1 on validation queries in
+interleaved rounds (the candidates take turns, the first one rotating each round, so load that comes and goes
+on a shared machine hits both alike). The faster one (p50) whose accuracy drop is within the tolerance is kept:
+``max_accuracy_drop`` when given (each candidate is then first made to fit it by the accuracy-aware search),
+else :data:`~slimformer.onnx.quantize.AUTO_TOLERANCE_POINTS`. When neither fits, the more accurate one is kept
+with a warning, so a search that passes ``auto`` always gets a model and can read why from metrics.json.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimformer.onnx.runtime import parity
+
+if TYPE_CHECKING:
+    from slimformer.onnx.ort_quantize import Int8Graph, Int8Job
+
+AUTO_METHODS = ("dynamic", "static")
+LATENCY_ROUNDS = 5
+LATENCY_WARMUP = 20  # untimed batch-1 calls per candidate before the first round
+
+
+def quantize_auto(job: Int8Job, output: Path) -> dict[str, Any]:
+    """Build both candidates, score and time them, write the kept one to `output`; its metrics.json holds an
+    ``auto`` block with both candidates' accuracy and latency, the CPU, the rule and the reason."""
+    from slimformer.benchmark import latency_summary
+    from slimformer.cpu import cpu_model, default_threads, isa_summary
+    from slimformer.onnx.quantize import AUTO_TOLERANCE_POINTS
+
+    config = job.config
+    graphs = {method: job.build(method) for method in AUTO_METHODS}
+    candidates = {method: score_candidate(job, graph) for method, graph in graphs.items()}
+    threads = config.threads or default_threads()
+    timings = interleaved_latency_ms(job, list(graphs.values()), threads)
+    for method, candidate in candidates.items():
+        candidate["latency_ms"] = latency_summary(timings[method])
+    given = config.max_accuracy_drop is not None
+    tolerance = config.max_accuracy_drop if given else AUTO_TOLERANCE_POINTS
+    kept, reason = choose(candidates, tolerance)
+    report = {
+        "kept": kept,
+        "reason": reason,
+        "rule": "lowest batch-1 p50 among the candidates within the tolerance; none within: the most accurate",
+        "tolerance_points": tolerance,
+        "tolerance_from": "max_accuracy_drop" if given else "default",
+        "reference_accuracy": job.reference_accuracy,
+        "candidates": candidates,
+        "latency": {
+            "texts": "validation split",
+            "queries": len(timings[kept]),
+            "rounds": LATENCY_ROUNDS,
+            "threads": threads,
+            "order": "interleaved, first candidate rotating each round",
+        },
+        "cpu": {"model": cpu_model(), "isa": isa_summary()},
+    }
+    return job.write(graphs[kept], output, extra={"auto": report})
+
+
+def score_candidate(job: Int8Job, graph: Int8Graph) -> dict[str, Any]:
+    """A candidate's validation accuracy, its drop vs fp32 in points, and its argmax agreement with fp32."""
+    from slimformer.onnx.ort_quantize import graph_format
+
+    logits = job.evaluation.logits(graph.path)
+    accuracy = job.evaluation.accuracy(logits)
+    assert accuracy is not None and job.reference_accuracy is not None  # auto runs with data only
+    return {
+        "format": graph_format(graph.method, job.config.quant_format, job.config.dynamic_attention),
+        "accuracy": accuracy,
+        "drop_points": round(100 * (job.reference_accuracy - accuracy), 3),
+        "argmax_agreement": parity(job.reference_logits, logits)["argmax_agreement"],
+        "quantize_seconds": round(graph.quantize_seconds, 1),
+        **({"accuracy_aware_fits": graph.search["fits"]} if graph.search is not None else {}),
+    }
+
+
+def interleaved_latency_ms(job: Int8Job, graphs: list[Int8Graph], threads: int) -> dict[str, list[float]]:
+    """Batch-1 milliseconds of each graph (tokenization included) over the same validation queries, timed in
+    :data:`LATENCY_ROUNDS` rounds in which the graphs take turns."""
+    from slimformer.benchmark import ROUND_WARMUP, batch1_latencies_ms
+    from slimformer.predictor import OnnxPredictor
+
+    config = job.config
+    predictors = {
+        graph.method: OnnxPredictor.from_file(graph.path, job.fp32_dir, threads=threads, max_length=config.max_length)
+        for graph in graphs
+    }
+    texts = job.evaluation.texts
+    order = np.random.default_rng(config.seed).permutation(len(texts))
+    queries = [texts[i] for i in np.resize(order, config.latency_samples)]
+    for predictor in predictors.values():
+        batch1_latencies_ms(predictor, queries[:LATENCY_WARMUP], warmup=0)
+    methods = list(predictors)
+    timings: dict[str, list[float]] = {method: [] for method in methods}
+    for round_index, chunk in enumerate(np.array_split(np.array(queries, dtype=object), LATENCY_ROUNDS)):
+        first = round_index % len(methods)
+        for method in methods[first:] + methods[:first]:
+            timings[method] += batch1_latencies_ms(predictors[method], list(chunk), ROUND_WARMUP)
+    return timings
+
+
+def choose(candidates: dict[str, dict[str, Any]], tolerance: float) -> tuple[str, str]:
+    """The kept candidate's name and why: the lowest ``latency_ms.p50`` among those whose ``drop_points`` is
+    within `tolerance`; when none is, the smallest drop (ties: the faster), with a warning."""
+
+    def p50(name: str) -> float:
+        return candidates[name]["latency_ms"]["p50"]
+
+    def drop(name: str) -> float:
+        return candidates[name]["drop_points"]
+
+    by_speed = sorted(candidates, key=p50)
+    speeds = " vs ".join(f"{name} {p50(name):.2f} ms" for name in by_speed)
+    within = [name for name in by_speed if drop(name) <= tolerance]
+    outside = [name for name in by_speed if name not in within]
+    drops = ", ".join(f"{name} drops {drop(name):g}" for name in outside)
+    if len(within) == len(candidates):
+        kept = within[0]
+        return kept, f"{speeds}, {'both' if len(within) == 2 else 'all'} within {tolerance:g} pts: kept {kept}"
+    if within:
+        kept = within[0]
+        return kept, f"{speeds}; {drops} pts (> {tolerance:g}): kept {kept}"
+    kept = min(candidates, key=lambda name: (drop(name), p50(name)))
+    warnings.warn(
+        f"no INT8 candidate is within {tolerance:g} points of fp32 ({drops}): keeping the more accurate, {kept}",
+        stacklevel=3,
+    )
+    return kept, f"{speeds}; none within {tolerance:g} pts ({drops}): kept the more accurate, {kept}"
