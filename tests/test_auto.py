@@ -77,7 +77,7 @@ def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_pat
     assert summary["verdict"]["met"] is True
     # the report opens with the headline; the test split was scored once, in the final benchmark
     lines = (output / "report.md").read_text().splitlines()
-    assert lines[2].startswith(f"**Final model: trial-{best.number} — ")
+    assert lines[2].startswith(f"**Final model: trial-{best.number} — ") and "budget ≥ 1.2x lower p50" in lines[2]
     assert (output / "pareto_front.png").stat().st_size > 10_000
     for stage in (output / "work" / "stages").glob("distill-*"):
         assert json.loads((stage / "metrics.json").read_text())["test"] == {}  # sealed during the search

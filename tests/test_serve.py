@@ -548,6 +548,18 @@ def test_predictor_threads_are_shared_between_workers() -> None:
     assert ServeConfig().predictor_threads() == max(1, default_threads() - 1)
 
 
+def test_predictor_threads_follow_a_thread_sweep(tmp_path: Path) -> None:
+    from slimformer.predictor import default_threads
+
+    (tmp_path / "session.json").write_text(json.dumps({"threads": 1, "thread_sweep": {"best": {"threads": 1}}}))
+    assert ServeConfig().predictor_threads(tmp_path) == 1
+    (tmp_path / "session.json").write_text(json.dumps({"threads": 64, "thread_sweep": {"best": {"threads": 64}}}))
+    assert ServeConfig().predictor_threads(tmp_path) == default_threads()  # capped at the worker's share
+    assert ServeConfig(threads=3).predictor_threads(tmp_path) == 3  # --threads wins
+    (tmp_path / "session.json").write_text(json.dumps({"threads": 1}))  # not tuned: the serving default
+    assert ServeConfig().predictor_threads(tmp_path) == max(1, default_threads() - 1)
+
+
 def test_serve_command_rejects_a_missing_model_folder(tmp_path: Path, capsys) -> None:
     from slimformer.cli import main
 

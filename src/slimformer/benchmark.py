@@ -41,7 +41,9 @@ QUICK_LATENCY_SAMPLES = 200  # --quick: batch-1 queries timed
 class BenchmarkConfig(StageConfig):
     """Options of `slimformer benchmark`."""
 
-    threads: int | None = option(None, "Intra-op threads per model (default: every available core)")
+    threads: int | None = option(
+        None, "Intra-op threads for every model (default: each its session.json's, else all cores)"
+    )
     max_samples: int | None = option(None, "Evaluation rows used for accuracy and throughput (default: all)")
     latency_samples: int = option(1000, "Batch-1 queries timed, drawn from the evaluation split.")
     warmup: int = option(20, "Untimed batch-1 calls before timing.")
@@ -90,7 +92,7 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
         "label_ids": column(dataset, "label"),
         "labels": list(data.labels),
         "oos_label_id": data.oos_label_id,
-        "threads": threads,
+        "threads": config.threads,  # None: each model runs as its session.json says (as it is served)
         "config": asdict(config),
     }
     names = display_names([str(m) for m in models])
@@ -115,7 +117,7 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
             for name, m, result, summary in zip(names, models, partial, finished, strict=True)
         ]
     return {
-        "environment": environment_info(threads),
+        "environment": {**environment_info(threads), "threads_per_model": config.threads is None},
         "data": {"name": data.name, "split": config.split, "rows": len(job["texts"])},
         "config": asdict(config),
         "results": results,

@@ -38,16 +38,17 @@ TRIAL_COLUMNS = [
 SHAPE_KEYS = ("layers", "heads_fraction", "ffn_fraction", "vocab_clusters", "quantization", "per_channel", "threads")
 
 
-def headline(final: dict[str, Any] | None, verdict: dict[str, Any], config: AutoConfig, cpu: str) -> str:
-    """One line a reader can act on: the model, its speed-up, shrink, accuracy change and the budget verdict."""
+def headline(
+    rows: list[dict[str, Any]], final: dict[str, Any] | None, verdict: dict[str, Any], config: AutoConfig
+) -> str:
+    """The run report's headline (:func:`slimformer.report.headline`) for the pick, with the budget verdict."""
+    from slimformer.report import headline as run_headline
+
     if final is None:
-        return f"**No candidate met the budget ({config.budget_text}) on validation** · see the closest below · {cpu}"
+        return f"**No candidate met the budget ({config.budget_text}) on validation** · the closest are below"
     met = "met on validation and test" if verdict["met"] else "met on validation, NOT on test"
-    return (
-        f"**Final model: {final['model']} — {final['speedup']:.1f}x faster than the teacher "
-        f"({final['p50_ms']:.2f} ms p50), {final['shrink']:.1f}x smaller ({final['size_mb']:.1f} MB), "
-        f"{final['accuracy_delta_points']:+.2f} points accuracy on test · budget {config.budget_text}: {met}** · {cpu}"
-    )
+    teacher = next(r for r in rows if r["model"] == "teacher")
+    return run_headline([teacher, final], budget=f"budget {config.budget_text}: {met}")
 
 
 def write_pareto_plot(

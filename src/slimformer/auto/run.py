@@ -235,12 +235,9 @@ def finish(study: Any, teacher: Path, splits: Any, output: Path, config: AutoCon
     if not trials:
         raise BudgetNotMet(f"study {study.study_name} holds no trial; run without --time-budget or with more time")
     bench, rows, pick_row, outcome = _final_benchmark(teacher, selection, splits, config)
-    cpu = (
-        f"{bench['environment'].get('cpu', 'this CPU')}, {bench['environment'].get('threads')} threads" if bench else ""
-    )
     pick = selection.pick
     summary = {
-        "headline": report.headline(pick_row, outcome, config, cpu),
+        "headline": report.headline(rows, pick_row, outcome, config),
         "budget": config.budget_text,
         "study": study.study_name,
         "verdict": outcome,
@@ -261,7 +258,7 @@ def finish(study: Any, teacher: Path, splits: Any, output: Path, config: AutoCon
     report.write_report(output, summary, rows, trials, plot)
     write_json(output / "auto.json", summary)
     if pick is not None:
-        _write_model(Path(pick.user_attrs["folder"]), output / "model", bench, teacher, summary)
+        _write_model(Path(pick.user_attrs["folder"]), output / "model", bench, teacher, summary, splits)
     say(summary["headline"].replace("**", ""))
     if pick is None:
         raise BudgetNotMet(
@@ -307,13 +304,15 @@ def _notes(selection: Any, config: AutoConfig) -> list[str]:
     return notes
 
 
-def _write_model(folder: Path, target: Path, bench: dict[str, Any], teacher: Path, summary: dict[str, Any]) -> None:
+def _write_model(
+    folder: Path, target: Path, bench: dict[str, Any], teacher: Path, summary: dict[str, Any], splits: Any
+) -> None:
     from slimformer.auto.report import model_card_section
     from slimformer.pipeline import Variant
     from slimformer.report import ReportConfig, write_deployable_model
 
     variants = [Variant("teacher", teacher, "teacher"), Variant(f"trial-{summary['pick']['trial']}", folder, "auto")]
-    write_deployable_model(folder, target, bench, variants, ReportConfig())
+    write_deployable_model(folder, target, bench, variants, ReportConfig(), data=splits)  # threads tuned here
     card = target / "README.md"
     card.write_text(card.read_text().replace("## Measured", model_card_section(summary) + "\n## Measured", 1))
 

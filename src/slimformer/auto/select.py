@@ -111,7 +111,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "size_mb": attrs.get("size_mb", (attrs.get("screen") or {}).get("size_mb")),
                 "speedup": attrs.get("speedup"),
                 "meets_budget": feasible(t) if t.values else False,
-                "note": attrs.get(SCREENED) or (f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else ""),
+                "note": attrs.get(SCREENED)
+                or attrs.get("error")
+                or (f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else ""),
                 "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
                 "worker": attrs.get("worker"),
             }

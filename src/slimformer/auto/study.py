@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.candidate import StageCache, build_chain, measure, suggest_shape, suggest_training
 from slimformer.auto.config import AutoConfig
-from slimformer.errors import ConfigError
+from slimformer.errors import ConfigError, SlimformerError
 
 if TYPE_CHECKING:
     import optuna
@@ -36,6 +36,13 @@ CONSTRAINTS = "constraints"
 
 class SurplusTrial(Exception):
     """Another worker already started the last trial the study needs: this one ends unrun."""
+
+
+class CandidateFailed(Exception):
+    """A stage failed on this candidate (e.g. an ONNX Runtime quantizer limit): the trial fails, the search goes on."""
+
+
+MAX_FAILED_IN_A_ROW = 3
 
 
 def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) -> optuna.Study:
@@ -150,6 +157,18 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
 
+        try:
+            return self._run(trial)
+        except (optuna.TrialPruned, SurplusTrial):
+            raise
+        except Exception as exc:  # one candidate's failure must not end a long search; recorded, and counted
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            trial.set_user_attr("error", reason[:300])
+            raise CandidateFailed(reason) from exc
+
+    def _run(self, trial: optuna.Trial) -> float:
+        import optuna
+
         self._refuse_surplus(trial)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("teacher_validation_accuracy", self.reference.accuracy)
@@ -217,6 +236,11 @@ def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, sa
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if done >= config.trials:
             return
+        failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
+        if len(failed) >= MAX_FAILED_IN_A_ROW and failed_streak(trials) >= MAX_FAILED_IN_A_ROW:
+            raise SlimformerError(
+                f"{MAX_FAILED_IN_A_ROW} candidates in a row failed; the last: {failed[-1].user_attrs['error']}"
+            )
         if screened_streak(trials) >= config.max_screened:
             say(f"the last {config.max_screened} shapes all missed the budget untrained: stopping the search")
             return
@@ -226,7 +250,18 @@ def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, sa
         if done + running >= config.trials and not waiting:
             time.sleep(min(config.heartbeat_seconds, 5))  # the last trials run elsewhere: wait for them
             continue
-        study.optimize(objective, n_trials=1, catch=(SurplusTrial,), gc_after_trial=True, callbacks=[_Printer(say)])
+        catch = (SurplusTrial, CandidateFailed)
+        study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=True, callbacks=[_Printer(say)])
+
+
+def failed_streak(trials: list[Any]) -> int:
+    """How many of the most recent finished trials in a row failed with an error (not a dead worker)."""
+    streak = 0
+    for trial in sorted((t for t in trials if t.state.is_finished()), key=lambda t: -t.number):
+        if "error" not in trial.user_attrs:
+            break
+        streak += 1
+    return streak
 
 
 def screened_streak(trials: list[Any]) -> int:
@@ -257,5 +292,5 @@ class _Printer:
                 f"{attrs['p50_ms']:.3f} ms, {attrs['speedup']:.1f}x, {attrs['size_mb']:.1f} MB"
             )
         else:
-            outcome = trial.state.name.lower()
+            outcome = trial.state.name.lower() + (f" ({attrs['error']})" if "error" in attrs else "")
         self.say(f"trial {trial.number}: {outcome} [{params}]")

@@ -171,7 +171,7 @@ def _lifespan(model_dir: str | Path, config: ServeConfig, state: ServeState, met
         executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slimformer-predict")
 
         def load_and_warm_up() -> "Predictor":
-            predictor = load(model_dir, threads=config.predictor_threads(), max_length=config.max_length)
+            predictor = load(model_dir, threads=config.predictor_threads(model_dir), max_length=config.max_length)
             predict_batch(predictor, ["warm up the model"] * min(4, config.max_batch_size), 1, config.max_batch_size)
             return predictor
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from slimformer.errors import ConfigError
 
@@ -65,12 +66,30 @@ class ServeConfig:
         if self.graceful_timeout_s <= 0:
             raise ConfigError(f"graceful timeout must be > 0 s, got {self.graceful_timeout_s}")
 
-    def predictor_threads(self) -> int:
-        """Intra-op threads per worker: all cores but one (the event loop's), shared between the workers.
+    def predictor_threads(self, model_dir: Any = None) -> int:
+        """Intra-op threads per worker: `--threads`, else the count `slimformer tune-threads` recorded in the
+        model's session.json (capped at this worker's share of the cores), else all cores but one (the event
+        loop's), shared between the workers.
 
         The event loop parses and answers requests while a batch runs; giving the model every core makes
         the two fight over them (on 2 loaded cores, 2 threads ran the teacher ~6x slower than 1).
         """
         from slimformer.cpu import default_threads
 
-        return self.threads or max(1, (default_threads() - 1) // self.workers)
+        if self.threads:
+            return self.threads
+        share = max(1, default_threads() // self.workers)
+        tuned = _tuned_threads(model_dir) if model_dir is not None else None
+        return min(tuned, share) if tuned else max(1, (default_threads() - 1) // self.workers)
+
+
+def _tuned_threads(model_dir: Any) -> int | None:
+    """The thread count a thread sweep recorded in the model's session.json (None when never tuned)."""
+    import json
+    from pathlib import Path
+
+    try:
+        session = json.loads((Path(model_dir) / "session.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return session.get("threads") if session.get("thread_sweep") else None
