@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -179,8 +180,8 @@ def test_plot_labels_do_not_overlap_even_when_the_bubbles_do():
         for other in boxes[i + 1 :]:
             assert not box.overlaps(other)
     crowded = label_slots([0.5] * 30)  # more labels than fit at the usual gap: squeezed, in order, inside
-    assert crowded == sorted(crowded, reverse=True) and 0.02 <= min(crowded) and max(crowded) <= 0.98
-    assert min(a - b for a, b in zip(crowded, crowded[1:], strict=False)) == pytest.approx(0.96 / 29)
+    assert crowded == sorted(crowded, reverse=True) and min(crowded) >= 0.02 and max(crowded) <= 0.98
+    assert min(a - b for a, b in itertools.pairwise(crowded)) == pytest.approx(0.96 / 29)
     assert label_slots([0.9, 0.1]) == [0.9, 0.1]  # room enough: each label at its bubble's height
     # top to bottom in accuracy order, so leader lines do not cross needlessly
     order = [t.get_text().split(" · ")[0] for _, t in sorted(zip(boxes, labels, strict=True), key=lambda b: -b[0].y0)]

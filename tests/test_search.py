@@ -166,7 +166,8 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
 
 
 def test_an_interrupted_baseline_trial_is_enqueued_again() -> None:
-    from slimformer.search import _baseline, _baseline_missing
+    from slimformer.search import _baseline_missing
+    from slimformer.search_results import baseline as _baseline
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")

@@ -16,17 +16,23 @@ resumed from another machine's storage), the best parameters are re-trained into
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import statistics
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
 from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
-from slimformer.errors import ConfigError, SlimformerError
+from slimformer.errors import ConfigError
+from slimformer.search_results import (
+    BASELINE_ATTR,
+    BEST_MODEL_FOLDER,
+    TRIALS_FOLDER,
+    KeepBestTrialFolders,
+    write_results,
+)
+from slimformer.storage import printable_url, rdb_storage
 
 if TYPE_CHECKING:
     import optuna
@@ -34,9 +40,6 @@ if TYPE_CHECKING:
     from slimformer.data import DataSplits
 
 OBJECTIVES = ("accuracy", "accuracy,latency")
-TRIALS_FOLDER = "trials"
-BEST_MODEL_FOLDER = "best_model"
-BASELINE_ATTR = "baseline"  # user attribute of the enqueued default-parameter trial
 
 
 @dataclass
@@ -146,7 +149,7 @@ def search(
     remaining = max(0, config.trials - len(done))
     if config.enqueue_defaults and remaining and _baseline_missing(study):
         study.enqueue_trial(_default_params(config), user_attrs={BASELINE_ATTR: True})
-    _say(f"study {study_name} in {_printable_url(storage_url)}: {len(done)} trial(s) finished, {remaining} to run")
+    _say(f"study {study_name} in {printable_url(storage_url)}: {len(done)} trial(s) finished, {remaining} to run")
     if config.multi_objective and config.layers_choices is None:
         _say("note: every trial has the same architecture, so latency differs by noise; add --layers-choices")
 
@@ -155,20 +158,10 @@ def search(
         study.optimize(
             objective,
             n_trials=remaining,
-            callbacks=[_KeepBestTrialFolders(trials_dir, config), _TrialPrinter(config.trials)],
+            callbacks=[KeepBestTrialFolders(trials_dir, config), _TrialPrinter(config.trials)],
             gc_after_trial=True,
         )
-    return _write_results(study, storage_url, teacher_path, splits, output, config)
-
-
-def _printable_url(url: str) -> str:
-    """The storage URL with any password masked (it goes into metrics.json and the console)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a database URL sqlalchemy understands: nothing to mask
-        return url
+    return write_results(study, storage_url, teacher_path, splits, output, config)
 
 
 def _study_name(teacher_hash: str, data_fingerprint: str, config: SearchConfig) -> str:
@@ -185,15 +178,7 @@ def _study_name(teacher_hash: str, data_fingerprint: str, config: SearchConfig) 
 def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optuna.Study:
     import optuna
 
-    try:
-        storage = optuna.storages.RDBStorage(storage_url)
-    except ImportError as exc:
-        scheme = storage_url.split(":")[0]
-        hint = "pip install psycopg2-binary" if scheme.startswith("postgres") else "install its SQLAlchemy driver"
-        raise ConfigError(f"the {scheme} storage needs a database driver: {hint}") from exc
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot open the optuna storage {_printable_url(storage_url)}: {reason}") from exc
+    storage = rdb_storage(storage_url)
     pruner = optuna.pruners.MedianPruner(
         # steps are 1-based epochs; the pruner leaves alone steps below n_warmup_steps
         n_startup_trials=config.pruner_startup_trials,
@@ -346,31 +331,6 @@ def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int = 64
     return round(statistics.median(batch1_latencies_ms(predictor, texts, warmup)), 3)
 
 
-def _best_trials(study: optuna.Study, config: SearchConfig) -> list[optuna.trial.FrozenTrial]:
-    """The best trial first; for accuracy,latency the Pareto front sorted by accuracy then latency."""
-    from optuna.trial import TrialState
-
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    if not config.multi_objective:
-        return [study.best_trial]
-    return sorted(study.best_trials, key=lambda t: (-t.values[0], t.values[1]))
-
-
-class _KeepBestTrialFolders:
-    """After each trial, delete the model folders of trials that are not (or no longer) the best."""
-
-    def __init__(self, trials_dir: Path, config: SearchConfig) -> None:
-        self.trials_dir = trials_dir
-        self.config = config
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        keep = {f"trial-{t.number}" for t in _best_trials(study, self.config)}
-        for folder in self.trials_dir.glob("trial-*"):
-            if folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
-
-
 class _TrialPrinter:
     """One line per finished trial (the Trainer's own bars show progress within a trial)."""
 
@@ -397,63 +357,6 @@ def _say(message: str) -> None:
     Console(stderr=True).print(f"[bold]search[/bold] {message}", highlight=False)
 
 
-def _write_results(
-    study: optuna.Study,
-    storage_url: str,
-    teacher_path: Path,
-    splits: DataSplits,
-    output: Path,
-    config: SearchConfig,
-) -> dict[str, Any]:
-    best_trials = _best_trials(study, config)
-    if not best_trials:
-        raise SlimformerError(f"no trial of study {study.study_name} completed (all pruned or failed)")
-    best = best_trials[0]
-    write_json(
-        output / "best_params.json",
-        {
-            "study_name": study.study_name,
-            "trial": best.number,
-            "params": best.params,
-            "values": dict(zip(study.metric_names or ["value"], best.values, strict=False)),
-        },
-    )
-    study.trials_dataframe().to_csv(output / "trials.csv", index=False)
-    if config.multi_objective:
-        write_json(
-            output / "pareto_front.json",
-            [
-                {"trial": t.number, "validation_accuracy": t.values[0], "p50_ms": t.values[1], "params": t.params}
-                for t in best_trials
-            ],
-        )
-    _write_plots(study, output, config)
-    best_model_metrics = _save_best_model(best, study.study_name, teacher_path, splits, output, config)
-
-    from optuna.trial import TrialState
-
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    metrics = {
-        "stage": "search",
-        "teacher": str(teacher_path),
-        "data": splits.name,
-        "data_fingerprint": splits.fingerprint,
-        "study_name": study.study_name,
-        "storage": _printable_url(storage_url),
-        "objective": config.objective,
-        "config": asdict(config),
-        "trials": {state.name.lower(): states.count(state) for state in TrialState if states.count(state)},
-        "best_trial": best.number,
-        "best_params": best.params,
-        "best_values": list(best.values),
-        "baseline_trial": _baseline(study),
-        "validation": best_model_metrics["validation"],
-        "test": best_model_metrics["test"],
-    }
-    write_metrics(output, metrics)
-    return metrics
-
-
 def _baseline_missing(study: optuna.Study) -> bool:
     """True when no default-parameter trial has finished or waits in the queue (a new study, or one whose
     baseline trial was interrupted), so the 'beats the defaults' comparison needs it enqueued (again)."""
@@ -461,77 +364,6 @@ def _baseline_missing(study: optuna.Study) -> bool:
 
     wanted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.WAITING)
     return not any(t.user_attrs.get(BASELINE_ATTR) for t in study.get_trials(deepcopy=False, states=wanted))
-
-
-def _baseline(study: optuna.Study) -> dict[str, Any] | None:
-    """The finished default-parameter trial, for the 'beats the defaults' check."""
-    for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get(BASELINE_ATTR) and trial.values is not None:
-            return {
-                "trial": trial.number,
-                "params": trial.params,
-                "values": list(trial.values),
-                "test_accuracy": trial.user_attrs.get("test_accuracy"),
-            }
-    return None
-
-
-def _save_best_model(
-    best: optuna.trial.FrozenTrial,
-    study_name: str,
-    teacher_path: Path,
-    splits: DataSplits,
-    output: Path,
-    config: SearchConfig,
-) -> dict[str, Any]:
-    from slimformer.distill import distill
-
-    source = output / TRIALS_FOLDER / f"trial-{best.number}"
-    target = output / BEST_MODEL_FOLDER
-    if source.is_dir():
-        with atomic_output_dir(target) as folder:
-            shutil.copytree(source, folder, dirs_exist_ok=True, copy_function=_link_or_copy)
-            metrics = read_metrics(folder)
-    else:  # the trial ran elsewhere (shared storage) or its folder was removed: re-train its parameters
-        _say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
-        metrics = distill(teacher_path, target, _distill_config(best.params, config), splits)
-    metrics["search"] = {
-        "study_name": study_name,
-        "trial": best.number,
-        "params": best.params,
-        "values": list(best.values),
-    }
-    write_metrics(target, metrics)
-    return metrics
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    # a hard link costs no space; the trial folder is only deleted, never modified
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def _write_plots(study: optuna.Study, output: Path, config: SearchConfig) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as optuna_plots
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        history = optuna_plots.plot_optimization_history(
-            study, target=lambda t: t.values[0], target_name="validation accuracy"
-        )
-        history.figure.savefig(output / "optimization_history.png", dpi=120, bbox_inches="tight")
-        plt.close(history.figure)
-        if config.multi_objective:
-            front = optuna_plots.plot_pareto_front(study, target_names=["validation accuracy", "p50 ms"])
-            front.figure.savefig(output / "pareto_front.png", dpi=120, bbox_inches="tight")
-            plt.close(front.figure)
 
 
 def __getattr__(name: str) -> Any:

@@ -39,7 +39,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     """Search the compression space for the most accurate model within `config`'s budget. Returns auto.json."""
     from slimformer.artifacts import check_output_dir
     from slimformer.auto.study import open_study, requeue_abandoned
-    from slimformer.search import _printable_url
+    from slimformer.storage import printable_url
 
     config = config.quick() if quick else config
     config.validate()
@@ -56,7 +56,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
         say(f"{n} trial(s) left running by a killed run: failed and queued again")
     if not study.get_trials(deepcopy=False):  # a new study starts from the packaged recipe's choices
         study.enqueue_trial(recipe_params(config), user_attrs={"baseline": "the packaged recipe's choices"})
-    say(f"study {name} in {_printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
+    say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     if config.workers == 1:
         _work(teacher, splits, work, config, url, name, 0)
     else:

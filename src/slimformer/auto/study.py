@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.candidate import StageCache, build_chain, measure, suggest_shape, suggest_training
 from slimformer.auto.config import AutoConfig
-from slimformer.errors import ConfigError, SlimformerError
+from slimformer.errors import SlimformerError
 
 if TYPE_CHECKING:
     import optuna
@@ -49,23 +49,16 @@ def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) ->
     """Create or join the study `name` in the RDB storage `url` (heartbeats on, dead workers' trials retried)."""
     import optuna
 
-    from slimformer.search import _printable_url
+    from slimformer.storage import rdb_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
-    try:
-        storage = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=config.heartbeat_seconds,
-            grace_period=3 * config.heartbeat_seconds,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
-    except ImportError as exc:
-        hint = "pip install psycopg2-binary" if url.startswith("postgres") else "install its SQLAlchemy driver"
-        raise ConfigError(f"the storage {url.split(':')[0]} needs a database driver: {hint}") from exc
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL or an unreachable server
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot open the optuna storage {_printable_url(url)}: {reason}") from exc
+    storage = rdb_storage(
+        url,
+        heartbeat_interval=config.heartbeat_seconds,
+        grace_period=3 * config.heartbeat_seconds,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
