@@ -113,18 +113,7 @@ def export_onnx(
         exported = OnnxPredictor.from_file(
             folder / ONNX_FILE, folder, config.threads, config.max_length, config.graph_optimization_level
         ).predict_logits(texts, PARITY_BATCH)
-        report = {
-            **parity(reference, exported),
-            "reference": "pytorch fp32 (eager attention)",
-            "texts": parity_source,
-            "tolerance": config.parity_tolerance,
-        }
-        report["passed"] = report["max_abs_logit_diff"] <= config.parity_tolerance
-        if not report["passed"]:
-            raise ModelError(
-                f"ONNX export of {source} is not faithful: max |logit difference| vs PyTorch is "
-                f"{report['max_abs_logit_diff']:.2e} > {config.parity_tolerance:.0e} on {len(texts)} {parity_source}"
-            )
+        report = _parity_report(source, reference, exported, parity_source, config)
         write_json(folder / PARITY_FILE, report)
         settings = write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
         metrics: dict[str, Any] = {
@@ -148,6 +137,23 @@ def export_onnx(
             metrics["validation_pytorch"] = score_logits(reference, model_labels, label_ids, data)
         write_metrics(folder, metrics)
     return metrics
+
+
+def _parity_report(source: Path, reference: Any, exported: Any, texts_source: str, config: ExportConfig) -> dict:
+    """Logit parity of the export against PyTorch; a ModelError (nothing written) beyond the tolerance."""
+    report = {
+        **parity(reference, exported),
+        "reference": "pytorch fp32 (eager attention)",
+        "texts": texts_source,
+        "tolerance": config.parity_tolerance,
+    }
+    report["passed"] = report["max_abs_logit_diff"] <= config.parity_tolerance
+    if not report["passed"]:
+        raise ModelError(
+            f"ONNX export of {source} is not faithful: max |logit difference| vs PyTorch is "
+            f"{report['max_abs_logit_diff']:.2e} > {config.parity_tolerance:.0e} on {len(reference)} {texts_source}"
+        )
+    return report
 
 
 def _load_eager_classifier(source: Path) -> Any:
