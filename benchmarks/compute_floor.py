@@ -392,7 +392,7 @@ def print_report(report: dict[str, Any]) -> None:
     for kind, values in by_kind.items():
         print(f"| {kind} | " + " | ".join(values[c] for c in columns) + " |")
     sample = f"{report['queries']} validation queries x {report['rounds']} rounds"
-    print(f"\nModels (batch 1, {env['threads']} threads, {sample}):\n")
+    print(f"\nModels (batch 1, {env['threads']} intra-op threads, {sample}):\n")
     print("| " + " | ".join(header for header, _ in MODEL_COLUMNS) + " |")
     print("|" + "---|" * len(MODEL_COLUMNS))
     for r in report["results"]:
