@@ -61,7 +61,8 @@ def test_each_method_gives_a_loadable_model_that_agrees_with_fp32(
     from slimformer.onnx import QuantizeConfig, quantize
 
     monkeypatch.setenv("SLIMFORMER_CACHE_DIR", str(tmp_path / "cache"))  # qat's teacher logits
-    config = QuantizeConfig(method=method, threads=1, calibration_samples=32, epochs=1, max_train_samples=64)
+    own = {"static": {"calibration_samples": 32}, "qat": {"epochs": 1}}.get(method, {})  # each method's options
+    config = QuantizeConfig(method=method, threads=1, max_train_samples=64, **own)
     model_dir = optimized_dir if source == "optimized" else trained_tiny_dir
     metrics = quantize(model_dir, tmp_path / "int8", config, clinc_slice)
 
@@ -324,8 +325,10 @@ def test_quantize_rejects_bad_requests(
         quantize(optimized_dir, tmp_path / "c", QuantizeConfig(method="torch-dynamic"))
     with pytest.raises(ModelError, match="base model"):
         quantize(tiny_base_dir, tmp_path / "d", QuantizeConfig(method="torch-dynamic"))
-    with pytest.raises(ConfigError, match="calibration method"):
-        quantize(optimized_dir, tmp_path / "e", QuantizeConfig(calibration_method="kl"))
+    with pytest.raises(ConfigError, match="unknown calibration method"):
+        quantize(optimized_dir, tmp_path / "e", QuantizeConfig(method="static", calibration_method="kl"))
+    with pytest.raises(ConfigError, match="--calibration-method is for static / auto quantization, not dynamic"):
+        quantize(optimized_dir, tmp_path / "e", QuantizeConfig(calibration_method="entropy"))
     with pytest.raises(ConfigError, match="unknown quant format"):
         quantize(optimized_dir, tmp_path / "f", QuantizeConfig(method="static", quant_format="qlinear"))
     assert not any((tmp_path / name).exists() for name in "abcdef")

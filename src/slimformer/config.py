@@ -85,3 +85,60 @@ def commented_options(cls: type, indent: str = "") -> str:
         text = yaml.safe_dump({field.name: value}, default_flow_style=True, width=10_000).strip().strip("{}")
         lines.append(f"{indent}{text}  # {field.metadata.get('help', '')}".rstrip(" #"))
     return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Options of one method of a stage, torchao style: the config's type says which method runs, and the stage
+    dispatches on it. Its fields are written once, here; the stage's CLI / recipe config gets them all (see
+    :func:`with_methods`)."""
+
+    method: ClassVar[str] = ""
+
+    def validate(self) -> None:
+        """Raise ConfigError with a one-line reason for an out-of-range value."""
+
+
+def with_methods(base: type, methods: list[type[MethodConfig]], default: str, what: str) -> type:
+    """The config class a stage's CLI and recipes see: `base`'s fields (what every method shares), `method`
+    (one of `methods`) and every method's own fields, each with its help text and which methods use it.
+    ``config.method_config()`` is the chosen method's own config; an option of another method is refused."""
+    by_name = {m.method: m for m in methods}
+    base_names = {f.name for f in dataclasses.fields(base)}
+    owners: dict[str, list[str]] = {}
+    specs: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for method in methods:
+        hints = typing.get_type_hints(method)
+        for f in dataclasses.fields(method):
+            owners.setdefault(f.name, []).append(method.method)
+            if f.name in specs and specs[f.name][1].default != f.default:
+                raise TypeError(f"{f.name} has different defaults in the {what} methods")
+            specs.setdefault(f.name, (hints[f.name], f))
+    choices = " | ".join(by_name)
+    fields: list[tuple[str, Any, Any]] = [("method", str, option(default, f"{what.capitalize()} method: {choices}."))]
+    for name, (hint, f) in specs.items():
+        if name not in base_names:
+            help_ = f"{', '.join(owners[name])}: {f.metadata.get('help', '')}"
+            fields.append((name, hint, dataclasses.field(default=f.default, metadata={**f.metadata, "help": help_})))
+
+    def method_config(self: Any) -> MethodConfig:
+        """The chosen method's own config (a ConfigError for an unknown method or another method's option)."""
+        if self.method not in by_name:
+            raise ConfigError(f"unknown {what} method {self.method!r}; use one of {', '.join(by_name)}")
+        chosen = by_name[self.method]
+        own = {f.name for f in dataclasses.fields(chosen)}
+        for name, (_, f) in specs.items():
+            if name not in own and name not in base_names and getattr(self, name) != f.default:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} is for {' / '.join(owners[name])} {what}, not {self.method}")
+        return chosen(**{name: getattr(self, name) for name in own})
+
+    def validate(self: Any, *args: Any) -> None:
+        self.method_config().validate()  # the method and its own options first, then what all methods share
+        base.validate(self, *args)
+
+    name = base.__name__.removesuffix("Options") + "Config"
+    namespace = {"method_config": method_config, "validate": validate, "__doc__": base.__doc__}
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,), namespace=namespace)
+    cls.__module__ = base.__module__  # pickles and prints as e.g. slimformer.prune.stage.PruneConfig
+    return cls

@@ -175,13 +175,14 @@ def build_chain(
     export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
     current = cache.run("export", current, export, onnx_data)
     current = cache.run("optimize", current, OptimizeConfig(level=99, threads=shape.threads), None)
+    static = {"calibration_samples": config.calibration_samples} if shape.quantization == "static" else {}
     quantize = QuantizeConfig(
         method=shape.quantization,
         per_channel=shape.per_channel,
-        calibration_samples=config.calibration_samples,
         max_eval_samples=eval_rows,
         threads=shape.threads,
         seed=config.seed,
+        **static,
     )
     return cache.run("quantize", current, quantize, onnx_data)[0]
 

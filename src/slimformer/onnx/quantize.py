@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
+from slimformer.config import QUICK_MAX_EPOCHS, MethodConfig, StageConfig, option, with_methods
 from slimformer.cpu import VNNI_FLAGS, isa_flags
 from slimformer.errors import ConfigError, DataError, ModelError
 
@@ -46,80 +46,127 @@ from slimformer.onnx.static import CALIBRATION_METHODS, QUANT_FORMATS, STATIC_OP
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
 
-QUANTIZATION_METHODS = ("dynamic", "static", "auto", "torch-dynamic", "qat")
 ORT_METHODS = ("dynamic", "static", "auto")  # take an ONNX folder
 AUTO_TOLERANCE_POINTS = 0.5  # auto without --max-accuracy-drop: most validation accuracy a kept graph may lose
 
 
 @dataclass
-class QuantizeConfig(StageConfig):
-    """Options of `slimformer quantize`."""
+class QuantizeOptions(StageConfig):
+    """What every quantization method shares."""
 
     uses_data: ClassVar[str] = "optional"  # dynamic without data: agreement on built-in sentences only
 
-    method: str = option(
-        "dynamic", "dynamic | static | auto (both, the faster within tolerance kept) | torch-dynamic | qat."
-    )
     per_channel: bool = option(True, "One weight scale per output channel (more accurate, about as fast)")
     reduce_range: bool | None = option(None, "7-bit weights; None: True exactly when the CPU lacks VNNI.")
     quantize_embeddings: bool = option(True, "Int8 word/position embeddings too (most of MiniLM's size)")
-    calibration_samples: int = option(256, "Static: training examples the activation ranges are calibrated on.")
-    calibration_method: str = option("minmax", "Static: minmax | entropy | percentile.")
-    quant_format: str = option("qdq", "Static: qdq (Q/DQ pairs ORT fuses at load) | qoperator (QLinear ops).")
-    dynamic_attention: bool = option(
-        True, "Static: quantize the fused Attention and embeddings dynamically (ORT has no static form of them)."
-    )
-    latency_samples: int = option(300, "Auto: batch-1 validation queries timed per candidate (interleaved).")
     max_accuracy_drop: float | None = option(None, "Accuracy-aware mode: allowed validation accuracy loss in points.")
     max_eval_samples: int | None = option(None, "Validation rows used for accuracy (None: all)")
     sensitivity_samples: int | None = option(1000, "Validation rows used by the per-layer sensitivity pass.")
     max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
     threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
-    # qat only
-    alpha: float = option(0.5, "Weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher.")
-    temperature: float = option(2.0, "Distillation softmax temperature.")
-    epochs: float = option(1.0, "QAT passes over the training split (a short fine-tune from the fp32 weights)")
-    learning_rate: float = option(2e-5, "Small: QAT starts from trained weights.")
-    batch_size: int = option(32, "QAT training batch size.")
     max_train_samples: int | None = option(None, "Subsample the training split (QAT and calibration)")
     seed: int = option(42, "Random seed (QAT, calibration rows).")
 
     @property
     def needs_teacher(self) -> bool:
-        return self.method == "qat" and self.alpha < 1.0
+        return getattr(self, "method", "") == "qat" and getattr(self, "alpha", 1.0) < 1.0
 
-    def quick(self) -> QuantizeConfig:
-        return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS), latency_samples=min(self.latency_samples, 100))
+    def quick(self) -> Any:
+        method = getattr(self, "method", "")
+        if method == "qat":
+            return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS))
+        return replace(self, latency_samples=min(self.latency_samples, 100)) if method == "auto" else self
 
     def validate(self, data: Any = ...) -> None:
         """Option ranges; with `data` given (None included), also whether this method can run without data."""
-        if self.method not in QUANTIZATION_METHODS:
-            methods = ", ".join(QUANTIZATION_METHODS)
-            raise ConfigError(f"unknown quantization method {self.method!r}; use one of {methods}")
-        if self.calibration_method not in CALIBRATION_METHODS:
-            raise ConfigError(
-                f"unknown calibration method {self.calibration_method!r}; use one of {', '.join(CALIBRATION_METHODS)}"
-            )
-        if self.quant_format not in QUANT_FORMATS:
-            raise ConfigError(f"unknown quant format {self.quant_format!r}; use one of {', '.join(QUANT_FORMATS)}")
-        if self.calibration_samples < 1 or self.latency_samples < 1:
-            raise ConfigError("calibration samples and latency samples must be >= 1")
+        method = getattr(self, "method", "")
         if self.max_accuracy_drop is not None and not -100 <= self.max_accuracy_drop <= 100:
             raise ConfigError(f"max accuracy drop is in points (0-100), got {self.max_accuracy_drop}")
-        if self.max_accuracy_drop is not None and self.method == "torch-dynamic":
+        if self.max_accuracy_drop is not None and method == "torch-dynamic":
             raise ConfigError("accuracy-aware mode (--max-accuracy-drop) works on the ONNX methods, not torch-dynamic")
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.epochs <= 0 or self.learning_rate <= 0:
-            raise ConfigError("qat needs 0 <= alpha <= 1, temperature > 0, epochs > 0 and learning rate > 0")
-        if data is None and self.method == "auto":
+        if data is None and method == "auto":
             raise ConfigError(
                 "method 'auto' needs a dataset (--data): static calibrates on its training split, and both "
                 "candidates are scored on its validation split"
             )
-        if data is None and (
-            self.method in ("static", "qat") or self.max_accuracy_drop is not None
-        ):  # `...` (the default) skips this check
-            what = "accuracy-aware mode" if self.max_accuracy_drop is not None else f"method {self.method!r}"
+        if data is None and (method in ("static", "qat") or self.max_accuracy_drop is not None):
+            what = "accuracy-aware mode" if self.max_accuracy_drop is not None else f"method {method!r}"
             raise DataError(f"{what} needs a dataset (--data): it calibrates, trains or measures accuracy on it")
+
+
+@dataclass
+class DynamicConfig(MethodConfig):
+    """ONNX Runtime dynamic INT8: int8 weights, activations quantized at run time (an ONNX folder)."""
+
+    method: ClassVar[str] = "dynamic"
+
+
+@dataclass
+class StaticConfig(MethodConfig):
+    """ONNX Runtime static INT8: activation ranges calibrated on training rows (an ONNX folder)."""
+
+    method: ClassVar[str] = "static"
+    calibration_samples: int = option(256, "Training examples the activation ranges are calibrated on.")
+    calibration_method: str = option("minmax", "minmax | entropy | percentile.")
+    quant_format: str = option("qdq", "qdq (Q/DQ pairs ORT fuses at load) | qoperator (QLinear ops).")
+    dynamic_attention: bool = option(
+        True, "Quantize the fused Attention and embeddings dynamically (ORT has no static form of them)."
+    )
+
+    def validate(self) -> None:
+        if self.calibration_method not in CALIBRATION_METHODS:
+            methods = ", ".join(CALIBRATION_METHODS)
+            raise ConfigError(f"unknown calibration method {self.calibration_method!r}; use one of {methods}")
+        if self.quant_format not in QUANT_FORMATS:
+            raise ConfigError(f"unknown quant format {self.quant_format!r}; use one of {', '.join(QUANT_FORMATS)}")
+        if self.calibration_samples < 1:
+            raise ConfigError("calibration samples must be >= 1")
+
+
+@dataclass
+class AutoQuantizeConfig(StaticConfig):
+    """Dynamic and static side by side; the faster within the accuracy tolerance is kept."""
+
+    method: ClassVar[str] = "auto"
+    latency_samples: int = option(300, "Batch-1 validation queries timed per candidate (interleaved).")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.latency_samples < 1:
+            raise ConfigError("latency samples must be >= 1")
+
+
+@dataclass
+class TorchDynamicConfig(MethodConfig):
+    """PyTorch dynamic INT8 of the Linear layers (a PyTorch checkpoint; the book's path)."""
+
+    method: ClassVar[str] = "torch-dynamic"
+
+
+@dataclass
+class QATConfig(MethodConfig):
+    """Quantization-aware training: a short fine-tune with fake-quantized Linears (a PyTorch checkpoint)."""
+
+    method: ClassVar[str] = "qat"
+    alpha: float = option(0.5, "Weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher.")
+    temperature: float = option(2.0, "Distillation softmax temperature.")
+    epochs: float = option(1.0, "Passes over the training split (a short fine-tune from the fp32 weights)")
+    learning_rate: float = option(2e-5, "Small: QAT starts from trained weights.")
+    batch_size: int = option(32, "Training batch size.")
+
+    def validate(self) -> None:
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("qat needs 0 <= alpha <= 1, temperature > 0, epochs > 0 and learning rate > 0")
+
+
+# `slimformer quantize`'s config: the shared options, `method`, and each method's own fields (written once above)
+QuantizeConfig = with_methods(
+    QuantizeOptions,
+    [DynamicConfig, StaticConfig, AutoQuantizeConfig, TorchDynamicConfig, QATConfig],
+    "dynamic",
+    "quantization",
+)
+QUANTIZATION_METHODS = ("dynamic", "static", "auto", "torch-dynamic", "qat")
 
 
 def choose_reduce_range(requested: bool | None) -> tuple[bool, str]:

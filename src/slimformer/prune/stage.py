@@ -9,72 +9,117 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from slimformer.config import option
+from slimformer.config import MethodConfig, option, with_methods
 from slimformer.errors import ConfigError
 from slimformer.training import TrainingOptions
 
-METHODS = ("magnitude", "movement", "structured", "vocab")
 VOCAB_UNSEEN = ("cluster", "split")
 COMPRESSED_DIR = "compressed"  # a subfolder, so a benchmark's "size on disk" of the dense folder stays honest
 SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int8.safetensors"}
 
 
 @dataclass
-class PruneConfig(TrainingOptions):
-    """Options of `slimformer prune`; defaults suit a MiniLM-sized classifier on CLINC150."""
+class PruneOptions(TrainingOptions):
+    """What every pruning method shares: recovery training (distilling from the teacher when one is given)."""
 
     epochs: float = option(3.0, "Training passes (structured: recovery passes; 0 = slice only)")
     learning_rate: float = option(5e-5, "Weights' learning rate.")
-    method: str = option("magnitude", "Magnitude | movement | structured | vocab.")
-    sparsity: float = option(0.9, "Final fraction of encoder linear weights set to zero (structured: FFN fraction)")
-    scores_learning_rate: float = option(1e-2, "Movement scores' learning rate (Sanh et al. use 1e-2)")
+    alpha: float = option(0.5, "Weight of the hard-label loss when distilling (1 - alpha on the teacher)")
+    temperature: float = option(2.0, "Distillation temperature.")
+
+    def validate(self) -> None:
+        method = getattr(self, "method", "")
+        if self.epochs < 0 or (self.epochs == 0 and method in ("magnitude", "movement")):
+            raise ConfigError(f"epochs must be > 0 for {method} pruning, got {self.epochs}")
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"learning rate out of range: {self.learning_rate}")
+        if self.batch_size < 1 or (self.max_length or 2) < 2:
+            raise ConfigError("batch size must be >= 1, max length >= 2")
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise ConfigError(f"alpha must be in [0, 1] and temperature > 0, got {self.alpha}, {self.temperature}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Recovery training distils from the teacher; vocabulary pruning does not train."""
+        return getattr(self, "method", "") != "vocab" and self.alpha < 1.0
+
+
+@dataclass
+class MagnitudeConfig(MethodConfig):
+    """Magnitude pruning: the smallest encoder weights zeroed on a cubic schedule while training."""
+
+    method: ClassVar[str] = "magnitude"
+    sparsity: float = option(0.9, "Final fraction of encoder linear weights removed (structured: FFN fraction)")
     initial_sparsity: float = option(0.0, "S_i of the cubic schedule.")
     pruning_frequency: int = option(10, "Dt: optimizer steps between mask updates.")
     pruning_start: float = option(0.1, "T0 as a fraction of the training steps.")
     pruning_end: float = option(0.7, "Last mask update as a fraction of the training steps; then train at s_f.")
-    alpha: float = option(0.5, "Weight of the hard-label loss when distilling (1 - alpha on the teacher)")
-    temperature: float = option(2.0, "Distillation temperature.")
-    heads_fraction: float = option(0.0, "Structured: attention heads removed per layer (saved as a SlimBERT)")
-    ffn_fraction: float | None = option(None, "Structured: FFN neurons to remove per layer (default: `sparsity`)")
-    importance: str = option("magnitude", "Structured: magnitude | gradient | movement.")
-    importance_batches: int = option(32, "Structured: training batches used by gradient / movement importance.")
-    vocab_unseen: str = option("cluster", "Vocab: unseen tokens share k-means rows (cluster) or are re-spelt (split).")
-    vocab_clusters: int = option(1024, "Vocab, cluster: centroid rows for the tokens the training data never uses.")
-    vocab_keep_frequent: int = option(0, "Vocab, split: also keep the first N vocabulary ids (most frequent pieces)")
     sparse_values: tuple[str, ...] = option(("float32", "int8"), "Compressed files written (float32 is exact)")
 
     def validate(self) -> None:
         from slimformer.prune.sparse_storage import VALUE_FORMATS
-        from slimformer.prune.structured import IMPORTANCE_METHODS
 
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown pruning method {self.method!r}; use one of {', '.join(METHODS)}")
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if not 0 <= self.initial_sparsity <= self.sparsity:
             raise ConfigError(f"initial sparsity must be in [0, sparsity], got {self.initial_sparsity}")
-        if self.epochs < 0 or (self.epochs == 0 and self.method in ("magnitude", "movement")):
-            raise ConfigError(f"epochs must be > 0 for {self.method} pruning, got {self.epochs}")
-        if not 0 < self.learning_rate < 1 or not 0 < self.scores_learning_rate < 10:
-            raise ConfigError(f"learning rates out of range: {self.learning_rate}, {self.scores_learning_rate}")
-        if self.batch_size < 1 or self.pruning_frequency < 1 or (self.max_length or 2) < 2:
-            raise ConfigError("batch size and pruning frequency must be >= 1, max length >= 2")
+        if self.pruning_frequency < 1:
+            raise ConfigError("pruning frequency must be >= 1")
         if not 0 <= self.pruning_start <= self.pruning_end <= 1:
             raise ConfigError(f"need 0 <= pruning start <= end <= 1, got {self.pruning_start}, {self.pruning_end}")
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise ConfigError(f"alpha must be in [0, 1] and temperature > 0, got {self.alpha}, {self.temperature}")
+        if unknown := set(self.sparse_values) - set(VALUE_FORMATS):
+            raise ConfigError(f"unknown sparse value formats {sorted(unknown)}; use {', '.join(VALUE_FORMATS)}")
+
+
+@dataclass
+class MovementConfig(MagnitudeConfig):
+    """Movement pruning (Sanh et al., 2020): importance scores learnt with the weights, lowest masked."""
+
+    method: ClassVar[str] = "movement"
+    scores_learning_rate: float = option(1e-2, "Movement scores' learning rate (Sanh et al. use 1e-2)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.scores_learning_rate < 10:
+            raise ConfigError(f"scores learning rate out of range: {self.scores_learning_rate}")
+
+
+@dataclass
+class StructuredConfig(MethodConfig):
+    """Structured pruning: whole attention heads and FFN neurons sliced out (a smaller dense model)."""
+
+    method: ClassVar[str] = "structured"
+    sparsity: float = option(0.9, "Final fraction of encoder linear weights removed (structured: FFN fraction)")
+    heads_fraction: float = option(0.0, "Attention heads removed per layer (saved as a slim model type)")
+    ffn_fraction: float | None = option(None, "FFN neurons to remove per layer (default: `sparsity`)")
+    importance: str = option("magnitude", "Unit importance: magnitude | gradient | movement.")
+    importance_batches: int = option(32, "Training batches used by gradient / movement importance.")
+
+    def validate(self) -> None:
+        from slimformer.prune.structured import IMPORTANCE_METHODS
+
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.importance not in IMPORTANCE_METHODS:
             raise ConfigError(f"unknown importance {self.importance!r}; use one of {', '.join(IMPORTANCE_METHODS)}")
         if self.ffn_fraction is not None and not 0 <= self.ffn_fraction < 1:
             raise ConfigError(f"FFN fraction must be in [0, 1), got {self.ffn_fraction}")
-        if unknown := set(self.sparse_values) - set(VALUE_FORMATS):
-            raise ConfigError(f"unknown sparse value formats {sorted(unknown)}; use {', '.join(VALUE_FORMATS)}")
         if not 0 <= self.heads_fraction < 1:
             raise ConfigError(f"heads fraction must be in [0, 1), got {self.heads_fraction}")
-        if self.heads_fraction and self.method != "structured":
-            raise ConfigError(f"--heads-fraction is for structured pruning, not {self.method}")
+
+
+@dataclass
+class VocabConfig(MethodConfig):
+    """Vocabulary pruning: exact embedding rows only for the tokens the training data uses."""
+
+    method: ClassVar[str] = "vocab"
+    vocab_unseen: str = option("cluster", "Unseen tokens share k-means rows (cluster) or are re-spelt (split).")
+    vocab_clusters: int = option(1024, "Cluster: centroid rows for the tokens the training data never uses.")
+    vocab_keep_frequent: int = option(0, "Split: also keep the first N vocabulary ids (most frequent pieces)")
+
+    def validate(self) -> None:
         if self.vocab_unseen not in VOCAB_UNSEEN:
             raise ConfigError(f"vocab unseen must be one of {', '.join(VOCAB_UNSEEN)}, got {self.vocab_unseen!r}")
         if self.vocab_clusters < 1:
@@ -82,10 +127,11 @@ class PruneConfig(TrainingOptions):
         if self.vocab_keep_frequent < 0:
             raise ConfigError(f"vocab keep-frequent must be >= 0, got {self.vocab_keep_frequent}")
 
-    @property
-    def needs_teacher(self) -> bool:
-        """Recovery training distils from the teacher; vocabulary pruning does not train."""
-        return self.method != "vocab" and self.alpha < 1.0
+
+# `slimformer prune`'s config: the shared options, `method`, and every method's own fields (written once above)
+PruneConfig = with_methods(
+    PruneOptions, [MagnitudeConfig, MovementConfig, StructuredConfig, VocabConfig], "magnitude", "pruning"
+)
 
 
 def prune(
@@ -131,10 +177,11 @@ def prune(
     input_validation = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
 
     with atomic_output_dir(output) as folder:
-        if config.method == "vocab":
+        method = config.method_config()
+        if isinstance(method, VocabConfig):  # rewrites the tokenizer too
             model, tokenizer, extra = _prune_vocabulary(model_path, splits, config, folder)
         else:
-            model, extra = METHOD_FUNCTIONS[config.method](model, tokenizer, splits, config, folder, teacher_path)
+            model, extra = METHOD_FUNCTIONS[type(method)](model, tokenizer, splits, config, folder, teacher_path)
             model.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
         write_session(folder, config.max_length)
@@ -326,10 +373,10 @@ def _movement(
     return model, {**results, "schedule": asdict(schedule)}
 
 
-# a pruning method is one function (model, tokenizer, splits, config, folder, teacher) -> (model, report entries)
-# and one line here; its options are PruneConfig fields, checked in PruneConfig.validate (vocabulary pruning
-# rewrites the tokenizer too, so it has its own path: _prune_vocabulary)
-METHOD_FUNCTIONS = {"structured": _structured, "magnitude": _magnitude, "movement": _movement}
+# a pruning method is one config class (its options; listed in PruneConfig above), one function
+# (model, tokenizer, splits, config, folder, teacher) -> (model, report entries) and one line here, keyed by the
+# config's type (vocabulary pruning rewrites the tokenizer too, so it has its own path: _prune_vocabulary)
+METHOD_FUNCTIONS = {StructuredConfig: _structured, MagnitudeConfig: _magnitude, MovementConfig: _movement}
 
 
 def _train(
