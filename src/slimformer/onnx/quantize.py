@@ -46,7 +46,6 @@ from slimformer.onnx.static import CALIBRATION_METHODS, QUANT_FORMATS, STATIC_OP
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
 
-ORT_METHODS = ("dynamic", "static", "auto")  # take an ONNX folder
 AUTO_TOLERANCE_POINTS = 0.5  # auto without --max-accuracy-drop: most validation accuracy a kept graph may lose
 
 
@@ -211,20 +210,22 @@ def quantize(
     source = resolve_model_path(model_dir)
     config = replace(config, max_length=resolve_max_length(source, config.max_length))
     is_onnx = (source / ONNX_FILE).is_file()
-    if config.method in ("torch-dynamic", "qat") and is_onnx:
+    method = config.method_config()  # dispatch on its type
+    on_checkpoint = isinstance(method, TorchDynamicConfig | QATConfig)
+    if on_checkpoint and is_onnx:
         raise ModelError(f"method {config.method!r} takes a PyTorch checkpoint, and {source} is an ONNX folder")
-    if config.method in ORT_METHODS and not is_onnx:
+    if not on_checkpoint and not is_onnx:
         raise ModelError(
             f"method {config.method!r} takes an ONNX folder and {source} is a PyTorch checkpoint: run "
             "`slimformer export` and `slimformer optimize` on it first"
         )
     if not is_onnx:
         _check_classifier(source, data)
-    if config.method == "torch-dynamic":
+    if isinstance(method, TorchDynamicConfig):
         from slimformer.onnx.torch_dynamic import quantize_torch_dynamic
 
         return quantize_torch_dynamic(source, output, config, data)
-    if config.method == "qat":
+    if isinstance(method, QATConfig):
         assert data is not None  # validate() checked
         from slimformer.onnx.qat import quantization_aware_training
 
