@@ -25,7 +25,7 @@ TRIAL_COLUMNS = [
     ("trial", "trial", "{}"),
     ("state", "state", "{}"),
     ("validation_accuracy", "val. accuracy", "{:.4f}"),
-    ("accuracy_drop_points", "drop (points)", "{:+.2f}"),
+    ("accuracy_drop_points", "drop vs teacher (points)", "{:.2f}"),
     ("p50_ms", "p50 ms", "{:.3f}"),
     ("speedup", "speed-up", "{:.1f}x"),
     ("size_mb", "size MB", "{:.1f}"),

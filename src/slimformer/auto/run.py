@@ -291,8 +291,8 @@ def _notes(selection: Any, config: AutoConfig) -> list[str]:
     notes = [
         "Candidates were trained and chosen on the validation split only; the test split was scored once, "
         "in the final side-by-side benchmark of the finalists and the teacher.",
-        f"Search: {len(selection.complete)} trained trial(s); latency during the search was timed per worker at "
-        "batch 1 on validation queries, the final numbers in the benchmark table below.",
+        f"Search: {len(selection.complete)} trial(s) trained to the end; latency during the search was timed per "
+        "worker at batch 1 on validation queries, turn about with the teacher; the final numbers are below.",
     ]
     if selection.pick is None and selection.closest:
         closest = ", ".join(

@@ -29,8 +29,11 @@ class Selection:
 
     @property
     def finalists(self) -> list[Any]:
-        chosen = [self.pick] if self.pick is not None else self.closest[:1]
-        return chosen + [t for t in [*self.front, *self.closest] if t not in chosen]
+        ordered = ([self.pick] if self.pick is not None else []) + [*self.front, *self.closest]
+        unique: dict[int, Any] = {}
+        for trial in ordered:
+            unique.setdefault(trial.number, trial)
+        return list(unique.values())
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:
