@@ -108,12 +108,12 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "trial": t.number,
                 "state": state,
                 "params": dict(t.params),
-                "validation_accuracy": t.value if t.values else None,
+                "validation_accuracy": t.value if t.state.name == "COMPLETE" else None,  # pruned: a mid-run value
                 "accuracy_drop_points": attrs.get("accuracy_drop_points"),
                 "p50_ms": attrs.get("p50_ms", (attrs.get("screen") or {}).get("p50_ms")),
                 "size_mb": attrs.get("size_mb", (attrs.get("screen") or {}).get("size_mb")),
                 "speedup": attrs.get("speedup"),
-                "meets_budget": feasible(t) if t.values else False,
+                "meets_budget": feasible(t) if t.state.name == "COMPLETE" else False,
                 "note": attrs.get(SCREENED)
                 or attrs.get("error")
                 or (f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else ""),
