@@ -81,7 +81,7 @@ def write_pareto_plot(
             lw=1,
             label="Pareto front",
         )
-        for t in on_front:
+        for t in done:  # every trained trial named, so the trials table can be read against the plot
             ax.annotate(
                 f"#{t['trial']}",
                 (t["p50_ms"], 100 * t["validation_accuracy"]),
@@ -109,7 +109,7 @@ def write_pareto_plot(
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("slimformer auto: trained candidates (bubble area = size on disk; green = meets the budget)")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
