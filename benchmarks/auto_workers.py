@@ -4,7 +4,9 @@ Starts a throwaway PostgreSQL cluster (tests/pg_cluster.py), then runs the same 
 scratch (its own study name and work folder, so both do the same work): once with `--workers 1`, once with
 `--workers 2`. Prints and writes JSON with wall seconds, trained trials and trials per hour, and the CPU.
 
-    python benchmarks/auto_workers.py --model TEACHER [--trials 6] [--json out.json] [-- extra auto options]
+    python benchmarks/auto_workers.py --model TEACHER [--trials 6] [--json out.json] [-- auto options]
+
+The default study: 1,500 training and 400 evaluation rows, 1 epoch a trial, a budget every shape meets.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def run_study(model: str, url: str, workers: int, trials: int, root: Path, extra
     import optuna
 
     name = f"bench-workers-{workers}-{int(time.time())}"
-    command = [sys.executable, "-m", "slimformer.cli", "auto", "--model", model, "--quick", "--storage", url]
+    command = [sys.executable, "-m", "slimformer.cli", "auto", "--model", model, "--storage", url]
     command += ["--study-name", name, "--workers", str(workers), "--trials", str(trials)]
     command += ["--work-dir", str(root / f"work-{workers}"), "--output", str(root / f"out-{workers}"), *extra]
     started = time.perf_counter()
@@ -59,7 +61,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("extra", nargs="*", help="more `slimformer auto` options (after --)")
     args = parser.parse_args()
-    extra = args.extra or ["--min-speedup", "4", "--max-accuracy-drop", "100"]
+    extra = args.extra or [  # a small study: a slice of the data, 1 epoch a trial, a budget every shape meets
+        *("--max-train-samples", "1500", "--max-eval-samples", "400", "--epochs-range", "1", "1"),
+        *("--min-speedup", "4", "--max-accuracy-drop", "100", "--final-candidates", "1"),
+    ]
     root = Path(tempfile.mkdtemp(prefix="auto-workers-"))
     cluster = Cluster(root / "pg")
     try:
