@@ -80,7 +80,7 @@ class Cluster:
         options = f"-k {self.socket_dir} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
         log = root / "server.log"
         _run([str(binaries / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o", options, "-w", "start"], self.user)
-        self.url = f"postgresql+psycopg2://{role}@127.0.0.1:{self.port}/postgres"
+        self.url = f"postgresql://{role}@127.0.0.1:{self.port}/postgres"  # psycopg 3, the extra 'distributed'
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):

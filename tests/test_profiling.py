@@ -140,4 +140,5 @@ def test_cli_benchmark_profile(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     breakdown = json.loads((tmp_path / "r.json").read_text())["results"][0]["breakdown"]
     assert_parts_add_up(breakdown, 12)
-    assert "ms/query profiled = tokenization" in out and "Gemm" in out
+    assert "ms/query profiled" in out  # the printed line (rich may wrap it; the top ops vary run to run)
+    assert "Gemm" in breakdown["ops_ms"]

@@ -54,7 +54,9 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     study = open_study(url, name, config)
     if config.storage is None and (n := requeue_abandoned(study)):
         say(f"{n} trial(s) left running by a killed run: failed and queued again")
-    if not study.get_trials(deepcopy=False):  # a new study starts from the packaged recipe's choices
+    if config.storage is None and not study.get_trials(deepcopy=False):
+        # a new study starts from the packaged recipe's choices; only with the default storage, where this
+        # command is the only writer (processes joining a shared study at once could each enqueue it)
         study.enqueue_trial(recipe_params(config), user_attrs={"baseline": "the packaged recipe's choices"})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     if config.workers == 1:
