@@ -98,6 +98,7 @@ class Predictor(ABC):
 
     @property
     def max_length(self) -> int:
+        """Tokens kept per text; setting it re-truncates the encoder as well."""
         return self._max_length
 
     @max_length.setter
