@@ -44,16 +44,12 @@ class TextEncoder:
         self.padding_side = padding_side
         self.pad_id = pad_id
         self.pad_type_id = pad_type_id
+        self.truncate_at(max_length)
+
+    def truncate_at(self, max_length: int) -> None:
+        """Keep at most `max_length` tokens a text (the truncating copy of the tokenizer follows)."""
         self.max_length = max_length
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @max_length.setter
-    def max_length(self, value: int) -> None:
-        self._max_length = value
-        self._truncating.enable_truncation(value, direction=self.truncation_side)
+        self._truncating.enable_truncation(max_length, direction=self.truncation_side)
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int) -> TextEncoder:

@@ -105,7 +105,7 @@ class Predictor(ABC):
     def max_length(self, value: int) -> None:
         self._max_length = value
         if self.encoder is not None:
-            self.encoder.max_length = value
+            self.encoder.truncate_at(value)
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         """Predicted label and its softmax probability for each text."""
