@@ -32,7 +32,7 @@ from slimformer.search_results import (
     KeepBestTrialFolders,
     write_results,
 )
-from slimformer.storage import printable_url, rdb_storage
+from slimformer.storage import printable_url, rdb_storage, trial_count
 
 if TYPE_CHECKING:
     import optuna
@@ -188,8 +188,7 @@ def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optu
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
         sampler = optuna.samplers.TPESampler(
-            # a resumed study reseeds differently so its random start-up trials do not repeat earlier ones
-            seed=config.seed + _trial_count(storage, study_name),
+            seed=config.seed + trial_count(storage, study_name),
             n_startup_trials=config.startup_trials,
             multivariate=True,
             warn_independent_sampling=False,
@@ -219,14 +218,6 @@ def _fail_stale_trials(study: optuna.Study, storage: Any) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
-
-
-def _trial_count(storage: Any, study_name: str) -> int:
-    try:
-        study_id = storage.get_study_id_from_name(study_name)
-    except KeyError:
-        return 0
-    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

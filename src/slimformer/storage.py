@@ -17,6 +17,16 @@ def printable_url(url: str) -> str:
         return url
 
 
+def trial_count(storage: Any, study_name: str) -> int:
+    """How many trials the study `study_name` holds in `storage` (0 when it does not exist yet): a resumed or
+    joining sampler adds it to its seed, so its random start-up trials do not repeat earlier ones."""
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
 def rdb_storage(url: str, **options: Any) -> Any:
     """`optuna.storages.RDBStorage(url, **options)`, or a one-line ConfigError (missing driver, bad URL,
     unreachable server)."""

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import shutil
 import statistics
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +142,8 @@ def build_chain(
     from slimformer.prune.stage import PruneConfig
 
     eval_rows = config.max_eval_samples if training else SCREEN_EVAL_ROWS
+    screen_data = _screen_data(data)
+    stage_data = data if training else screen_data  # what the stages after the slicing score on
     common = {"max_length": config.max_length, "seed": config.seed}
     current = cache.student(shape.layers, teacher_key)
     if shape.heads_fraction or shape.ffn_fraction:
@@ -154,7 +155,7 @@ def build_chain(
             max_eval_samples=SCREEN_EVAL_ROWS,
             **common,
         )
-        current = cache.run("prune", current, prune, _screen_data(data))
+        current = cache.run("prune", current, prune, screen_data)  # the same for screen and training: shared
     if training is not None:
         distill = DistillConfig(
             student=str(current[0]),
@@ -170,10 +171,9 @@ def build_chain(
         current = cache.run("distill", current, distill, data, callbacks=callbacks)
     if shape.vocab_clusters:
         vocab = PruneConfig(method="vocab", vocab_clusters=shape.vocab_clusters, max_eval_samples=eval_rows, **common)
-        current = cache.run("prune", current, vocab, data if training else _screen_data(data))
-    onnx_data = data if training else _screen_data(data)
+        current = cache.run("prune", current, vocab, stage_data)
     export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
-    current = cache.run("export", current, export, onnx_data)
+    current = cache.run("export", current, export, stage_data)
     current = cache.run("optimize", current, OptimizeConfig(level=99, threads=shape.threads), None)
     static = {"calibration_samples": config.calibration_samples} if shape.quantization == "static" else {}
     quantize = QuantizeConfig(
@@ -184,7 +184,7 @@ def build_chain(
         seed=config.seed,
         **static,
     )
-    return cache.run("quantize", current, quantize, onnx_data)[0]
+    return cache.run("quantize", current, quantize, stage_data)[0]
 
 
 _SCREEN_DATA: dict[str, Any] = {}
@@ -219,7 +219,3 @@ def measure(folder: Path, texts: list[str], threads: int | None, reference: Any 
     if reference is not None:
         result["reference_p50_ms"] = round(statistics.median(reference_timings), 4)
     return result
-
-
-def shape_key(shape: Shape) -> str:
-    return json.dumps(asdict(shape), sort_keys=True)

@@ -116,6 +116,12 @@ class AutoConfig(StageConfig):
         if self.screen_margin < 1:
             raise ConfigError(f"screen margin must be >= 1, got {self.screen_margin}")
 
+    def latency_limit_ms(self, teacher_p50_ms: float) -> float | None:
+        """The p50 a candidate may take: --max-latency-ms, or the teacher's p50 over --min-speedup."""
+        if self.max_latency_ms is not None:
+            return self.max_latency_ms
+        return teacher_p50_ms / self.min_speedup if self.min_speedup is not None else None
+
     @property
     def budget_text(self) -> str:
         """The budget in words, e.g. 'p50 <= 1 ms, accuracy drop <= 0.5 points'."""

@@ -102,7 +102,7 @@ def write_pareto_plot(
             )
     floor = 100 * teacher["accuracy"] - config.max_accuracy_drop
     ax.axhline(floor, color="tab:red", lw=1, ls=":", label=f"teacher − {config.max_accuracy_drop:g} pts")
-    limit = _latency_limit(config, teacher)
+    limit = config.latency_limit_ms(teacher["p50_ms"])
     if limit is not None:
         ax.axvline(limit, color="tab:blue", lw=1, ls=":", label=f"latency budget {limit:.2f} ms")
     ax.set_xlabel("batch-1 p50 (ms, validation queries, measured during the search)")
@@ -115,14 +115,6 @@ def write_pareto_plot(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _latency_limit(config: AutoConfig, teacher: dict[str, float]) -> float | None:
-    if config.max_latency_ms is not None:
-        return config.max_latency_ms
-    if config.min_speedup is not None:
-        return teacher["p50_ms"] / config.min_speedup
-    return None
 
 
 def _fmt(value: Any, fmt: str) -> str:

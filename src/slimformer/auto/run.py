@@ -185,15 +185,9 @@ def _work(teacher: Path, splits: Any, work: Path, config: AutoConfig, url: str, 
 
     # a different seed per worker (and per resumption), else workers joining at once sample the same points
     joined = os.getpid() if config.storage else 0  # processes started apart on other machines
-    study = open_study(url, name, config, seed_offset=1000 * index + len(_all_trials(url, name)) + joined)
+    study = open_study(url, name, config, seed_offset=1000 * index + joined)
     objective = Objective(teacher, model_key(teacher), splits.without_test(), work, config)
     run_worker(objective, study, config, say)
-
-
-def _all_trials(url: str, name: str) -> list[Any]:
-    import optuna
-
-    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
 def worker_main(

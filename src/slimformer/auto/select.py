@@ -83,15 +83,13 @@ def final_benchmark(teacher: Path, selection: Selection, data: Any, config: Auto
 
 def verdict(row: dict[str, Any] | None, teacher_row: dict[str, Any], config: AutoConfig) -> dict[str, Any]:
     """Does the benchmarked `row` (test split) meet the budget and the accuracy tolerance?"""
+    from slimformer.auto.study import violations
+
     if row is None:
         return {"met": False, "checks": {}}
-    checks = {"accuracy_drop_points": 100 * (teacher_row["accuracy"] - row["accuracy"]) <= config.max_accuracy_drop}
-    if config.max_latency_ms is not None:
-        checks["p50_ms"] = row["p50_ms"] <= config.max_latency_ms
-    if config.min_speedup is not None:
-        checks["speedup"] = row["speedup"] >= config.min_speedup
-    if config.max_size_mb is not None:
-        checks["size_mb"] = row["size_mb"] <= config.max_size_mb
+    drop = 100 * (teacher_row["accuracy"] - row["accuracy"])
+    over = violations(row["p50_ms"], row["size_mb"], drop, teacher_row["p50_ms"], config)
+    checks = {name: value <= 0 for name, value in over.items()}
     return {"met": all(checks.values()), "checks": checks}
 
 

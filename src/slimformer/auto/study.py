@@ -46,10 +46,11 @@ MAX_FAILED_IN_A_ROW = 3
 
 
 def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) -> optuna.Study:
-    """Create or join the study `name` in the RDB storage `url` (heartbeats on, dead workers' trials retried)."""
+    """Create or join the study `name` in the RDB storage `url` (heartbeats on, dead workers' trials retried).
+    The sampler's seed is `config.seed + seed_offset` plus the trials the study already holds."""
     import optuna
 
-    from slimformer.storage import rdb_storage
+    from slimformer.storage import rdb_storage, trial_count
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed instead
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
@@ -62,7 +63,7 @@ def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
-            seed=config.seed + seed_offset,
+            seed=config.seed + seed_offset + trial_count(storage, name),
             n_startup_trials=4,
             multivariate=True,
             group=True,
@@ -77,7 +78,7 @@ def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) ->
 
 def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
     """Record the constraint values (≤ 0: met) for the sampler and for the report."""
-    trial.set_user_attr(CONSTRAINTS, values)
+    trial.set_user_attr(CONSTRAINTS, [round(v, 5) for v in values])
     for index, value in enumerate(values):
         trial.set_constraint(f"c{index}", value)
 
@@ -116,18 +117,19 @@ class Reference:
 
 def violations(
     p50_ms: float, size_mb: float, drop_points: float | None, teacher_p50: float, config: AutoConfig
-) -> list[float]:
-    """The budget and the accuracy tolerance as constraints (≤ 0 means met): relative excess, points over."""
-    values = []
-    if config.max_latency_ms is not None:
-        values.append(p50_ms / config.max_latency_ms - 1)
-    if config.min_speedup is not None:
-        values.append(p50_ms / (teacher_p50 / config.min_speedup) - 1)
+) -> dict[str, float]:
+    """The budget and the accuracy tolerance as named constraints (≤ 0 means met): the relative excess over
+    the latency or size limit, the points over the accuracy tolerance. The search (validation, timed during
+    the search) and the verdict (test, the final benchmark) both judge with it."""
+    values = {}
+    limit = config.latency_limit_ms(teacher_p50)
+    if limit is not None:
+        values["p50_ms"] = p50_ms / limit - 1
     if config.max_size_mb is not None:
-        values.append(size_mb / config.max_size_mb - 1)
+        values["size_mb"] = size_mb / config.max_size_mb - 1
     if drop_points is not None:
-        values.append(drop_points - config.max_accuracy_drop)
-    return [round(v, 5) for v in values]
+        values["accuracy_drop_points"] = drop_points - config.max_accuracy_drop
+    return values
 
 
 class Objective:
@@ -145,7 +147,6 @@ class Objective:
         self.teacher_layers = int(json.loads((teacher / "config.json").read_text())[family.depth_fields[0]])
         self.cores = default_threads()
         self.reference = Reference(teacher, data)
-        self.study: optuna.Study | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
@@ -169,7 +170,9 @@ class Objective:
         chain = build_chain(self.cache, shape, None, self.data, self.config, self.teacher_key)
         screen = measure(chain, self.texts, shape.threads, self.reference.predictor)
         teacher_p50 = screen.pop("reference_p50_ms")
-        screen_violations = violations(screen["p50_ms"], screen["size_mb"], None, teacher_p50, self.config)
+        screen_violations = list(
+            violations(screen["p50_ms"], screen["size_mb"], None, teacher_p50, self.config).values()
+        )
         trial.set_user_attr("screen", {**screen, "teacher_p50_ms": teacher_p50})
         trial.set_user_attr("teacher_p50_ms", teacher_p50)
         worst = max(screen_violations, default=0.0)
@@ -197,7 +200,8 @@ class Objective:
         trial.set_user_attr("teacher_p50_ms", teacher_p50)
         trial.set_user_attr("accuracy_drop_points", drop)
         trial.set_user_attr("speedup", round(teacher_p50 / measured["p50_ms"], 2))
-        set_constraints(trial, violations(measured["p50_ms"], measured["size_mb"], drop, teacher_p50, self.config))
+        met = violations(measured["p50_ms"], measured["size_mb"], drop, teacher_p50, self.config)
+        set_constraints(trial, list(met.values()))
         for key, value in measured.items():
             trial.set_user_attr(key, value)
         return accuracy
@@ -229,10 +233,10 @@ def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, sa
         waiting = sum(t.state == TrialState.WAITING for t in trials)
         if done >= config.trials:
             return
-        failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
-        if len(failed) >= MAX_FAILED_IN_A_ROW and failed_streak(trials) >= MAX_FAILED_IN_A_ROW:
+        if failed_streak(trials) >= MAX_FAILED_IN_A_ROW:
+            last = max((t for t in trials if "error" in t.user_attrs), key=lambda t: t.number)
             raise SlimformerError(
-                f"{MAX_FAILED_IN_A_ROW} candidates in a row failed; the last: {failed[-1].user_attrs['error']}"
+                f"{MAX_FAILED_IN_A_ROW} candidates in a row failed; the last: {last.user_attrs['error']}"
             )
         if screened_streak(trials) >= config.max_screened:
             say(f"the last {config.max_screened} shapes all missed the budget untrained: stopping the search")
