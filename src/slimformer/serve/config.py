@@ -75,21 +75,11 @@ class ServeConfig:
         the two fight over them (on 2 loaded cores, 2 threads ran the teacher ~6x slower than 1).
         """
         from slimformer.cpu import default_threads
+        from slimformer.predictor import saved_session
 
         if self.threads:
             return self.threads
         share = max(1, default_threads() // self.workers)
-        tuned = _tuned_threads(model_dir) if model_dir is not None else None
+        session = saved_session(model_dir) if model_dir is not None else {}
+        tuned = session.get("threads") if session.get("thread_sweep") else None  # only a measured count
         return min(tuned, share) if tuned else max(1, (default_threads() - 1) // self.workers)
-
-
-def _tuned_threads(model_dir: Any) -> int | None:
-    """The thread count a thread sweep recorded in the model's session.json (None when never tuned)."""
-    import json
-    from pathlib import Path
-
-    try:
-        session = json.loads((Path(model_dir) / "session.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return session.get("threads") if session.get("thread_sweep") else None
