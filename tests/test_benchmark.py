@@ -235,10 +235,11 @@ def test_one_tokenization_gives_logits_and_the_token_count(tiny_classifier_dir, 
     logits, counts = predictor.predict_logits_and_token_counts([short])
     assert np.allclose(logits, predictor.predict_logits([short]), atol=1e-6)
     assert counts == [len(predictor.tokenizer(short)["input_ids"])] and counts[0] < 8
-    # a truncated text: the one tokenization cannot tell its full length, so it must be counted apart
-    assert len(predictor.tokenizer(long)["input_ids"]) > 8
-    assert predictor.predict_logits_and_token_counts([long])[1] is None
-    assert predictor.predict_logits_and_token_counts([short, long])[1] is None
+    # a truncated text: its full length comes from the pieces the truncation cut off, in the same tokenization
+    full = len(predictor.tokenizer(long)["input_ids"])
+    assert full > 8 and predictor.predict_logits_and_token_counts([long])[1] == [full]
+    assert predictor.predict_logits_and_token_counts([short, long])[1] == [counts[0], full]
+    assert predictor.tokenize([long], "np")["input_ids"].shape == (1, 8)
 
 
 def test_a_benchmark_process_ends_when_its_parent_is_gone() -> None:

@@ -57,8 +57,8 @@ def test_truncated_texts_report_their_full_token_count() -> None:
     predictor = load(TINY_ONNX)
     long_text = TEXTS[2]
     logits, counts = predictor.predict_logits_and_token_counts([long_text])
-    assert counts is None and logits.shape == (1, 3)
     full = predictor.token_counts([long_text, TEXTS[0]])
+    assert counts == [full[0]] and logits.shape == (1, 3)
     assert full[0] > predictor.max_length and full[1] == len(REFERENCE["texts"][0]["input_ids"])
     assert predictor.predict_logits_and_token_counts([TEXTS[0]])[1] == [full[1]]
 
@@ -197,6 +197,7 @@ def _assert_same_ids(encoder: TextEncoder, tokenizer, texts: list[str], max_leng
         assert np.array_equal(encoder.encode([text])[0]["input_ids"], single["input_ids"])
     untruncated = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
     assert encoder.token_counts(texts) == untruncated
+    assert encoder.encode(texts)[1] == untruncated  # the truncating tokenization counts the cut-off pieces too
 
 
 TOKENIZER_TEXTS = [

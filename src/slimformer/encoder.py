@@ -35,10 +35,11 @@ class TextEncoder:
         pad_id: int = 0,
         pad_type_id: int = 0,
     ) -> None:
-        self.tokenizer = _copy_tokenizer(tokenizer)  # private copies: settings below must not leak to the caller
-        self.tokenizer.no_truncation()
+        # one tokenizer, owned by the encoder (a BERT vocabulary costs ~8 MB of memory a copy): it truncates, and
+        # the pieces it cut off (`Encoding.overflowing`) give each text's full token count
+        self.tokenizer = tokenizer
         self.tokenizer.no_padding()
-        self._truncating = _copy_tokenizer(self.tokenizer)
+        self.specials = tokenizer.num_special_tokens_to_add(False)  # added to the overflowing pieces too
         self.input_names = tuple(input_names)
         self.truncation_side = truncation_side
         self.padding_side = padding_side
@@ -47,9 +48,9 @@ class TextEncoder:
         self.truncate_at(max_length)
 
     def truncate_at(self, max_length: int) -> None:
-        """Keep at most `max_length` tokens a text (the truncating copy of the tokenizer follows)."""
+        """Keep at most `max_length` tokens a text."""
         self.max_length = max_length
-        self._truncating.enable_truncation(max_length, direction=self.truncation_side)
+        self.tokenizer.enable_truncation(max_length, direction=self.truncation_side)
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int) -> TextEncoder:
@@ -71,7 +72,7 @@ class TextEncoder:
         config = read_json(folder / "tokenizer_config.json")
         pad_token = config.get("pad_token")
         pad_token = pad_token.get("content") if isinstance(pad_token, dict) else pad_token
-        saved_padding = read_json(path).get("padding") or {}
+        saved_padding = tokenizer.padding or {}
         pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
         names = tuple(config.get("model_input_names") or MODEL_INPUTS)
         return cls(
@@ -91,7 +92,7 @@ class TextEncoder:
         if backend is None or not names or not set(names) <= set(MODEL_INPUTS):
             return None
         return cls(
-            backend,
+            _copy_tokenizer(backend),  # a private copy: the settings the encoder makes must not leak to the caller
             max_length,
             input_names=names,
             truncation_side=tokenizer.truncation_side,
@@ -100,14 +101,10 @@ class TextEncoder:
             pad_type_id=getattr(tokenizer, "pad_token_type_id", 0) or 0,
         )
 
-    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int] | None]:
-        """Model inputs truncated to `max_length` and padded to the longest, and each text's token count
-        (None when a text was truncated: its full count then needs `token_counts`)."""
-        texts = list(texts)
-        if len(texts) <= SMALL_BATCH:
-            encodings = [self._truncating.encode(text) for text in texts]
-        else:
-            encodings = self._truncating.encode_batch(texts)
+    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+        """Model inputs truncated to `max_length` and padded to the longest, and each text's token count before
+        truncation (special tokens included)."""
+        encodings = self._encodings(texts)
         longest = max((len(e.ids) for e in encodings), default=0)
         arrays = {
             "input_ids": np.full((len(texts), longest), self.pad_id, dtype=np.int64),
@@ -120,14 +117,21 @@ class TextEncoder:
             arrays["input_ids"][row, span] = encoding.ids
             arrays["token_type_ids"][row, span] = encoding.type_ids
             arrays["attention_mask"][row, span] = encoding.attention_mask
-        counts = None if any(e.overflowing for e in encodings) else [len(e.ids) for e in encodings]
-        return {name: arrays[name] for name in self.input_names}, counts
+        return {name: arrays[name] for name in self.input_names}, [self._full_count(e) for e in encodings]
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text with special tokens, before truncation."""
+        return [self._full_count(e) for e in self._encodings(texts)]
+
+    def _encodings(self, texts: list[str]) -> list[Any]:
+        texts = list(texts)
         if len(texts) <= SMALL_BATCH:
-            return [len(self.tokenizer.encode(text).ids) for text in texts]
-        return [len(encoding.ids) for encoding in self.tokenizer.encode_batch(list(texts))]
+            return [self.tokenizer.encode(text) for text in texts]
+        return self.tokenizer.encode_batch(texts)
+
+    def _full_count(self, encoding: Any) -> int:
+        # every piece cut off is post-processed like the first (its own special tokens): count its content only
+        return len(encoding.ids) + sum(len(piece.ids) - self.specials for piece in encoding.overflowing)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -130,8 +130,8 @@ class Predictor(ABC):
         return np.concatenate(chunks)
 
     def predict_logits_and_token_counts(self, texts: list[str]) -> tuple[np.ndarray, list[int] | None]:
-        """Logits, and each text's token count before truncation when the one tokenization tells it (no text was
-        truncated); None when they have to be counted separately (`token_counts`)."""
+        """Logits, and each text's token count before truncation, from one tokenization; None for a predictor
+        without a `TextEncoder` (a slow transformers tokenizer: count with `token_counts`)."""
         if self.encoder is None:
             return self.predict_logits(texts), None
         inputs, counts = self.encoder.encode(texts)
@@ -261,7 +261,7 @@ class OnnxPredictor(Predictor):
         super().__init__(
             _labels_from_config(folder), max_length, threads, TextEncoder.from_folder(folder, max_length), folder
         )
-        self.tokenizer = self.encoder.tokenizer  # the `tokenizers.Tokenizer` (no truncation, no padding)
+        self.tokenizer = self.encoder.tokenizer  # the `tokenizers.Tokenizer` (truncating at max_length, no padding)
         self.graph_optimization = graph_optimization
         self.spinning = spinning
         self.onnx_path = Path(onnx_path) if onnx_path is not None else folder / ONNX_FILE
