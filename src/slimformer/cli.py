@@ -10,23 +10,29 @@ import sys
 
 import typer
 
-from slimformer.commands import register_all
+from slimformer.commands import STANDALONE, register_all
 from slimformer.errors import SlimformerError
 
-app = typer.Typer(
-    name="slimformer",
-    help="Make fine-tuned transformer text classifiers fast and small for CPU production.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-register_all(app)
+HELP = "Make fine-tuned transformer text classifiers fast and small for CPU production."
+
+
+def build_app(command: str | None = None) -> typer.Typer:
+    """The Typer app with every command, or with only `command` when it can be registered alone (`serve`)."""
+    app = typer.Typer(
+        name="slimformer", help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False
+    )
+    if command in STANDALONE:
+        app.callback()(lambda: None)  # keeps `serve` a subcommand when it is the only one registered
+    register_all(app, command)
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one line and exit code 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    app = build_app(args[0] if args else None)
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="slimformer")
+        code = app(args=args, standalone_mode=False, prog_name="slimformer")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
