@@ -159,9 +159,20 @@ def test_deployable_model_folder(tiny_classifier_dir, benchmark, tmp_path):
     output = write_deployable_model(Path(tiny_classifier_dir), tmp_path / "model", benchmark, variants, ReportConfig())
     card = (output / "README.md").read_text()
     assert "accuracy 0.8700" in card and "p50 12.00 ms" in card
+    assert "requirements-serve.txt" not in card  # a PyTorch folder needs the full install
     assert (output / "session.json").is_file() and (output / "labels.json").is_file()
     import slimformer
 
     labels, scores = slimformer.load(output, threads=1).predict(["set an alarm for 7am"])
     assert labels[0] in slimformer.load(tiny_classifier_dir, threads=1).labels
     assert 0 < scores[0] <= 1
+
+
+def test_an_onnx_model_card_says_how_to_serve_it_lean_and_with_a_key(benchmark, tmp_path):
+    onnx_dir = Path(__file__).resolve().parent / "data" / "tiny_onnx"
+    benchmark["results"][0]["model"] = "int8"
+    variants = [Variant("int8", onnx_dir, "quantize")]
+    output = write_deployable_model(onnx_dir, tmp_path / "model", benchmark, variants, ReportConfig())
+    card = (output / "README.md").read_text()
+    assert "pip install -r requirements-serve.txt" in card and "--api-key-file" in card
+    assert "Authorization: Bearer" in card and "MB of RSS" in card

@@ -293,6 +293,31 @@ def _labels(model: Path) -> list[str]:
     return classifier_labels(model) or []
 
 
+SERVING_NOTE = [
+    "## Serve it without PyTorch",
+    "",
+    "An ONNX folder needs only ONNX Runtime, `tokenizers` and the web stack: "
+    "`pip install --no-deps slimformer && pip install -r requirements-serve.txt` (the repository's file). "
+    "Neither torch nor transformers is imported; the `make demo` model peaks at about 120 MB of RSS when served "
+    "(BENCHMARKS.md, `benchmarks/serve_footprint.py`).",
+    "",
+    "```bash",
+    "slimformer serve model --host 0.0.0.0 --api-key-file key.txt  # or $SLIMFORMER_API_KEY, never argv",
+    "curl -H \"Authorization: Bearer $(cat key.txt)\" -H 'content-type: application/json' \\",
+    '     -d \'{"text": "how do i set an alarm for 7am"}\' http://HOST:8000/predict',
+    "```",
+    "",
+    "`/healthz` and `/readyz` stay open for load balancers; without a key the server binds to loopback only "
+    "(`--insecure` to override); SIGTERM finishes the requests in flight, then exits 0.",
+    "",
+]
+
+
+def _serving_note(model: Path) -> list[str]:
+    """How to serve an ONNX folder lean and behind an API key (PyTorch folders need the full install)."""
+    return SERVING_NOTE if (model / "model.onnx").is_file() else []
+
+
 def _model_card(
     model: Path,
     row: dict[str, Any] | None,
@@ -319,6 +344,7 @@ def _model_card(
         "",
         "or serve it: `slimformer serve model --port 8000`.",
         "",
+        *_serving_note(model),
         *_custom_code_note(model),
         "## Measured",
         "",
