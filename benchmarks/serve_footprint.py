@@ -1,4 +1,4 @@
-"""Start-up time and peak RSS of `slimformer serve MODEL` for one or more `slimformer` executables (e.g. the
+"""Start-up time and peak RSS (with its anonymous and file-backed parts) of `slimformer serve MODEL` for one or more `slimformer` executables (e.g. the
 full .venv against the lean .venv-lean), each started fresh `--runs` times and sent `--requests` requests.
 
     .venv/bin/python benchmarks/serve_footprint.py --model demo/model \\
@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 HOST = "127.0.0.1"
+MEMORY_KEYS = ("peak_rss_mb", "anon_mb", "file_mb")
 
 
 def free_port() -> int:
@@ -25,18 +26,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM of the process and its children (uvicorn may run the app in the same process)."""
-    total = 0.0
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmHWM (peak RSS), RssAnon and RssFile of the process and its children (uvicorn may run the app in the
+    same process)."""
+    fields = {"VmHWM:": "peak_rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
+    totals = dict.fromkeys(fields.values(), 0.0)
     pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
     for one in pids:
         for line in Path(f"/proc/{one}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) / 1024
-    return total
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in fields:
+                totals[fields[key]] += int(line.split()[1]) / 1024
+    return {name: round(value, 1) for name, value in totals.items()}
 
 
-def one_run(binary: Path, model: str, requests: int) -> dict:
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only). The shared libraries' resident pages count in RSS, and how many
+    depends on the page cache's state: a freshly installed venv maps its .so files in larger folios (15 MB more
+    RSS for the same libraries, measured). Dropping the cache before each start measures every venv alike."""
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def one_run(binary: Path, model: str, requests: int, drop_caches: bool) -> dict:
+    dropped = drop_page_cache() if drop_caches else False
     port = free_port()
     started = time.perf_counter()
     server = subprocess.Popen(
@@ -62,7 +79,7 @@ def one_run(binary: Path, model: str, requests: int) -> dict:
             )
             with urllib.request.urlopen(request, timeout=10) as answer:
                 assert answer.status == 200
-        return {"startup_s": round(startup, 2), "peak_rss_mb": round(peak_rss_mb(server.pid), 1)}
+        return {"startup_s": round(startup, 2), **memory_mb(server.pid), "page_cache_dropped": dropped}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -75,16 +92,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--no-drop-caches", action="store_true", help="Keep the page cache (by default it is dropped, as root)."
+    )
     args = parser.parse_args()
     results = {}
     for _ in range(args.runs):  # interleaved: each executable once per round
         for binary in args.bin:
-            results.setdefault(str(binary), []).append(one_run(binary, args.model, args.requests))
+            run = one_run(binary, args.model, args.requests, drop_caches=not args.no_drop_caches)
+            results.setdefault(str(binary), []).append(run)
     summary = {
         name: {
             "runs": runs,
             "startup_s_median": statistics.median(r["startup_s"] for r in runs),
-            "peak_rss_mb_median": statistics.median(r["peak_rss_mb"] for r in runs),
+            **{f"{key}_median": statistics.median(r[key] for r in runs) for key in MEMORY_KEYS},
         }
         for name, runs in results.items()
     }
