@@ -1,5 +1,6 @@
-"""Start-up time and peak RSS (with its anonymous and file-backed parts) of `slimformer serve MODEL` for one or more `slimformer` executables (e.g. the
-full .venv against the lean .venv-lean), each started fresh `--runs` times and sent `--requests` requests.
+"""Start-up time and peak RSS (with its anonymous and file-backed parts) of `slimformer serve MODEL` for one or
+more `slimformer` executables (e.g. the full .venv against the lean .venv-lean), each started fresh `--runs`
+times and sent `--requests` requests.
 
     .venv/bin/python benchmarks/serve_footprint.py --model demo/model \\
         --bin .venv/bin/slimformer --bin .venv-lean/bin/slimformer --runs 3
