@@ -193,3 +193,15 @@ def test_two_workers_on_postgres_one_killed_mid_trial(tiny4, clinc_slice_dir, tm
     assert len(complete) == len(set(complete))  # no trial ran twice
     workers = {t.user_attrs.get("worker") for t in trials if t.state.name == "COMPLETE"}
     assert len(workers) >= 1
+
+
+def test_the_baseline_trial_is_the_packaged_recipe_shape() -> None:
+    from slimformer.auto.config import AutoConfig
+    from slimformer.auto.run import recipe_params
+    from slimformer.pipeline import load_recipe
+
+    stages = {(s.kind, s.options.get("method")): s.options for s in load_recipe().stages}
+    params = recipe_params(AutoConfig(min_speedup=5))
+    assert params["layers"] == stages[("distill", None)]["student_layers"]
+    assert params["ffn_fraction"] == stages[("prune", "structured")]["sparsity"] == 0.5
+    assert params["heads_fraction"] == 0.0 and params["vocab_clusters"] == stages[("prune", "vocab")]["vocab_clusters"]

@@ -111,11 +111,13 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
 
     distill = _recipe_stage("distill").options
     vocab = _recipe_stage("prune", "vocab")
+    sliced = _recipe_stage("prune", "structured")
+    sliced = sliced.options if sliced else {}
     quantize = _recipe_stage("quantize")
     params = {
         "layers": distill.get("student_layers"),
-        "heads_fraction": 0.0,
-        "ffn_fraction": 0.0,
+        "heads_fraction": sliced.get("heads_fraction", 0.0),
+        "ffn_fraction": sliced.get("ffn_fraction", sliced.get("sparsity", 0.0)),
         "vocab_clusters": vocab.options.get("vocab_clusters", 1024) if vocab else 0,
         "quantization": quantize.options.get("method", "dynamic") if quantize else "dynamic",
         "per_channel": True,
