@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 HOST = "127.0.0.1"
-MEMORY_KEYS = ("peak_rss_mb", "anon_mb", "file_mb")
+# /proc/PID/status fields and the names they are reported under
+STATUS_FIELDS = {"VmHWM": "peak_rss_mb", "RssAnon": "anon_mb", "RssFile": "file_mb"}
 
 
 def free_port() -> int:
@@ -30,14 +31,13 @@ def free_port() -> int:
 def memory_mb(pid: int) -> dict[str, float]:
     """VmHWM (peak RSS), RssAnon and RssFile of the process and its children (uvicorn may run the app in the
     same process)."""
-    fields = {"VmHWM:": "peak_rss_mb", "RssAnon:": "anon_mb", "RssFile:": "file_mb"}
-    totals = dict.fromkeys(fields.values(), 0.0)
+    totals = dict.fromkeys(STATUS_FIELDS.values(), 0.0)
     pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
     for one in pids:
         for line in Path(f"/proc/{one}/status").read_text().splitlines():
-            key = line.split(maxsplit=1)[0] if line else ""
-            if key in fields:
-                totals[fields[key]] += int(line.split()[1]) / 1024
+            field, _, value = line.partition(":")
+            if field in STATUS_FIELDS:
+                totals[STATUS_FIELDS[field]] += int(value.split()[0]) / 1024
     return {name: round(value, 1) for name, value in totals.items()}
 
 
@@ -106,7 +106,7 @@ def main() -> None:
         name: {
             "runs": runs,
             "startup_s_median": statistics.median(r["startup_s"] for r in runs),
-            **{f"{key}_median": statistics.median(r[key] for r in runs) for key in MEMORY_KEYS},
+            **{f"{key}_median": statistics.median(r[key] for r in runs) for key in STATUS_FIELDS.values()},
         }
         for name, runs in results.items()
     }

@@ -298,8 +298,8 @@ SERVING_NOTE = [
     "",
     "An ONNX folder needs only ONNX Runtime, `tokenizers` and the web stack: "
     "`pip install --no-deps slimformer && pip install -r requirements-serve.txt` (the repository's file). "
-    "Neither torch nor transformers is imported; the `make demo` model peaks at about 120 MB of RSS when served "
-    "(BENCHMARKS.md, `benchmarks/serve_footprint.py`).",
+    "Neither torch nor transformers is imported; the `make demo` model peaks at 116 MB of RSS when served "
+    "on a 2-core AMD EPYC (BENCHMARKS.md, `benchmarks/serve_footprint.py`).",
     "",
     "```bash",
     "slimformer serve model --host 0.0.0.0 --api-key-file key.txt  # or $SLIMFORMER_API_KEY, never argv",
