@@ -275,3 +275,94 @@ def test_repeated_embedding_rows_are_stored_once(
 
     # a table without repeated rows is left alone
     assert json.loads((optimized_dir / "metrics.json").read_text())["embedding_rows"] is None
+
+
+def _ops(path: Path) -> list[str]:
+    import onnx
+
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+def test_optimize_rewrites_are_exact_and_stay_unfused(optimized_dir: Path, exported_dir: Path, tmp_path: Path) -> None:
+    """The first-token tail and the split SkipLayerNormalization change no logit, and ONNX Runtime does not fuse
+    the split form back when it loads the graph at level "all"."""
+    import onnx
+    import onnxruntime as ort
+
+    rewrites = json.loads((optimized_dir / "metrics.json").read_text())["rewrites"]
+    # last layer: output projection, 2 SkipLayerNorms, 2 FFN MatMuls, BiasGelu; the split: 2 per layer
+    assert rewrites["first_token_tail"] == {"applied": True, "nodes": 6, "reason": "", "tensors_gathered": 2}
+    assert rewrites["split_skip_layernorm"]["applied"] and rewrites["split_skip_layernorm"]["nodes"] == 4
+    ops = _ops(optimized_dir / "model.onnx")
+    assert "SkipLayerNormalization" not in ops and ops.count("LayerNormalization") == 4
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_loaded.onnx")
+    ort.InferenceSession(str(optimized_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" not in _ops(tmp_path / "as_loaded.onnx")
+
+    # the last layer's tail runs on one row: expose the tensor the pooler reads and feed 7 tokens
+    model = onnx.load(str(optimized_dir / "model.onnx"))
+    pooled = next(n for n in model.graph.node if n.op_type == "Gather" and "pooler" in n.name)
+    model.graph.output.append(onnx.helper.make_tensor_value_info(pooled.input[0], onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.ones((1, 7), dtype=np.int64) for i in session.get_inputs()}
+    assert session.run([pooled.input[0]], feed)[0].shape == (1, 1, 32)
+
+
+def test_optimize_without_rewrites_gives_the_same_logits(optimized_dir: Path, exported_dir: Path, clinc_slice) -> None:
+    from slimformer import load
+    from slimformer.data import column
+    from slimformer.onnx import OptimizeConfig, optimize_onnx
+
+    plain = exported_dir.parent / "opt-fused"
+    config = OptimizeConfig(threads=1, first_token_tail=False, split_skip_layernorm=False)
+    assert optimize_onnx(exported_dir, plain, config)["rewrites"] == {}
+    assert _ops(plain / "model.onnx").count("SkipLayerNormalization") == 4
+    texts = column(clinc_slice.test, "text")
+    fused, rewritten = load(plain).predict_logits(texts, 16), load(optimized_dir).predict_logits(texts, 16)
+    assert np.abs(fused - rewritten).max() < 1e-4
+    assert (fused.argmax(-1) == rewritten.argmax(-1)).all()
+
+
+def test_first_token_tail_needs_a_row_wise_path() -> None:
+    """No rewrite where the pooled rows mix positions (a softmax over the sequence) or nothing pools a token."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from slimformer.onnx.rewrites import compute_first_token_only, split_skip_layer_norms
+
+    def graph(nodes: list) -> onnx.ModelProto:
+        index = helper.make_tensor("zero", TensorProto.INT64, [], [0])
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 4])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        body = helper.make_graph(nodes, "g", [x], [y], [index])
+        return helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)])
+
+    mixed = graph(
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=1),
+            helper.make_node("Gather", ["p", "zero"], ["y"], axis=1),
+        ]
+    )
+    report = compute_first_token_only(mixed)
+    assert not report.applied and "row-wise" in report.reason
+    unpooled = graph([helper.make_node("ReduceMean", ["x"], ["y"], axes=[1])])
+    assert "no first-token pooling" in compute_first_token_only(unpooled).reason
+    assert not split_skip_layer_norms(unpooled).applied
+
+
+def test_onnx_stages_record_the_fastest_threads(exported_dir: Path, tmp_path: Path) -> None:
+    """Without --threads an ONNX stage times its output at 1..N threads x spinning and keeps the fastest."""
+    from slimformer.cpu import cpu_model, default_threads
+    from slimformer.onnx import OptimizeConfig, optimize_onnx
+
+    metrics = optimize_onnx(exported_dir, tmp_path / "opt", OptimizeConfig())
+    session = json.loads((tmp_path / "opt" / "session.json").read_text())
+    sweep = session["thread_sweep"]
+    assert sweep["cpu"] == cpu_model() and len(sweep["p50_ms"]) == 2 * default_threads()
+    best = min(sweep["p50_ms"], key=lambda row: row["p50_ms"])
+    assert (session["threads"], session["intra_op_allow_spinning"]) == (best["threads"], best["spinning"])
+    assert metrics["session"]["threads"] == best["threads"] and "thread_sweep" not in metrics["session"]
+    fixed = json.loads((exported_dir / "session.json").read_text())  # the fixture gave --threads 1
+    assert fixed["threads"] == 1 and "thread_sweep" not in fixed

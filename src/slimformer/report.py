@@ -252,8 +252,9 @@ def write_deployable_model(
     data: Any = None,
 ) -> Path | None:
     """Copy the final model to `output` with its session settings and a model card holding the measured numbers.
-    An ONNX model's threads and spinning are then measured on this CPU over real queries of `data` (the
-    benchmark's split) and recorded in its session.json (slimformer.threads), unless `threads` fixes them."""
+    An ONNX model keeps the threads and spinning its stage measured on this CPU (the settings it was benchmarked
+    with); measured elsewhere or not at all, they are timed here over validation queries of `data` and recorded
+    in its session.json (slimformer.threads), unless `threads` fixes them."""
     from slimformer.artifacts import atomic_output_dir
     from slimformer.predictor import ONNX_FILE, SESSION_FILE, default_threads
 
@@ -273,18 +274,27 @@ def write_deployable_model(
         write_json(folder / SESSION_FILE, session)
         sweep = None
         if data is not None and threads is None and (folder / ONNX_FILE).is_file():
-            sweep = _tune_threads(folder, data, benchmark["data"]["split"])
+            sweep = _threads_measured_here(session) or _tune_threads(folder, data)
         write_json(folder / "labels.json", _labels(model))
         (folder / "README.md").write_text(_model_card(model, row, benchmark, variants, sweep))
         write_json(folder / "metrics.json", {"stage": "deploy", "source": str(model), "benchmark": row})
     return output
 
 
-def _tune_threads(folder: Path, data: Any, split: str) -> dict[str, Any]:
+def _threads_measured_here(session: dict[str, Any]) -> dict[str, Any] | None:
+    """The sweep the model's stage recorded (the settings it was benchmarked with), when it ran on this CPU."""
+    from slimformer.cpu import cpu_model
+
+    sweep = session.get("thread_sweep")
+    return sweep if sweep and sweep.get("cpu") == cpu_model() else None
+
+
+def _tune_threads(folder: Path, data: Any) -> dict[str, Any]:
+    """Threads x spinning timed over validation queries (settings are chosen on validation, never on test)."""
     from slimformer.data import column
     from slimformer.threads import sample_queries, tune_threads
 
-    return tune_threads(folder, sample_queries(column(data.split(split), "text")))
+    return tune_threads(folder, sample_queries(column(data.validation, "text")))
 
 
 def _labels(model: Path) -> list[str]:

@@ -25,6 +25,7 @@ from slimformer.onnx.runtime import (
     parity,
     parity_texts,
 )
+from slimformer.threads import THREADS_HELP, record_threads
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -48,7 +49,7 @@ class ExportConfig(StageConfig):
     max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
     parity_tolerance: float = option(1e-4, "Largest |logit difference| vs PyTorch accepted for an fp32 export.")
     parity_examples: int | None = option(None, "Validation examples compared (None: all)")
-    threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
+    threads: int | None = option(None, THREADS_HELP)
     graph_optimization_level: str = option("all", "ONNX Runtime session level saved in session.json.")
 
     def validate(self) -> None:
@@ -115,7 +116,8 @@ def export_onnx(
         ).predict_logits(texts, PARITY_BATCH)
         report = _parity_report(source, reference, exported, parity_source, config)
         write_json(folder / PARITY_FILE, report)
-        settings = write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
+        write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
+        settings = record_threads(folder, config.threads, texts)
         metrics: dict[str, Any] = {
             "stage": "export",
             "source_model": str(model_dir),

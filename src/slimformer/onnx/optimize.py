@@ -29,6 +29,7 @@ from slimformer.onnx.runtime import (
     onnx_folder,
     parity,
 )
+from slimformer.threads import THREADS_HELP, record_threads
 
 OPTIMIZATION_LEVELS = (0, 1, 2, 99)
 # the fused ops the issue asks to count, in the order a BERT layer uses them
@@ -55,8 +56,14 @@ class OptimizeConfig(StageConfig):
     hidden_size: int | None = option(None, "Attention width, heads x head size (None: from config.json)")
     model_type: str | None = option(None, "ORT optimizer graph patterns (None: the family's, see slimformer.families)")
     parity_tolerance: float = option(1e-3, "Largest |logit difference| vs the unoptimized graph accepted.")
+    first_token_tail: bool = option(
+        True, "Run the last layer's projection, LayerNorms and FFN on the first token only (the one classified)"
+    )
+    split_skip_layernorm: bool = option(
+        True, "Rewrite fused SkipLayerNormalization as Add + LayerNormalization (ORT's CPU kernel is slower)"
+    )
     max_length: int | None = option(None, "Truncation saved in session.json (default: the source's, else 128).")
-    threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
+    threads: int | None = option(None, THREADS_HELP)
     graph_optimization_level: str = option("all", "ONNX Runtime session level saved in session.json.")
 
     def validate(self) -> None:
@@ -109,7 +116,7 @@ def optimize_onnx(
         optimize_seconds = time.perf_counter() - started
         embedding_rows = compact_embedding_rows(folder / ONNX_FILE, folder / ONNX_FILE)
         copy_model_files(source, folder)
-        check = _parity_with_input(source, folder, config)
+        rewrites, check = _rewrite_checked(source, folder, config)
         if check["max_abs_logit_diff"] > config.parity_tolerance:
             raise ModelError(
                 f"the optimized graph drifts from {source}: max |logit difference| "
@@ -121,7 +128,8 @@ def optimize_onnx(
         problems += notes.pop("problems")
         for problem in problems:
             warnings.warn(problem, stacklevel=2)
-        settings = write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
+        write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
+        settings = record_threads(folder, config.threads, list(BUILTIN_SENTENCES))
         metrics = {
             "stage": "optimize",
             "source_model": str(onnx_dir),
@@ -140,6 +148,7 @@ def optimize_onnx(
             "optimize_seconds": round(optimize_seconds, 2),
             "onnx_size_mb_before": round((source / ONNX_FILE).stat().st_size / 1e6, 2),
             "onnx_size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
+            "rewrites": rewrites,  # slimformer.onnx.rewrites: what each did, or why not
             "parity_vs_input": check,
             "embedding_rows": embedding_rows,  # repeated rows stored once (vocabulary clustering), else None
             "warnings": problems,
@@ -226,6 +235,29 @@ def _run_optimizer(
     finally:
         logging.disable(logging.NOTSET)
     return dict(optimized.get_fused_operator_statistics())
+
+
+def _rewrite_checked(source: Path, folder: Path, config: OptimizeConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The rewrites (slimformer.onnx.rewrites) on the fused graph, and parity with the input graph; rewrites
+    that break parity (or the graph) are dropped, with the reason."""
+    from slimformer.onnx.rewrites import rewrite_graph
+
+    path = folder / ONNX_FILE
+    fused = path.read_bytes()
+    rewrites = rewrite_graph(str(path), config.first_token_tail, config.split_skip_layernorm)
+    if not any(report["applied"] for report in rewrites.values()):
+        return rewrites, _parity_with_input(source, folder, config)
+    try:
+        check = _parity_with_input(source, folder, config)
+        failure = "" if check["max_abs_logit_diff"] <= config.parity_tolerance else "they broke parity"
+    except Exception as exc:  # a rewritten graph ORT cannot load or run: keep the fused one
+        failure = f"ONNX Runtime failed on the rewritten graph: {first_line(exc)}"
+    if not failure:
+        return rewrites, check
+    path.write_bytes(fused)
+    for report in rewrites.values():
+        report.update(applied=False, nodes=0, reason=f"dropped: {failure}")
+    return rewrites, _parity_with_input(source, folder, config)
 
 
 def _parity_with_input(source: Path, folder: Path, config: OptimizeConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from slimformer.evaluation import score_logits
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import ONNX_FILE, copy_model_files, parity, parity_texts
 from slimformer.onnx.static import QOPERATOR_EXTRA_OPS, STATIC_OPS
+from slimformer.threads import record_threads
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -212,7 +213,8 @@ class Int8Job:
         with atomic_output_dir(output) as folder:
             embedding_rows = compact_embedding_rows(graph.path, folder / ONNX_FILE)
             copy_model_files(self.fp32_dir, folder)
-            settings = write_session(folder, self.config.max_length, self.config.threads)
+            write_session(folder, self.config.max_length, self.config.threads)
+            settings = record_threads(folder, self.config.threads, self.evaluation.texts)
             quantized_logits = self.evaluation.logits(folder / ONNX_FILE)
             metrics = self._metrics(graph, folder)
             metrics.update(

@@ -42,6 +42,7 @@ from slimformer.onnx.ort_quantize import (  # noqa: F401
 )
 from slimformer.onnx.runtime import ONNX_FILE
 from slimformer.onnx.static import CALIBRATION_METHODS, QUANT_FORMATS, STATIC_OPS  # noqa: F401
+from slimformer.threads import THREADS_HELP
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -62,7 +63,7 @@ class QuantizeOptions(StageConfig):
     max_eval_samples: int | None = option(None, "Validation rows used for accuracy (None: all)")
     sensitivity_samples: int | None = option(1000, "Validation rows used by the per-layer sensitivity pass.")
     max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
-    threads: int | None = option(None, "Intra-op threads saved in session.json (None: every core at load time)")
+    threads: int | None = option(None, THREADS_HELP)
     max_train_samples: int | None = option(None, "Subsample the training split (QAT and calibration)")
     seed: int = option(42, "Random seed (QAT, calibration rows).")
 
