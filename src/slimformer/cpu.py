@@ -20,6 +20,7 @@ ISA_FLAGS = {
     "amx": "amx_int8",
 }
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot-product instructions
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
 
 
 @functools.cache
@@ -56,6 +57,11 @@ def isa_summary() -> dict[str, bool]:
 def has_vnni() -> bool:
     """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)."""
     return bool(set(VNNI_FLAGS) & isa_flags())
+
+
+def has_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16), so bf16 training is faster."""
+    return bool(set(BF16_FLAGS) & isa_flags())
 
 
 def default_threads() -> int:

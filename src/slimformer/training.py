@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
     from slimformer.data import DataSplits
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
 
 @dataclass
 class TrainingOptions(StageConfig):
@@ -43,6 +45,11 @@ class TrainingOptions(StageConfig):
     seed: int = option(42, "Random seed.")
     max_train_samples: int | None = option(None, "Subsample the training split (quick runs).")
     max_eval_samples: int | None = option(None, "Subsample validation and test.")
+    precision: str = option(
+        "fp32",
+        "Training arithmetic: fp32; bf16 (autocast, fp32 master weights); auto: bf16 where the hardware computes "
+        "it natively (AVX512-BF16 / AMX-BF16 CPUs, bf16 GPUs), else fp32",
+    )
 
     def quick(self) -> Self:
         return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS)) if self.epochs > 0 else self
@@ -59,6 +66,8 @@ class TrainingOptions(StageConfig):
             raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"max length must be >= 2, got {self.max_length}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def validate(self) -> None:
         self.validate_training_options()
@@ -84,6 +93,7 @@ class TrainResult:
     train_seconds: float = 0.0
     teacher_logits: dict[str, Any] | None = None
     processes: int = 1  # data-parallel processes that trained (torchrun --nproc_per_node N: N, via DDP)
+    precision: str = "fp32"  # the arithmetic it trained in (`precision: auto` resolved)
 
     def metrics(self) -> dict[str, Any]:
         """The entries every training stage writes to metrics.json."""
@@ -91,6 +101,7 @@ class TrainResult:
             "teacher_logits": self.teacher_logits,
             "train_seconds": self.train_seconds,
             "training_processes": self.processes,
+            "training_precision": self.precision,
             "validation": self.validation,
             "test": self.test,
             "history": self.history,
@@ -175,6 +186,7 @@ def train_classifier(
         train_seconds=round(train_seconds, 1),
         teacher_logits=cache_report(cache),
         processes=trainer.args.world_size,
+        precision="bf16" if trainer.args.bf16 else "fp32",
     )
     model.to("cpu")  # every later step (saving, export, latency) runs on the CPU
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -230,9 +242,22 @@ def _cuda_training() -> bool:
     return torch.cuda.is_available()
 
 
+def resolve_precision(precision: str) -> str:
+    """`precision` with `auto` decided for the device training runs on: bf16 where it is native, else fp32."""
+    if precision != "auto":
+        return precision
+    if _cuda_training():
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    from slimformer.cpu import has_bf16
+
+    return "bf16" if has_bf16() else "fp32"
+
+
 def trainer_arguments(output_dir: Path, config: Any, **overrides: Any) -> dict[str, Any]:
     """TrainingArguments keywords from a stage config's shared hyperparameters (epochs, learning_rate,
-    batch_size, weight_decay, warmup_ratio, seed and, where the config has it, group_by_length)."""
+    batch_size, weight_decay, warmup_ratio, seed, precision and, where the config has it, group_by_length)."""
     return base_training_arguments(
         output_dir,
         num_train_epochs=config.epochs,
@@ -241,6 +266,7 @@ def trainer_arguments(output_dir: Path, config: Any, **overrides: Any) -> dict[s
         weight_decay=config.weight_decay,
         warmup_steps=config.warmup_ratio,  # transformers 5 reads a float below 1 as a ratio
         seed=config.seed,
+        bf16=resolve_precision(getattr(config, "precision", "fp32")) == "bf16",
         train_sampling_strategy="group_by_length" if getattr(config, "group_by_length", False) else "random",
         **overrides,
     )
