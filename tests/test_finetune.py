@@ -93,3 +93,30 @@ def test_training_uses_a_gpu_only_when_allowed(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("SLIMFORMER_TRAIN_DEVICE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert base_training_arguments(tmp_path)["use_cpu"] is False
+
+
+def test_bf16_training_learns_and_saves_fp32_weights(tiny_base_dir, clinc_slice, tmp_path) -> None:
+    """precision bf16: autocast arithmetic, fp32 master weights; the checkpoint stays an fp32 transformers model."""
+    from safetensors import safe_open
+
+    config = FinetuneConfig(epochs=8, learning_rate=3e-3, batch_size=16, warmup_ratio=0.0, precision="bf16")
+    metrics = finetune(tiny_base_dir, tmp_path / "bf16", config, clinc_slice)
+    assert metrics["training_precision"] == "bf16"
+    assert metrics["history"][-1]["validation_loss"] < metrics["history"][0]["validation_loss"]
+    assert metrics["validation"]["accuracy"] > 1 / 6
+    with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(name).dtype) for name in weights.keys()} == {"torch.float32"}  # noqa: SIM118
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch, tmp_path) -> None:
+    import slimformer.cpu
+    from slimformer.training import resolve_precision, trainer_arguments
+
+    monkeypatch.setenv("SLIMFORMER_TRAIN_DEVICE", "cpu")
+    for flags, expected in ((frozenset({"avx512f", "avx512_bf16"}), "bf16"), (frozenset({"avx2"}), "fp32")):
+        monkeypatch.setattr(slimformer.cpu, "isa_flags", lambda flags=flags: flags)
+        assert resolve_precision("auto") == expected
+        assert trainer_arguments(tmp_path, FinetuneConfig(precision="auto"))["bf16"] is (expected == "bf16")
+    assert resolve_precision("fp32") == "fp32" and trainer_arguments(tmp_path, FinetuneConfig())["bf16"] is False
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto"):
+        FinetuneConfig(precision="fp16").validate()
