@@ -178,7 +178,9 @@ def test_two_workers_on_postgres_one_killed_mid_trial(tiny4, clinc_slice_dir, tm
         except KeyError:
             continue
         for trial in running:
-            if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and "screen" in trial.user_attrs:
+            # training has begun once the last training parameter is suggested (right after the screen)
+            training = "screen" in trial.user_attrs and "learning_rate" in trial.params
+            if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and training:
                 victim.send_signal(signal.SIGKILL)
                 killed = trial.number
     assert killed is not None, "the victim never trained a trial"

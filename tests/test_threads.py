@@ -97,7 +97,8 @@ def test_cli_tune_threads(folder: Path, tmp_path: Path, capsys) -> None:
     assert "fastest: 1 threads" in out and "written to session.json" in out
 
 
-def test_the_deployable_onnx_folder_is_tuned(folder: Path, tmp_path: Path) -> None:
+def deploy(folder: Path, tmp_path: Path, name: str, threads: int | None = None) -> Path:
+    """write_deployable_model of the ONNX `folder` after a fake benchmark, with validation data of 3 intents."""
     from slimformer.data import load_data
     from slimformer.pipeline import Variant
     from slimformer.report import ReportConfig, write_deployable_model
@@ -112,37 +113,27 @@ def test_the_deployable_onnx_folder_is_tuned(folder: Path, tmp_path: Path) -> No
     }
     benchmark["environment"].update(python="3.11", versions={})
     variants = [Variant("teacher", tmp_path, "input"), Variant("int8", folder, "quantize")]
-    deployed = write_deployable_model(folder, tmp_path / "model", benchmark, variants, ReportConfig(), data=data)
+    return write_deployable_model(folder, tmp_path / name, benchmark, variants, ReportConfig(), threads, data)
+
+
+def test_the_deployable_onnx_folder_is_tuned(folder: Path, tmp_path: Path) -> None:
+    deployed = deploy(folder, tmp_path, "model")
     sweep = json.loads((deployed / "session.json").read_text())["thread_sweep"]
     assert sweep["queries"] == 200 and sweep["cpu"] == cpu_model()
     assert f"runs with {sweep['best']['threads']} intra-op threads" in (deployed / "README.md").read_text()
-    fixed = write_deployable_model(folder, tmp_path / "fixed", benchmark, variants, ReportConfig(), 1, data)
+    fixed = deploy(folder, tmp_path, "fixed", threads=1)
     assert "thread_sweep" not in json.loads((fixed / "session.json").read_text())  # the recipe's threads win
 
 
 def test_the_deployable_model_keeps_the_threads_it_was_benchmarked_with(folder: Path, tmp_path: Path) -> None:
     """A sweep its stage measured on this CPU is kept as it is; one from another CPU is measured again."""
-    from slimformer.data import load_data
-    from slimformer.pipeline import Variant
-    from slimformer.report import ReportConfig, write_deployable_model
-    from tests.test_report import fake_result
-
-    data = load_data(str(write_three_intents(tmp_path / "data")))
-    benchmark = {
-        "environment": {"cpu": "Test CPU", "cpu_count": 2, "isa": {}, "threads": 2, "platform": "linux"},
-        "data": {"name": "three", "split": "test", "rows": 24},
-        "config": {"latency_samples": 10, "warmup": 1, "batch_size": 8},
-        "results": [fake_result("teacher", 0.9, 5.0, 9.0), fake_result("int8", 0.9, 0.5, 1.0, "onnxruntime")],
-    }
-    benchmark["environment"].update(python="3.11", versions={})
-    variants = [Variant("teacher", tmp_path, "input"), Variant("int8", folder, "quantize")]
     here = {"cpu": cpu_model(), "cores": 2, "queries": 7, "best": {"threads": 1, "spinning": False, "p50_ms": 0.1}}
     (folder / "session.json").write_text(json.dumps({"threads": 1, "thread_sweep": here}))
-    deployed = write_deployable_model(folder, tmp_path / "kept", benchmark, variants, ReportConfig(), data=data)
+    deployed = deploy(folder, tmp_path, "kept")
     assert json.loads((deployed / "session.json").read_text())["thread_sweep"] == here
 
     elsewhere = {**here, "cpu": "Another CPU"}
     (folder / "session.json").write_text(json.dumps({"threads": 1, "thread_sweep": elsewhere}))
-    deployed = write_deployable_model(folder, tmp_path / "again", benchmark, variants, ReportConfig(), data=data)
+    deployed = deploy(folder, tmp_path, "again")
     sweep = json.loads((deployed / "session.json").read_text())["thread_sweep"]
     assert sweep["cpu"] == cpu_model() and sweep["queries"] == 200
