@@ -76,6 +76,8 @@ def test_headline_says_what_the_final_model_gains():
     )
     budgeted = headline(rows, budget="budget: p50 ≤ 1 ms — met")
     assert budgeted.endswith("· Intel Xeon, 2 threads · budget: p50 ≤ 1 ms — met**")
+    rows[-1]["threads"] = 1
+    assert headline(rows).endswith("· Intel Xeon, 1 thread**")
     worse = headline([row("teacher", 2.0, 10.0, 0.80), row("big", 3.0, 20.0, 0.805)])
     assert (
         "Final model: big — 1.5x slower than the teacher (3.00 vs 2.00 ms p50), 2.0x larger (20.0 vs 10.0 MB)" in worse

@@ -77,7 +77,8 @@ def headline(rows: list[dict[str, Any]], budget: str | None = None) -> str:
             f"({final['size_mb']:.1f} vs {base['size_mb']:.1f} MB), {delta} points accuracy "
             f"({100 * final['accuracy']:.2f} vs {100 * base['accuracy']:.2f} %)"
         )
-    threads = f"{final['threads']} threads" if final.get("threads") else ""
+    count = final.get("threads")
+    threads = f"{count} thread{'' if count == 1 else 's'}" if count else ""
     where = ", ".join(part for part in (short_cpu_name(final.get("cpu") or ""), threads) if part)
     return "**" + " · ".join(part for part in (summary, where, budget) if part) + "**"
 
