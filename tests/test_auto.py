@@ -60,6 +60,8 @@ def test_one_budget_is_required_and_ranges_are_checked():
         AutoConfig(min_speedup=2, max_size_mb=10).validate()
     with pytest.raises(ConfigError, match="heads fractions"):
         AutoConfig(min_speedup=2, heads_fractions=(1.0,)).validate()
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto"):
+        AutoConfig(min_speedup=2, precision="fp16").validate()
     assert AutoConfig(min_speedup=12).budget_text.startswith("≥ 12x lower p50")
 
 

@@ -164,6 +164,7 @@ def build_chain(
             epochs=float(training.epochs),
             learning_rate=training.learning_rate,
             batch_size=config.batch_size,
+            precision=config.precision,
             cache_dir=str(cache.root / "teacher-logits"),
             max_eval_samples=config.max_eval_samples,
             **common,

@@ -62,6 +62,9 @@ class AutoConfig(StageConfig):
     calibration_samples: int = option(128, "Training rows the static INT8 ranges are calibrated on.")
     final_candidates: int = option(4, "Pareto-front models benchmarked on test at the end, the pick included.")
     batch_size: int = option(32, "Training batch size.")
+    precision: str = option(
+        "auto", "Distillation arithmetic: fp32, bf16, auto (bf16 where the CPU computes it natively)"
+    )
     max_length: int | None = option(None, "Truncate texts to this many tokens (default: the teacher's, else 128).")
     seed: int = option(42, "Seed of the sampler, the training and the data subsets.")
     max_train_samples: int | None = option(None, "Subsample the training split.")
@@ -103,6 +106,10 @@ class AutoConfig(StageConfig):
                 raise ConfigError(f"{name.replace('_', ' ')} must be in [0, 1), got {list(values)}")
         if not self.vocab_clusters or min(self.vocab_clusters) < 0:
             raise ConfigError("vocab clusters must be >= 0 (0 = off)")
+        from slimformer.training import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.quantization or set(self.quantization) - set(QUANTIZATION_CHOICES):
             raise ConfigError(f"quantization must be among {', '.join(QUANTIZATION_CHOICES)}")
         if self.threads is not None and (not self.threads or min(self.threads) < 1):
