@@ -85,6 +85,15 @@ class _Graph:
     def is_constant(self, name: str) -> bool:
         return name in self.initializers or (name in self.producers and self.producers[name].op_type == "Constant")
 
+    def constant_rank(self, name: str) -> int | None:
+        """The rank of an initializer or Constant tensor (read from its dims, no copy), else None."""
+        if name in self.initializers:
+            return len(self.initializers[name].dims)
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            return len(node.attribute[0].t.dims)
+        return None
+
 
 def _attribute(node: Any, name: str, default: Any = None) -> Any:
     from onnx import helper
@@ -111,10 +120,9 @@ def _row_wise(node: Any, graph: _Graph) -> bool:
     if node.op_type in ROW_WISE_OPS:
         return True
     if node.op_type == "MatMul":  # activation x weight: each row times the same matrix
-        weight = graph.constant(node.input[1])
-        return weight is not None and weight.ndim == 2
+        return graph.constant_rank(node.input[1]) == 2
     if node.op_type in ELEMENTWISE_OPS:  # constants must broadcast over rows: at most one dimension
-        return all(graph.constant(name) is None or graph.constant(name).ndim <= 1 for name in node.input)
+        return all((graph.constant_rank(name) or 0) <= 1 for name in node.input)
     return False
 
 
