@@ -66,8 +66,7 @@ class TrainingOptions(StageConfig):
             raise ConfigError(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"max length must be >= 2, got {self.max_length}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
     def validate(self) -> None:
         self.validate_training_options()
@@ -240,6 +239,12 @@ def _cuda_training() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def check_precision(precision: str) -> None:
+    """A one-line ConfigError unless `precision` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def resolve_precision(precision: str) -> str:

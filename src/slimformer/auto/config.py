@@ -106,10 +106,9 @@ class AutoConfig(StageConfig):
                 raise ConfigError(f"{name.replace('_', ' ')} must be in [0, 1), got {list(values)}")
         if not self.vocab_clusters or min(self.vocab_clusters) < 0:
             raise ConfigError("vocab clusters must be >= 0 (0 = off)")
-        from slimformer.training import PRECISIONS
+        from slimformer.training import check_precision
 
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if not self.quantization or set(self.quantization) - set(QUANTIZATION_CHOICES):
             raise ConfigError(f"quantization must be among {', '.join(QUANTIZATION_CHOICES)}")
         if self.threads is not None and (not self.threads or min(self.threads) < 1):
