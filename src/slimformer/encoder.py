@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what TextEncoder produces
+ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # tokenizers
 # encode_batch's thread pool costs more than it saves on a few short texts
 SMALL_BATCH = 4
 
@@ -105,6 +106,12 @@ class TextEncoder:
         """Model inputs truncated to `max_length` and padded to the longest, and each text's token count before
         truncation (special tokens included)."""
         encodings = self._encodings(texts)
+        if len(encodings) == 1:  # batch 1, the latency path: nothing to pad, each array straight from its list
+            encoding = encodings[0]
+            single = {
+                name: np.array([getattr(encoding, ENCODING_FIELDS[name])], dtype=np.int64) for name in self.input_names
+            }
+            return single, [self._full_count(encoding)]
         longest = max((len(e.ids) for e in encodings), default=0)
         arrays = {
             "input_ids": np.full((len(texts), longest), self.pad_id, dtype=np.int64),
