@@ -6,6 +6,8 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import onnx
@@ -14,7 +16,14 @@ import pytest
 from slimformer.benchmark import BenchmarkConfig, benchmark_models
 from slimformer.plots import write_breakdown_plot
 from slimformer.predictor import OnnxPredictor, load, session_options
-from slimformer.profiling import PROFILE_QUERIES, onnx_trace_summary, profile_predictor
+from slimformer.profiling import (
+    PROFILE_QUERIES,
+    WARMUP_MIN_S,
+    batch1_latencies_ms,
+    onnx_trace_summary,
+    profile_predictor,
+    wait_until_idle,
+)
 
 TINY_ONNX = Path(__file__).resolve().parent / "data" / "tiny_onnx"
 TEXTS = [item["text"] for item in json.loads((TINY_ONNX / "reference.json").read_text())["texts"]]
@@ -142,3 +151,40 @@ def test_cli_benchmark_profile(tmp_path: Path, capsys) -> None:
     assert_parts_add_up(breakdown, 12)
     assert "ms/query profiled" in out  # the printed line (rich may wrap it; the top ops vary run to run)
     assert "Gemm" in breakdown["ops_ms"]
+
+
+class CountingPredictor:
+    """A predictor that takes 1 ms a call and counts its calls (the timing loop is what is tested)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
+        self.calls += 1
+        time.sleep(0.001)
+        return ["label"] * len(texts), [1.0] * len(texts)
+
+
+def test_warm_up_lasts_long_enough_and_none_means_none() -> None:
+    warmed = CountingPredictor()
+    timings = batch1_latencies_ms(warmed, ["a", "b", "c"], warmup=2)
+    assert len(timings) == 3 and all(ms >= 1.0 for ms in timings)
+    # at 1 ms a call, 2 calls cannot fill the minimum warm-up time: it cycles through the queries for longer
+    assert warmed.calls - 3 >= 0.5 * WARMUP_MIN_S / 0.001
+    cold = CountingPredictor()
+    assert len(batch1_latencies_ms(cold, ["a", "b"], warmup=0)) == 2 and cold.calls == 2
+
+
+def test_wait_until_idle_waits_for_a_spinning_thread() -> None:
+    deadline = time.perf_counter() + 0.15
+
+    def spin() -> None:  # like a thread pool's idle worker spinning after the last run
+        while time.perf_counter() < deadline:
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    waited = wait_until_idle()
+    worker.join()
+    assert waited >= 0.1
+    assert wait_until_idle() < 0.05  # nothing spins any more

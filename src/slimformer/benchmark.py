@@ -7,7 +7,9 @@ peak RSS. The environment (CPU, ISA flags, threads, library versions) is recorde
 
 Latency is timed in interleaved rounds: every model's process stays alive, and the models take turns, each
 timing its next slice of queries. Background load that comes and goes on a shared machine then hits every
-model alike, so the ratios between them (speed-ups) hold even when the absolute numbers drift. With `profile`,
+model alike, so the ratios between them (speed-ups) hold even when the absolute numbers drift. A turn starts
+with at least 50 ms of warm-up calls and ends only once the model's thread pools have stopped spinning, so no
+model is timed while the previous one's idle workers still hold a core (slimformer.profiling). With `profile`,
 a separate pass after the timed one splits each model's batch-1 time into tokenization, operators and the rest
 (slimformer.profiling), so the profiler's own cost never reaches the latency numbers.
 """
