@@ -3,7 +3,9 @@
 `slimformer export / optimize / quantize` time their output at 1..N threads for about a second and record the
 fastest. On a shared VM the second core is not always there to use: this script loads the same ONNX model twice,
 at 1 thread and at N threads (spinning on, as the stages measure it), each in a process of its own, and for
-`--seconds` times a block of batch-1 `predict([text])` calls on each in turn, then pauses a second. Every block's
+`--seconds` times a block of batch-1 `predict([text])` calls on each in turn (as `slimformer benchmark` times a
+turn: warm-up first, and the next block starts once the previous one's thread pool has stopped spinning), then
+pauses a second. Every block's
 p50 goes to the JSON lines file, and a summary is printed: the median and mean of the blocks' p50s, and in how
 many blocks N threads were slower than 1.
 
@@ -35,13 +37,11 @@ def load_model(folder: str, threads: int, queries: list[str]) -> None:
 
 
 def block_p50_ms() -> float:
-    """In the worker: p50 (ms) of one block of batch-1 calls."""
-    predictor, ticks = _LOADED["predictor"], []
-    for text in _LOADED["queries"]:
-        tick = time.perf_counter()
-        predictor.predict([text])
-        ticks.append((time.perf_counter() - tick) * 1000)
-    return statistics.median(ticks)
+    """In the worker: p50 (ms) of one block of batch-1 calls, timed as `slimformer benchmark` times a turn (a
+    warm-up of at least 5 calls and 50 ms first; the block ends once the thread pool has stopped spinning)."""
+    from slimformer.profiling import batch1_latencies_ms
+
+    return statistics.median(batch1_latencies_ms(_LOADED["predictor"], _LOADED["queries"], warmup=5))
 
 
 def main() -> None:

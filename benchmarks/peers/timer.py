@@ -7,8 +7,8 @@ tokenizers / transformers and torch (`.venv-peers` has no slimformer); "slimform
 
 Prints one JSON line when loaded ({"ready": ..., "info": {...}}), then answers each command line on stdin:
 ``warmup N`` (N untimed calls, answers ``{"ok": true}``), ``time [START END]`` (one timed pass over the queries,
-or over queries[START:END]; answers ``{"ms": [...]}``), ``quit``. Every call is the logits of ``[text]``,
-tokenization included.
+or over queries[START:END]; answers ``{"ms": [...]}`` once the process has stopped spinning), ``quit``. Every
+call is the logits of ``[text]``, tokenization included.
 
 Kinds:
   onnx           tokenizers' Rust tokenizer (tokenizer.json) + an ORT session: the plain loop, the same for every
@@ -120,6 +120,20 @@ LOADERS: dict[str, Callable[..., Callable[[str], Any]]] = {
 }
 
 
+def wait_until_idle(step: float = 0.005, quiet: float = 0.0005, limit: float = 0.5) -> None:
+    """Return once this process has stopped using the CPU: after a timed block, ONNX Runtime's idle workers (and
+    OpenMP's) keep spinning for tens of ms, and the next model timed must not share the cores with them. The same
+    rule as `slimformer.profiling.wait_until_idle`, repeated here because this file also runs in `.venv-peers`,
+    which has no slimformer."""
+    started, used = time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < limit:
+        time.sleep(step)
+        now = time.process_time()
+        if now - used < quiet:
+            return
+        used = now
+
+
 def versions() -> dict[str, str | None]:
     import importlib.metadata
 
@@ -161,6 +175,7 @@ def main() -> None:
                 start = time.perf_counter()
                 logits(text)
                 timings.append((time.perf_counter() - start) * 1000)
+            wait_until_idle()
             answer = {"ms": timings}
         elif command == "quit":
             return
