@@ -33,40 +33,21 @@ from typing import Any
 import numpy as np
 
 
-def full_softmax_predict(predictor: Any, text: str) -> tuple[list[str], list[float]]:
-    """The label and probability through a full softmax of every label, vectorised over the batch."""
-    logits = predictor.predict_logits([text])
+def full_softmax_labels(predictor: Any, logits: np.ndarray) -> tuple[list[str], list[float]]:
+    """The label and probability through a full softmax of every label, vectorised over the batch (session 7)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
     best = probs.argmax(axis=-1)
     return [predictor.labels[i] for i in best], [float(probs[row, i]) for row, i in enumerate(best)]
-
-
-def padded_inputs(encoder: Any, texts: list[str]) -> dict[str, np.ndarray]:
-    """The arrays as session 7's encoder built them for any batch: filled with padding, then row by row."""
-    encodings = [encoder.tokenizer.encode(text) for text in texts]
-    longest = max((len(e.ids) for e in encodings), default=0)
-    arrays = {
-        "input_ids": np.full((len(texts), longest), encoder.pad_id, dtype=np.int64),
-        "token_type_ids": np.full((len(texts), longest), encoder.pad_type_id, dtype=np.int64),
-        "attention_mask": np.zeros((len(texts), longest), dtype=np.int64),
-    }
-    for row, encoding in enumerate(encodings):
-        size = len(encoding.ids)
-        arrays["input_ids"][row, :size] = encoding.ids
-        arrays["token_type_ids"][row, :size] = encoding.type_ids
-        arrays["attention_mask"][row, :size] = encoding.attention_mask
-    [encoder._full_count(e) for e in encodings]  # session 7 counted the tokens on every call as well
-    return {name: arrays[name] for name in encoder.input_names}
 
 
 def session7_predict(predictor: Any, text: str) -> tuple[list[str], list[float]]:
-    """Session 7's `predict([text])`: padded arrays, the logits, a full softmax."""
-    logits = predictor.logits_from_inputs(padded_inputs(predictor.encoder, [text]))
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
-    best = probs.argmax(axis=-1)
-    return [predictor.labels[i] for i in best], [float(probs[row, i]) for row, i in enumerate(best)]
+    """Session 7's `predict([text])`: the arrays padded for any batch size (`padded_arrays`), the logits, a full
+    softmax."""
+    encoder = predictor.encoder
+    encodings = [encoder.tokenizer.encode(text)]
+    [encoder._full_count(e) for e in encodings]  # session 7 counted the tokens on every call as well
+    return full_softmax_labels(predictor, predictor.logits_from_inputs(encoder.padded_arrays(encodings)))
 
 
 def parts(predictor: Any, texts: list[str]) -> dict[str, Callable[[int], Any]]:
@@ -93,7 +74,7 @@ def parts(predictor: Any, texts: list[str]) -> dict[str, Callable[[int], Any]]:
         "busy-wait as long, then session.run": busy_wait_then_run,
         "predict_logits": lambda i: predictor.predict_logits([texts[i]]),
         "predict (label + probability)": lambda i: predictor.predict([texts[i]]),
-        "predict_logits + full softmax": lambda i: full_softmax_predict(predictor, texts[i]),
+        "predict_logits + full softmax": lambda i: full_softmax_labels(predictor, predictor.predict_logits([texts[i]])),
         "session 7's predict": lambda i: session7_predict(predictor, texts[i]),
     }
 

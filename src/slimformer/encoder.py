@@ -106,17 +106,19 @@ class TextEncoder:
         """Model inputs truncated to `max_length` and padded to the longest, and each text's token count before
         truncation (special tokens included)."""
         encodings = self._encodings(texts)
+        counts = [self._full_count(e) for e in encodings]
         if len(encodings) == 1:  # batch 1, the latency path: nothing to pad, each array straight from its list
-            encoding = encodings[0]
-            single = {
-                name: np.array([getattr(encoding, ENCODING_FIELDS[name])], dtype=np.int64) for name in self.input_names
-            }
-            return single, [self._full_count(encoding)]
+            fields = {name: getattr(encodings[0], ENCODING_FIELDS[name]) for name in self.input_names}
+            return {name: np.array([values], dtype=np.int64) for name, values in fields.items()}, counts
+        return self.padded_arrays(encodings), counts
+
+    def padded_arrays(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        """The model inputs of `tokenizers.Encoding`s, padded to the longest on the tokenizer's padding side."""
         longest = max((len(e.ids) for e in encodings), default=0)
         arrays = {
-            "input_ids": np.full((len(texts), longest), self.pad_id, dtype=np.int64),
-            "token_type_ids": np.full((len(texts), longest), self.pad_type_id, dtype=np.int64),
-            "attention_mask": np.zeros((len(texts), longest), dtype=np.int64),
+            "input_ids": np.full((len(encodings), longest), self.pad_id, dtype=np.int64),
+            "token_type_ids": np.full((len(encodings), longest), self.pad_type_id, dtype=np.int64),
+            "attention_mask": np.zeros((len(encodings), longest), dtype=np.int64),
         }
         for row, encoding in enumerate(encodings):
             size = len(encoding.ids)
@@ -124,7 +126,7 @@ class TextEncoder:
             arrays["input_ids"][row, span] = encoding.ids
             arrays["token_type_ids"][row, span] = encoding.type_ids
             arrays["attention_mask"][row, span] = encoding.attention_mask
-        return {name: arrays[name] for name in self.input_names}, [self._full_count(e) for e in encodings]
+        return {name: arrays[name] for name in self.input_names}
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text with special tokens, before truncation."""
