@@ -111,8 +111,8 @@ class Predictor(ABC):
         """Predicted label and its softmax probability for each text."""
         labels, probabilities = [], []
         # row by row, with as few numpy calls as possible: right after the model ran, numpy's code is out of the
-        # CPU caches and each call costs several µs (vectorised over the batch: 21-29 µs of a 0.4 ms batch-1 call
-        # on AMD EPYC, against 11 µs; a batch of 32 pays ~0.1 ms of ~10 ms)
+        # CPU caches and each call costs several µs (a full softmax there: 28 µs of a 0.42 ms batch-1 call on AMD
+        # EPYC, this: 19 µs; BENCHMARKS.md, session 8). A batch of 32 pays ~0.1 ms of ~10 ms.
         for row in self.predict_logits(texts):
             best = int(row.argmax())
             labels.append(self.labels[best])
