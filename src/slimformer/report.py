@@ -164,7 +164,7 @@ def _method_line(benchmark: dict[str, Any]) -> str:
         f"{config['latency_samples']} real queries after {config['warmup']} warm-up calls; throughput at batch "
         f"{config['batch_size']}. Each model ran in a fresh process of its own, all in the same run; the latency "
         f"queries were timed in {config.get('rounds', 1)} interleaved rounds (the models took turns), so machine "
-        "noise hit every model alike."
+        "noise hit every model alike, and each turn began once the previous model's threads had gone idle."
     )
 
 
