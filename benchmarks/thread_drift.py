@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import multiprocessing
 import statistics
@@ -67,19 +68,17 @@ def main() -> None:
     for threads, worker in workers.items():
         worker.submit(load_model, args.model, threads, queries).result()
     blocks: dict[int, list[float]] = {n: [] for n in settings}
-    out = open(args.jsonl, "w") if args.jsonl else None  # noqa: SIM115 (closed below)
     end = time.time() + args.seconds
-    while time.time() < end:
-        row: dict[str, Any] = {"time": round(time.time(), 1)}
-        for threads, worker in workers.items():
-            blocks[threads].append(worker.submit(block_p50_ms).result())
-            row[f"{threads}_threads_p50_ms"] = round(blocks[threads][-1], 4)
-        if out:
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-        time.sleep(1.0)
-    if out:
-        out.close()
+    with open(args.jsonl, "w") if args.jsonl else contextlib.nullcontext() as out:
+        while time.time() < end:
+            row: dict[str, Any] = {"time": round(time.time(), 1)}
+            for threads, worker in workers.items():
+                blocks[threads].append(worker.submit(block_p50_ms).result())
+                row[f"{threads}_threads_p50_ms"] = round(blocks[threads][-1], 4)
+            if out:
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+            time.sleep(1.0)
     for worker in workers.values():
         worker.shutdown()
     one, many = blocks[1], blocks[args.threads]

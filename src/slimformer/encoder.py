@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     import tokenizers
 
 TOKENIZER_FILE = "tokenizer.json"
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")  # what TextEncoder produces
-ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}  # tokenizers
+# what TextEncoder produces: each model input and the `tokenizers.Encoding` attribute it is read from
+ENCODING_FIELDS = {"input_ids": "ids", "token_type_ids": "type_ids", "attention_mask": "attention_mask"}
+MODEL_INPUTS = tuple(ENCODING_FIELDS)
 # encode_batch's thread pool costs more than it saves on a few short texts
 SMALL_BATCH = 4
 
@@ -115,18 +116,15 @@ class TextEncoder:
     def padded_arrays(self, encodings: list[Any]) -> dict[str, np.ndarray]:
         """The model inputs of `tokenizers.Encoding`s, padded to the longest on the tokenizer's padding side."""
         longest = max((len(e.ids) for e in encodings), default=0)
-        arrays = {
-            "input_ids": np.full((len(encodings), longest), self.pad_id, dtype=np.int64),
-            "token_type_ids": np.full((len(encodings), longest), self.pad_type_id, dtype=np.int64),
-            "attention_mask": np.zeros((len(encodings), longest), dtype=np.int64),
-        }
+        padding = {"input_ids": self.pad_id, "token_type_ids": self.pad_type_id, "attention_mask": 0}
+        shape = (len(encodings), longest)
+        arrays = {name: np.full(shape, padding[name], dtype=np.int64) for name in self.input_names}
         for row, encoding in enumerate(encodings):
             size = len(encoding.ids)
             span = slice(0, size) if self.padding_side == "right" else slice(longest - size, longest)
-            arrays["input_ids"][row, span] = encoding.ids
-            arrays["token_type_ids"][row, span] = encoding.type_ids
-            arrays["attention_mask"][row, span] = encoding.attention_mask
-        return {name: arrays[name] for name in self.input_names}
+            for name, array in arrays.items():
+                array[row, span] = getattr(encoding, ENCODING_FIELDS[name])
+        return arrays
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens of each text with special tokens, before truncation."""
