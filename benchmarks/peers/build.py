@@ -2,6 +2,7 @@
 
     python build.py teacher --base BASE_FOLDER --labels labels.json --output TEACHER
     python build.py optimum --teacher TEACHER --output OPTIMUM_DIR
+    python build.py runtimes --teacher TEACHER --export OPTIMUM_DIR/export --texts texts.json --output RUNTIMES_DIR
 
 `teacher`: a sequence classifier over the base model's body, with a random head of the labels' size (seed 0:
 latency does not depend on the weights), saved with its tokenizer.
@@ -11,6 +12,13 @@ latency does not depend on the weights), saved with its tokenizer.
 `.avx512_vnni` (`is_static=False`, other settings at Optimum's defaults), and runs `ORTOptimizer` at O1 / O2 / O3
 before the same two quantizations. Each variant is one folder under OPTIMUM_DIR. OPTIMUM_DIR/status.json lists every
 variant with its folder and ONNX file, or the one-line error that stopped it (a failure does not stop the others).
+
+`runtimes`: the same teacher in two other CPU inference runtimes, each through its documented INT8 path:
+OpenVINO (Optimum's fp32 export read by `openvino`, then `nncf.quantize` with `ModelType.TRANSFORMER` on the
+calibration texts: static INT8) and CTranslate2 (`TransformersConverter(..., quantization="int8")` of the encoder;
+the classifier head, which CTranslate2 does not convert, is kept in `head.safetensors` and applied to its pooler
+output in numpy). texts.json holds {"calibration": [...], "check": [...]}: each variant's top-1 agreement with the
+fp32 PyTorch teacher on the check texts goes into RUNTIMES_DIR/status.json beside its folder (or its error).
 """
 
 from __future__ import annotations
@@ -47,12 +55,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _step(status: list[dict[str, Any]], name: str, recipe: str, action: Any) -> dict[str, Any] | None:
-    """Run `action() -> (folder, file)`, recording it (or its one-line error) in `status`."""
+    """Run `action() -> (folder, file[, extra fields])`, recording it (or its one-line error) in `status`."""
     tick = time.perf_counter()
     entry: dict[str, Any] = {"name": name, "recipe": recipe}
     try:
-        folder, file = action()
-        entry.update(ok=True, folder=str(folder), file=file)
+        folder, file, *extra = action()
+        entry.update(ok=True, folder=str(folder), file=file, **(extra[0] if extra else {}))
     except Exception as exc:  # a peer's failure is a result to record, not a reason to stop
         entry.update(ok=False, error=_one_line(exc), traceback=traceback.format_exc(limit=4))
     entry["seconds"] = round(time.perf_counter() - tick, 1)
@@ -114,6 +122,82 @@ def build_optimum(teacher: Path, output: Path) -> list[dict[str, Any]]:
     return status
 
 
+def build_runtimes(teacher: Path, export: Path, texts: dict[str, list[str]], output: Path) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    output.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    model = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
+    with torch.inference_mode():
+        reference = [int(model(**tokenizer(text, return_tensors="pt")).logits.argmax()) for text in texts["check"]]
+    status: list[dict[str, Any]] = []
+
+    def features(text: str) -> dict[str, Any]:
+        return {name: np.asarray(value) for name, value in tokenizer(text, return_tensors="np").items()}
+
+    def openvino() -> tuple[Path, str, dict[str, Any]]:
+        import nncf
+        import openvino as ov
+
+        folder = output / "openvino-int8"
+        core = ov.Core()
+        fp32 = core.read_model(export / "model.onnx")
+        names = [port.get_any_name() for port in fp32.inputs]
+        calibration = nncf.Dataset(texts["calibration"], lambda text: {k: features(text)[k] for k in names})
+        int8 = nncf.quantize(
+            fp32, calibration, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(texts["calibration"])
+        )
+        folder.mkdir(exist_ok=True)
+        ov.save_model(int8, folder / "model.xml")
+        tokenizer.save_pretrained(folder)
+        compiled = core.compile_model(folder / "model.xml", "CPU")
+        predicted = [int(compiled({k: features(t)[k] for k in names})[0].argmax()) for t in texts["check"]]
+        return folder, "model.xml", _agreement(predicted, reference)
+
+    def ctranslate2() -> tuple[Path, str, dict[str, Any]]:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+        from safetensors.numpy import save_file
+
+        folder = output / "ctranslate2-int8"
+        TransformersConverter(str(teacher)).convert(str(folder), quantization="int8", force=True)
+        head = {
+            "weight": model.classifier.weight.detach().numpy().T.copy(),
+            "bias": model.classifier.bias.detach().numpy(),
+        }
+        save_file(head, folder / "head.safetensors")
+        tokenizer.save_pretrained(folder)
+        encoder = ctranslate2.Encoder(str(folder), device="cpu", compute_type="int8")
+        predicted = []
+        for text in texts["check"]:
+            encoding = tokenizer(text)
+            pooled = np.asarray(
+                encoder.forward_batch(
+                    [encoding["input_ids"]], token_type_ids=[encoding["token_type_ids"]]
+                ).pooler_output
+            )
+            predicted.append(int((pooled @ head["weight"] + head["bias"]).argmax()))
+        return folder, "model.bin", _agreement(predicted, reference)
+
+    _step(
+        status,
+        "openvino-int8",
+        "openvino read_model(Optimum's export) + nncf.quantize(ModelType.TRANSFORMER)",
+        openvino,
+    )
+    _step(
+        status, "ctranslate2-int8", "ctranslate2 TransformersConverter(quantization='int8') + numpy head", ctranslate2
+    )
+    return status
+
+
+def _agreement(predicted: list[int], reference: list[int]) -> dict[str, Any]:
+    agreeing = sum(p == r for p, r in zip(predicted, reference, strict=True))
+    return {"top1_agreement_with_fp32_teacher": round(agreeing / len(reference), 4)}
+
+
 def _only_onnx(folder: Path, exclude: str | None = None) -> str:
     """The one .onnx file Optimum wrote into `folder` (its name depends on the step: model_optimized.onnx, ...)."""
     files = sorted(p.name for p in folder.glob("*.onnx") if p.name != exclude)
@@ -132,11 +216,19 @@ def main() -> None:
     optimum = sub.add_parser("optimum")
     optimum.add_argument("--teacher", required=True, type=Path)
     optimum.add_argument("--output", required=True, type=Path)
+    runtimes = sub.add_parser("runtimes")
+    runtimes.add_argument("--teacher", required=True, type=Path)
+    runtimes.add_argument("--export", required=True, type=Path, help="Optimum's fp32 export folder")
+    runtimes.add_argument("--texts", required=True, type=Path, help='JSON {"calibration": [...], "check": [...]}')
+    runtimes.add_argument("--output", required=True, type=Path)
     args = parser.parse_args()
     if args.command == "teacher":
         build_teacher(args.base, json.loads(args.labels.read_text()), args.output)
     else:
-        status = build_optimum(args.teacher, args.output)
+        if args.command == "optimum":
+            status = build_optimum(args.teacher, args.output)
+        else:
+            status = build_runtimes(args.teacher, args.export, json.loads(args.texts.read_text()), args.output)
         (args.output / "status.json").write_text(json.dumps(status, indent=2) + "\n")
 
 

@@ -10,6 +10,8 @@ side (issue #15). Run from the repository root with the main venv (`make bench-p
    and `quantize --method dynamic` (the main venv's CLI).
 3. Optimum's models, built in `.venv-peers` by build.py: the export, and avx2 / avx512_vnni dynamic quantization
    of it and of ORTOptimizer's O1 / O2 / O3 graphs; a path that fails is recorded with its one-line error.
+   Then the teacher in two other runtimes' INT8 (build.py runtimes): OpenVINO + NNCF (static, calibrated on
+   `--calibration` training texts) and CTranslate2, with their top-1 agreement with the fp32 teacher.
 4. Every model gets its own timer process (timer.py, run by its venv's python), all loaded at once. Each round
    walks the same real validation queries in blocks of `--block`, and every timer in turn (the order rotated
    from block to block) times the block: batch 1, tokenization included, the same thread count. Latency: median
@@ -107,10 +109,32 @@ def build_optimum(work: Path, teacher: Path, peers_python: str) -> list[dict[str
     return json.loads(status.read_text())
 
 
-def plan(slimformer_model: Path, teacher: Path, optimum: list[dict[str, Any]], peers_python: str) -> list[Model]:
+def build_runtimes(
+    work: Path, teacher: Path, optimum: list[dict[str, Any]], peers_python: str, texts: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    folder = work / "runtimes"
+    status = folder / "status.json"
+    export = next((entry for entry in optimum if entry["name"] == "optimum-export-fp32" and entry["ok"]), None)
+    if export is None:
+        return [{"name": "runtimes", "ok": False, "recipe": "", "error": "Optimum's fp32 export failed"}]
+    if not status.is_file():
+        texts_file = work / "runtime_texts.json"
+        texts_file.write_text(json.dumps(texts))
+        build = [peers_python, str(HERE / "build.py"), "runtimes", "--teacher", str(teacher)]
+        _check([*build, "--export", export["folder"], "--texts", str(texts_file), "--output", str(folder)])
+    return json.loads(status.read_text())
+
+
+def plan(
+    slimformer_model: Path,
+    teacher: Path,
+    optimum: list[dict[str, Any]],
+    runtimes: list[dict[str, Any]],
+    peers_python: str,
+) -> list[Model]:
     """Every model to time. Optimum: the fp32 export as its baseline, and each working INT8 path both in the plain
     loop (the same code as slimformer's model) and in Optimum's own runtime; its optimized fp32 graphs are only
-    steps towards INT8."""
+    steps towards INT8. Other runtimes: each working INT8 build in its own runtime behind the plain tokenizer."""
     main = sys.executable
     built = "slimformer export → optimize --level 2 → quantize --method dynamic"
     models = [
@@ -129,6 +153,12 @@ def plan(slimformer_model: Path, teacher: Path, optimum: list[dict[str, Any]], p
             models.append(
                 Model(entry["name"] + " (Optimum runtime)", peers_python, "optimum", folder, runtime, **theirs)
             )
+    for entry in runtimes:
+        if entry["ok"]:
+            kind = entry["name"].removesuffix("-int8")
+            recipe = f"{entry['recipe']}; tokenizers + {kind}"
+            runtime = {"source": "runtime", "int8": True, "file": entry["file"]}
+            models.append(Model(entry["name"], peers_python, kind, Path(entry["folder"]), recipe, **runtime))
     torch_fp32 = "transformers AutoModelForSequenceClassification, eval, inference_mode"
     book = "torch.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)"
     models += [
@@ -245,21 +275,25 @@ def summarise(models: list[Model]) -> list[dict[str, Any]]:
 
 def headline(models: list[Model]) -> list[dict[str, Any]]:
     """slimformer's INT8 against Optimum's fastest working INT8 path: both in the same plain loop (the artefacts
-    alone), and each in its own runtime (slimformer.predictor against ORTModelForSequenceClassification)."""
+    alone), and each in its own runtime (slimformer.predictor against ORTModelForSequenceClassification); then
+    against the fastest other runtime's INT8 (OpenVINO, CTranslate2), each in its own runtime."""
     ours = {model.kind: model for model in models if model.source == "slimformer"}
     comparisons = []
-    for what, mine, peer_kind in (
-        ("same plain loop", ours.get("onnx"), "onnx"),
-        ("each in its own runtime", ours.get("slimformer"), "optimum"),
+    for what, mine, peer_source, peer_kinds in (
+        ("Optimum's best working INT8, same plain loop", ours.get("onnx"), "optimum", {"onnx"}),
+        ("Optimum's best working INT8, each in its own runtime", ours.get("slimformer"), "optimum", {"optimum"}),
+        ("the fastest other runtime's INT8, each in its own runtime", ours.get("slimformer"), "runtime", None),
     ):
-        peers = [m for m in models if m.source == "optimum" and m.int8 and m.kind == peer_kind]
+        peers = [
+            m for m in models if m.source == peer_source and m.int8 and (peer_kinds is None or m.kind in peer_kinds)
+        ]
         if not peers or mine is None:
             continue
         peer = min(peers, key=lambda m: float(np.percentile(m.timings, 50)))
         ratios = per_block_ratio(peer, mine)
         comparisons.append(
             {
-                "what": f"slimformer INT8 vs Optimum's best working INT8, {what}",
+                "what": f"slimformer INT8 vs {what}",
                 "ours": mine.name,
                 "peer": peer.name,
                 "ours_p50_ms": round(float(np.percentile(mine.timings, 50)), 3),
@@ -289,12 +323,30 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['slimformer_speedup_p50']:.2f}x | {r['slimformer_speedup_per_block_median']:.2f}x |"
         )
     runtimes = sorted({f"{r['venv']}: onnxruntime {r['info']['versions']['onnxruntime']}" for r in report["results"]})
-    lines += ["", "Versions: " + "; ".join(runtimes) + "."]
+    others = sorted(
+        {
+            f"{name} {version}"
+            for r in report["results"]
+            if r["source"] == "runtime"
+            for name, version in r["info"]["versions"].items()
+            if name in ("openvino", "nncf", "ctranslate2") and version
+        }
+    )
+    lines += ["", "Versions: " + "; ".join(runtimes + others) + "."]
+    agreements = [
+        f"{entry['name']} {entry['top1_agreement_with_fp32_teacher']:.4f}"
+        for entry in report["runtimes_build"]
+        if entry["ok"]
+    ]
+    if agreements:
+        lines.append(
+            "Other runtimes' top-1 agreement with the fp32 teacher (validation): " + ", ".join(agreements) + "."
+        )
     if len({runtime.split(": ")[1] for runtime in runtimes}) > 1:
         lines.append("**The two venvs run different ONNX Runtime versions: the comparison mixes runtimes.**")
-    failed = [entry for entry in report["optimum_build"] if not entry["ok"]]
+    failed = [entry for entry in report["optimum_build"] + report["runtimes_build"] if not entry["ok"]]
     if failed:
-        lines += ["", "| Optimum path that failed | error |", "|---|---|"]
+        lines += ["", "| peer path that failed | error |", "|---|---|"]
         lines += [f"| {entry['name']}: {entry['recipe']} | `{entry['error'].split('. ')[0]}` |" for entry in failed]
     for versus in report["headline"]:
         detail = (
@@ -318,6 +370,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=100, help="queries each model times before the next takes over")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="which validation queries")
+    parser.add_argument("--calibration", type=int, default=300, help="training texts that calibrate OpenVINO's INT8")
     args = parser.parse_args()
 
     from slimformer.benchmark import environment_info
@@ -332,10 +385,14 @@ def main() -> None:
 
     validation = column(data.validation, "text")
     order = np.random.default_rng(args.seed).permutation(len(validation))[: args.queries]
+    train = column(data.train, "text")
+    calibration = [train[i] for i in np.random.default_rng(args.seed).permutation(len(train))[: args.calibration]]
+    texts = {"calibration": calibration, "check": [validation[i] for i in order]}
+    runtimes = build_runtimes(work, teacher, optimum, args.peers_python, texts)
     queries = work / "queries.json"
     queries.write_text(json.dumps([validation[i] for i in order]))
 
-    models = plan(slimformer_model, teacher, optimum, args.peers_python)
+    models = plan(slimformer_model, teacher, optimum, runtimes, args.peers_python)
     tick = time.perf_counter()
     time_side_by_side(models, queries, args.threads, args.rounds, args.warmup, args.block, len(order))
     report = {
@@ -349,6 +406,7 @@ def main() -> None:
         "teacher": str(teacher),
         "results": summarise(models),
         "optimum_build": [{k: v for k, v in entry.items() if k != "traceback"} for entry in optimum],
+        "runtimes_build": [{k: v for k, v in entry.items() if k != "traceback"} for entry in runtimes],
         "headline": headline(models),
     }
     (work / "peers.json").write_text(json.dumps(report, indent=2) + "\n")

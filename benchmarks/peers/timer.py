@@ -1,7 +1,8 @@
 """One model's batch-1 timer, driven over stdin/stdout by run.py so that several models' rounds interleave.
 
-Runs in either virtualenv: the "onnx", "optimum", "torch" and "torch-dynamic" kinds need only onnxruntime,
-tokenizers / transformers and torch (`.venv-peers` has no slimformer); "slimformer" imports slimformer (`.venv`).
+Runs in either virtualenv: the "onnx", "optimum", "torch", "torch-dynamic", "openvino" and "ctranslate2" kinds need
+only their runtime and tokenizers / transformers (`.venv-peers` has them, and no slimformer); "slimformer" imports
+slimformer (`.venv`).
 
     python timer.py --kind onnx --model FOLDER [--file model.onnx] --queries queries.json --threads 2
 
@@ -17,6 +18,10 @@ Kinds:
   slimformer     slimformer.predictor.load(FOLDER).predict_logits([text])
   torch          transformers AutoModelForSequenceClassification in eval / inference_mode (fp32)
   torch-dynamic  the book's path: torch.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+  openvino       tokenizers' Rust tokenizer + an OpenVINO CPU compiled model (LATENCY hint, N inference threads,
+                 1 stream)
+  ctranslate2    tokenizers' Rust tokenizer + a CTranslate2 int8 Encoder (N intra threads, 1 inter) + the
+                 classifier head on its pooler output in numpy
 """
 
 from __future__ import annotations
@@ -43,14 +48,21 @@ def ort_session_options(threads: int) -> Any:
     return options
 
 
-def load_onnx(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
-    import numpy as np
-    import onnxruntime as ort
+def rust_tokenizer(folder: Path) -> Any:
+    """tokenizers' tokenizer of `folder`, unpadded, truncated at MAX_LENGTH: the plain loops' tokenization."""
     import tokenizers
 
     tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(MAX_LENGTH)
+    return tokenizer
+
+
+def load_onnx(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+    import numpy as np
+    import onnxruntime as ort
+
+    tokenizer = rust_tokenizer(folder)
     session = ort.InferenceSession(str(folder / file), ort_session_options(threads), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
@@ -78,6 +90,47 @@ def load_optimum(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
     def logits(text: str) -> Any:
         inputs = tokenizer(text, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
         return model(**inputs).logits.numpy()
+
+    return logits
+
+
+def load_openvino(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+    import numpy as np
+    import openvino as ov
+
+    tokenizer = rust_tokenizer(folder)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+    compiled = ov.Core().compile_model(folder / file, "CPU", config)
+    request = compiled.create_infer_request()
+    names = [port.get_any_name() for port in compiled.inputs]
+
+    def logits(text: str) -> Any:
+        encoding = tokenizer.encode(text)
+        arrays = {
+            "input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
+        }
+        return request.infer({name: arrays[name] for name in names})[0]
+
+    return logits
+
+
+def load_ctranslate2(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+    import ctranslate2
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    tokenizer = rust_tokenizer(folder)
+    encoder = ctranslate2.Encoder(
+        str(folder), device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1
+    )
+    head = load_file(folder / "head.safetensors")
+
+    def logits(text: str) -> Any:
+        encoding = tokenizer.encode(text)
+        output = encoder.forward_batch([encoding.ids], token_type_ids=[encoding.type_ids])
+        return np.asarray(output.pooler_output) @ head["weight"] + head["bias"]
 
     return logits
 
@@ -117,6 +170,8 @@ LOADERS: dict[str, Callable[..., Callable[[str], Any]]] = {
     "slimformer": load_slimformer,
     "torch": load_torch,
     "torch-dynamic": lambda folder, file, threads: load_torch(folder, file, threads, quantize=True),
+    "openvino": load_openvino,
+    "ctranslate2": load_ctranslate2,
 }
 
 
@@ -138,7 +193,8 @@ def versions() -> dict[str, str | None]:
     import importlib.metadata
 
     found = {}
-    for package in ("onnxruntime", "tokenizers", "transformers", "torch", "optimum", "optimum-onnx", "slimformer"):
+    packages = ("onnxruntime", "tokenizers", "transformers", "torch", "optimum", "optimum-onnx", "slimformer")
+    for package in (*packages, "openvino", "nncf", "ctranslate2"):
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
