@@ -12,7 +12,10 @@ weights: latency does not depend on them), each timed with ONNX Runtime alone (m
 3. the one-row matrix products of the first-token tail and the pooler: fp32 `MatMul` + `Add` against
    `DynamicQuantizeMatMul`;
 4. the FFN activation: `BiasGelu` (exact, erf) against `FastGelu` (tanh approximation, max |error| ~5e-4);
-5. ONNX Runtime's cost per node: a chain of 41 `Add` nodes on 10 x 384 floats against a single one.
+5. ONNX Runtime's cost per node: a chain of 41 `Add` nodes on 10 x 384 floats against a single one;
+6. (session 9) a 10-row FFN product: `DynamicQuantizeMatMul` against ONNX Runtime's weight-only `MatMulNBits` at
+   8 bits (blocks of 128 along K, symmetric), with `accuracy_level` 4 (int8 compute) and 0 (fp32 compute);
+7. (session 9) the split SkipLayerNorm's residual: `Add(Add(x, skip), bias)` against one `Sum(x, skip, bias)`.
 
     .venv/bin/python benchmarks/kernel_alternatives.py [--calls 2000] [--rounds 5] [--json kernels.json]
 """
@@ -159,6 +162,50 @@ def small_pairs() -> dict[str, dict[str, bytes]]:
     return pairs
 
 
+def matmul_nbits(rows: int, cols: int, accuracy_level: int) -> bytes:
+    """A one-MatMul graph of `rows` x `cols` random weights turned into MatMulNBits by ONNX Runtime's quantizer."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    weight = {"w_fp32": RNG.standard_normal((rows, cols)).astype(np.float32)}
+    fp32 = onnx.load_from_string(_model([_node("MatMul", ["x", "w_fp32"], ["y"])], weight, {"x": (1, TOKENS, rows)}))
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=128,
+        is_symmetric=True,
+        accuracy_level=accuracy_level or None,
+        bits=8,
+        op_types_to_quantize=("MatMul",),
+        quant_format=QuantFormat.QOperator,
+    )
+    quantizer = MatMulNBitsQuantizer(fp32, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model.SerializeToString()
+
+
+def session9_pairs() -> dict[str, dict[str, bytes]]:
+    """Experiments 6 and 7."""
+    weight = _int8_weight(HIDDEN, FFN)
+    dqmm = [_node("DynamicQuantizeMatMul", ["x", "w", "w_scale", "w_zero"], ["y"])]
+    bias = {"bias": RNG.standard_normal(HIDDEN).astype(np.float32)}
+    residual = {"x": (1, TOKENS, HIDDEN), "skip": (1, TOKENS, HIDDEN)}
+    return {
+        f"{TOKENS} rows x {HIDDEN} x {FFN} (an FFN product)": {
+            "DynamicQuantizeMatMul (kept)": _model(
+                dqmm, {k: weight[k] for k in ("w", "w_scale", "w_zero")}, {"x": (1, TOKENS, HIDDEN)}
+            ),
+            "MatMulNBits 8-bit, accuracy_level 4 (int8 compute)": matmul_nbits(HIDDEN, FFN, 4),
+            "MatMulNBits 8-bit, accuracy_level 0 (fp32 compute)": matmul_nbits(HIDDEN, FFN, 0),
+        },
+        f"residual, {TOKENS} x {HIDDEN}": {
+            "Add(Add(x, skip), bias) (kept)": _model(
+                [_node("Add", ["x", "skip"], ["t"]), _node("Add", ["t", "bias"], ["y"])], bias, residual
+            ),
+            "Sum(x, skip, bias)": _model([_node("Sum", ["x", "skip", "bias"], ["y"])], bias, residual),
+        },
+    }
+
+
 def time_pairs(pairs: dict[str, dict[str, bytes]], threads: int, calls: int, rounds: int) -> dict[str, Any]:
     """{experiment: {variant: median µs}} at `threads`, the variants of an experiment interleaved by rounds."""
     import onnxruntime as ort
@@ -199,7 +246,7 @@ def main() -> None:
 
     from slimformer.cpu import cpu_model
 
-    pairs = {**attention_pairs(), **small_pairs()}
+    pairs = {**attention_pairs(), **small_pairs(), **session9_pairs()}
     report = {"cpu": cpu_model(), "onnxruntime": ort.__version__, "µs": {}}
     for threads in (1, 2):
         report["µs"][f"{threads} thread(s)"] = time_pairs(pairs, threads, args.calls, args.rounds)
