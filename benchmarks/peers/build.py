@@ -123,6 +123,8 @@ def build_optimum(teacher: Path, output: Path) -> list[dict[str, Any]]:
 
 
 def build_runtimes(teacher: Path, export: Path, texts: dict[str, list[str]], output: Path) -> list[dict[str, Any]]:
+    """OpenVINO + NNCF and CTranslate2 INT8 builds of a BERT-style `teacher` (pooler, then `classifier`), each
+    checked against the fp32 teacher's top-1 on `texts["check"]`; see the module docstring."""
     import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -134,8 +136,10 @@ def build_runtimes(teacher: Path, export: Path, texts: dict[str, list[str]], out
         reference = [int(model(**tokenizer(text, return_tensors="pt")).logits.argmax()) for text in texts["check"]]
     status: list[dict[str, Any]] = []
 
-    def features(text: str) -> dict[str, Any]:
-        return {name: np.asarray(value) for name, value in tokenizer(text, return_tensors="np").items()}
+    def features(text: str, names: list[str]) -> dict[str, Any]:
+        """The tokenizer's arrays of `text` that the graph takes (`names`)."""
+        encoded = tokenizer(text, return_tensors="np")
+        return {name: np.asarray(encoded[name]) for name in names}
 
     def openvino() -> tuple[Path, str, dict[str, Any]]:
         import nncf
@@ -145,7 +149,7 @@ def build_runtimes(teacher: Path, export: Path, texts: dict[str, list[str]], out
         core = ov.Core()
         fp32 = core.read_model(export / "model.onnx")
         names = [port.get_any_name() for port in fp32.inputs]
-        calibration = nncf.Dataset(texts["calibration"], lambda text: {k: features(text)[k] for k in names})
+        calibration = nncf.Dataset(texts["calibration"], lambda text: features(text, names))
         int8 = nncf.quantize(
             fp32, calibration, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(texts["calibration"])
         )
@@ -153,7 +157,7 @@ def build_runtimes(teacher: Path, export: Path, texts: dict[str, list[str]], out
         ov.save_model(int8, folder / "model.xml")
         tokenizer.save_pretrained(folder)
         compiled = core.compile_model(folder / "model.xml", "CPU")
-        predicted = [int(compiled({k: features(t)[k] for k in names})[0].argmax()) for t in texts["check"]]
+        predicted = [int(compiled(features(text, names))[0].argmax()) for text in texts["check"]]
         return folder, "model.xml", _agreement(predicted, reference)
 
     def ctranslate2() -> tuple[Path, str, dict[str, Any]]:
