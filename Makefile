@@ -54,13 +54,17 @@ peers-venv: $(PEERS)/.installed
 bench-peers: venv peers-venv
 	$(BIN)/python benchmarks/peers/run.py --peers-python $(PEERS)/bin/python $(PEERS_ARGS)
 
-# issue 15's measurements of `make demo`'s model on this machine's CPU, in one command (~15 min on 2 cores):
+# issue 15's measurements of `make demo`'s model on this machine's CPU, in one command (~8 min on 2 cores, and
+# the peers' venv the first time):
 # compute floor and batch-1 parts at 1 and N threads, operator alternatives, static vs dynamic INT8, and the peers
 # on the demo's teacher and beside its final model. Results (JSON and markdown) go to HARDWARE_DIR.
 HARDWARE_DIR ?= runs/hardware
 CORES := $(shell nproc)
-bench-hardware: venv peers-venv
-	@test -f $(DEMO_DIR)/model/model.onnx || { echo "error: no $(DEMO_DIR)/model: run make demo first" >&2; exit 1; }
+OPTIMIZED = $(firstword $(wildcard $(DEMO_DIR)/stages/*-optimize-*))
+TEACHER_STAGE = $(firstword $(wildcard $(DEMO_DIR)/stages/*-finetune-teacher-*))
+bench-hardware: venv
+	@test -f $(DEMO_DIR)/model/model.onnx -a -n "$(OPTIMIZED)" -a -n "$(TEACHER_STAGE)" || \
+	  { echo "error: $(DEMO_DIR) lacks model/ or its optimize / finetune-teacher stages: run make demo first" >&2; exit 1; }
 	mkdir -p $(HARDWARE_DIR)
 	lscpu > $(HARDWARE_DIR)/lscpu.txt
 	for t in 1 $(CORES); do \
@@ -68,13 +72,13 @@ bench-hardware: venv peers-venv
 	  $(BIN)/python benchmarks/batch1_overhead.py $(DEMO_DIR)/model --threads $$t --json $(HARDWARE_DIR)/overhead$$t.json \
 	  || exit 1; done
 	$(BIN)/python benchmarks/kernel_alternatives.py --json $(HARDWARE_DIR)/kernels.json
-	$(BIN)/python benchmarks/static_vs_dynamic.py $(wildcard $(DEMO_DIR)/stages/*-optimize-*) --threads 1 $(CORES) \
+	$(BIN)/python benchmarks/static_vs_dynamic.py $(OPTIMIZED) --threads 1 $(CORES) \
 	  --queries 300 --rounds 5 --output $(HARDWARE_DIR)/static_vs_dynamic.json
+	$(MAKE) peers-venv
 	$(BIN)/python benchmarks/peers/run.py --peers-python $(PEERS)/bin/python --threads $(CORES) \
-	  --teacher $(wildcard $(DEMO_DIR)/stages/*-finetune-teacher-*) --work $(HARDWARE_DIR)/peers
+	  --teacher $(TEACHER_STAGE) --work $(HARDWARE_DIR)/peers
 	$(BIN)/python benchmarks/peers/run.py --peers-python $(PEERS)/bin/python --threads $(CORES) \
-	  --teacher $(wildcard $(DEMO_DIR)/stages/*-finetune-teacher-*) --slimformer-model $(DEMO_DIR)/model \
-	  --work $(HARDWARE_DIR)/peers-model
+	  --teacher $(TEACHER_STAGE) --slimformer-model $(DEMO_DIR)/model --work $(HARDWARE_DIR)/peers-model
 
 test-slow: venv
 	$(BIN)/pytest -q -m slow
