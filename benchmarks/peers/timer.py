@@ -58,8 +58,20 @@ def rust_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def load_onnx(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
+def graph_inputs(tokenizer: Any, text: str, names: list[str]) -> dict[str, Any]:
+    """The batch-1 int64 arrays of `text` that a graph takes (`names`), straight from the encoding."""
     import numpy as np
+
+    encoding = tokenizer.encode(text)
+    arrays = {
+        "input_ids": encoding.ids,
+        "attention_mask": encoding.attention_mask,
+        "token_type_ids": encoding.type_ids,
+    }
+    return {name: np.array([arrays[name]], dtype=np.int64) for name in names}
+
+
+def load_onnx(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
     import onnxruntime as ort
 
     tokenizer = rust_tokenizer(folder)
@@ -67,13 +79,7 @@ def load_onnx(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
     names = [i.name for i in session.get_inputs()]
 
     def logits(text: str) -> Any:
-        encoding = tokenizer.encode(text)
-        arrays = {
-            "input_ids": np.array([encoding.ids], dtype=np.int64),
-            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
-        }
-        return session.run(None, {name: arrays[name] for name in names})[0]
+        return session.run(None, graph_inputs(tokenizer, text, names))[0]
 
     return logits
 
@@ -95,7 +101,6 @@ def load_optimum(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
 
 
 def load_openvino(folder: Path, file: str, threads: int) -> Callable[[str], Any]:
-    import numpy as np
     import openvino as ov
 
     tokenizer = rust_tokenizer(folder)
@@ -105,13 +110,7 @@ def load_openvino(folder: Path, file: str, threads: int) -> Callable[[str], Any]
     names = [port.get_any_name() for port in compiled.inputs]
 
     def logits(text: str) -> Any:
-        encoding = tokenizer.encode(text)
-        arrays = {
-            "input_ids": np.array([encoding.ids], dtype=np.int64),
-            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
-        }
-        return request.infer({name: arrays[name] for name in names})[0]
+        return request.infer(graph_inputs(tokenizer, text, names))[0]
 
     return logits
 
