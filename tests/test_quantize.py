@@ -179,18 +179,29 @@ def test_auto_keeps_the_faster_candidate_within_a_huge_tolerance(
     )
     metrics = quantize(optimized_dir, tmp_path / "int8", config, clinc_slice)
     auto = metrics["auto"]
-    assert metrics["method"] == "auto" and set(auto["candidates"]) == {"dynamic", "static"}
+    names = {"dynamic", "static", "dynamic per-tensor", "static per-tensor"}  # each method, both weight scales
+    assert metrics["method"] == "auto" and set(auto["candidates"]) == names
     p50 = {name: entry["latency_ms"]["p50"] for name, entry in auto["candidates"].items()}
     assert auto["kept"] == min(p50, key=p50.get)
     assert all(entry["latency_ms"]["n"] == 60 for entry in auto["candidates"].values())
-    assert auto["reason"].endswith(f"both within 100 pts: kept {auto['kept']}")
+    assert auto["reason"].endswith(f"all within 100 pts: kept {auto['kept']}")
     assert auto["tolerance_points"] == 100.0 and auto["tolerance_from"] == "max_accuracy_drop"
     assert auto["latency"]["threads"] == 1 and auto["cpu"]["model"] == cpu_model()
     assert set(auto["cpu"]["isa"]) >= {"avx2", "avx512_vnni", "amx"}
     # the folder holds the kept candidate, scored as the candidate was
-    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
-    assert ("QuantizeLinear" in ops) is (auto["kept"] == "static")  # static activation scales
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert ("QuantizeLinear" in ops) is auto["kept"].startswith("static")  # static activation scales
     kept = auto["candidates"][auto["kept"]]
+    assert metrics["per_channel"] is kept["per_channel"] is ("per-tensor" not in auto["kept"])
+    # the kept graph's weight quantization parameters: one per output channel, or one per matrix
+    sizes = {init.name: int(np.prod(init.dims)) for init in graph.initializer}
+    weight_params = [  # MatMulInteger's weight zero point; a weight's DequantizeLinear scale (static QDQ)
+        sizes.get(node.input[3] if node.op_type == "MatMulInteger" else node.input[1], 0)
+        for node in graph.node
+        if node.op_type == "MatMulInteger" or (node.op_type == "DequantizeLinear" and node.input[0] in sizes)
+    ]
+    assert weight_params and (max(weight_params) > 1) is kept["per_channel"]
     assert metrics["validation"]["accuracy"] == pytest.approx(kept["accuracy"])
     assert metrics["format"] == kept["format"]
     assert ("calibration" in metrics) is (auto["kept"] == "static")
@@ -203,11 +214,17 @@ def test_auto_keeps_the_more_accurate_when_no_candidate_fits(optimized_dir: Path
 
     # -100 points: a candidate would have to be 100 points *more* accurate than fp32
     config = QuantizeConfig(
-        method="auto", threads=1, calibration_samples=32, latency_samples=40, max_accuracy_drop=-100.0
+        method="auto",
+        threads=1,
+        calibration_samples=32,
+        latency_samples=40,
+        max_accuracy_drop=-100.0,
+        try_per_tensor=False,
     )
     with pytest.warns(UserWarning, match="no INT8 candidate is within -100 points"):
         metrics = quantize(optimized_dir, tmp_path / "int8", config, clinc_slice)
     candidates = metrics["auto"]["candidates"]
+    assert set(candidates) == {"dynamic", "static"}  # per-channel weights only
     expected = min(
         candidates, key=lambda name: (candidates[name]["drop_points"], candidates[name]["latency_ms"]["p50"])
     )

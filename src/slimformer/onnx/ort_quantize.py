@@ -83,6 +83,12 @@ class Int8Graph:
     op_types: tuple[str, ...]
     quantize_seconds: float
     search: dict[str, Any] | None = None  # the accuracy-aware search, when a budget was given
+    per_channel: bool = True  # one weight scale per output channel, else one per weight matrix
+
+    @property
+    def name(self) -> str:
+        """How `auto` names this candidate: the method, and "per-tensor" when its weights have one scale each."""
+        return self.method if self.per_channel else f"{self.method} per-tensor"
 
 
 def op_types(
@@ -126,16 +132,20 @@ class Int8Job:
         self._static_input: Path | None = None
         self.calibration: dict[str, Any] | None = None
 
-    def quantize_graph(self, method: str, excluded: list[str], path: Path, **static_options: Any) -> Path:
-        """The INT8 graph of `method` with the nodes `excluded` kept fp32, written to `path`. `static_options`
-        override the config's static settings (benchmarks/static_vs_dynamic.py compares them)."""
+    def quantize_graph(
+        self, method: str, excluded: list[str], path: Path, per_channel: bool | None = None, **static_options: Any
+    ) -> Path:
+        """The INT8 graph of `method` with the nodes `excluded` kept fp32, written to `path`; weights per channel
+        or per tensor as `per_channel` says (None: the config's). `static_options` override the config's static
+        settings (benchmarks/static_vs_dynamic.py compares them)."""
+        per_channel = self.config.per_channel if per_channel is None else per_channel
         # the dynamic quantizer rewrites a Gemm into a MatMul named "<gemm>_MatMul" before it reads the list
         excluded = [*excluded, *(f"{name}_MatMul" for name in excluded)]
         if method == "static":
-            return self._static(excluded, path, static_options)
+            return self._static(excluded, path, {"per_channel": per_channel, **static_options})
         with quiet():
             ops = op_types(method, self.config.quantize_embeddings)
-            _dynamic(self.fp32_model, path, self.config, self.reduce_range[0], ops, excluded)
+            _dynamic(self.fp32_model, path, self.reduce_range[0], ops, excluded, per_channel)
         return path
 
     def _static(self, excluded: list[str], path: Path, options: dict[str, Any]) -> Path:
@@ -156,6 +166,7 @@ class Int8Job:
             "dynamic_attention": config.dynamic_attention,
             **options,
         }
+        per_channel = settings["per_channel"]
         dynamic_attention = settings.pop("dynamic_attention")
         ops = op_types("static", config.quantize_embeddings, settings["quant_format"])
         static_path = path.with_name(f"{path.stem}-static-part.onnx") if dynamic_attention else path
@@ -174,26 +185,29 @@ class Int8Job:
                 fused = op_types("dynamic", config.quantize_embeddings)
                 fused = tuple(op for op in fused if op in FUSED_DYNAMIC_OPS)
                 try:
-                    _dynamic(static_path, path, config, self.reduce_range[0], fused, excluded)
+                    _dynamic(static_path, path, self.reduce_range[0], fused, excluded, per_channel)
                 except AssertionError:  # ORT's "Graph is not a DAG": fused embeddings whose tables sit behind
                     # QDQ nodes (seen on small models) cannot be quantized dynamically; quantize Attention only
                     fused = tuple(op for op in fused if op != "EmbedLayerNormalization")
-                    _dynamic(static_path, path, config, self.reduce_range[0], fused, excluded)
+                    _dynamic(static_path, path, self.reduce_range[0], fused, excluded, per_channel)
                 static_path.unlink()
         return path
 
-    def build(self, method: str) -> Int8Graph:
-        """Quantize everything `method` covers; with a budget, keep the most sensitive layers fp32 until it fits."""
+    def build(self, method: str, per_channel: bool | None = None) -> Int8Graph:
+        """Quantize everything `method` covers, weights per channel or per tensor (`per_channel`; None: the
+        config's); with a budget, keep the most sensitive layers fp32 until it fits."""
         started = time.perf_counter()
         config = self.config
+        per_channel = config.per_channel if per_channel is None else per_channel
         ops = op_types(method, config.quantize_embeddings, config.quant_format, config.dynamic_attention)
-        graph = self.quantize_graph(method, [], self.work / f"{method}-all.onnx")
+        prefix = method if per_channel else f"{method}-per-tensor"
+        graph = self.quantize_graph(method, [], self.work / f"{prefix}-all.onnx", per_channel)
         search = None
         if self.config.max_accuracy_drop is not None:
             from slimformer.onnx.accuracy_aware import fit_accuracy_budget
 
             def quantize_excluding(excluded: list[str], path: Path) -> Path:
-                return self.quantize_graph(method, excluded, path.with_name(f"{method}-{path.name}"))
+                return self.quantize_graph(method, excluded, path.with_name(f"{prefix}-{path.name}"), per_channel)
 
             graph, search = fit_accuracy_budget(
                 self.fp32_model,
@@ -206,7 +220,7 @@ class Int8Job:
                 self.reference_accuracy,
                 quantize_excluding,
             )
-        return Int8Graph(method, graph, ops, time.perf_counter() - started, search)
+        return Int8Graph(method, graph, ops, time.perf_counter() - started, search, per_channel)
 
     def write(self, graph: Int8Graph, output: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write `graph` as the INT8 folder `output` (embedding rows compacted) and return its metrics."""
@@ -244,7 +258,7 @@ class Int8Job:
             "format": graph_format(graph.method, config.quant_format, config.dynamic_attention),
             "weight_type": "int8 (symmetric)",
             "activation_type": "uint8 (asymmetric)",
-            "per_channel": config.per_channel,
+            "per_channel": graph.per_channel,
             "reduce_range": self.reduce_range[0],
             "reduce_range_reason": self.reduce_range[1],
             "quantized_op_types": list(graph.op_types),
@@ -276,12 +290,7 @@ def quantize_ort_folder(
 
 
 def _dynamic(
-    fp32_model: Path,
-    output: Path,
-    config: QuantizeConfig,
-    reduce_range: bool,
-    ops: tuple[str, ...],
-    excluded: list[str],
+    fp32_model: Path, output: Path, reduce_range: bool, ops: tuple[str, ...], excluded: list[str], per_channel: bool
 ) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -290,7 +299,7 @@ def _dynamic(
         fp32_model,
         output,
         op_types_to_quantize=list(ops),
-        per_channel=config.per_channel,
+        per_channel=per_channel,
         reduce_range=reduce_range,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=excluded,

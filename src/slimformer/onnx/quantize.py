@@ -129,6 +129,9 @@ class AutoQuantizeConfig(StaticConfig):
 
     method: ClassVar[str] = "auto"
     latency_samples: int = option(300, "Batch-1 validation queries timed per candidate (interleaved).")
+    try_per_tensor: bool = option(
+        True, "Also try one weight scale per matrix (faster at batch 1 on small shapes, sometimes less accurate)."
+    )
 
     def validate(self) -> None:
         super().validate()

@@ -1,11 +1,14 @@
 """`slimformer quantize --method auto`: dynamic and static INT8 of the same fp32 graph, side by side in one run.
 
-Both are scored on the validation split against the fp32 graph and timed at batch 1 on validation queries in
-interleaved rounds (the candidates take turns, the first one rotating each round, so load that comes and goes
-on a shared machine hits both alike). The faster one (p50) whose accuracy drop is within the tolerance is kept:
-``max_accuracy_drop`` when given (each candidate is then first made to fit it by the accuracy-aware search),
-else :data:`~slimformer.onnx.quantize.AUTO_TOLERANCE_POINTS`. When neither fits, the more accurate one is kept
-with a warning, so a search that passes ``auto`` always gets a model and can read why from metrics.json.
+Each method is built with the config's weight scales, and (``try_per_tensor``, the default) also with one scale
+per weight matrix, which ONNX Runtime's int8 kernels run faster at batch 1 (BENCHMARKS.md, session 9) at some
+cost in accuracy. All candidates are scored on the validation split against the fp32 graph and timed at batch 1
+on validation queries in interleaved rounds (the candidates take turns, the first one rotating each round, so
+load that comes and goes on a shared machine hits all alike). The fastest one (p50) whose accuracy drop is within
+the tolerance is kept: ``max_accuracy_drop`` when given (each candidate is then first made to fit it by the
+accuracy-aware search), else :data:`~slimformer.onnx.quantize.AUTO_TOLERANCE_POINTS`. When none fits, the most
+accurate one is kept with a warning, so a search that passes ``auto`` always gets a model and can read why from
+metrics.json.
 """
 
 from __future__ import annotations
@@ -26,20 +29,26 @@ LATENCY_ROUNDS = 5
 LATENCY_WARMUP = 20  # untimed batch-1 calls per candidate before the first round
 
 
+def weight_scales(config: Any) -> tuple[bool, ...]:
+    """The `per_channel` settings `auto` tries: the config's, then per-tensor when ``try_per_tensor`` adds it."""
+    return (True, False) if config.per_channel and config.try_per_tensor else (config.per_channel,)
+
+
 def quantize_auto(job: Int8Job, output: Path) -> dict[str, Any]:
-    """Build both candidates, score and time them, write the kept one to `output`; its metrics.json holds an
-    ``auto`` block with both candidates' accuracy and latency, the CPU, the rule and the reason."""
+    """Build every candidate, score and time them, write the kept one to `output`; its metrics.json holds an
+    ``auto`` block with each candidate's accuracy and latency, the CPU, the rule and the reason."""
     from slimformer.benchmark import latency_summary
     from slimformer.cpu import cpu_model, default_threads, isa_summary
     from slimformer.onnx.quantize import AUTO_TOLERANCE_POINTS
 
     config = job.config
-    graphs = {method: job.build(method) for method in AUTO_METHODS}
-    candidates = {method: score_candidate(job, graph) for method, graph in graphs.items()}
+    built = [job.build(method, per_channel) for per_channel in weight_scales(config) for method in AUTO_METHODS]
+    graphs = {graph.name: graph for graph in built}
+    candidates = {name: score_candidate(job, graph) for name, graph in graphs.items()}
     threads = config.threads or default_threads()
-    timings = interleaved_latency_ms(job, list(graphs.values()), threads)
-    for method, candidate in candidates.items():
-        candidate["latency_ms"] = latency_summary(timings[method])
+    timings = interleaved_latency_ms(job, built, threads)
+    for name, candidate in candidates.items():
+        candidate["latency_ms"] = latency_summary(timings[name])
     given = config.max_accuracy_drop is not None
     tolerance = config.max_accuracy_drop if given else AUTO_TOLERANCE_POINTS
     kept, reason = choose(candidates, tolerance)
@@ -64,7 +73,8 @@ def quantize_auto(job: Int8Job, output: Path) -> dict[str, Any]:
 
 
 def score_candidate(job: Int8Job, graph: Int8Graph) -> dict[str, Any]:
-    """A candidate's validation accuracy, its drop vs fp32 in points, and its argmax agreement with fp32."""
+    """A candidate's format and weight scales, validation accuracy, drop vs fp32 in points, and argmax agreement
+    with fp32."""
     from slimformer.onnx.ort_quantize import graph_format
 
     logits = job.evaluation.logits(graph.path)
@@ -72,6 +82,7 @@ def score_candidate(job: Int8Job, graph: Int8Graph) -> dict[str, Any]:
     assert accuracy is not None and job.reference_accuracy is not None  # auto runs with data only
     return {
         "format": graph_format(graph.method, job.config.quant_format, job.config.dynamic_attention),
+        "per_channel": graph.per_channel,
         "accuracy": accuracy,
         "drop_points": round(100 * (job.reference_accuracy - accuracy), 3),
         "argmax_agreement": parity(job.reference_logits, logits)["argmax_agreement"],
@@ -88,7 +99,7 @@ def interleaved_latency_ms(job: Int8Job, graphs: list[Int8Graph], threads: int) 
 
     config = job.config
     predictors = {
-        graph.method: OnnxPredictor.from_file(graph.path, job.fp32_dir, threads=threads, max_length=config.max_length)
+        graph.name: OnnxPredictor.from_file(graph.path, job.fp32_dir, threads=threads, max_length=config.max_length)
         for graph in graphs
     }
     texts = job.evaluation.texts
@@ -96,12 +107,12 @@ def interleaved_latency_ms(job: Int8Job, graphs: list[Int8Graph], threads: int) 
     queries = [texts[i] for i in np.resize(order, config.latency_samples)]
     for predictor in predictors.values():
         batch1_latencies_ms(predictor, queries[:LATENCY_WARMUP], warmup=0)
-    methods = list(predictors)
-    timings: dict[str, list[float]] = {method: [] for method in methods}
+    names = list(predictors)
+    timings: dict[str, list[float]] = {name: [] for name in names}
     for round_index, chunk in enumerate(np.array_split(np.array(queries, dtype=object), LATENCY_ROUNDS)):
-        first = round_index % len(methods)
-        for method in methods[first:] + methods[:first]:
-            timings[method] += batch1_latencies_ms(predictors[method], list(chunk), ROUND_WARMUP)
+        first = round_index % len(names)
+        for name in names[first:] + names[:first]:
+            timings[name] += batch1_latencies_ms(predictors[name], list(chunk), ROUND_WARMUP)
     return timings
 
 
