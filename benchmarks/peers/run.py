@@ -7,7 +7,8 @@ side (issue #15). Run from the repository root with the main venv (`make bench-p
 1. The teacher: `--teacher`, else the packaged default teacher's body with a random CLINC150 head (151 labels,
    seed 0), built in `.venv-peers` (latency does not depend on the weights).
 2. slimformer's model: `--slimformer-model`, else the teacher through `slimformer export`, `optimize --level 2`
-   and `quantize --method dynamic` (the main venv's CLI).
+   and `quantize --method auto` (the recipe's: the fastest of dynamic / static x per-channel / per-tensor weights
+   within 0.5 validation points; `--slimformer-method dynamic` for dynamic alone), with the main venv's CLI.
 3. Optimum's models, built in `.venv-peers` by build.py: the export, and avx2 / avx512_vnni dynamic quantization
    of it and of ORTOptimizer's O1 / O2 / O3 graphs; a path that fails is recorded with its one-line error.
    Then the teacher in two other runtimes' INT8 (build.py runtimes): OpenVINO + NNCF (static, calibrated on
@@ -87,13 +88,13 @@ def build_teacher(work: Path, peers_python: str, data: Any) -> Path:
     return teacher
 
 
-def build_slimformer(work: Path, teacher: Path, data_name: str) -> Path:
+def build_slimformer(work: Path, teacher: Path, data_name: str, method: str) -> Path:
     cli = str(Path(sys.executable).parent / "slimformer")
-    fp32, optimized, int8 = (work / "slimformer" / name for name in ("fp32", "opt", "opt_int8"))
+    fp32, optimized, int8 = (work / "slimformer" / name for name in ("fp32", "opt", f"opt_int8_{method}"))
     steps = [
         (fp32, [cli, "export", str(teacher), "--output", str(fp32), "--data", data_name]),
         (optimized, [cli, "optimize", str(fp32), "--output", str(optimized), "--level", "2"]),
-        (int8, [cli, "quantize", str(optimized), "--output", str(int8), "--method", "dynamic", "--data", data_name]),
+        (int8, [cli, "quantize", str(optimized), "--output", str(int8), "--method", method, "--data", data_name]),
     ]
     for folder, command in steps:
         if not (folder / "model.onnx").is_file():
@@ -127,6 +128,7 @@ def build_runtimes(
 
 def plan(
     slimformer_model: Path,
+    built: str,
     teacher: Path,
     optimum: list[dict[str, Any]],
     runtimes: list[dict[str, Any]],
@@ -136,7 +138,6 @@ def plan(
     loop (the same code as slimformer's model) and in Optimum's own runtime; its optimized fp32 graphs are only
     steps towards INT8. Other runtimes: each working INT8 build in its own runtime behind the plain tokenizer."""
     main = sys.executable
-    built = "slimformer export → optimize --level 2 → quantize --method dynamic"
     models = [
         Model("slimformer-int8", main, "slimformer", slimformer_model, f"{built}; slimformer.predictor", **OURS),
         Model("slimformer-int8 (plain loop)", main, "onnx", slimformer_model, f"{built}; {PLAIN_LOOP}", **OURS),
@@ -363,6 +364,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "peers", help="models and results go here")
     parser.add_argument("--teacher", type=Path, help="PyTorch classifier folder (default: built in WORK/teacher)")
     parser.add_argument("--slimformer-model", type=Path, help="slimformer INT8 folder (default: built from it)")
+    parser.add_argument(
+        "--slimformer-method", default="auto", choices=("auto", "dynamic", "static"), help="quantize --method"
+    )
     parser.add_argument("--data", default="clinc150", help="dataset whose validation queries are timed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=300, help="queries timed per model and round")
@@ -380,7 +384,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = load_data(args.data)
     teacher = (args.teacher or build_teacher(work, args.peers_python, data)).resolve()
-    slimformer_model = (args.slimformer_model or build_slimformer(work, teacher, args.data)).resolve()
+    slimformer_model = (
+        args.slimformer_model or build_slimformer(work, teacher, args.data, args.slimformer_method)
+    ).resolve()
+    built = (
+        f"the given folder {args.slimformer_model}"
+        if args.slimformer_model
+        else f"slimformer export → optimize --level 2 → quantize --method {args.slimformer_method}"
+    )
     optimum = build_optimum(work, teacher, args.peers_python)
 
     validation = column(data.validation, "text")
@@ -392,7 +403,7 @@ def main() -> None:
     queries = work / "queries.json"
     queries.write_text(json.dumps([validation[i] for i in order]))
 
-    models = plan(slimformer_model, teacher, optimum, runtimes, args.peers_python)
+    models = plan(slimformer_model, built, teacher, optimum, runtimes, args.peers_python)
     tick = time.perf_counter()
     time_side_by_side(models, queries, args.threads, args.rounds, args.warmup, args.block, len(order))
     report = {
