@@ -240,10 +240,10 @@ def test_auto_rule() -> None:
         return {"latency_ms": {"p50": p50}, "drop_points": drop}
 
     both = {"dynamic": candidate(0.52, 0.1), "static": candidate(0.41, 0.3)}
-    assert choose(both, 0.5) == ("static", "static 0.41 ms vs dynamic 0.52 ms, both within 0.5 pts: kept static")
+    assert choose(both, 0.5) == ("static", "static 0.410 ms vs dynamic 0.520 ms, both within 0.5 pts: kept static")
     kept, reason = choose({"dynamic": candidate(0.52, 0.1), "static": candidate(0.41, 0.8)}, 0.5)
     assert kept == "dynamic"
-    assert reason == "static 0.41 ms vs dynamic 0.52 ms; static drops 0.8 pts (> 0.5): kept dynamic"
+    assert reason == "static 0.410 ms vs dynamic 0.520 ms; static drops 0.8 pts (> 0.5): kept dynamic"
     with pytest.warns(UserWarning):
         kept, reason = choose({"dynamic": candidate(0.52, 0.9), "static": candidate(0.41, 0.7)}, 0.5)
     assert kept == "static" and reason.endswith("kept the more accurate, static")

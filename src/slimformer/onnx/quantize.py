@@ -128,7 +128,9 @@ class AutoQuantizeConfig(StaticConfig):
     """Dynamic and static side by side; the faster within the accuracy tolerance is kept."""
 
     method: ClassVar[str] = "auto"
-    latency_samples: int = option(300, "Batch-1 validation queries timed per candidate (interleaved).")
+    latency_samples: int = option(
+        1000, "Batch-1 validation queries timed per candidate, interleaved (a few % apart needs ~1000)."
+    )
     try_per_tensor: bool = option(
         True, "Also try one weight scale per matrix (faster at batch 1 on small shapes, sometimes less accurate)."
     )

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from slimformer.onnx.ort_quantize import Int8Graph, Int8Job
 
 AUTO_METHODS = ("dynamic", "static")
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 10  # turns per candidate: short turns spread a shared host's bursts of load over all alike
 LATENCY_WARMUP = 20  # untimed batch-1 calls per candidate before the first round
 
 
@@ -127,7 +127,7 @@ def choose(candidates: dict[str, dict[str, Any]], tolerance: float) -> tuple[str
         return candidates[name]["drop_points"]
 
     by_speed = sorted(candidates, key=p50)
-    speeds = " vs ".join(f"{name} {p50(name):.2f} ms" for name in by_speed)
+    speeds = " vs ".join(f"{name} {p50(name):.3f} ms" for name in by_speed)
     within = [name for name in by_speed if drop(name) <= tolerance]
     outside = [name for name in by_speed if name not in within]
     drops = ", ".join(f"{name} drops {drop(name):g}" for name in outside)
