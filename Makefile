@@ -59,7 +59,8 @@ bench-peers: venv peers-venv
 # compute floor and batch-1 parts at 1 and N threads, operator alternatives, static vs dynamic INT8, and the peers
 # on the demo's teacher and beside its final model. Results (JSON and markdown) go to HARDWARE_DIR.
 HARDWARE_DIR ?= runs/hardware
-CORES := $(shell nproc)
+# expanded only where bench-hardware uses it, not on every make
+CORES = $(shell nproc)
 OPTIMIZED = $(firstword $(wildcard $(DEMO_DIR)/stages/*-optimize-*))
 TEACHER_STAGE = $(firstword $(wildcard $(DEMO_DIR)/stages/*-finetune-teacher-*))
 bench-hardware: venv

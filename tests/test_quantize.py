@@ -204,7 +204,7 @@ def test_auto_keeps_the_faster_candidate_within_a_huge_tolerance(
     assert weight_params and (max(weight_params) > 1) is kept["per_channel"]
     assert metrics["validation"]["accuracy"] == pytest.approx(kept["accuracy"])
     assert metrics["format"] == kept["format"]
-    assert ("calibration" in metrics) is (auto["kept"] == "static")
+    assert ("calibration" in metrics) is auto["kept"].startswith("static")  # both static candidates calibrate
     for entry in auto["candidates"].values():
         assert entry["drop_points"] == pytest.approx(100 * (auto["reference_accuracy"] - entry["accuracy"]), abs=1e-3)
 

@@ -160,9 +160,8 @@ class Int8Job:
             with quiet():
                 self._static_input = with_inferred_shapes(self.fp32_model, self.work / "shape-inferred.onnx")
         assert self._static_input is not None
-        settings: dict[str, Any] = {
+        settings: dict[str, Any] = {  # quantize_graph always passes per_channel
             "quant_format": config.quant_format,
-            "per_channel": config.per_channel,
             "dynamic_attention": config.dynamic_attention,
             **options,
         }
