@@ -230,7 +230,8 @@ def _from_columns(columns: dict[str, dict[str, list]]) -> dict[str, datasets.Dat
     return {split: datasets.Dataset.from_dict(cols) for split, cols in columns.items()}
 
 
-def _read_file(path: Path) -> datasets.Dataset:
+def read_table(path: Path) -> datasets.Dataset:
+    """The rows of one csv, json, jsonl or parquet file; DataError in one line when it cannot be read."""
     import datasets
 
     fmt = FILE_FORMATS.get(path.suffix.lower())
@@ -286,13 +287,13 @@ def _read_local(
     path: Path, label_column: str, seed: int, validation_fraction: float, test_fraction: float
 ) -> dict[str, datasets.Dataset]:
     if path.is_file():
-        return _split_one_file(_read_file(path), path, label_column, seed, validation_fraction, test_fraction)
+        return _split_one_file(read_table(path), path, label_column, seed, validation_fraction, test_fraction)
 
     raw = {}
     for split in SPLITS:
         found = _find_split_file(path, split)
         if found is not None:
-            raw[split] = _read_file(found)
+            raw[split] = read_table(found)
     for split in ("train", "test"):
         if split not in raw:
             raise DataError(f"no {split} file in {path} (expected {split}.csv/.json/.jsonl/.parquet)")

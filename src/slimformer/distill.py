@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from slimformer.artifacts import atomic_output_dir, read_metrics, write_metrics, write_session
 from slimformer.config import option
 from slimformer.errors import ConfigError
+from slimformer.layer_losses import LAYER_MAPS, LayerLosses
 from slimformer.training import TrainingOptions
+from slimformer.transfer import parse_augmentations
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -33,6 +35,21 @@ class DistillConfig(TrainingOptions):
     temperature: float = option(2.0, "Softens both distributions so the teacher's 'dark knowledge' shows.")
     group_by_length: bool = option(True, "Batch texts of similar length: far less padding, ~2x faster on CPU.")
     cache_dir: str | None = option(None, "Teacher-logit cache folder (default: $SLIMFORMER_CACHE_DIR or ~/.cache).")
+    hidden_weight: float = option(
+        0.0, "Weight of the hidden-state MSE (student layers vs mapped teacher layers; 0 = off; teacher runs live)."
+    )
+    attention_weight: float = option(
+        0.0, "Weight of MiniLMv2's attention relations (Q-Q, K-K, V-V KL of the last layer; 0 = off; teacher live)."
+    )
+    embedding_weight: float = option(0.0, "Weight of the embedding-output MSE (0 = off; the teacher runs live).")
+    layer_map: str = option("uniform", "Which teacher layer each student layer learns: uniform | last (the last K).")
+    attention_layer: int = option(-1, "The teacher layer whose attention relations the student's last layer learns.")
+    relation_heads: int = option(12, "Relation heads the attention relations are split into (divides both widths).")
+    unlabeled: str | None = option(
+        None, "File of unlabelled in-domain texts (one a line, or a 'text' column) distilled on with teacher targets."
+    )
+    augment: str = option("", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix.")
+    augment_copies: int = option(1, "Augmented texts per training text and method.")
 
     @property
     def needs_teacher(self) -> bool:
@@ -47,7 +64,31 @@ class DistillConfig(TrainingOptions):
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("hidden_weight", "attention_weight", "embedding_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")
+        if self.layer_map not in LAYER_MAPS:
+            raise ConfigError(f"layer map must be one of {', '.join(LAYER_MAPS)}, got {self.layer_map!r}")
+        if self.relation_heads < 1:
+            raise ConfigError(f"relation heads must be >= 1, got {self.relation_heads}")
+        if self.augment_copies < 1:
+            raise ConfigError(f"augment copies must be >= 1, got {self.augment_copies}")
+        parse_augmentations(self.augment)
+        learns_more = self.layer_losses().active or self.unlabeled or self.augment
+        if learns_more and self.alpha >= 1:
+            raise ConfigError("layer losses, --unlabeled and --augment learn from the teacher: they need alpha < 1")
         self.validate_training_options()
+
+    def layer_losses(self) -> LayerLosses:
+        """The intermediate-layer losses these options ask for."""
+        return LayerLosses(
+            hidden=self.hidden_weight,
+            attention=self.attention_weight,
+            embedding=self.embedding_weight,
+            layer_map=self.layer_map,
+            attention_layer=self.attention_layer,
+            relation_heads=self.relation_heads,
+        )
 
 
 def distill(
@@ -93,7 +134,14 @@ def distill(
     max_length = resolve_max_length(student_path, config.max_length, also=teacher_path)
     config = replace(config, max_length=max_length)
     splits = splits.in_label_order([student.config.id2label[i] for i in range(student.config.num_labels)])
-    distillation = Distillation(teacher_path, config.alpha, config.temperature, config.cache_dir)
+    distillation = Distillation(
+        teacher_path,
+        config.alpha,
+        config.temperature,
+        config.cache_dir,
+        layers=config.layer_losses(),
+        transfer_texts=transfer_texts(config, splits, tokenizer),
+    )
 
     with atomic_output_dir(output) as folder:
         result = train_classifier(
@@ -117,6 +165,19 @@ def distill(
         }
         write_metrics(folder, metrics)
     return metrics
+
+
+def transfer_texts(config: DistillConfig, splits: DataSplits, tokenizer: Any) -> list[str]:
+    """The unlabelled file's texts, then the augmentations of the training texts the config asks for."""
+    from slimformer.data import column
+    from slimformer.transfer import augment_texts, read_unlabeled
+
+    texts = read_unlabeled(config.unlabeled) if config.unlabeled else []
+    if config.augment:
+        mask_token = getattr(tokenizer, "mask_token", None) or "[MASK]"
+        train = column(splits.train, "text")
+        texts += augment_texts(train, config.augment.split(","), config.augment_copies, config.seed, mask_token)
+    return texts
 
 
 def _student_checkpoint(path: Path, labels: list[str]) -> tuple[Any, Any]:

@@ -3,11 +3,16 @@ softened distribution, over teacher logits computed once and cached on disk::
 
     loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-The teacher never runs inside the training loop: it runs once over the training texts, its logits are cached
+The teacher's logits never need it inside the training loop: it runs once over the training texts, its logits are cached
 (keyed by the teacher's files, the texts and `max_length`) and every epoch, every later run, every search trial,
 every pruning method's recovery training and QAT read them as a `teacher_logits` column of the batch
 (:func:`add_teacher_logits`). Teacher and student each tokenize the raw texts with their own tokenizer, so
 logits are aligned per example (and per label name), never per token.
+
+The intermediate-layer losses (:class:`LayerLosses`: hidden states, MiniLMv2 attention relations, the embedding
+output) are the one exception: they compare the student's internals with the teacher's on the same tokens, so
+while one is on the teacher runs live on each training batch (:class:`LayerDistiller`), with the student's
+tokenizer, which must then be the teacher's. The logits stay cached.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import numpy as np
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from slimformer.artifacts import write_json
+from slimformer.layer_losses import IGNORED_LABEL, LayerDistiller
 
 if TYPE_CHECKING:
     import datasets
@@ -50,13 +56,20 @@ def distillation_loss(
 ) -> torch.Tensor:
     """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T)).
 
-    Logits are (batch, num_labels), labels (batch,) ints; CE and KL are means over the batch. The T^2 factor
+    Logits are (batch, num_labels), labels (batch,) ints; CE is a mean over the labelled rows (transfer rows are
+    labelled IGNORED_LABEL: the teacher's targets are all they have), KL a mean over the batch. The T^2 factor
     keeps the soft term's gradients on the same scale as the hard term's whatever the temperature. Without
     teacher logits (evaluation batches) it is the plain cross-entropy.
     """
     import torch.nn.functional as F
 
-    cross_entropy = F.cross_entropy(student_logits, labels)
+    labelled = labels != IGNORED_LABEL
+    if labelled.all():
+        cross_entropy = F.cross_entropy(student_logits, labels)
+    elif labelled.any():  # transfer rows carry no hard label: the mean runs over the labelled rows only
+        cross_entropy = F.cross_entropy(student_logits[labelled], labels[labelled])
+    else:
+        cross_entropy = student_logits.new_zeros(())
     if teacher_logits is None or alpha >= 1.0:
         return cross_entropy
     teacher_logits = teacher_logits.to(student_logits.dtype)
@@ -101,7 +114,8 @@ class DistillationDataCollator:
 
 
 class DistillationTrainer(Trainer):
-    """A Trainer whose loss is :func:`distillation_loss`, reading teacher logits from the batch.
+    """A Trainer whose loss is :func:`distillation_loss`, reading teacher logits from the batch, plus the
+    intermediate-layer losses of a :class:`LayerDistiller` (training batches only) when one is given.
 
     Batches without a `teacher_logits` column (evaluation) get the plain cross-entropy. Without an explicit
     `data_collator`, a :class:`DistillationDataCollator` over `processing_class` is used.
@@ -110,10 +124,19 @@ class DistillationTrainer(Trainer):
     # the loss is a per-batch mean: the Trainer divides it for gradient accumulation itself
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, layer_distiller: LayerDistiller | None = None, **kwargs: Any) -> None:
         if kwargs.get("data_collator") is None and kwargs.get("processing_class") is not None:
             kwargs["data_collator"] = DistillationDataCollator(kwargs["processing_class"])
         super().__init__(*args, **kwargs)
+        self.layer_distiller = layer_distiller
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The Trainer's optimizer, plus the layer distiller's projection (trained, never saved)."""
+        optimizer = super().create_optimizer(model)
+        extra = self.layer_distiller.parameters() if self.layer_distiller is not None else []
+        if extra:
+            optimizer.add_param_group({"params": extra, "weight_decay": 0.0})
+        return optimizer
 
     def compute_loss(
         self,
@@ -125,10 +148,16 @@ class DistillationTrainer(Trainer):
         inputs = dict(inputs)  # the caller reads `labels` from its dict afterwards
         teacher = inputs.pop(TEACHER_LOGITS_COLUMN, None)
         labels = inputs.pop("labels")
+        distiller = self.layer_distiller if model.training else None
+        if distiller is not None and distiller.wants_hidden_states:
+            inputs["output_hidden_states"] = True
         outputs = model(**inputs)
         alpha = getattr(self.args, "alpha", 1.0)
         temperature = getattr(self.args, "temperature", 1.0)
         loss = distillation_loss(outputs.logits, teacher, labels, alpha, temperature)
+        if distiller is not None:
+            inputs.pop("output_hidden_states", None)
+            loss = loss + distiller.loss(inputs, outputs)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
     from slimformer.data import DataSplits
+    from slimformer.layer_losses import LayerDistiller, LayerLosses
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -80,6 +81,8 @@ class Distillation:
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
     temperature: float = 2.0
     cache_dir: str | None = None
+    layers: LayerLosses | None = None  # intermediate-layer losses (the teacher then runs live)
+    transfer_texts: Sequence[str] = ()  # more texts to distil on: teacher targets only, no hard label
 
 
 @dataclass
@@ -93,6 +96,8 @@ class TrainResult:
     teacher_logits: dict[str, Any] | None = None
     processes: int = 1  # data-parallel processes that trained (torchrun --nproc_per_node N: N, via DDP)
     precision: str = "fp32"  # the arithmetic it trained in (`precision: auto` resolved)
+    transfer_rows: int = 0  # rows distilled on with teacher targets only (unlabelled texts, augmentations)
+    live_teacher: bool = False  # did the teacher run on every batch (intermediate-layer losses)?
 
     def metrics(self) -> dict[str, Any]:
         """The entries every training stage writes to metrics.json."""
@@ -101,6 +106,8 @@ class TrainResult:
             "train_seconds": self.train_seconds,
             "training_processes": self.processes,
             "training_precision": self.precision,
+            "transfer_rows": self.transfer_rows,
+            "live_teacher": self.live_teacher,
             "validation": self.validation,
             "test": self.test,
             "history": self.history,
@@ -154,12 +161,19 @@ def train_classifier(
     )
 
     max_length = config.max_length or DEFAULT_MAX_LENGTH
-    train, cache = splits.train, None
+    train, cache, layer_distiller = splits.train, None, None
     alpha, temperature = 1.0, 1.0
     if distillation is not None and distillation.alpha < 1.0:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        train = with_transfer_texts(train, distillation.transfer_texts)
         train, cache = add_teacher_logits(train, distillation.teacher, labels, max_length, distillation.cache_dir)
         alpha, temperature = distillation.alpha, distillation.temperature
+        if distillation.layers is not None and distillation.layers.active:
+            layer_distiller = live_teacher(model, tokenizer, distillation)
+    elif distillation is not None and (
+        distillation.transfer_texts or (distillation.layers and distillation.layers.active)
+    ):
+        raise ConfigError("transfer texts and layer losses learn from the teacher: they need alpha < 1")
     arguments = DistillationTrainingArguments(
         alpha=alpha, temperature=temperature, **trainer_arguments(work_dir, config)
     )
@@ -172,6 +186,7 @@ def train_classifier(
         processing_class=tokenizer,
         compute_metrics=metrics_function(splits.oos_label_id),
         callbacks=list(callbacks),
+        layer_distiller=layer_distiller,
     )
     if configure is not None:
         configure(trainer)
@@ -186,10 +201,43 @@ def train_classifier(
         teacher_logits=cache_report(cache),
         processes=trainer.args.world_size,
         precision="bf16" if trainer.args.bf16 else "fp32",
+        transfer_rows=len(distillation.transfer_texts) if cache is not None else 0,
+        live_teacher=layer_distiller is not None,
     )
     model.to("cpu")  # every later step (saving, export, latency) runs on the CPU
     shutil.rmtree(work_dir, ignore_errors=True)
     return result
+
+
+def with_transfer_texts(train: datasets.Dataset, texts: Sequence[str]) -> datasets.Dataset:
+    """`train` followed by `texts` as rows labelled IGNORED_LABEL: the teacher's targets are their only label."""
+    if not texts:
+        return train
+    import datasets
+
+    from slimformer.layer_losses import IGNORED_LABEL
+
+    labelled = train.cast_column("label", datasets.Value("int64"))
+    transfer = datasets.Dataset.from_dict(
+        {"text": list(texts), "label": [IGNORED_LABEL] * len(texts)}, features=labelled.features
+    )
+    return datasets.concatenate_datasets([labelled, transfer])
+
+
+def live_teacher(
+    student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, distillation: Distillation
+) -> LayerDistiller:
+    """The teacher loaded for the intermediate-layer losses; ConfigError when its vocabulary is not the student's
+    (the losses compare the two models token by token)."""
+    from slimformer.layer_losses import LayerDistiller
+    from slimformer.models import load_classifier, load_tokenizer
+
+    if load_tokenizer(distillation.teacher).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            "layer losses compare the student and the teacher token by token: they need the teacher's tokenizer "
+            "(a student from the teacher's own layers has it); use logit-only distillation for this student"
+        )
+    return LayerDistiller(load_classifier(distillation.teacher), student, distillation.layers)
 
 
 def _evaluate(trainer: Any, dataset: Any, prefix: str) -> dict[str, float]:
