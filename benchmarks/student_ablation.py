@@ -1,0 +1,105 @@
+"""Which distillation losses and transfer data keep a small student's accuracy (issue 24's ablation).
+
+Distils students of `--layers` layers from `--source` (the recipe's FFN-sliced teacher) against `--teacher`, one
+row per variant and seed, with the packaged recipe's distillation settings unless a variant overrides them, and
+reports validation accuracy and test accuracy, in-scope accuracy and out-of-scope recall as mean ± sd over seeds.
+Each run's folder is kept under `--work`, so a re-run only trains what is missing. Run from the repository root
+after `make demo` (which leaves the teacher and the sliced model in demo/stages/):
+
+    .venv/bin/python benchmarks/student_ablation.py --teacher demo/stages/*-finetune-teacher-* \
+        --source demo/stages/*-slice-* --layers 2 --variants logits hidden attention --seeds 42 43 44
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from slimformer.cpu import cpu_model
+from slimformer.data import load_data
+from slimformer.distill import DistillConfig, distill
+
+# the packaged recipe's distill stage (src/slimformer/recipes/default.yaml)
+RECIPE = {"alpha": 0.73, "temperature": 9.0, "epochs": 3.0, "learning_rate": 2.9e-4, "precision": "auto"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "logits": {},
+    "logits-6ep": {"epochs": 6.0},
+    "logits-6ep-lr5e-4": {"epochs": 6.0, "learning_rate": 5e-4},
+    "hidden": {"hidden_weight": 1.0},
+    "hidden-last": {"hidden_weight": 1.0, "layer_map": "last"},
+    "attention": {"attention_weight": 1.0},
+    "embedding": {"embedding_weight": 1.0},
+    "mask": {"augment": "mask"},
+    "delete": {"augment": "delete"},
+    "swap": {"augment": "swap"},
+    "mix": {"augment": "mix"},
+    "hidden+attention": {"hidden_weight": 1.0, "attention_weight": 1.0},
+    "attention+mix": {"attention_weight": 1.0, "augment": "mix"},
+    "attention+mask+mix": {"attention_weight": 1.0, "augment": "mask,mix"},
+}
+COLUMNS = ("accuracy", "in_scope_accuracy", "oos_recall")
+
+
+def run_variant(name: str, seed: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    folder = args.work / f"L{args.layers}-{name}-seed{seed}"
+    if (folder / "metrics.json").is_file():
+        return json.loads((folder / "metrics.json").read_text())
+    options = {**RECIPE, **VARIANTS[name], "student_layers": args.layers, "seed": seed}
+    return distill(args.source, folder, DistillConfig(**options), data, teacher=args.teacher)
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--source", type=Path, required=True, help="the model the student's layers come from")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["logits"], choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--data", default="clinc150")
+    parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
+    args = parser.parse_args()
+    data = load_data(args.data)
+    teacher_test = json.loads((args.teacher / "metrics.json").read_text()).get("test", {})
+    lines = [
+        f"CPU: {cpu_model()}; {args.layers}-layer students of {args.source.name}; teacher {args.teacher.name}: "
+        + ", ".join(f"{c} {100 * teacher_test[c]:.2f}" for c in COLUMNS if c in teacher_test),
+        "",
+        "| variant | validation | test accuracy | in scope | OOS recall | train s | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for name in args.variants:
+        runs = [run_variant(name, seed, args, data) for seed in args.seeds]
+        row = {
+            "variant": name,
+            "layers": args.layers,
+            "options": VARIANTS[name],
+            "seeds": args.seeds,
+            "validation": [r["validation"]["accuracy"] for r in runs],
+            **{c: [r["test"][c] for r in runs] for c in COLUMNS},
+            "train_seconds": [r["train_seconds"] for r in runs],
+        }
+        rows.append(row)
+        seconds = statistics.mean(row["train_seconds"])
+        lines.append(
+            f"| {name} | {mean_sd(row['validation'])} | "
+            + " | ".join(mean_sd(row[c]) for c in COLUMNS)
+            + f" | {seconds:.0f} | {len(runs)} |"
+        )
+        print(lines[-1], flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / f"ablation-L{args.layers}.json").write_text(json.dumps(rows, indent=2))
+    (args.work / f"ablation-L{args.layers}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
