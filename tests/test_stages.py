@@ -26,15 +26,12 @@ class CopyConfig(StageConfig):
     note: str = option("copied", "What to write in metrics.json.")
 
 
-def copy_stage(source, output, config, data=None, teacher=None) -> dict:
-    from slimformer.artifacts import atomic_output_dir, write_metrics
-    from slimformer.models import resolve_model_path
+def copy_stage(source, folder, config, data=None, teacher=None):
+    """Only builds: the envelope validated, resolved `source`, opened `folder` and writes both JSON files."""
+    from slimformer.artifacts import Session, StageResult
 
-    with atomic_output_dir(output) as folder:
-        shutil.copytree(resolve_model_path(source), folder, dirs_exist_ok=True)
-        metrics = {"stage": "copy", "note": config.note, "had_data": data is not None}
-        write_metrics(folder, metrics)
-    return metrics
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    return StageResult({"note": config.note, "had_data": data is not None}, Session(max_length=32))
 
 
 @pytest.fixture()
@@ -60,11 +57,15 @@ def test_a_registered_stage_is_a_cli_command_with_its_fields_as_options(toy_stag
     assert "--data" not in help_text  # uses_data = "none"
     result = runner.invoke(app, ["copy", str(tiny_classifier_dir), "--output", str(tmp_path / "c"), "--note", "hi"])
     assert result.exit_code == 0, result.output
+    session = json.loads((tmp_path / "c" / "session.json").read_text())
+    assert session["max_length"] == 32 and session["threads"] is None
     assert json.loads((tmp_path / "c" / "metrics.json").read_text()) == {
         "stage": "copy",
         "note": "hi",
         "had_data": False,
+        "session": session,
     }
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]  # written atomically: no temporary folder left
 
 
 def test_a_registered_stage_runs_in_a_recipe(toy_stage, tiny_classifier_dir, clinc_slice_dir, tmp_path):

@@ -7,7 +7,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,26 +90,57 @@ def write_metrics(folder: str | Path, metrics: dict[str, Any]) -> Path:
     return write_json(Path(folder) / METRICS_FILE, metrics)
 
 
+@dataclass(frozen=True)
+class Session:
+    """`session.json`: how the artefact in a folder runs (`slimformer.load` and every later stage read it): its
+    truncation length and, for ONNX Runtime, threads (None = every core at load time), graph level and whether
+    idle intra-op threads spin (None = ONNX Runtime's default; `slimformer tune-threads` measures it). A stage
+    returns one; the stage envelope (:func:`slimformer.stages.run_stage`) writes it."""
+
+    max_length: int
+    threads: int | None = None
+    graph_optimization_level: str = "all"
+    spinning: bool | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The JSON object session.json holds."""
+        from slimformer.predictor import SPINNING_KEY
+
+        return {
+            "max_length": self.max_length,
+            "threads": self.threads,
+            "graph_optimization_level": self.graph_optimization_level,
+            "inter_op_threads": 1,
+            "execution_mode": "sequential",
+            SPINNING_KEY: self.spinning,
+        }
+
+
+@dataclass
+class StageResult:
+    """What a stage function built: its metrics (the envelope adds `stage` and `session`) and how the artefact
+    runs. With `thread_queries`, an ONNX artefact without fixed threads gets the fastest threads x spinning on
+    this CPU, timed over them (:func:`slimformer.threads.tune_threads`)."""
+
+    metrics: dict[str, Any]
+    session: Session | None  # None: the folder holds no model of its own (the search: see its best_model/)
+    thread_queries: Sequence[str] = field(default_factory=list)
+
+
 def write_session(
     folder: str | Path,
-    max_length: int,
+    max_length: int | Session,
     threads: int | None = None,
     graph_optimization_level: str = "all",
     spinning: bool | None = None,
 ) -> dict[str, Any]:
-    """`session.json`: how the artefact in `folder` runs (`slimformer.load` and every later stage read it):
-    its truncation length and, for ONNX Runtime, threads (null = every core at load time), graph level and
-    whether idle intra-op threads spin (null = ONNX Runtime's default; `slimformer tune-threads` measures it)."""
-    from slimformer.predictor import SPINNING_KEY
-
-    settings = {
-        "max_length": max_length,
-        "threads": threads,
-        "graph_optimization_level": graph_optimization_level,
-        "inter_op_threads": 1,
-        "execution_mode": "sequential",
-        SPINNING_KEY: spinning,
-    }
+    """Write `session.json` into `folder` (a :class:`Session`, or its fields) and return its settings."""
+    session = (
+        max_length
+        if isinstance(max_length, Session)
+        else Session(max_length, threads, graph_optimization_level, spinning)
+    )
+    settings = session.settings()
     write_json(Path(folder) / SESSION_FILE, settings)
     return settings
 

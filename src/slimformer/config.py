@@ -31,6 +31,9 @@ class StageConfig:
     uses_data: ClassVar[str] = "required"  # "required" | "optional" (parity on built-in sentences) | "none"
     model_subdir: ClassVar[str] = ""  # the stage's model inside its output folder ("" = the folder itself)
     produces_model: ClassVar[bool] = True
+    # True: the stage resumes in its output folder (the search's study.db), so the envelope opens no atomic
+    # folder for it and the stage writes its own model folders atomically
+    writes_in_place: ClassVar[bool] = False
 
     @property
     def needs_teacher(self) -> bool:
@@ -43,6 +46,15 @@ class StageConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with a one-line reason for an out-of-range value."""
+
+    def check(self, data: Any) -> None:
+        """`validate()`, then a one-line DataError when the stage needs a dataset and `data` is None."""
+        from slimformer.errors import DataError
+
+        self.validate()
+        if data is None and self.uses_data == "required":
+            name = type(self).__name__.removesuffix("Config").lower()
+            raise DataError(f"{name} needs a dataset (--data): it trains or measures accuracy on it")
 
 
 def help_text(cls: type, name: str) -> str:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimformer.artifacts import atomic_output_dir, read_metrics, write_metrics, write_session
+from slimformer.artifacts import Session, StageResult, read_metrics
 from slimformer.config import option
 from slimformer.errors import ConfigError
 from slimformer.layer_losses import LAYER_MAPS, LayerLosses
@@ -106,33 +106,40 @@ def distill(
     history, validation and test metrics, train seconds and the teacher-logit cache entry. `callbacks` go to
     the Trainer (the search's pruning). Returns the metrics.
     """
+    from slimformer.stages import run_stage
+
+    return run_stage("distill", source, output, config, data, teacher, callbacks=callbacks)
+
+
+def distill_student(
+    source: Path,
+    folder: Path,
+    config: DistillConfig,
+    data: DataSplits,
+    teacher: Path | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> StageResult:
+    """The distill stage's body: build or load the student, train it against the teacher, save it in `folder`."""
     from transformers import set_seed
 
-    from slimformer.data import require_data
     from slimformer.distillation import model_files_hash
-    from slimformer.models import check_classifier_fits, resolve_max_length, resolve_model_path
+    from slimformer.models import check_classifier_fits, fit_max_length, resolve_model_path
     from slimformer.students import build_student_from_teacher
     from slimformer.training import Distillation, train_classifier
 
-    config = config or DistillConfig()
-    config.validate()
-    data = require_data(data, "distill")
-    source_path = resolve_model_path(source)
-    teacher_path = resolve_model_path(teacher) if teacher else source_path
+    teacher_path = teacher or source
     check_classifier_fits(teacher_path, data.labels)
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     set_seed(config.seed)
 
     kept_layers = None
     if config.student_layers is not None:
-        check_classifier_fits(source_path, data.labels)
-        student, tokenizer, kept_layers = build_student_from_teacher(source_path, config.student_layers)
-        student_path = source_path
+        check_classifier_fits(source, data.labels)
+        student, tokenizer, kept_layers = build_student_from_teacher(source, config.student_layers)
     else:
         student_path = resolve_model_path(config.student)
         student, tokenizer = _student_checkpoint(student_path, splits.labels)
-    max_length = resolve_max_length(student_path, config.max_length, also=teacher_path)
-    config = replace(config, max_length=max_length)
+        config = replace(config, max_length=fit_max_length(student_path, config.max_length))
     splits = splits.in_label_order([student.config.id2label[i] for i in range(student.config.num_labels)])
     distillation = Distillation(
         teacher_path,
@@ -142,29 +149,24 @@ def distill(
         layers=config.layer_losses(),
         transfer_texts=transfer_texts(config, splits, tokenizer),
     )
-
-    with atomic_output_dir(output) as folder:
-        result = train_classifier(
-            student, tokenizer, splits, config, folder / "trainer", distillation=distillation, callbacks=callbacks
-        )
-        student.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_session(folder, max_length)
-        metrics = {
-            "stage": "distill",
-            "teacher": str(teacher_path),
-            "teacher_hash": model_files_hash(teacher_path)[:16],
-            "teacher_test_accuracy": (read_metrics(teacher_path).get("test") or {}).get("accuracy"),
-            "student": config.student or f"{config.student_layers} layers of {source_path}",
-            "student_layers_kept": kept_layers,
-            "num_parameters": sum(p.numel() for p in student.parameters()),
-            "data": splits.name,
-            "data_fingerprint": splits.fingerprint,
-            "config": asdict(config),
-            **result.metrics(),
-        }
-        write_metrics(folder, metrics)
-    return metrics
+    result = train_classifier(
+        student, tokenizer, splits, config, folder / "trainer", distillation=distillation, callbacks=callbacks
+    )
+    student.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    metrics = {
+        "teacher": str(teacher_path),
+        "teacher_hash": model_files_hash(teacher_path)[:16],
+        "teacher_test_accuracy": (read_metrics(teacher_path).get("test") or {}).get("accuracy"),
+        "student": config.student or f"{config.student_layers} layers of {source}",
+        "student_layers_kept": kept_layers,
+        "num_parameters": sum(p.numel() for p in student.parameters()),
+        "data": splits.name,
+        "data_fingerprint": splits.fingerprint,
+        "config": asdict(config),
+        **result.metrics(),
+    }
+    return StageResult(metrics, Session(config.max_length))
 
 
 def transfer_texts(config: DistillConfig, splits: DataSplits, tokenizer: Any) -> list[str]:

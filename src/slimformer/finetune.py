@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from slimformer.artifacts import atomic_output_dir, write_metrics, write_session
+from slimformer.artifacts import Session, StageResult
 from slimformer.config import option
 from slimformer.training import TrainingOptions
 
@@ -31,34 +31,32 @@ def finetune(
     length, which every later stage inherits) and `metrics.json` with validation and test metrics, both
     measured at the training length. `teacher` is part of the stage contract and unused. Returns the metrics.
     """
+    from slimformer.stages import run_stage
+
+    return run_stage("finetune", source, output, config, data, teacher)
+
+
+def train_finetuned(
+    source: Path, folder: Path, config: FinetuneConfig, data: Any, teacher: Path | None = None
+) -> StageResult:
+    """The finetune stage's body: train a classifier for `data`'s labels from `source` into `folder`."""
     from transformers import set_seed
 
-    from slimformer.data import require_data
-    from slimformer.models import load_classifier, load_tokenizer, resolve_max_length, resolve_model_path
+    from slimformer.models import load_classifier, load_tokenizer
     from slimformer.training import train_classifier
 
-    config = config or FinetuneConfig()
-    config.validate()
-    data = require_data(data, "finetune")
-    model_path = resolve_model_path(source)
-    config = replace(config, max_length=resolve_max_length(model_path, config.max_length))
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     set_seed(config.seed)  # the new classification head's initialisation is part of the seeded run
-    tokenizer = load_tokenizer(model_path)
-    classifier = load_classifier(model_path, labels=splits.labels)
-
-    with atomic_output_dir(output) as folder:
-        result = train_classifier(classifier, tokenizer, splits, config, folder / "trainer")
-        classifier.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_session(folder, config.max_length)
-        metrics = {
-            "stage": "finetune",
-            "base_model": str(source),
-            "data": splits.name,
-            "data_fingerprint": splits.fingerprint,
-            "config": asdict(config),
-            **result.metrics(),
-        }
-        write_metrics(folder, metrics)
-    return metrics
+    tokenizer = load_tokenizer(source)
+    classifier = load_classifier(source, labels=splits.labels)
+    result = train_classifier(classifier, tokenizer, splits, config, folder / "trainer")
+    classifier.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    metrics = {
+        "base_model": str(source),
+        "data": splits.name,
+        "data_fingerprint": splits.fingerprint,
+        "config": asdict(config),
+        **result.metrics(),
+    }
+    return StageResult(metrics, Session(config.max_length))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from slimformer.artifacts import StageResult
 from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.errors import ConfigError
 from slimformer.search_results import (
@@ -64,13 +65,14 @@ class SearchConfig(StageConfig):
     pruner_warmup_epochs: int = option(1, "Epochs a trial always gets before it can be pruned.")
     latency_queries: int = option(50, "Validation queries timed at batch 1 for the latency objective.")
     batch_size: int = 32
-    max_length: int = 64
+    max_length: int | None = option(None, "Truncate texts to this many tokens (default: the source's, else 128).")
     seed: int = 42
     max_train_samples: int | None = option(None, "Subsample the training split (quick searches)")
     max_eval_samples: int | None = option(None, "Subsample validation and test.")
     cache_dir: str | None = option(None, "Teacher-logit cache (default: see slimformer.distill.default_cache_dir)")
 
     model_subdir: ClassVar[str] = BEST_MODEL_FOLDER
+    writes_in_place: ClassVar[bool] = True  # the study resumes from OUTPUT/study.db
 
     @property
     def needs_teacher(self) -> bool:
@@ -112,27 +114,34 @@ class SearchConfig(StageConfig):
 
 
 def search(
-    teacher_dir: str | Path,
+    source: str | Path,
     output: str | Path,
     config: SearchConfig | None = None,
     data: DataSplits | None = None,
     teacher: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) an Optuna study of distillation settings and write its results to `output`.
+    """Run (or resume) an Optuna study of distillation settings for students of `source`, distilled from
+    `teacher` (default: `source`), and write its results to `output`.
 
     `output` gets `study.db` (the default storage), `best_params.json`, `trials.csv`,
     `optimization_history.png`, `pareto_front.json` + `.png` (multi-objective), `best_model/` (an HF
     checkpoint with its metrics.json) and `metrics.json` ("stage": "search"). Returns those metrics.
     """
+    from slimformer.stages import run_stage
+
+    return run_stage("search", source, output, config, data, teacher)
+
+
+def search_study(
+    source: Path, output: Path, config: SearchConfig, data: DataSplits, teacher: Path | None = None
+) -> StageResult:
+    """The search stage's body: the study resumes in `output` (the envelope opens no atomic folder for it)."""
     import optuna
 
     from slimformer.distillation import model_files_hash
-    from slimformer.models import check_classifier_fits, fit_max_length, resolve_model_path
+    from slimformer.models import check_classifier_fits
 
-    config = config or SearchConfig()
-    config.validate()
-    teacher_path = resolve_model_path(teacher_dir)
-    config = replace(config, max_length=fit_max_length(teacher_path, config.max_length))  # at most the model's limit
+    teacher_path = teacher or source
     check_classifier_fits(teacher_path, data.labels)
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     output = Path(output)
@@ -153,7 +162,7 @@ def search(
     if config.multi_objective and config.layers_choices is None:
         _say("note: every trial has the same architecture, so latency differs by noise; add --layers-choices")
 
-    objective = _Objective(teacher_path, splits, trials_dir, config)
+    objective = _Objective(source, teacher_path, splits, trials_dir, config)
     if remaining:
         study.optimize(
             objective,
@@ -161,7 +170,8 @@ def search(
             callbacks=[KeepBestTrialFolders(trials_dir, config), _TrialPrinter(config.trials)],
             gc_after_trial=True,
         )
-    return write_results(study, storage_url, teacher_path, splits, output, config)
+    metrics = write_results(study, storage_url, source, teacher_path, splits, output, config)
+    return StageResult(metrics, None)
 
 
 def _study_name(teacher_hash: str, data_fingerprint: str, config: SearchConfig) -> str:
@@ -282,9 +292,12 @@ def _distill_config(params: dict[str, Any], config: SearchConfig) -> Any:
 class _Objective:
     """One trial: distil with the suggested parameters into trials/trial-N and score the result."""
 
-    def __init__(self, teacher_path: Path, splits: DataSplits, trials_dir: Path, config: SearchConfig) -> None:
+    def __init__(
+        self, source: Path, teacher_path: Path, splits: DataSplits, trials_dir: Path, config: SearchConfig
+    ) -> None:
         from slimformer.data import column
 
+        self.source = source
         self.teacher_path = teacher_path
         self.splits = splits
         self.trials_dir = trials_dir
@@ -301,7 +314,9 @@ class _Objective:
         callbacks = [] if self.config.multi_objective else [OptunaPruningCallback(trial)]
         folder = self.trials_dir / f"trial-{trial.number}"
         distill_config = _distill_config(params, self.config)
-        metrics = distill(self.teacher_path, folder, distill_config, self.splits, callbacks=callbacks)
+        metrics = distill(
+            self.source, folder, distill_config, self.splits, teacher=self.teacher_path, callbacks=callbacks
+        )
         accuracy = metrics["validation"]["accuracy"]
         trial.set_user_attr("test_accuracy", metrics["test"]["accuracy"])
         trial.set_user_attr("train_seconds", metrics["train_seconds"])
@@ -313,7 +328,7 @@ class _Objective:
         return accuracy, p50_ms
 
 
-def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int = 64, warmup: int = 5) -> float:
+def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int | None = None, warmup: int = 5) -> float:
     """Median batch-1 latency (ms) of a model folder over `texts`, after `warmup` untimed calls."""
     from slimformer.benchmark import batch1_latencies_ms
     from slimformer.predictor import load

@@ -55,11 +55,13 @@ class KeepBestTrialFolders:
 def write_results(
     study: optuna.Study,
     storage_url: str,
+    source: Path,
     teacher_path: Path,
     splits: DataSplits,
     output: Path,
     config: SearchConfig,
 ) -> dict[str, Any]:
+    """The study's results in `output` (best parameters, trials, plots, best_model/); returns the metrics."""
     front = best_trials(study, config)
     if not front:
         raise SlimformerError(f"no trial of study {study.study_name} completed (all pruned or failed)")
@@ -83,7 +85,7 @@ def write_results(
             ],
         )
     _write_plots(study, output, config)
-    best_model_metrics = _save_best_model(best, study.study_name, teacher_path, splits, output, config)
+    best_model_metrics = _save_best_model(best, study.study_name, source, teacher_path, splits, output, config)
 
     from optuna.trial import TrialState
 
@@ -105,7 +107,6 @@ def write_results(
         "validation": best_model_metrics["validation"],
         "test": best_model_metrics["test"],
     }
-    write_metrics(output, metrics)
     return metrics
 
 
@@ -125,6 +126,7 @@ def baseline(study: optuna.Study) -> dict[str, Any] | None:
 def _save_best_model(
     best: optuna.trial.FrozenTrial,
     study_name: str,
+    source: Path,
     teacher_path: Path,
     splits: DataSplits,
     output: Path,
@@ -133,15 +135,15 @@ def _save_best_model(
     from slimformer.distill import distill
     from slimformer.search import _distill_config, _say
 
-    source = output / TRIALS_FOLDER / f"trial-{best.number}"
+    trial_folder = output / TRIALS_FOLDER / f"trial-{best.number}"
     target = output / BEST_MODEL_FOLDER
-    if source.is_dir():
+    if trial_folder.is_dir():
         with atomic_output_dir(target) as folder:
-            shutil.copytree(source, folder, dirs_exist_ok=True, copy_function=_link_or_copy)
+            shutil.copytree(trial_folder, folder, dirs_exist_ok=True, copy_function=_link_or_copy)
             metrics = read_metrics(folder)
     else:  # the trial ran elsewhere (shared storage) or its folder was removed: re-train its parameters
         _say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
-        metrics = distill(teacher_path, target, _distill_config(best.params, config), splits)
+        metrics = distill(source, target, _distill_config(best.params, config), splits, teacher=teacher_path)
     metrics["search"] = {
         "study_name": study_name,
         "trial": best.number,

@@ -24,7 +24,7 @@ TUNE_QUERIES = 200  # batch-1 queries timed at each setting
 TUNE_ROUNDS = 4  # interleaved rounds (the settings take turns)
 TUNE_WARMUP = 5  # untimed calls at the start of each setting's turn
 EVERY_COUNT_UP_TO = 8  # thread counts tried one by one; above, powers of two and the core count
-# the ONNX stages' `threads` option (record_threads)
+# the ONNX stages' `threads` option (the stage envelope tunes them when it is None: stages.run_stage)
 THREADS_HELP = "Intra-op threads saved in session.json (None: the fastest of 1..N x spinning, timed on this CPU)"
 
 
@@ -92,17 +92,6 @@ def tune_threads(
     session.update({"threads": best["threads"], SPINNING_KEY: best["spinning"], "thread_sweep": sweep})
     write_json(folder / SESSION_FILE, session)
     return sweep
-
-
-def record_threads(folder: str | Path, fixed: int | None, texts: list[str]) -> dict[str, Any]:
-    """The session.json of a new ONNX folder once its threads are settled: `fixed` (a stage's `--threads`) as
-    written, else measured here over `texts` (tune_threads) so that every ONNX artefact runs, is benchmarked and
-    is served with the fastest setting on this CPU. Returns the session settings (the sweep left out)."""
-    from slimformer.predictor import saved_session
-
-    if fixed is None:
-        tune_threads(folder, sample_queries(texts))
-    return {key: value for key, value in saved_session(folder).items() if key != "thread_sweep"}
 
 
 def print_sweep(sweep: dict[str, Any], echo: Callable[[str], Any] = print) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from slimformer.artifacts import atomic_output_dir, write_json, write_metrics, write_session
+from slimformer.artifacts import Session, StageResult, write_json
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
 from slimformer.evaluation import score_logits
@@ -25,7 +25,7 @@ from slimformer.onnx.runtime import (
     parity,
     parity_texts,
 )
-from slimformer.threads import THREADS_HELP, record_threads
+from slimformer.threads import THREADS_HELP
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -79,18 +79,17 @@ def export_onnx(
     whose max |logit difference| exceeds ``config.parity_tolerance`` raises ModelError and writes nothing.
     Returns the metrics.
     """
-    from slimformer.models import (
-        check_classifier_fits,
-        classifier_labels,
-        load_tokenizer,
-        resolve_max_length,
-        resolve_model_path,
-    )
+    from slimformer.stages import run_stage
 
-    config = config or ExportConfig()
-    config.validate()
-    source = resolve_model_path(model_dir)
-    config = replace(config, max_length=resolve_max_length(source, config.max_length))
+    return run_stage("export", model_dir, output, config, data, teacher)
+
+
+def export_folder(
+    source: Path, folder: Path, config: ExportConfig, data: DataSplits | None = None, teacher: Path | None = None
+) -> StageResult:
+    """The export stage's body: the checkpoint `source` as model.onnx (+ tokenizer, config.json, parity.json)."""
+    from slimformer.models import check_classifier_fits, classifier_labels, load_tokenizer
+
     if (source / ONNX_FILE).is_file():
         raise ModelError(f"{source} is already an ONNX folder; export takes a PyTorch checkpoint")
     model_labels = classifier_labels(source)
@@ -105,40 +104,35 @@ def export_onnx(
     from slimformer.predictor import OnnxPredictor, TorchPredictor
 
     reference = TorchPredictor.from_model(model, tokenizer, config.max_length).predict_logits(texts, PARITY_BATCH)
-    with atomic_output_dir(output) as folder:
-        started = time.perf_counter()
-        input_names = _export_graph(model, tokenizer, folder / ONNX_FILE, config.opset)
-        export_seconds = time.perf_counter() - started
-        tokenizer.save_pretrained(folder)
-        model.config.save_pretrained(folder)  # config.json with id2label: what the predictor reads labels from
-        exported = OnnxPredictor.from_file(
-            folder / ONNX_FILE, folder, config.threads, config.max_length, config.graph_optimization_level
-        ).predict_logits(texts, PARITY_BATCH)
-        report = _parity_report(source, reference, exported, parity_source, config)
-        write_json(folder / PARITY_FILE, report)
-        write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
-        settings = record_threads(folder, config.threads, texts)
-        metrics: dict[str, Any] = {
-            "stage": "export",
-            "source_model": str(model_dir),
-            "config": asdict(config),
-            "exporter": EXPORTER,
-            "exporter_reason": EXPORTER_REASON,
-            "attention_implementation": "eager",
-            "inputs": input_names,
-            "dynamic_axes": {"inputs": ["batch", "sequence"], "logits": ["batch"]},
-            "export_seconds": round(export_seconds, 2),
-            "onnx_size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
-            "parity": report,
-            "session": settings,
-        }
-        if data is not None:
-            metrics["data"] = data.name
-            metrics["data_fingerprint"] = data.fingerprint
-            metrics["validation"] = score_logits(exported, model_labels, label_ids, data)
-            metrics["validation_pytorch"] = score_logits(reference, model_labels, label_ids, data)
-        write_metrics(folder, metrics)
-    return metrics
+    started = time.perf_counter()
+    input_names = _export_graph(model, tokenizer, folder / ONNX_FILE, config.opset)
+    export_seconds = time.perf_counter() - started
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)  # config.json with id2label: what the predictor reads labels from
+    exported = OnnxPredictor.from_file(
+        folder / ONNX_FILE, folder, config.threads, config.max_length, config.graph_optimization_level
+    ).predict_logits(texts, PARITY_BATCH)
+    report = _parity_report(source, reference, exported, parity_source, config)
+    write_json(folder / PARITY_FILE, report)
+    metrics: dict[str, Any] = {
+        "source_model": str(source),
+        "config": asdict(config),
+        "exporter": EXPORTER,
+        "exporter_reason": EXPORTER_REASON,
+        "attention_implementation": "eager",
+        "inputs": input_names,
+        "dynamic_axes": {"inputs": ["batch", "sequence"], "logits": ["batch"]},
+        "export_seconds": round(export_seconds, 2),
+        "onnx_size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
+        "parity": report,
+    }
+    if data is not None:
+        metrics["data"] = data.name
+        metrics["data_fingerprint"] = data.fingerprint
+        metrics["validation"] = score_logits(exported, model_labels, label_ids, data)
+        metrics["validation_pytorch"] = score_logits(reference, model_labels, label_ids, data)
+    session = Session(config.max_length, config.threads, config.graph_optimization_level)
+    return StageResult(metrics, session, thread_queries=texts)
 
 
 def _parity_report(source: Path, reference: Any, exported: Any, texts_source: str, config: ExportConfig) -> dict:

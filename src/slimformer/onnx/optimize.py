@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from slimformer.artifacts import atomic_output_dir, write_metrics, write_session
+from slimformer.artifacts import Session, StageResult
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError
-from slimformer.models import resolve_max_length
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
     BUILTIN_SENTENCES,
@@ -29,7 +28,7 @@ from slimformer.onnx.runtime import (
     onnx_folder,
     parity,
 )
-from slimformer.threads import THREADS_HELP, record_threads
+from slimformer.threads import THREADS_HELP
 
 OPTIMIZATION_LEVELS = (0, 1, 2, 99)
 # the fused ops the issue asks to count, in the order a BERT layer uses them
@@ -95,10 +94,16 @@ def optimize_onnx(
     Warns (and records a warning) when fewer Attention fusions than layers were made. `data` and `teacher`
     are part of the stage contract and unused here. Returns the metrics.
     """
-    config = config or OptimizeConfig()
-    config.validate()
-    source = onnx_folder(onnx_dir)
-    config = replace(config, max_length=resolve_max_length(source, config.max_length))
+    from slimformer.stages import run_stage
+
+    return run_stage("optimize", onnx_dir, output, config, data, teacher)
+
+
+def optimize_folder(
+    source: Path, folder: Path, config: OptimizeConfig, data: Any = None, teacher: Path | None = None
+) -> StageResult:
+    """The optimize stage's body: ORT's fusions and slimformer's exact rewrites of `source`'s graph."""
+    source = onnx_folder(source)
     shape = encoder_shape(source)
     num_heads = config.num_heads or shape["num_heads"]
     hidden_size = config.hidden_size or shape["attention_size"]
@@ -108,54 +113,49 @@ def optimize_onnx(
         raise ConfigError(f"hidden size {hidden_size} is not a multiple of {num_heads} attention heads")
 
     optimizer_type, problems = _optimizer_model_type(config, shape["model_type"])
-    with atomic_output_dir(output) as folder:
-        started = time.perf_counter()
-        fusions = _run_optimizer(
-            source / ONNX_FILE, folder / ONNX_FILE, config.level, optimizer_type, num_heads, hidden_size
+    started = time.perf_counter()
+    fusions = _run_optimizer(
+        source / ONNX_FILE, folder / ONNX_FILE, config.level, optimizer_type, num_heads, hidden_size
+    )
+    optimize_seconds = time.perf_counter() - started
+    embedding_rows = compact_embedding_rows(folder / ONNX_FILE, folder / ONNX_FILE)
+    copy_model_files(source, folder)
+    rewrites, check = _rewrite_checked(source, folder, config)
+    if check["max_abs_logit_diff"] > config.parity_tolerance:
+        raise ModelError(
+            f"the optimized graph drifts from {source}: max |logit difference| "
+            f"{check['max_abs_logit_diff']:.2e} > {config.parity_tolerance:.0e}; try a lower --level"
         )
-        optimize_seconds = time.perf_counter() - started
-        embedding_rows = compact_embedding_rows(folder / ONNX_FILE, folder / ONNX_FILE)
-        copy_model_files(source, folder)
-        rewrites, check = _rewrite_checked(source, folder, config)
-        if check["max_abs_logit_diff"] > config.parity_tolerance:
-            raise ModelError(
-                f"the optimized graph drifts from {source}: max |logit difference| "
-                f"{check['max_abs_logit_diff']:.2e} > {config.parity_tolerance:.0e}; try a lower --level"
-            )
-        layers = shape["num_layers"]
-        attention_fused = fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0)
-        notes = fusion_notes(shape["model_type"], fusions, layers)
-        problems += notes.pop("problems")
-        for problem in problems:
-            warnings.warn(problem, stacklevel=2)
-        write_session(folder, config.max_length, config.threads, config.graph_optimization_level)
-        settings = record_threads(folder, config.threads, list(BUILTIN_SENTENCES))
-        metrics = {
-            "stage": "optimize",
-            "source_model": str(onnx_dir),
-            "config": asdict(config),
-            "optimizer": "onnxruntime.transformers.optimizer.optimize_model",
-            "optimizer_model_type": optimizer_type,
-            "model_type": shape["model_type"],
-            "num_heads": num_heads,
-            "hidden_size": hidden_size,
-            "num_layers": layers,
-            "fusions": {name: fusions.get(name, 0) for name in REPORTED_FUSIONS},
-            "attention_fused_layers": attention_fused,
-            "attention_fully_fused": bool(layers) and attention_fused == layers,
-            **notes,  # attention_fusion / embedding_fusion: what was fused, or why onnxruntime cannot
-            "portable": config.level <= 2,  # level 99 adds CPU-specific layout transforms
-            "optimize_seconds": round(optimize_seconds, 2),
-            "onnx_size_mb_before": round((source / ONNX_FILE).stat().st_size / 1e6, 2),
-            "onnx_size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
-            "rewrites": rewrites,  # slimformer.onnx.rewrites: what each did, or why not
-            "parity_vs_input": check,
-            "embedding_rows": embedding_rows,  # repeated rows stored once (vocabulary clustering), else None
-            "warnings": problems,
-            "session": settings,
-        }
-        write_metrics(folder, metrics)
-    return metrics
+    layers = shape["num_layers"]
+    attention_fused = fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0)
+    notes = fusion_notes(shape["model_type"], fusions, layers)
+    problems += notes.pop("problems")
+    for problem in problems:
+        warnings.warn(problem, stacklevel=2)
+    metrics = {
+        "source_model": str(source),
+        "config": asdict(config),
+        "optimizer": "onnxruntime.transformers.optimizer.optimize_model",
+        "optimizer_model_type": optimizer_type,
+        "model_type": shape["model_type"],
+        "num_heads": num_heads,
+        "hidden_size": hidden_size,
+        "num_layers": layers,
+        "fusions": {name: fusions.get(name, 0) for name in REPORTED_FUSIONS},
+        "attention_fused_layers": attention_fused,
+        "attention_fully_fused": bool(layers) and attention_fused == layers,
+        **notes,  # attention_fusion / embedding_fusion: what was fused, or why onnxruntime cannot
+        "portable": config.level <= 2,  # level 99 adds CPU-specific layout transforms
+        "optimize_seconds": round(optimize_seconds, 2),
+        "onnx_size_mb_before": round((source / ONNX_FILE).stat().st_size / 1e6, 2),
+        "onnx_size_mb": round((folder / ONNX_FILE).stat().st_size / 1e6, 2),
+        "rewrites": rewrites,  # slimformer.onnx.rewrites: what each did, or why not
+        "parity_vs_input": check,
+        "embedding_rows": embedding_rows,  # repeated rows stored once (vocabulary clustering), else None
+        "warnings": problems,
+    }
+    session = Session(config.max_length, config.threads, config.graph_optimization_level)
+    return StageResult(metrics, session, thread_queries=list(BUILTIN_SENTENCES))
 
 
 def _optimizer_model_type(config: OptimizeConfig, model_type: str) -> tuple[str, list[str]]:

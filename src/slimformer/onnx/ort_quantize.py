@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimformer.artifacts import atomic_output_dir, write_metrics, write_session
+from slimformer.artifacts import Session, StageResult
 from slimformer.errors import ModelError
 from slimformer.evaluation import score_logits
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import ONNX_FILE, copy_model_files, parity, parity_texts
 from slimformer.onnx.static import QOPERATOR_EXTRA_OPS, STATIC_OPS
-from slimformer.threads import record_threads
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -221,36 +220,29 @@ class Int8Job:
             )
         return Int8Graph(method, graph, ops, time.perf_counter() - started, search, per_channel)
 
-    def write(self, graph: Int8Graph, output: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write `graph` as the INT8 folder `output` (embedding rows compacted) and return its metrics."""
-        with atomic_output_dir(output) as folder:
-            embedding_rows = compact_embedding_rows(graph.path, folder / ONNX_FILE)
-            copy_model_files(self.fp32_dir, folder)
-            write_session(folder, self.config.max_length, self.config.threads)
-            settings = record_threads(folder, self.config.threads, self.evaluation.texts)
-            quantized_logits = self.evaluation.logits(folder / ONNX_FILE)
-            metrics = self._metrics(graph, folder)
+    def write(self, graph: Int8Graph, folder: Path, extra: dict[str, Any] | None = None) -> StageResult:
+        """Write `graph` into the INT8 folder `folder` (embedding rows compacted); its metrics and session."""
+        embedding_rows = compact_embedding_rows(graph.path, folder / ONNX_FILE)
+        copy_model_files(self.fp32_dir, folder)
+        quantized_logits = self.evaluation.logits(folder / ONNX_FILE)
+        metrics = self._metrics(graph, folder)
+        metrics.update(
+            agreement={**parity(self.reference_logits, quantized_logits), "texts": self.text_source},
+            quantize_seconds=round(graph.quantize_seconds, 1),
+            embedding_rows=embedding_rows,
+            **(extra or {}),
+        )
+        if self.data is not None and self.label_ids is not None:
             metrics.update(
-                agreement={**parity(self.reference_logits, quantized_logits), "texts": self.text_source},
-                quantize_seconds=round(graph.quantize_seconds, 1),
-                embedding_rows=embedding_rows,
-                session=settings,
-                **(extra or {}),
+                validation_report(self.data, self.label_ids, self.model_labels, self.reference_logits, quantized_logits)
             )
-            if self.data is not None and self.label_ids is not None:
-                metrics.update(
-                    validation_report(
-                        self.data, self.label_ids, self.model_labels, self.reference_logits, quantized_logits
-                    )
-                )
-            write_metrics(folder, metrics)
-        return metrics
+        session = Session(self.config.max_length, self.config.threads)
+        return StageResult(metrics, session, thread_queries=self.evaluation.texts)
 
     def _metrics(self, graph: Int8Graph, folder: Path) -> dict[str, Any]:
         """What metrics.json says about how the INT8 folder was made and what it holds."""
         config, fp32_size = self.config, self.fp32_model.stat().st_size
         metrics: dict[str, Any] = {
-            "stage": "quantize",
             "method": config.method,
             "source_model": str(self.fp32_dir),
             "config": asdict(config),
@@ -277,15 +269,17 @@ class Int8Job:
 
 
 def quantize_ort_folder(
-    fp32_dir: Path, output: Path, work: Path, config: QuantizeConfig, data: DataSplits | None
-) -> dict[str, Any]:
-    """The ORT INT8 folder of `fp32_dir` by ``config.method`` (dynamic, static or auto), written to `output`."""
+    fp32_dir: Path, folder: Path, work: Path, config: QuantizeConfig, data: DataSplits | None
+) -> StageResult:
+    """The ORT INT8 model of `fp32_dir` by the method config's type (dynamic, static or auto), into `folder`."""
+    from slimformer.onnx.quantize import AutoQuantizeConfig
+
     job = Int8Job(fp32_dir, work, config, data)
-    if config.method == "auto":
+    if isinstance(config.method_config(), AutoQuantizeConfig):
         from slimformer.onnx.quantize_select import quantize_auto
 
-        return quantize_auto(job, output)
-    return job.write(job.build(config.method), output)
+        return quantize_auto(job, folder)
+    return job.write(job.build(config.method), folder)
 
 
 def _dynamic(

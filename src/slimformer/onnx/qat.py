@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimformer.artifacts import atomic_output_dir, write_metrics
+from slimformer.artifacts import Session, StageResult
 from slimformer.onnx.quantize import choose_reduce_range
 
 if TYPE_CHECKING:
@@ -17,16 +17,15 @@ if TYPE_CHECKING:
 
 
 def quantization_aware_training(
-    source: Path, output: str | Path, config: QuantizeConfig, data: DataSplits, teacher: str | Path | None
-) -> dict[str, Any]:
+    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits, teacher: Path | None
+) -> StageResult:
     """Fine-tune `source` with fake-quantized Linears through the one training loop, distilling from `teacher`
     (default: `source` itself, fp32, before QAT); save the fp32 weights (fake-quant removed) with metrics."""
-    from slimformer.artifacts import write_session
     from slimformer.evaluation import evaluate_model
-    from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer, resolve_model_path
+    from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer
     from slimformer.training import Distillation, TrainingOptions, train_classifier
 
-    teacher_path = resolve_model_path(teacher) if teacher else source
+    teacher_path = teacher or source
     check_classifier_fits(teacher_path, data.labels)
     reduce_range, _ = choose_reduce_range(config.reduce_range)
     tokenizer = load_tokenizer(source)
@@ -43,35 +42,31 @@ def quantization_aware_training(
     )
     distillation = Distillation(teacher_path, config.alpha, config.temperature)
     wrapped = _wrap_linears(model, reduce_range)
-    with atomic_output_dir(output) as folder:
-        result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
-        _unwrap_linears(model)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        write_session(folder, config.max_length)
-        metrics = {
-            "stage": "quantize",
-            "method": "qat",
-            "source_model": str(source),
-            "config": asdict(config),
-            "qat": {
-                "fake_quantized_linears": wrapped,
-                "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
-                "as ORT dynamic quantization computes them; embedding quantization is not simulated",
-                "loss": "distillation (slimformer.distillation)" if config.alpha < 1 else "cross-entropy",
-                "teacher": str(teacher_path),
-                "teacher_logits": result.teacher_logits,
-                "train_seconds": result.train_seconds,
-            },
-            "reference": "fp32 PyTorch model before QAT",
-            "reference_validation": reference,
-            "validation": result.validation,  # with fake quantization, as ORT dynamic INT8 will compute it
-            "test": result.test,
-            "accuracy_delta_points": round(100 * (result.validation["accuracy"] - reference["accuracy"]), 3),
-            "next": "fp32 weights trained for INT8: export, optimize, then quantize --method dynamic",
-        }
-        write_metrics(folder, metrics)
-    return metrics
+    result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
+    _unwrap_linears(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    metrics = {
+        "method": "qat",
+        "source_model": str(source),
+        "config": asdict(config),
+        "qat": {
+            "fake_quantized_linears": wrapped,
+            "simulated": "int8 symmetric per-channel weights and uint8 per-batch activations of every Linear, "
+            "as ORT dynamic quantization computes them; embedding quantization is not simulated",
+            "loss": "distillation (slimformer.distillation)" if config.alpha < 1 else "cross-entropy",
+            "teacher": str(teacher_path),
+            "teacher_logits": result.teacher_logits,
+            "train_seconds": result.train_seconds,
+        },
+        "reference": "fp32 PyTorch model before QAT",
+        "reference_validation": reference,
+        "validation": result.validation,  # with fake quantization, as ORT dynamic INT8 will compute it
+        "test": result.test,
+        "accuracy_delta_points": round(100 * (result.validation["accuracy"] - reference["accuracy"]), 3),
+        "next": "fp32 weights trained for INT8: export, optimize, then quantize --method dynamic",
+    }
+    return StageResult(metrics, Session(config.max_length))
 
 
 def _wrap_linears(model: Any, reduce_range: bool) -> int:

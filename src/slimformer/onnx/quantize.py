@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from slimformer.artifacts import StageResult
 from slimformer.config import QUICK_MAX_EPOCHS, MethodConfig, StageConfig, option, with_methods
 from slimformer.cpu import VNNI_FLAGS, isa_flags
 from slimformer.errors import ConfigError, DataError, ModelError
@@ -76,6 +77,9 @@ class QuantizeOptions(StageConfig):
         if method == "qat":
             return replace(self, epochs=min(self.epochs, QUICK_MAX_EPOCHS))
         return replace(self, latency_samples=min(self.latency_samples, 100)) if method == "auto" else self
+
+    def check(self, data: Any) -> None:
+        self.validate(data)
 
     def validate(self, data: Any = ...) -> None:
         """Option ranges; with `data` given (None included), also whether this method can run without data."""
@@ -210,13 +214,17 @@ def quantize(
     INT8 model, their delta in points, argmax agreement, sizes and, in accuracy-aware mode, the sensitivity
     pass and the layers kept in fp32.
     """
-    from slimformer.models import resolve_max_length, resolve_model_path
+    from slimformer.stages import run_stage
 
-    config.validate(data)
-    source = resolve_model_path(model_dir)
-    config = replace(config, max_length=resolve_max_length(source, config.max_length))
+    return run_stage("quantize", model_dir, output, config, data, teacher)
+
+
+def quantize_model(
+    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None = None, teacher: Path | None = None
+) -> StageResult:
+    """The quantize stage's body: dispatch on the method config's type."""
     is_onnx = (source / ONNX_FILE).is_file()
-    method = config.method_config()  # dispatch on its type
+    method = config.method_config()
     on_checkpoint = isinstance(method, TorchDynamicConfig | QATConfig)
     if on_checkpoint and is_onnx:
         raise ModelError(f"method {config.method!r} takes a PyTorch checkpoint, and {source} is an ONNX folder")
@@ -230,18 +238,16 @@ def quantize(
     if isinstance(method, TorchDynamicConfig):
         from slimformer.onnx.torch_dynamic import quantize_torch_dynamic
 
-        return quantize_torch_dynamic(source, output, config, data)
+        return quantize_torch_dynamic(source, folder, config, data)
     if isinstance(method, QATConfig):
-        assert data is not None  # validate() checked
+        assert data is not None  # check() made sure
         from slimformer.onnx.qat import quantization_aware_training
 
-        return quantization_aware_training(source, output, config, data, teacher)
+        return quantization_aware_training(source, folder, config, data, teacher)
     from slimformer.onnx.ort_quantize import quantize_ort_folder
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".work-{output.name}-", dir=output.parent) as work_dir:
-        return quantize_ort_folder(source, output, Path(work_dir), config, data)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=folder.parent) as work_dir:
+        return quantize_ort_folder(source, folder, Path(work_dir), config, data)
 
 
 # --- shared helpers ---------------------------------------------------------------------------------------

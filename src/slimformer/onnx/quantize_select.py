@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimformer.artifacts import StageResult
 from slimformer.onnx.runtime import parity
 
 if TYPE_CHECKING:
@@ -34,8 +35,8 @@ def weight_scales(config: Any) -> tuple[bool, ...]:
     return (True, False) if config.per_channel and config.try_per_tensor else (config.per_channel,)
 
 
-def quantize_auto(job: Int8Job, output: Path) -> dict[str, Any]:
-    """Build every candidate, score and time them, write the kept one to `output`; its metrics.json holds an
+def quantize_auto(job: Int8Job, folder: Path) -> StageResult:
+    """Build every candidate, score and time them, write the kept one into `folder`; its metrics hold an
     ``auto`` block with each candidate's accuracy and latency, the CPU, the rule and the reason."""
     from slimformer.benchmark import latency_summary
     from slimformer.cpu import cpu_model, default_threads, isa_summary
@@ -69,7 +70,7 @@ def quantize_auto(job: Int8Job, output: Path) -> dict[str, Any]:
         },
         "cpu": {"model": cpu_model(), "isa": isa_summary()},
     }
-    return job.write(graphs[kept], output, extra={"auto": report})
+    return job.write(graphs[kept], folder, extra={"auto": report})
 
 
 def score_candidate(job: Int8Job, graph: Int8Graph) -> dict[str, Any]:

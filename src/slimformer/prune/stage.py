@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from slimformer.artifacts import Session, StageResult
 from slimformer.config import MethodConfig, option, with_methods
 from slimformer.errors import ConfigError
 from slimformer.training import TrainingOptions
@@ -148,24 +149,21 @@ def prune(
     `session.json` and `metrics.json` ("stage": "prune", per-layer sparsity, dense vs compressed size,
     validation/test metrics) and, for unstructured methods, `compressed/model.sparse*.safetensors`.
     """
-    from slimformer.artifacts import atomic_output_dir, weights_size_bytes, write_metrics, write_session
-    from slimformer.data import require_data
-    from slimformer.evaluation import evaluate_model
-    from slimformer.models import (
-        check_classifier_fits,
-        classifier_labels,
-        load_classifier,
-        load_tokenizer,
-        resolve_max_length,
-        resolve_model_path,
-    )
+    from slimformer.stages import run_stage
 
-    config = config or PruneConfig()
-    config.validate()
-    data = require_data(data, "prune")
-    model_path = resolve_model_path(model_dir)
-    teacher_path = resolve_model_path(teacher) if teacher and config.method != "vocab" else None
-    config = replace(config, max_length=resolve_max_length(model_path, config.max_length, also=teacher_path))
+    return run_stage("prune", model_dir, output, config, data, teacher)
+
+
+def prune_model(
+    model_path: Path, folder: Path, config: PruneConfig, data: Any, teacher: Path | None = None
+) -> StageResult:
+    """The prune stage's body: prune the classifier in `model_path` with the config's method into `folder`."""
+    from slimformer.artifacts import weights_size_bytes
+    from slimformer.evaluation import evaluate_model
+    from slimformer.models import check_classifier_fits, classifier_labels, load_classifier, load_tokenizer
+
+    method = config.method_config()
+    teacher_path = None if isinstance(method, VocabConfig) else teacher
     check_classifier_fits(model_path, data.labels)
     if teacher_path is not None:
         check_classifier_fits(teacher_path, data.labels)
@@ -176,37 +174,33 @@ def prune(
     started = time.perf_counter()
     input_validation = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
 
-    with atomic_output_dir(output) as folder:
-        method = config.method_config()
-        if isinstance(method, VocabConfig):  # rewrites the tokenizer too
-            model, tokenizer, extra = _prune_vocabulary(model_path, splits, config, folder)
-        else:
-            model, extra = METHOD_FUNCTIONS[type(method)](model, tokenizer, splits, config, folder, teacher_path)
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-        write_session(folder, config.max_length)
-        metrics = _metrics(model_path, teacher_path, splits, config, started, input_validation)
-        metrics.update(extra)
-        metrics.setdefault("size", {}).update(
-            input_weights_bytes=weights_size_bytes(model_path), dense_bytes=weights_size_bytes(folder)
-        )
-        if config.method in ("magnitude", "movement"):
-            from slimformer.prune.magnitude import encoder_sparsity, layer_sparsity
-            from slimformer.prune.sparse_storage import save_sparse
+    if isinstance(method, VocabConfig):  # rewrites the tokenizer too
+        model, tokenizer, extra = _prune_vocabulary(model_path, splits, config, folder)
+    else:
+        model, extra = METHOD_FUNCTIONS[type(method)](model, tokenizer, splits, config, folder, teacher_path)
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    metrics = _metrics(model_path, teacher_path, splits, config, started, input_validation)
+    metrics.update(extra)
+    metrics.setdefault("size", {}).update(
+        input_weights_bytes=weights_size_bytes(model_path), dense_bytes=weights_size_bytes(folder)
+    )
+    if config.method in ("magnitude", "movement"):
+        from slimformer.prune.magnitude import encoder_sparsity, layer_sparsity
+        from slimformer.prune.sparse_storage import save_sparse
 
-            metrics["sparsity"] = {"encoder": encoder_sparsity(model), "per_layer": layer_sparsity(model)}
-            metrics["size"]["compressed"] = [
-                save_sparse(folder, folder / COMPRESSED_DIR / SPARSE_FILES[values], values)
-                for values in config.sparse_values
-            ]
-        if "validation" not in metrics:  # no training: score the pruned model here
-            metrics["validation"] = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
-            metrics["test"] = (
-                evaluate_model(model, tokenizer, splits.test, splits, config.max_length) if len(splits.test) else {}
-            )
-        metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
-        write_metrics(folder, metrics)
-    return metrics
+        metrics["sparsity"] = {"encoder": encoder_sparsity(model), "per_layer": layer_sparsity(model)}
+        metrics["size"]["compressed"] = [
+            save_sparse(folder, folder / COMPRESSED_DIR / SPARSE_FILES[values], values)
+            for values in config.sparse_values
+        ]
+    if "validation" not in metrics:  # no training: score the pruned model here
+        metrics["validation"] = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
+        metrics["test"] = (
+            evaluate_model(model, tokenizer, splits.test, splits, config.max_length) if len(splits.test) else {}
+        )
+    metrics["accuracy_cost"] = round(input_validation["accuracy"] - metrics["validation"]["accuracy"], 4)
+    return StageResult(metrics, Session(config.max_length))
 
 
 def _prune_vocabulary(model_path: Path, splits: Any, config: PruneConfig, folder: Path) -> tuple[Any, Any, dict]:
