@@ -227,3 +227,16 @@ def test_cli_search_flags(
         assert exit_info.value.code == 2
         assert capsys.readouterr().err.startswith(message)
     assert not (tmp_path / "o").exists()
+
+
+def test_search_distils_from_the_given_teacher(teacher_dir: Path, clinc_slice, tmp_path: Path) -> None:
+    """`search SRC --teacher T`: the students come from SRC's layers, their soft targets from T."""
+    from slimformer.distillation import model_files_hash
+    from slimformer.search import search
+
+    other_teacher = build_tiny_bert(tmp_path / "other", _all_texts(clinc_slice), clinc_slice.labels, layers=3, seed=7)
+    metrics = search(teacher_dir, tmp_path / "s", _config(trials=1), clinc_slice, teacher=other_teacher)
+    best = json.loads((tmp_path / "s" / "best_model" / "metrics.json").read_text())
+    assert metrics["teacher"] == str(other_teacher)
+    assert best["teacher_hash"] == model_files_hash(other_teacher)[:16] != model_files_hash(teacher_dir)[:16]
+    assert best["student_layers_kept"] == [0, 3]  # two of the source's four layers, not of the 3-layer teacher

@@ -158,3 +158,37 @@ def test_every_stage_prints_its_options_as_a_recipe_block_that_parses_back():
             stage["student_layers"] = 2
         recipe = parse_recipe({"stages": [stage]})
         assert build_config(recipe.stages[0]) is not None
+
+
+def test_no_stage_body_opens_its_folder_or_writes_the_envelope_files() -> None:
+    """The envelope (stages.run_stage) alone opens the atomic folder and writes session.json / metrics.json."""
+    import importlib
+    import inspect
+
+    from slimformer.stages import STAGES
+
+    modules = {STAGES[name].function.partition(":")[0] for name in STAGES if name != "search"}
+    modules |= {"slimformer.onnx.ort_quantize", "slimformer.onnx.quantize_select", "slimformer.onnx.qat"}
+    modules |= {"slimformer.onnx.torch_dynamic"}
+    assert len(modules) >= 9
+    for module in sorted(modules):
+        source = inspect.getsource(importlib.import_module(module))
+        for call in ("atomic_output_dir(", "write_session(", "write_metrics("):
+            assert call not in source, f"{module} calls {call}"
+
+
+def test_a_failing_stage_leaves_nothing_behind(tiny_classifier_dir, tmp_path):
+    from slimformer.errors import ModelError
+    from slimformer.stages import STAGES, Stage, register_stage, run_stage
+
+    def broken(source, folder, config, data=None, teacher=None):
+        (folder / "half.bin").write_bytes(b"x")
+        raise ModelError("broken on purpose")
+
+    register_stage(Stage("broken", CopyConfig, broken, "Fails."))
+    try:
+        with pytest.raises(ModelError, match="on purpose"):
+            run_stage("broken", tiny_classifier_dir, tmp_path / "out")
+    finally:
+        STAGES.pop("broken")
+    assert list(tmp_path.iterdir()) == []
