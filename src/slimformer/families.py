@@ -31,11 +31,13 @@ from typing import Any
 
 from slimformer.errors import ModelError
 
+STATIC_MODEL_TYPE = "static-embedding"  # slimformer.static_student: a token table and a head, no layers
 SLIM_PREFIX = "slim-"  # model types of head-pruned checkpoints: slim-<family model type> (BERT: slimbert)
 STAGES = (
     "finetune-teacher",
     "distill",
     "search",
+    "static",
     "prune",
     "export",
     "optimize",
@@ -245,6 +247,10 @@ def preflight(model_dir: Path, stage: str, config: Any) -> str | None:
     model_type = model_type_of(model_dir)
     if model_type is None:
         return None  # no readable config.json: the stage's own loading gives the precise error
+    if model_type == STATIC_MODEL_TYPE:
+        if stage in ("export", "quantize"):
+            return None
+        return f"a static student (no encoder layers) cannot go through {stage}: export and quantize it"
     family = _BY_MODEL_TYPE.get(str(model_type))
     if family is None:
         return (

@@ -140,6 +140,25 @@ def register_model_types(with_models: bool = True) -> None:
     from slimformer.slimmodels import register_slim_families
 
     register_slim_families(with_models)  # slim-roberta, slim-deberta-v2, ...: the other families' head-pruned form
+    _register_static(with_models)
+
+
+def _register_static(with_models: bool) -> None:
+    """The static student (`static-embedding`, :mod:`slimformer.static_model`) for the Auto classes."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from slimformer.static_student import MODEL_TYPE
+
+    if not with_models and MODEL_TYPE in CONFIG_MAPPING:
+        return
+    from slimformer.static_model import StaticEmbeddingConfig, StaticEmbeddingForSequenceClassification
+
+    if MODEL_TYPE not in CONFIG_MAPPING:
+        AutoConfig.register(MODEL_TYPE, StaticEmbeddingConfig)
+    if with_models and StaticEmbeddingForSequenceClassification not in _REGISTERED_MODELS:
+        AutoModelForSequenceClassification.register(StaticEmbeddingConfig, StaticEmbeddingForSequenceClassification)
+        _REGISTERED_MODELS.append(StaticEmbeddingForSequenceClassification)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

@@ -36,6 +36,7 @@ from slimformer.onnx.optimize import OptimizeConfig
 from slimformer.onnx.quantize import QuantizeConfig
 from slimformer.prune.stage import PruneConfig
 from slimformer.search import SearchConfig
+from slimformer.static_student import StaticConfig
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,13 @@ for _stage in (
         PruneConfig,
         "slimformer.prune.stage:prune_model",
         "Prune a classifier: magnitude or movement (cubic schedule), structured (heads, FFN neurons), vocabulary.",
+        accepts_teacher=True,
+    ),
+    Stage(
+        "static",
+        StaticConfig,
+        "slimformer.static_student:static_student",
+        "A static student (depth 0): the teacher's token embeddings as one table (Model2Vec) + a trained head.",
         accepts_teacher=True,
     ),
     Stage(
