@@ -209,3 +209,29 @@ def test_the_baseline_trial_is_the_packaged_recipe_shape() -> None:
     assert params["layers"] == stages[("distill", None)]["student_layers"]
     assert params["ffn_fraction"] == stages[("prune", "structured")]["sparsity"] == 0.5
     assert params["heads_fraction"] == 0.0 and params["vocab_clusters"] == stages[("prune", "vocab")]["vocab_clusters"]
+
+
+def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, clinc_slice, tmp_path) -> None:
+    """The new knobs reach the chain: a depth-0 trial builds the static student, then export and quantize."""
+    import optuna
+
+    from slimformer.artifacts import read_metrics
+    from slimformer.auto.candidate import Shape, StageCache, build_chain, suggest_training
+
+    config = AutoConfig(
+        min_speedup=2, attention_weights=(0.0, 1.0), hidden_weights=(0.0,), augment_choices=("", "mix"), max_length=32
+    )
+    fixed = {"epochs": 1, "alpha": 0.5, "temperature": 2.0, "learning_rate": 1e-3, "attention_weight": 1.0}
+    training = suggest_training(optuna.trial.FixedTrial({**fixed, "hidden_weight": 0.0, "augment": "mix"}), config)
+    assert (training.attention_weight, training.hidden_weight, training.augment) == (1.0, 0.0, "mix")
+    with pytest.raises(ConfigError, match="unknown augmentation"):
+        AutoConfig(min_speedup=2, augment_choices=("paraphrase",)).validate()
+
+    shape = Shape(0, 0.0, 0.0, 0, "dynamic", True, 1)
+    cache = StageCache(tmp_path / "work", tiny4)
+    folder = build_chain(cache, shape, training, clinc_slice, config, "t")
+    metrics = read_metrics(folder)
+    assert metrics["stage"] == "quantize" and Path(metrics["source_model"]).name.startswith("export-")
+    assert read_metrics(Path(metrics["source_model"]))["source_model"].rsplit("/", 1)[-1].startswith("static-")
+    static = read_metrics(next((tmp_path / "work").glob("static-*")))
+    assert static["transfer_rows"] > 0 and static["config"]["epochs"] == 1.0

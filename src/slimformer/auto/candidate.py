@@ -1,5 +1,6 @@
 """One candidate of `slimformer auto`: a shape (depth, heads, FFN, vocabulary, INT8 method, threads) and its
-training (alpha, T, epochs, learning rate), built by composing the registered stage functions.
+training (alpha, T, epochs, learning rate, intermediate-layer loss weights, transfer data), built by composing
+the registered stage functions. Depth 0 is the static student: `static` → export → quantize.
 
 The chain is: K evenly spaced teacher layers → structured slicing of heads and FFN neurons (no training yet)
 → distillation from the teacher's cached logits → vocabulary clustering → export → optimize → quantize. The
@@ -46,6 +47,9 @@ class Training:
     alpha: float
     temperature: float
     learning_rate: float
+    attention_weight: float = 0.0  # intermediate-layer losses (slimformer.layer_losses)
+    hidden_weight: float = 0.0
+    augment: str = ""  # transfer data (slimformer.transfer)
 
 
 def suggest_shape(trial: Any, config: AutoConfig, teacher_layers: int, cores: int) -> Shape:
@@ -70,6 +74,9 @@ def suggest_training(trial: Any, config: AutoConfig) -> Training:
         alpha=trial.suggest_float("alpha", *config.alpha_range),
         temperature=trial.suggest_float("temperature", *config.temperature_range),
         learning_rate=trial.suggest_float("learning_rate", *config.learning_rate_range, log=True),
+        attention_weight=trial.suggest_categorical("attention_weight", list(config.attention_weights)),
+        hidden_weight=trial.suggest_categorical("hidden_weight", list(config.hidden_weights)),
+        augment=trial.suggest_categorical("augment", list(config.augment_choices)),
     )
 
 
@@ -138,13 +145,17 @@ def build_chain(
     from slimformer.distill import DistillConfig
     from slimformer.onnx.export import ExportConfig
     from slimformer.onnx.optimize import OptimizeConfig
-    from slimformer.onnx.quantize import QuantizeConfig
     from slimformer.prune.stage import PruneConfig
 
     eval_rows = config.max_eval_samples if training else SCREEN_EVAL_ROWS
     screen_data = _screen_data(data)
     stage_data = data if training else screen_data  # what the stages after the slicing score on
     common = {"max_length": config.max_length, "seed": config.seed}
+    if shape.layers == 0:
+        current = _static_student(cache, training, data, config, teacher_key)
+        export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
+        current = cache.run("export", current, export, stage_data)
+        return cache.run("quantize", current, _quantize_config(shape, config, eval_rows), stage_data)[0]
     current = cache.student(shape.layers, teacher_key)
     if shape.heads_fraction or shape.ffn_fraction:
         prune = PruneConfig(
@@ -167,6 +178,9 @@ def build_chain(
             precision=config.precision,
             cache_dir=str(cache.root / "teacher-logits"),
             max_eval_samples=config.max_eval_samples,
+            attention_weight=training.attention_weight,
+            hidden_weight=training.hidden_weight,
+            augment=training.augment,
             **common,
         )
         current = cache.run("distill", current, distill, data, callbacks=callbacks)
@@ -176,8 +190,14 @@ def build_chain(
     export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
     current = cache.run("export", current, export, stage_data)
     current = cache.run("optimize", current, OptimizeConfig(level=99, threads=shape.threads), None)
+    return cache.run("quantize", current, _quantize_config(shape, config, eval_rows), stage_data)[0]
+
+
+def _quantize_config(shape: Shape, config: AutoConfig, eval_rows: int | None) -> Any:
+    from slimformer.onnx.quantize import QuantizeConfig
+
     static = {"calibration_samples": config.calibration_samples} if shape.quantization == "static" else {}
-    quantize = QuantizeConfig(
+    return QuantizeConfig(
         method=shape.quantization,
         per_channel=shape.per_channel,
         max_eval_samples=eval_rows,
@@ -185,7 +205,32 @@ def build_chain(
         seed=config.seed,
         **static,
     )
-    return cache.run("quantize", current, quantize, stage_data)[0]
+
+
+def _static_student(
+    cache: StageCache, training: Training | None, data: Any, config: AutoConfig, teacher_key: str
+) -> tuple[Path, str]:
+    """Depth 0: the static student (slimformer static) of the teacher; the screen trains it one epoch (its
+    latency and size do not depend on the weights), a trial with the trial's alpha, T, epochs and transfer data."""
+    from slimformer.static_student import StaticConfig
+
+    options: dict[str, Any] = {"epochs": 1.0}
+    if training is not None:
+        options = {
+            "epochs": float(training.epochs),
+            "alpha": training.alpha,
+            "temperature": training.temperature,
+            "augment": training.augment,
+        }
+    static = StaticConfig(
+        max_length=config.max_length,
+        seed=config.seed,
+        cache_dir=str(cache.root / "teacher-logits"),
+        max_eval_samples=config.max_eval_samples,
+        precision=config.precision,
+        **options,
+    )
+    return cache.run("static", (cache.teacher, teacher_key), static, data)
 
 
 _SCREEN_DATA: dict[str, Any] = {}

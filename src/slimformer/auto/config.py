@@ -41,7 +41,9 @@ class AutoConfig(StageConfig):
     )
     heartbeat_seconds: int = option(30, "Workers beat this often; a trial silent for 3 beats is failed and run again.")
     # the search space
-    layers_choices: tuple[int, ...] | None = option(None, "Student depths (default: 1 .. teacher depth - 1).")
+    layers_choices: tuple[int, ...] | None = option(
+        None, "Student depths (default: 1 .. teacher depth - 1); 0 = the static student (slimformer static)."
+    )
     heads_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5), "Fractions of attention heads removed per layer.")
     ffn_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75), "Fractions of FFN neurons removed per layer.")
     vocab_clusters: tuple[int, ...] = option(
@@ -56,6 +58,11 @@ class AutoConfig(StageConfig):
     alpha_range: tuple[float, float] = option((0.2, 0.9), "Weight of the hard-label loss.")
     temperature_range: tuple[float, float] = option((2.0, 12.0), "Distillation temperature.")
     learning_rate_range: tuple[float, float] = option((5e-5, 5e-4), "Peak learning rate (log scale).")
+    attention_weights: tuple[float, ...] = option((0.0,), "MiniLMv2 attention-relation loss weights tried (0 = off).")
+    hidden_weights: tuple[float, ...] = option((0.0,), "Hidden-state loss weights tried (0 = off).")
+    augment_choices: tuple[str, ...] = option(
+        ("",), "Transfer data tried: '' (none) or augmentations such as 'mix' or 'mask,mix' (slimformer distill)."
+    )
     # measuring
     latency_queries: int = option(200, "Validation queries timed at batch 1 per candidate.")
     screen_margin: float = option(1.15, "A shape is screened out only when over the budget by more than this factor.")
@@ -98,8 +105,15 @@ class AutoConfig(StageConfig):
         self._validate_space()
 
     def _validate_space(self) -> None:
-        if self.layers_choices is not None and (not self.layers_choices or min(self.layers_choices) < 1):
-            raise ConfigError("layers choices must be >= 1")
+        if self.layers_choices is not None and (not self.layers_choices or min(self.layers_choices) < 0):
+            raise ConfigError("layers choices must be >= 0 (0 = the static student)")
+        for name in ("attention_weights", "hidden_weights"):
+            if not getattr(self, name) or min(getattr(self, name)) < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {list(getattr(self, name))}")
+        from slimformer.transfer import parse_augmentations
+
+        for choice in self.augment_choices:
+            parse_augmentations(choice)
         for name in ("heads_fractions", "ffn_fractions"):
             values = getattr(self, name)
             if not values or not all(0 <= v < 1 for v in values):

@@ -126,6 +126,9 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
         "alpha": distill.get("alpha"),
         "temperature": distill.get("temperature"),
         "learning_rate": distill.get("learning_rate"),
+        "attention_weight": float(distill.get("attention_weight", 0.0)),
+        "hidden_weight": float(distill.get("hidden_weight", 0.0)),
+        "augment": distill.get("augment", ""),
     }
     choices = {
         "layers": config.layers_choices,
@@ -134,6 +137,9 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
         "vocab_clusters": config.vocab_clusters,
         "quantization": config.quantization,
         "threads": config.threads,
+        "attention_weight": config.attention_weights,
+        "hidden_weight": config.hidden_weights,
+        "augment": config.augment_choices,
     }
     ranges = {
         "epochs": config.epochs_range,
