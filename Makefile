@@ -21,7 +21,10 @@ demo: venv
 	$(BIN)/slimformer run --output $(DEMO_DIR)
 
 test: venv
+	@$(BIN)/python -c "from slimformer.data import default_clinc_dir as d; import sys; sys.exit(0 if d() else \
+	  'error: CLINC150 not found (../shared/data/clinc150 or \$$SLIMFORMER_DATA_DIR): the tests need its real slices')"
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m ci_slow
 	$(MAKE) test-lean
