@@ -161,7 +161,9 @@ def test_deployable_model_folder(tiny_classifier_dir, benchmark, tmp_path):
     output = write_deployable_model(Path(tiny_classifier_dir), tmp_path / "model", benchmark, variants, ReportConfig())
     card = (output / "README.md").read_text()
     assert "accuracy 0.8700" in card and "p50 12.00 ms" in card
-    assert "requirements-serve.txt" not in card  # a PyTorch folder needs the full install
+    assert "pip install -r requirements.txt" not in card  # a PyTorch folder needs the full install
+    assert not (output / "requirements.txt").exists()
+    assert "produced by `slimformer run`" in card and "in-scope accuracy 0.8700; OOS recall 0.5000" in card
     assert (output / "session.json").is_file() and (output / "labels.json").is_file()
     import slimformer
 
@@ -176,5 +178,22 @@ def test_an_onnx_model_card_says_how_to_serve_it_lean_and_with_a_key(benchmark, 
     variants = [Variant("int8", onnx_dir, "quantize")]
     output = write_deployable_model(onnx_dir, tmp_path / "model", benchmark, variants, ReportConfig())
     card = (output / "README.md").read_text()
-    assert "pip install -r requirements-serve.txt" in card and "--api-key-file" in card
+    assert "pip install -r requirements.txt` (this folder's file)" in card and "--api-key-file" in card
+    repository = (Path(__file__).resolve().parents[1] / "requirements-serve.txt").read_text().splitlines()
+    wanted = [line.split()[0] for line in repository if line.strip() and not line.startswith("#")]
+    assert (output / "requirements.txt").read_text().split() == wanted  # the folder's copy of the lean install
     assert "Authorization: Bearer" in card and "MB of RSS" in card
+
+
+def test_a_model_card_from_auto_on_data_without_out_of_scope(benchmark, tmp_path):
+    onnx_dir = Path(__file__).resolve().parent / "data" / "tiny_onnx"
+    for row in benchmark["results"]:
+        row["in_scope_accuracy"] = row["oos_recall"] = None  # a dataset without an out-of-scope label
+    benchmark["results"][0]["model"] = "int8"
+    variants = [Variant("int8", onnx_dir, "auto")]
+    output = write_deployable_model(
+        onnx_dir, tmp_path / "model", benchmark, variants, ReportConfig(), producer="slimformer auto"
+    )
+    card = (output / "README.md").read_text()
+    assert "produced by `slimformer auto`" in card and "slimformer run" not in card
+    assert "in-scope" not in card and "OOS recall" not in card and "—" not in card

@@ -251,8 +251,10 @@ def write_deployable_model(
     config: ReportConfig,
     threads: int | None = None,
     data: Any = None,
+    producer: str = "slimformer run",
 ) -> Path | None:
-    """Copy the final model to `output` with its session settings and a model card holding the measured numbers.
+    """Copy the final model to `output` with its session settings and a model card holding the measured numbers
+    (`producer`: the command that made it). An ONNX folder also gets the lean install's `requirements.txt`.
     An ONNX model keeps the threads and spinning its stage measured on this CPU (the settings it was benchmarked
     with); measured elsewhere or not at all, they are timed here over validation queries of `data` and recorded
     in its session.json (slimformer.threads), unless `threads` fixes them."""
@@ -277,7 +279,9 @@ def write_deployable_model(
         if data is not None and threads is None and (folder / ONNX_FILE).is_file():
             sweep = _threads_measured_here(session) or _tune_threads(folder, data)
         write_json(folder / "labels.json", _labels(model))
-        (folder / "README.md").write_text(_model_card(model, row, benchmark, variants, sweep))
+        (folder / "README.md").write_text(_model_card(model, row, benchmark, variants, sweep, producer))
+        if (folder / ONNX_FILE).is_file():
+            (folder / LEAN_REQUIREMENTS_FILE).write_text("\n".join(LEAN_REQUIREMENTS) + "\n")
         write_json(folder / "metrics.json", {"stage": "deploy", "source": str(model), "benchmark": row})
     return output
 
@@ -304,11 +308,28 @@ def _labels(model: Path) -> list[str]:
     return classifier_labels(model) or []
 
 
+# the lean install's packages (the repository's requirements-serve.txt; a test keeps the two equal), written
+# into every deployable ONNX folder so that a user holding only the folder can follow its model card
+LEAN_REQUIREMENTS = (
+    "numpy>=1.26",
+    "onnxruntime>=1.20",
+    "tokenizers>=0.20",
+    "fastapi>=0.110",
+    "starlette>=0.37",
+    "pydantic>=2.0",
+    "uvicorn>=0.29",
+    "httptools>=0.6",
+    "uvloop>=0.19",
+    "prometheus-client>=0.20",
+    "typer>=0.12",
+    "pyyaml>=6",
+)
+LEAN_REQUIREMENTS_FILE = "requirements.txt"
 SERVING_NOTE = [
     "## Serve it without PyTorch",
     "",
     "An ONNX folder needs only ONNX Runtime, `tokenizers` and the web stack: "
-    "`pip install --no-deps slimformer && pip install -r requirements-serve.txt` (the repository's file). "
+    "`pip install --no-deps slimformer && pip install -r requirements.txt` (this folder's file). "
     "Neither torch nor transformers is imported; the `make demo` model peaks at 116 MB of RSS when served "
     "on a 2-core AMD EPYC (BENCHMARKS.md, `benchmarks/serve_footprint.py`).",
     "",
@@ -335,13 +356,14 @@ def _model_card(
     benchmark: dict[str, Any],
     variants: list[Any],
     sweep: dict[str, Any] | None = None,
+    producer: str = "slimformer run",
 ) -> str:
     lineage = " → ".join(f"{v.name} ({v.stage})" for v in variants)
     backend = "ONNX Runtime (`model.onnx`)" if (model / "model.onnx").is_file() else "PyTorch / transformers"
     lines = [
         "# slimformer model",
         "",
-        f"Intent classifier produced by `slimformer run`. Backend: {backend}.",
+        f"Intent classifier produced by `{producer}`. Backend: {backend}.",
         "",
         f"Made by: {lineage}.",
         "",
@@ -361,9 +383,13 @@ def _model_card(
         "",
     ]
     if row:
+        by_kind = (
+            f"; in-scope accuracy {_fmt(row['in_scope_accuracy'])}; OOS recall {_fmt(row['oos_recall'])}"
+            if row.get("in_scope_accuracy") is not None
+            else ""  # no out-of-scope label in this dataset
+        )
         lines += [
-            f"- accuracy {row['accuracy']:.4f} ({row['accuracy_delta_points']:+.2f} points vs the teacher); "
-            f"in-scope accuracy {_fmt(row['in_scope_accuracy'])}; OOS recall {_fmt(row['oos_recall'])}",
+            f"- accuracy {row['accuracy']:.4f} ({row['accuracy_delta_points']:+.2f} points vs the teacher){by_kind}",
             f"- latency p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms at batch 1 "
             f"({row['speedup']:.1f}x faster than the teacher in PyTorch fp32)",
             f"- size {row['size_mb']:.1f} MB ({row['shrink']:.1f}x smaller than the teacher)",

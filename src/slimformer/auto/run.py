@@ -316,7 +316,8 @@ def _write_model(
     from slimformer.report import ReportConfig, write_deployable_model
 
     variants = [Variant("teacher", teacher, "teacher"), Variant(f"trial-{summary['pick']['trial']}", folder, "auto")]
-    write_deployable_model(folder, target, bench, variants, ReportConfig(), data=splits)  # threads tuned here
+    # threads tuned here
+    write_deployable_model(folder, target, bench, variants, ReportConfig(), data=splits, producer="slimformer auto")
     card = target / "README.md"
     card.write_text(card.read_text().replace("## Measured", model_card_section(summary) + "\n## Measured", 1))
 
