@@ -75,7 +75,10 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "o").exists()
 
 
-def test_help_exits_zero(capsys):
+def test_help_lists_every_registered_stage(capsys):
+    from slimformer.stages import STAGES
+
     code, out, _ = run_cli(["--help"], capsys)
     assert code == 0
-    assert "benchmark" in out and "finetune" in out
+    missing = [name for name in [*STAGES, "benchmark", "serve", "run", "auto"] if f" {name} " not in out]
+    assert missing == []

@@ -17,8 +17,20 @@ def test_import_and_cli_do_not_load_heavy_libraries():
 
 
 def test_public_api():
+    """`slimformer.load(folder).predict(texts)`: one of the model's labels and its softmax probability per text."""
+    from pathlib import Path
+
+    import numpy as np
+
     import slimformer
 
-    assert callable(slimformer.load)
+    predictor = slimformer.load(Path(__file__).resolve().parent / "data" / "tiny_onnx", threads=1)
+    texts = ["book a flight to paris", "what is my balance"]
+    labels, scores = predictor.predict(texts)
+    logits = predictor.predict_logits(texts)
+    assert labels == [predictor.labels[i] for i in logits.argmax(axis=1)]
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(scores, probabilities.max(axis=1), rtol=1e-5)
     assert issubclass(slimformer.DataError, slimformer.SlimformerError)
     assert set(slimformer.__all__) >= {"load", "SlimformerError"}
