@@ -164,3 +164,36 @@ def test_quick_recipe_through_every_model_stage(
     assert session["max_length"] == 64  # the tiny tokenizer's limit, inherited from stage to stage
     report = (tmp_path / "run" / "report.md").read_text()
     assert report.count("| onnxruntime |") == 3 and "| quantize |" in report
+
+
+def test_a_run_killed_mid_stage_resumes_with_the_finished_stages_reused(tiny_base_dir, clinc_slice_dir, tmp_path):
+    """kill -9 during the second stage, then the same recipe, unchanged: the first stage's folder is reused as it
+    was (same mtimes), only the killed stage is redone."""
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_base_dir,
+        clinc_slice_dir,
+        [FAST_FINETUNE, {"stage": "distill", "student_layers": 1, "epochs": 25, "batch_size": 8}],
+    )
+    stages = tmp_path / "run" / "stages"
+    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(stages.glob(".tmp-*distill*")):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = [p for p in stages.iterdir() if not p.name.startswith(".")]
+    assert [p.name.split("-")[1] for p in finished] == ["finetune"], "the kill should land in the distillation"
+    before = {p: p.stat().st_mtime_ns for p in finished[0].rglob("*")}
+
+    summary = run_recipe(load_recipe(recipe), tmp_path / "run")
+    assert [s["cached"] for s in summary["stages"]] == [True, False]
+    assert {p: p.stat().st_mtime_ns for p in finished[0].rglob("*")} == before
+    assert not list(stages.glob(".tmp-*"))
