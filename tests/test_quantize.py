@@ -399,3 +399,29 @@ def test_qat_writes_a_checkpoint_trained_for_int8(trained_tiny_dir, clinc_slice,
     )
     model = load_classifier(tmp_path / "qat")
     assert all(type(m).__name__ != "FakeQuantLinear" for m in model.modules())  # fake quantization removed
+
+
+def test_int8_keeps_a_trained_classifiers_accuracy(clinc_slice, tmp_path, private_cache_one_thread):
+    """A tiny classifier trained to real accuracy, then INT8: within one validation row of fp32 (48 rows), and
+    the INT8 accuracy recomputed through the Predictor matches what the stage recorded."""
+    from slimformer.evaluation import evaluate_predictor
+    from slimformer.finetune import FinetuneConfig, finetune
+    from slimformer.onnx.export import export_onnx
+    from slimformer.onnx.optimize import optimize_onnx
+    from slimformer.onnx.quantize import QuantizeConfig, quantize
+    from slimformer.predictor import load
+
+    from tests.test_distill import _all_texts, build_tiny_bert
+
+    untrained = build_tiny_bert(tmp_path / "untrained", _all_texts(clinc_slice), clinc_slice.labels, layers=2)
+    options = FinetuneConfig(epochs=30, learning_rate=3e-3, batch_size=16)
+    trained = finetune(untrained, tmp_path / "ft", options, clinc_slice)
+    assert trained["validation"]["accuracy"] > 0.6  # far above the 1/6 of chance: the weights mean something
+    export_onnx(tmp_path / "ft", tmp_path / "onnx", None, clinc_slice)
+    optimize_onnx(tmp_path / "onnx", tmp_path / "opt")
+    int8 = quantize(tmp_path / "opt", tmp_path / "int8", QuantizeConfig(method="dynamic"), clinc_slice)
+    fp32 = evaluate_predictor(load(tmp_path / "opt", threads=1), clinc_slice.validation, clinc_slice)["accuracy"]
+    quantized = evaluate_predictor(load(tmp_path / "int8", threads=1), clinc_slice.validation, clinc_slice)
+    assert abs(quantized["accuracy"] - fp32) <= 1 / len(clinc_slice.validation) + 1e-9
+    assert int8["validation"]["accuracy"] == pytest.approx(quantized["accuracy"], abs=1e-9)
+    assert int8["agreement"]["argmax_agreement"] >= 0.95
