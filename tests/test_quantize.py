@@ -410,7 +410,6 @@ def test_int8_keeps_a_trained_classifiers_accuracy(clinc_slice, tmp_path, privat
     from slimformer.onnx.optimize import optimize_onnx
     from slimformer.onnx.quantize import QuantizeConfig, quantize
     from slimformer.predictor import load
-
     from tests.test_distill import _all_texts, build_tiny_bert
 
     untrained = build_tiny_bert(tmp_path / "untrained", _all_texts(clinc_slice), clinc_slice.labels, layers=2)
