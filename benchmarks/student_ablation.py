@@ -39,6 +39,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hidden+attention": {"hidden_weight": 1.0, "attention_weight": 1.0},
     "attention+mix": {"attention_weight": 1.0, "augment": "mix"},
     "attention+mask+mix": {"attention_weight": 1.0, "augment": "mask,mix"},
+    "mix-6ep": {"augment": "mix", "epochs": 6.0},
+    "mask+mix": {"augment": "mask,mix"},
 }
 COLUMNS = ("accuracy", "in_scope_accuracy", "oos_recall")
 
