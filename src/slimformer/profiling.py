@@ -50,7 +50,7 @@ def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int) -> list
 def wait_until_idle() -> float:
     """Sleep until this process has stopped using the CPU (its idle thread pools spinning), at most SETTLE_LIMIT_S;
     returns the seconds waited. Measured side by side in turns, a 2-thread ONNX model timed while the previous
-    model's workers still spin gets a p95 of 4.5 ms instead of 0.7 (BENCHMARKS.md, session 8)."""
+    model's workers still spin gets a p95 of 4.5 ms instead of 0.7 (BENCHMARKS.md, "Threads and the timing harness")."""
     started = time.perf_counter()
     used = time.process_time()  # every thread of this process
     while time.perf_counter() - started < SETTLE_LIMIT_S:
