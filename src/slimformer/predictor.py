@@ -112,7 +112,8 @@ class Predictor(ABC):
         labels, probabilities = [], []
         # row by row, with as few numpy calls as possible: right after the model ran, numpy's code is out of the
         # CPU caches and each call costs several µs (a full softmax there: 28 µs of a 0.42 ms batch-1 call on AMD
-        # EPYC, this: 19-23 µs; BENCHMARKS.md, "Batch-1 parts of a predictor call"). A batch of 32 pays ~0.1 ms of ~10 ms.
+        # EPYC, this: 19-23 µs; BENCHMARKS.md, "Batch-1 parts of a predictor call"). A batch of 32 pays ~0.1 ms
+        # of ~10 ms.
         for row in self.predict_logits(texts):
             best = int(row.argmax())
             labels.append(self.labels[best])

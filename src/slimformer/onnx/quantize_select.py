@@ -1,10 +1,10 @@
 """`slimformer quantize --method auto`: dynamic and static INT8 of the same fp32 graph, side by side in one run.
 
-Each method is built with the config's weight scales, and (``try_per_tensor``, the default) also with one scale
-per weight matrix, which ONNX Runtime's int8 kernels run faster at batch 1 (BENCHMARKS.md, "Per-tensor weight scales") at some
-cost in accuracy. All candidates are scored on the validation split against the fp32 graph and timed at batch 1
-on validation queries in interleaved rounds (the candidates take turns, the first one rotating each round, so
-load that comes and goes on a shared machine hits all alike). The fastest one (p50) whose accuracy drop is within
+Each method is built with the config's weight scales, and (``try_per_tensor``, the default) also with one scale per
+weight matrix, which ONNX Runtime's int8 kernels run faster at batch 1 (BENCHMARKS.md, "Per-tensor weight scales")
+at some cost in accuracy. All candidates are scored on the validation split against the fp32 graph and timed at
+batch 1 on validation queries in interleaved rounds (the candidates take turns, the first one rotating each round,
+so load that comes and goes on a shared machine hits all alike). The fastest one (p50) whose accuracy drop is within
 the tolerance is kept: ``max_accuracy_drop`` when given (each candidate is then first made to fit it by the
 accuracy-aware search), else :data:`~slimformer.onnx.quantize.AUTO_TOLERANCE_POINTS`. When none fits, the most
 accurate one is kept with a warning, so a search that passes ``auto`` always gets a model and can read why from

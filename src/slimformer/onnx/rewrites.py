@@ -1,7 +1,8 @@
 """Exact rewrites of a fused ONNX classifier graph, applied by `slimformer optimize` after ONNX Runtime's fusions.
 
 Both leave the logits unchanged (the optimize stage checks parity against its input graph and drops the
-rewrites when it fails) and cut batch-1 latency on the CPU (BENCHMARKS.md, "ONNX export, optimization and graph rewrites"):
+rewrites when it fails) and cut batch-1 latency on the CPU (BENCHMARKS.md, "ONNX export, optimization and graph
+rewrites"):
 
 - **first-token tail** (`first_token_tail`): a sequence classifier reads one row of the last layer, the first
   token's (``hidden[:, 0]``, a Gather on axis 1). Everything between the last attention and that Gather works
