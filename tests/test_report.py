@@ -197,3 +197,17 @@ def test_a_model_card_from_auto_on_data_without_out_of_scope(benchmark, tmp_path
     card = (output / "README.md").read_text()
     assert "produced by `slimformer auto`" in card and "slimformer run" not in card
     assert "in-scope" not in card and "OOS recall" not in card and "—" not in card
+
+
+def test_accuracy_latency_figure_uses_a_log_axis_and_shows_each_kind(benchmark):
+    from slimformer.plots import accuracy_latency_figure
+
+    figure = accuracy_latency_figure(benchmark["results"])
+    axes = figure.get_axes()
+    assert [ax.get_xscale() for ax in axes] == ["log", "log", "log"]
+    assert [ax.get_ylabel() for ax in axes] == ["accuracy (%)", "in-scope accuracy (%)", "OOS recall (%)"]
+    low, high = axes[0].get_xlim()
+    assert low < 1.0 < 12.0 < high  # both the 1 ms and the 12 ms model inside, a decade apart
+    for row in benchmark["results"]:
+        row["in_scope_accuracy"] = row["oos_recall"] = None
+    assert len(accuracy_latency_figure(benchmark["results"]).get_axes()) == 1

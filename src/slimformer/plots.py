@@ -33,12 +33,19 @@ def write_plot(results: list[dict[str, Any]], path: str | Path, title: str = "Ac
 
 
 def accuracy_latency_figure(results: list[dict[str, Any]], title: str = "Accuracy vs latency") -> Any:
-    """The figure of :func:`write_plot`. Each bubble's label sits in a column right of the axes, at its bubble's
-    height where it can and pushed apart where not, with a leader line to its bubble: variants with near-equal
-    numbers (export, optimize) have overlapping bubbles, and labels beside the bubbles overlapped too."""
+    """The figure of :func:`write_plot`. Latency is on a log axis: the ONNX variants sit ten times left of the
+    teacher and would clump at 0 on a linear one. Each bubble's label sits in a column right of the axes, at its
+    bubble's height where it can and pushed apart where not, with a leader line to its bubble. Below, when the
+    data has an out-of-scope label, two panels with the same colours: in-scope accuracy and out-of-scope recall
+    (a gain in one can hide a loss in the other)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    fig.subplots_adjust(left=0.09, right=0.66, top=0.92, bottom=0.1)
+    by_kind = all(r.get("in_scope_accuracy") is not None and r.get("oos_recall") is not None for r in results)
+    fig = plt.figure(figsize=(8, 9.0 if by_kind else 5.5))
+    grid = fig.add_gridspec(
+        2 if by_kind else 1, 2, height_ratios=[1.6, 1] if by_kind else [1], hspace=0.45, wspace=0.45
+    )
+    ax = fig.add_subplot(grid[0, :])
+    fig.subplots_adjust(left=0.09, right=0.66, top=0.94, bottom=0.07)
     largest = max(r["size_mb"] for r in results) or 1.0
     colours = plt.get_cmap("tab10")
     points = [(r["latency_ms"]["p50"], 100 * r["accuracy"]) for r in results]
@@ -46,7 +53,7 @@ def accuracy_latency_figure(results: list[dict[str, Any]], title: str = "Accurac
     for i, (latency, accuracy) in enumerate(points):
         ax.scatter(latency, accuracy, s=areas[i], alpha=0.55, color=colours(i % 10), edgecolors="black", linewidths=0.6)
     ax.set_ylim(min(y for _, y in points) - 3, max(y for _, y in points) + 3)
-    ax.set_xlim(0, max(x for x, _ in points) * 1.25 + 0.5)
+    _log_latency_axis(ax, [x for x, _ in points])
     low, high = ax.get_ylim()
     slots = label_slots([(y - low) / (high - low) for _, y in points])
     for i, slot in enumerate(slots):
@@ -59,11 +66,33 @@ def accuracy_latency_figure(results: list[dict[str, Any]], title: str = "Accurac
             fontsize=8,
             arrowprops={"arrowstyle": "-", "color": colours(i % 10), "lw": 0.8, "relpos": (0, 0.5), "shrinkB": 0},
         )
-    ax.set_xlabel("p50 latency at batch 1 (ms)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{title} — bubble area = size on disk")
-    ax.grid(alpha=0.3)
+    if by_kind:
+        for column, (key, label) in enumerate(
+            (("in_scope_accuracy", "in-scope accuracy (%)"), ("oos_recall", "OOS recall (%)"))
+        ):
+            panel = fig.add_subplot(grid[1, column])
+            for i, r in enumerate(results):
+                panel.scatter(r["latency_ms"]["p50"], 100 * r[key], s=40, color=colours(i % 10), edgecolors="black")
+            values = [100 * r[key] for r in results]
+            panel.set_ylim(min(values) - 2, max(values) + 2)
+            _log_latency_axis(panel, [x for x, _ in points], "p50 ms (log scale)")
+            panel.set_ylabel(label)
     return fig
+
+
+def _log_latency_axis(ax: Any, latencies: list[float], label: str = "p50 latency at batch 1 (ms, log scale)") -> None:
+    """p50 latency on a log axis with plain millisecond tick labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xlim(min(latencies) / 1.6, max(latencies) * 1.6)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3, which="both")
 
 
 def label_slots(heights: list[float], gap: float = 0.05, low: float = 0.02, high: float = 0.98) -> list[float]:
