@@ -101,6 +101,24 @@ def test_run_reuses_finished_stages(tiny_base_dir, clinc_slice_dir, tmp_path, mo
     assert json.loads((tmp_path / "run" / "model" / "labels.json").read_text())[0] == "alarm"
 
 
+def kill_run_when(recipe: Path, output: Path, pattern: str, timeout: float) -> None:
+    """`slimformer run RECIPE` in its own process, killed with SIGKILL a second after a stage folder matching
+    `pattern` appears in OUTPUT/stages (a stage mid-way)."""
+    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list((output / "stages").glob(pattern)):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_killed_stage_leaves_no_finished_artifact_and_is_redone(tiny_base_dir, clinc_slice_dir, tmp_path):
     """kill -9 in the middle of fine-tuning; the next run redoes only that stage."""
     recipe = write_recipe(
@@ -110,19 +128,7 @@ def test_killed_stage_leaves_no_finished_artifact_and_is_redone(tiny_base_dir, c
         [{**FAST_FINETUNE, "epochs": 400}, {"stage": "benchmark-teacher", **FAST_BENCH}],
     )
     stages = tmp_path / "run" / "stages"
-    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(stages.glob(".tmp-*")):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_run_when(recipe, tmp_path / "run", ".tmp-*", timeout=120)
     assert list(stages.glob(".tmp-*")), "the stage should have been mid-way"
     assert not [p for p in stages.iterdir() if not p.name.startswith(".")]  # nothing looks finished
 
@@ -176,19 +182,7 @@ def test_a_run_killed_mid_stage_resumes_with_the_finished_stages_reused(tiny_bas
         [FAST_FINETUNE, {"stage": "distill", "student_layers": 1, "epochs": 25, "batch_size": 8}],
     )
     stages = tmp_path / "run" / "stages"
-    env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slimformer.cli", "run", str(recipe), "--output", str(tmp_path / "run")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline and not list(stages.glob(".tmp-*distill*")):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_run_when(recipe, tmp_path / "run", ".tmp-*distill*", timeout=180)
     finished = [p for p in stages.iterdir() if not p.name.startswith(".")]
     assert [p.name.split("-")[1] for p in finished] == ["finetune"], "the kill should land in the distillation"
     before = {p: p.stat().st_mtime_ns for p in finished[0].rglob("*")}
