@@ -34,6 +34,7 @@ class StageConfig:
     # True: the stage resumes in its output folder (the search's study.db), so the envelope opens no atomic
     # folder for it and the stage writes its own model folders atomically
     writes_in_place: ClassVar[bool] = False
+    accepts_teacher: ClassVar[bool] = False  # can it learn from a teacher (the CLI then offers --teacher)?
 
     @property
     def needs_teacher(self) -> bool:

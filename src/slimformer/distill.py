@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimformer.artifacts import Session, StageResult, read_metrics
 from slimformer.config import option
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 @dataclass
 class DistillConfig(TrainingOptions):
     """Options of `slimformer distill`; give exactly one of `student` and `student_layers`."""
+
+    accepts_teacher: ClassVar[bool] = True
 
     student: str | None = option(None, "Student checkpoint folder, or 'default' (the packaged MiniLM-L6 body).")
     student_layers: int | None = option(None, "Or: build the student from K evenly spaced layers of the source.")

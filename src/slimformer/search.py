@@ -47,6 +47,8 @@ OBJECTIVES = ("accuracy", "accuracy,latency")
 class SearchConfig(StageConfig):
     """Options of `slimformer search`; ranges are (low, high), inclusive."""
 
+    accepts_teacher: ClassVar[bool] = True
+
     trials: int = option(8, "Total finished (complete or pruned) trials the study should hold.")
     objective: str = option("accuracy", "Or 'accuracy,latency': maximise accuracy, minimise batch-1 p50 latency.")
     storage: str | None = option(None, "Optuna storage URL (default: sqlite:///<output>/study.db)")

@@ -47,7 +47,6 @@ class Stage:
     config: type
     function: str | Callable[..., dict[str, Any]]  # "module:function" (imported when run) or the function
     summary: str  # one line for `--help`
-    accepts_teacher: bool = False  # can it distil from a teacher (the CLI then offers --teacher)?
 
     @property
     def build(self) -> Callable[..., StageResult]:
@@ -134,28 +133,24 @@ for _stage in (
         DistillConfig,
         "slimformer.distill:distill_student",
         "Distil a student (from the source's own layers, or a checkpoint) from the teacher's cached logits.",
-        accepts_teacher=True,
     ),
     Stage(
         "search",
         SearchConfig,
         "slimformer.search:search_study",
         "Search distillation settings with Optuna (resumable); the best student lands in OUTPUT/best_model.",
-        accepts_teacher=True,
     ),
     Stage(
         "prune",
         PruneConfig,
         "slimformer.prune.stage:prune_model",
         "Prune a classifier: magnitude or movement (cubic schedule), structured (heads, FFN neurons), vocabulary.",
-        accepts_teacher=True,
     ),
     Stage(
         "static",
         StaticConfig,
         "slimformer.static_student:static_student",
         "A static student (depth 0): the teacher's token embeddings as one table (Model2Vec) + a trained head.",
-        accepts_teacher=True,
     ),
     Stage(
         "export", ExportConfig, "slimformer.onnx.export:export_folder", "Export a classifier to ONNX, parity-checked."
@@ -171,7 +166,6 @@ for _stage in (
         QuantizeConfig,
         "slimformer.onnx.quantize:quantize_model",
         "INT8: ORT dynamic or static (ONNX folder), torch-dynamic, or QAT (checkpoint); checked against fp32.",
-        accepts_teacher=True,
     ),
 ):
     register_stage(_stage)

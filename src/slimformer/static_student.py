@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -35,6 +35,8 @@ TOKEN_BATCH = 512  # vocabulary tokens through the teacher at once
 @dataclass
 class StaticConfig(TrainingOptions):
     """Options of `slimformer static`: the table's width and weighting, and how the head is trained."""
+
+    accepts_teacher: ClassVar[bool] = True
 
     dims: int = option(256, "Width of the static token table after PCA (Model2Vec's default: 256).")
     sif_coefficient: float = option(1e-4, "SIF weight a / (a + p(token)), p from Zipf's law over ids (0 = off).")

@@ -63,7 +63,7 @@ def _parameters(stage: Stage) -> tuple[list[inspect.Parameter], set[str]]:
             inspect.Parameter("text_column", kind, default="text", annotation=TextColumnOption),
             inspect.Parameter("label_column", kind, default="label", annotation=LabelColumnOption),
         ]
-    if stage.accepts_teacher:
+    if stage.config.accepts_teacher:
         teacher_help = "Fine-tuned teacher to distil from (default for distill and QAT: the source itself)."
         params.append(
             inspect.Parameter(

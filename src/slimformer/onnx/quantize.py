@@ -56,6 +56,7 @@ class QuantizeOptions(StageConfig):
     """What every quantization method shares."""
 
     uses_data: ClassVar[str] = "optional"  # dynamic without data: agreement on built-in sentences only
+    accepts_teacher: ClassVar[bool] = True  # QAT distils from it
 
     per_channel: bool = option(True, "One weight scale per output channel (more accurate, about as fast)")
     reduce_range: bool | None = option(None, "7-bit weights; None: True exactly when the CPU lacks VNNI.")

@@ -25,6 +25,8 @@ SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int
 class PruneOptions(TrainingOptions):
     """What every pruning method shares: recovery training (distilling from the teacher when one is given)."""
 
+    accepts_teacher: ClassVar[bool] = True
+
     epochs: float = option(3.0, "Training passes (structured: recovery passes; 0 = slice only)")
     learning_rate: float = option(5e-5, "Weights' learning rate.")
     alpha: float = option(0.5, "Weight of the hard-label loss when distilling (1 - alpha on the teacher)")
