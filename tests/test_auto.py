@@ -235,3 +235,13 @@ def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, c
     assert read_metrics(Path(metrics["source_model"]))["source_model"].rsplit("/", 1)[-1].startswith("static-")
     static = read_metrics(next((tmp_path / "work").glob("static-*")))
     assert static["transfer_rows"] > 0 and static["config"]["epochs"] == 1.0
+
+
+def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
+    from slimformer.auto.run import recipe_params
+    from slimformer.pipeline import load_recipe
+
+    distill = next(s.options for s in load_recipe().stages if s.kind == "distill")
+    params = recipe_params(AutoConfig(min_speedup=5))
+    assert params["augment"] == distill["augment"] == "mix"
+    assert params["attention_weight"] == params["hidden_weight"] == 0.0

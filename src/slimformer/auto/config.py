@@ -61,7 +61,7 @@ class AutoConfig(StageConfig):
     attention_weights: tuple[float, ...] = option((0.0,), "MiniLMv2 attention-relation loss weights tried (0 = off).")
     hidden_weights: tuple[float, ...] = option((0.0,), "Hidden-state loss weights tried (0 = off).")
     augment_choices: tuple[str, ...] = option(
-        ("",), "Transfer data tried: '' (none) or augmentations such as 'mix' or 'mask,mix' (slimformer distill)."
+        ("", "mix"), "Transfer data tried: '' (none) or augmentations such as 'mix' or 'mask,mix' (slimformer distill)."
     )
     # measuring
     latency_queries: int = option(200, "Validation queries timed at batch 1 per candidate.")
