@@ -3,10 +3,10 @@ softened distribution, over teacher logits computed once and cached on disk::
 
     loss = alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-The teacher's logits never need it inside the training loop: it runs once over the training texts, its logits are cached
-(keyed by the teacher's files, the texts and `max_length`) and every epoch, every later run, every search trial,
-every pruning method's recovery training and QAT read them as a `teacher_logits` column of the batch
-(:func:`add_teacher_logits`). Teacher and student each tokenize the raw texts with their own tokenizer, so
+For the logit loss the teacher never runs inside the training loop: it runs once over the training texts, its
+logits are cached (keyed by the teacher's files, the texts and `max_length`) and every epoch, every later run,
+every search trial, every pruning method's recovery training and QAT read them as a `teacher_logits` column of the
+batch (:func:`add_teacher_logits`). Teacher and student each tokenize the raw texts with their own tokenizer, so
 logits are aligned per example (and per label name), never per token.
 
 The intermediate-layer losses (:class:`LayerLosses`: hidden states, MiniLMv2 attention relations, the embedding
@@ -63,11 +63,9 @@ def distillation_loss(
     """
     import torch.nn.functional as F
 
-    labelled = labels != IGNORED_LABEL
-    if labelled.all():
-        cross_entropy = F.cross_entropy(student_logits, labels)
-    elif labelled.any():  # transfer rows carry no hard label: the mean runs over the labelled rows only
-        cross_entropy = F.cross_entropy(student_logits[labelled], labels[labelled])
+    # transfer rows carry no hard label: the mean runs over the labelled rows (a batch of none would give NaN)
+    if (labels != IGNORED_LABEL).any():
+        cross_entropy = F.cross_entropy(student_logits, labels, ignore_index=IGNORED_LABEL)
     else:
         cross_entropy = student_logits.new_zeros(())
     if teacher_logits is None or alpha >= 1.0:

@@ -108,7 +108,8 @@ class QKVRecorder:
         attention = submodule(layer, family.attention)
         self.chunks = family.qkv_chunks
         self.outputs: list[torch.Tensor] = []
-        self.handles = [submodule(attention, name).register_forward_hook(self._keep) for name in family.qkv]
+        for name in family.qkv:
+            submodule(attention, name).register_forward_hook(self._keep)
 
     def _keep(self, module: Any, args: Any, output: torch.Tensor) -> None:
         if self.training_only and not module.training:
@@ -119,10 +120,6 @@ class QKVRecorder:
         """The queries, keys and values recorded since the last call (and forget them)."""
         outputs, self.outputs = self.outputs[-3:], []
         return outputs
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 class LayerDistiller:

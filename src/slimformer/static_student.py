@@ -107,7 +107,7 @@ def static_student(
     from transformers import set_seed
 
     from slimformer.data import column
-    from slimformer.models import check_classifier_fits, classifier_labels, load_tokenizer
+    from slimformer.models import check_classifier_fits, load_tokenizer
     from slimformer.static_model import StaticEmbeddingConfig, StaticEmbeddingForSequenceClassification
     from slimformer.training import Distillation, train_classifier
     from slimformer.transfer import augment_texts
@@ -115,7 +115,7 @@ def static_student(
     teacher_path = teacher or source
     labels = check_classifier_fits(teacher_path, data.labels)
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
-    splits = splits.in_label_order(classifier_labels(teacher_path) or labels)
+    splits = splits.in_label_order(labels)
     set_seed(config.seed)
     built = token_table(teacher_path, config.dims, config.sif_coefficient)
     tokenizer = load_tokenizer(teacher_path)
