@@ -158,3 +158,21 @@ def test_without_test_seals_only_the_test_split(clinc_slice):
     assert list(sealed.validation["text"]) == list(clinc_slice.validation["text"])
     assert list(sealed.train["text"]) == list(clinc_slice.train["text"])
     assert sealed.fingerprint != clinc_slice.fingerprint and sealed.labels == clinc_slice.labels
+
+
+def test_a_head_with_extra_labels_scores_them_as_errors() -> None:
+    """Model labels may cover the dataset's and more: predicting an extra one is wrong, and macro-F1 still
+    averages over the dataset's labels only."""
+    import numpy as np
+
+    from slimformer.data import UNKNOWN_LABEL, label_positions
+    from slimformer.metrics import classification_metrics
+
+    positions = label_positions(["c", "extra", "a", "b"], ["a", "b", "c"])
+    assert positions.tolist() == [2, UNKNOWN_LABEL, 0, 1]
+    truth = np.array([0, 1, 2, 2])
+    predicted = positions[np.array([2, 3, 0, 1])]  # a, b, c right; the last row predicted "extra"
+    metrics = classification_metrics(truth, predicted)
+    assert metrics["accuracy"] == 0.75
+    # per label F1: a 1, b 1, c 2/3 -> the extra label is not a fourth class
+    assert metrics["macro_f1"] == pytest.approx((1 + 1 + 2 / 3) / 3)

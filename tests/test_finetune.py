@@ -120,3 +120,66 @@ def test_precision_auto_follows_the_cpu(monkeypatch, tmp_path) -> None:
     assert resolve_precision("fp32") == "fp32" and trainer_arguments(tmp_path, FinetuneConfig())["bf16"] is False
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, auto"):
         FinetuneConfig(precision="fp16").validate()
+
+
+def _texts(splits) -> list[str]:
+    from slimformer.data import column
+
+    return column(splits.train, "text") + column(splits.validation, "text") + column(splits.test, "text")
+
+
+def test_a_head_with_more_labels_than_the_dataset_is_kept(clinc_slice, clinc_slice_dir, tmp_path, capsys) -> None:
+    """A classifier fine-tuned on 7 intents, given a sample with 6 of them (issue 25's 151-vs-150 case): it is
+    the teacher as it is for `auto`, and `slimformer finetune` trains on with its head, no traceback."""
+    from slimformer.auto.run import ensure_teacher
+    from slimformer.distill import DistillConfig, distill
+    from slimformer.evaluation import evaluate_predictor
+    from slimformer.models import classifier_labels
+    from tests.conftest import build_tiny_bert
+    from tests.test_cli import run_cli
+
+    labels = ["extra_intent", *reversed(clinc_slice.labels)]  # a superset, in another order
+    teacher = build_tiny_bert(tmp_path / "teacher", _texts(clinc_slice), labels)
+    assert ensure_teacher(str(teacher), clinc_slice, tmp_path / "work", quick=True, seed=0) == teacher
+    assert not (tmp_path / "work").exists()  # nothing was fine-tuned
+    student = tmp_path / "student"
+    distill(teacher, student, DistillConfig(student_layers=1, epochs=1, batch_size=16), clinc_slice)
+    assert classifier_labels(student) == labels  # distilled over the teacher's head, extra label included
+
+    code, _, err = run_cli(
+        ["finetune", teacher, "--data", clinc_slice_dir, "--epochs", 1, "--output", tmp_path / "ft"], capsys
+    )
+    assert code == 0, err
+    assert classifier_labels(tmp_path / "ft") == labels  # the head was kept, its order too
+    metrics = read_metrics(tmp_path / "ft")
+    # the validation accuracy it records is what scoring the saved model on the dataset gives
+    rescored = evaluate_predictor(load(tmp_path / "ft"), clinc_slice.validation, clinc_slice)
+    assert metrics["validation"]["accuracy"] == pytest.approx(rescored["accuracy"], abs=1e-6)
+
+
+def test_a_classifier_for_other_labels_gets_a_new_head(clinc_slice, clinc_slice_dir, tmp_path, capsys) -> None:
+    """Re-fine-tuning a classifier on a different label set replaces its head (transformers would refuse the
+    shapes): it ends with the dataset's labels, not a traceback."""
+    from slimformer.models import classifier_labels
+    from tests.conftest import build_tiny_bert
+    from tests.test_cli import run_cli
+
+    other = build_tiny_bert(tmp_path / "other", _texts(clinc_slice), [f"intent_{i}" for i in range(9)])
+    code, _, err = run_cli(
+        ["finetune", other, "--data", clinc_slice_dir, "--epochs", 1, "--output", tmp_path / "ft"], capsys
+    )
+    assert code == 0, err
+    assert sorted(classifier_labels(tmp_path / "ft")) == sorted(clinc_slice.labels)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert len(config["id2label"]) == len(clinc_slice.labels)
+    assert load(tmp_path / "ft").predict(["what is my balance"])[0][0] in clinc_slice.labels
+
+
+def test_a_head_lacking_dataset_labels_is_refused_in_one_line(clinc_slice, tmp_path) -> None:
+    from slimformer.errors import ModelError
+    from slimformer.models import check_classifier_fits
+    from tests.conftest import build_tiny_bert
+
+    fewer = build_tiny_bert(tmp_path / "fewer", _texts(clinc_slice), clinc_slice.labels[:-1])
+    with pytest.raises(ModelError, match=r"1 of the dataset's 6 are not among them"):
+        check_classifier_fits(fewer, clinc_slice.labels)

@@ -34,6 +34,7 @@ CLINC_CONFIGS = {
 }
 DATA_DIR_ENV = "SLIMFORMER_DATA_DIR"
 OOS_LABEL = "oos"
+UNKNOWN_LABEL = -1  # a predicted label the dataset does not have (see label_positions)
 SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -94,11 +95,12 @@ class DataSplits:
 
     def in_label_order(self, labels: list[str]) -> DataSplits:
         """The same splits with label ids renumbered into `labels`' order (a model head's own order), by
-        datasets' `align_labels_with_mapping` over the ClassLabel column."""
+        datasets' `align_labels_with_mapping` over the ClassLabel column. `labels` may hold labels the dataset
+        has no rows of (a head fine-tuned on a superset); they join the label list."""
         if list(labels) == self.labels:
             return self
-        if sorted(labels) != sorted(self.labels):
-            raise DataError(f"the model's {len(labels)} labels are not the dataset's {len(self.labels)}")
+        if not set(self.labels) <= set(labels):
+            raise DataError(f"the model's {len(labels)} labels do not include all the dataset's {len(self.labels)}")
         mapping = {label: i for i, label in enumerate(labels)}
 
         def align(ds: datasets.Dataset) -> datasets.Dataset:
@@ -116,15 +118,16 @@ class DataSplits:
 
 def label_positions(model_labels: list[str], data_labels: list[str]) -> np.ndarray:
     """For each output index of a model, the index of that label in the dataset's label list (to score a model's
-    predictions against dataset label ids whatever the order of its head)."""
+    predictions against dataset label ids whatever the order of its head). A head may have labels the dataset
+    lacks: predicting one is wrong on every row (:data:`UNKNOWN_LABEL`)."""
     position = {label: i for i, label in enumerate(data_labels)}
-    missing = [label for label in model_labels if label not in position]
-    if missing or len(model_labels) != len(data_labels):
+    missing = sorted(set(data_labels) - set(model_labels))
+    if missing:
         raise ModelError(
-            f"the model predicts {len(model_labels)} labels that are not the dataset's {len(data_labels)}; "
-            "use the data it was fine-tuned for"
+            f"the model predicts {len(model_labels)} labels and lacks {len(missing)} of the dataset's "
+            f"{len(data_labels)} (e.g. {missing[:3]}); use the data it was fine-tuned for"
         )
-    return np.array([position[label] for label in model_labels])
+    return np.array([position.get(label, UNKNOWN_LABEL) for label in model_labels])
 
 
 def require_data(data: DataSplits | None, stage: str) -> DataSplits:

@@ -42,13 +42,17 @@ def train_finetuned(
     """The finetune stage's body: train a classifier for `data`'s labels from `source` into `folder`."""
     from transformers import set_seed
 
-    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.models import classifier_labels, head_covers, load_classifier, load_tokenizer
     from slimformer.training import train_classifier
 
     splits = data.subset(config.max_train_samples, config.max_eval_samples, seed=config.seed)
     set_seed(config.seed)  # the new classification head's initialisation is part of the seeded run
     tokenizer = load_tokenizer(source)
-    classifier = load_classifier(source, labels=splits.labels)
+    if head_covers(source, splits.labels):  # a classifier for these labels (or more): trained on, head kept
+        classifier = load_classifier(source)
+        splits = splits.in_label_order(classifier_labels(source) or [])
+    else:  # a base model, or a classifier for other labels: a new head
+        classifier = load_classifier(source, labels=splits.labels)
     result = train_classifier(classifier, tokenizer, splits, config, folder / "trainer")
     classifier.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -17,7 +17,10 @@ def classification_metrics(
     y_pred = np.asarray(y_pred)
     metrics = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        # over the dataset's labels seen here: a head's extra labels (predicted as -1) count only as errors
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=_scored_labels(y_true, y_pred), average="macro", zero_division=0)
+        ),
     }
     if oos_label_id is not None:
         in_scope = y_true != oos_label_id
@@ -26,3 +29,9 @@ def classification_metrics(
         if (~in_scope).any():
             metrics["oos_recall"] = float((y_pred[~in_scope] == oos_label_id).mean())
     return metrics
+
+
+def _scored_labels(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """The labels macro-F1 averages over: those in either array, less the negative "not a dataset label"."""
+    labels = np.union1d(y_true, y_pred)
+    return labels[labels >= 0]

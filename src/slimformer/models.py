@@ -95,21 +95,27 @@ def classifier_labels(path: str | Path) -> list[str] | None:
     return [str(id2label[k]) for k in sorted(id2label, key=int)]
 
 
+def head_covers(path: str | Path, labels: list[str]) -> bool:
+    """True when the checkpoint in `path` is a classifier whose head has every one of `labels` (it may have
+    more: a dataset sample in which some intents are missing is still the data it was fine-tuned for)."""
+    model_labels = classifier_labels(path)
+    return model_labels is not None and set(labels) <= set(model_labels)
+
+
 def check_classifier_fits(path: str | Path, labels: list[str]) -> list[str]:
-    """Return the checkpoint's labels, or raise ModelError when it is a base model or its head's labels
-    differ from the dataset's."""
+    """Return the checkpoint's labels, or raise ModelError when it is a base model or its head lacks some of
+    the dataset's labels (a head with more labels than the dataset uses fits: the extra ones go unpredicted)."""
     model_labels = classifier_labels(path)
     if model_labels is None:
         raise ModelError(
             f"{path} is a base model without a classification head for this dataset; "
             "fine-tune it first: slimformer finetune --model ... --data ... --output DIR"
         )
-    if sorted(model_labels) != sorted(labels):
-        extra = sorted(set(model_labels) - set(labels))[:3]
-        missing = sorted(set(labels) - set(model_labels))[:3]
+    missing = sorted(set(labels) - set(model_labels))
+    if missing:
         raise ModelError(
-            f"{path} classifies {len(model_labels)} labels but the dataset has {len(labels)} "
-            f"(model-only: {extra}, dataset-only: {missing}); fine-tune it on this dataset first"
+            f"{path} classifies {len(model_labels)} labels, and {len(missing)} of the dataset's {len(labels)} "
+            f"are not among them (e.g. {missing[:3]}); fine-tune it on this dataset first"
         )
     return model_labels
 
@@ -175,8 +181,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 def load_classifier(
     path: str | Path, labels: list[str] | None = None, attn_implementation: str | None = None
 ) -> PreTrainedModel:
-    """Load a sequence classifier. With `labels`, a base checkpoint gets a fresh head for them (fine-tuning);
-    without, the checkpoint must already be a classifier."""
+    """Load a sequence classifier. With `labels`, the checkpoint gets a fresh head for them (fine-tuning a base
+    model, or a classifier for other labels); without, the checkpoint must already be a classifier."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -190,6 +196,8 @@ def load_classifier(
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
         )
+        # a classifier for other labels gets a new head: the old one's rows mean other classes
+        kwargs["ignore_mismatched_sizes"] = classifier_labels(path) is not None
     elif classifier_labels(path) is None:
         raise ModelError(f"{path} is a base model without a classification head; fine-tune it first")
     verbosity = hf_logging.get_verbosity()

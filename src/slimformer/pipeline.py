@@ -298,10 +298,9 @@ def _run_model_stage(state: RunState, stage: Stage, index: int, console: Any) ->
 
 def _finetune_teacher(state: RunState, stage: Stage, index: int, console: Any) -> bool:
     from slimformer.finetune import finetune
-    from slimformer.models import classifier_labels
+    from slimformer.models import head_covers
 
-    labels = classifier_labels(state.current)
-    if labels is not None and sorted(labels) == sorted(state.data.labels):
+    if head_covers(state.current, state.data.labels):
         console.print(f"  {state.current} already classifies this dataset's labels: no fine-tuning needed")
         state.teacher = state.current
         return True

@@ -81,13 +81,12 @@ def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
 def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) -> Path:
     """The fine-tuned teacher: `model` itself when its head has the data's labels, else fine-tuned (cached)."""
     from slimformer.finetune import finetune
-    from slimformer.models import classifier_labels, resolve_model_path
+    from slimformer.models import head_covers, resolve_model_path
     from slimformer.pipeline import build_config as build_recipe_config
     from slimformer.pipeline import model_key, stage_key
 
     path = resolve_model_path(model)
-    labels = classifier_labels(path)
-    if labels is not None and sorted(labels) == sorted(splits.labels):
+    if head_covers(path, splits.labels):
         return path
     config = dataclasses.replace(build_recipe_config(_recipe_stage("finetune-teacher")), seed=seed)  # as `run` does
     config = config.quick() if quick else config

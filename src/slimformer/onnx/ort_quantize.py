@@ -340,8 +340,8 @@ def _evaluation(
     labels = None
     if data is not None and label_ids is not None:
         # dataset label ids -> the model's output positions
-        to_model = np.argsort(label_positions(model_labels, data.labels))
-        labels = to_model[np.asarray(label_ids)]
+        to_model = {int(data_id): index for index, data_id in enumerate(label_positions(model_labels, data.labels))}
+        labels = np.array([to_model[int(label_id)] for label_id in label_ids])
     return _Evaluation(texts, labels, folder, config.threads, config.max_length)
 
 
