@@ -27,8 +27,7 @@ from slimformer.cpu import cpu_model, default_threads
 from slimformer.data import column, load_data
 from slimformer.evaluation import score_logits
 from slimformer.predictor import load
-from slimformer.profiling import batch1_latencies_ms
-from slimformer.threads import sample_queries
+from slimformer.timing import batch1_latencies_ms, sample_queries
 
 
 class TfidfLogistic:

@@ -16,14 +16,8 @@ import pytest
 from slimformer.benchmark import BenchmarkConfig, benchmark_models
 from slimformer.plots import write_breakdown_plot
 from slimformer.predictor import OnnxPredictor, load, session_options
-from slimformer.profiling import (
-    PROFILE_QUERIES,
-    WARMUP_MIN_S,
-    batch1_latencies_ms,
-    onnx_trace_summary,
-    profile_predictor,
-    wait_until_idle,
-)
+from slimformer.profiling import PROFILE_QUERIES, onnx_trace_summary, profile_predictor
+from slimformer.timing import WARMUP_MIN_S, batch1_latencies_ms, wait_until_idle
 
 TINY_ONNX = Path(__file__).resolve().parent / "data" / "tiny_onnx"
 TEXTS = [item["text"] for item in json.loads((TINY_ONNX / "reference.json").read_text())["texts"]]

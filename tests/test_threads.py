@@ -12,7 +12,8 @@ import pytest
 from slimformer.cpu import cpu_model, default_threads
 from slimformer.errors import ModelError
 from slimformer.predictor import ORT_SPINNING_ENTRY, SPINNING_KEY, OnnxPredictor, load
-from slimformer.threads import sample_queries, thread_candidates, tune_threads
+from slimformer.threads import thread_candidates, tune_threads
+from slimformer.timing import sample_queries
 from tests.test_profiling import write_three_intents
 
 TINY_ONNX = Path(__file__).resolve().parent / "data" / "tiny_onnx"

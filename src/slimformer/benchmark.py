@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +35,16 @@ import numpy as np
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError, ModelError, SlimformerError
 from slimformer.plots import write_plot as write_plot  # the benchmark's figure: callers import it from here
-from slimformer.profiling import PROFILE_QUERIES, batch1_latencies_ms, latency_summary, profile_predictor
+from slimformer.profiling import PROFILE_QUERIES, profile_predictor
+from slimformer.timing import (
+    ROUND_WARMUP,
+    batch1_latencies_ms,
+    flat,
+    interleaved_latencies_ms,
+    latency_summary,
+    sample_queries,
+    split_rounds,
+)
 
 QUICK_LATENCY_SAMPLES = 200  # --quick: batch-1 queries timed
 
@@ -100,23 +110,27 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
     names = display_names([str(m) for m in models])
     with contextlib.ExitStack() as stack:
         runners = [stack.enter_context(_ModelRunner(str(m), job, config.isolate)) for m in models]
-        partial = [runner.call(prepare_model, str(m), job) for runner, m in zip(runners, models, strict=True)]
-        timings: list[list[float]] = [[] for _ in models]
-        for queries in latency_rounds(job["texts"], config):
-            for runner, model, times in zip(runners, models, timings, strict=True):
-                times += runner.call(time_queries, str(model), queries, min(config.warmup, ROUND_WARMUP))
+        prepared = [runner.call(prepare_model, str(m), job) for runner, m in zip(runners, models, strict=True)]
+        queries = sample_queries(job["texts"], config.latency_samples, config.seed)
+        timers = {
+            i: partial(runner.call, time_queries, str(m))
+            for i, (runner, m) in enumerate(zip(runners, models, strict=True))
+        }
+        rounds = interleaved_latencies_ms(
+            timers, split_rounds(queries, config.rounds), min(config.warmup, ROUND_WARMUP)
+        )
         # peak RSS before any profiled session; the models stay loaded for the profiled pass
         finished = [
-            runner.call(finish_model, str(m), t, config.profile)
-            for runner, m, t in zip(runners, models, timings, strict=True)
+            runner.call(finish_model, str(m), flat(rounds[i]), config.profile)
+            for i, (runner, m) in enumerate(zip(runners, models, strict=True))
         ]
         if config.profile:  # after the timed latency (a profiler slows the model), over its first queries
-            queries = [query for chunk in latency_rounds(job["texts"], config) for query in chunk][:PROFILE_QUERIES]
-            for runner, model, result in zip(runners, models, partial, strict=True):
+            queries = queries[:PROFILE_QUERIES]
+            for runner, model, result in zip(runners, models, prepared, strict=True):
                 result["breakdown"] = runner.call(profile_model, str(model), queries)
         results = [
             {"model": name, "path": str(m), **result, **summary}
-            for name, m, result, summary in zip(names, models, partial, finished, strict=True)
+            for name, m, result, summary in zip(names, models, prepared, finished, strict=True)
         ]
     return {
         "environment": {**environment_info(threads), "threads_per_model": config.threads is None},
@@ -126,15 +140,7 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
     }
 
 
-ROUND_WARMUP = 5  # untimed calls at the start of each round (another model just had the caches)
 _LOADED: dict[str, Any] = {}  # predictors of the models this process benchmarks, by path
-
-
-def latency_rounds(texts: list[str], config: BenchmarkConfig) -> list[list[str]]:
-    """The batch-1 queries of each round: `latency_samples` real texts in a seeded order, split evenly."""
-    order = np.random.default_rng(config.seed).permutation(len(texts))
-    queries = [texts[i] for i in np.resize(order, config.latency_samples)]
-    return [list(chunk) for chunk in np.array_split(np.array(queries, dtype=object), config.rounds) if len(chunk)]
 
 
 def prepare_model(path: str, job: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Batch-1 latency: how long each query takes (timings and their summary), and where the time goes.
+"""Where batch-1 time goes (the timing itself is slimformer.timing).
 
 The breakdown is a profiled pass, run apart from the timed latency (a profiler slows the model down): every
 query is tokenized and run as `Predictor.predict` runs it, our clock around the tokenization and around the
@@ -23,57 +23,6 @@ from slimformer.errors import ModelError
 
 PROFILE_QUERIES = 200  # batch-1 queries of the profiled pass
 PROFILE_WARMUP = 10  # untimed calls first (the profiled session is a fresh one)
-# a warm-up lasts at least this long: after idling, these shared hosts run the first tens of ms of work slower
-WARMUP_MIN_S = 0.05
-# after its timed calls a model's thread pools keep spinning (ONNX Runtime's workers for ~40 ms on AMD EPYC): wait
-# until the process uses less than SETTLE_QUIET_S of CPU in a SETTLE_STEP_S window, at most SETTLE_LIMIT_S
-SETTLE_STEP_S, SETTLE_QUIET_S, SETTLE_LIMIT_S = 0.005, 0.0005, 0.5
-
-
-def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int) -> list[float]:
-    """Milliseconds of `predict([text])` for each query (tokenization included), after `warmup` untimed calls that
-    last at least WARMUP_MIN_S (none when `warmup` is 0). Then it waits until this process's thread pools have
-    stopped spinning (`wait_until_idle`), so that the next model timed side by side has the cores to itself."""
-    started, calls = time.perf_counter(), 0
-    while queries and warmup and (calls < warmup or time.perf_counter() - started < WARMUP_MIN_S):
-        predictor.predict([queries[calls % len(queries)]])
-        calls += 1
-    timings = []
-    for text in queries:
-        tick = time.perf_counter()
-        predictor.predict([text])
-        timings.append((time.perf_counter() - tick) * 1000)
-    wait_until_idle()
-    return timings
-
-
-def wait_until_idle() -> float:
-    """Sleep until this process has stopped using the CPU (its idle thread pools spinning), at most SETTLE_LIMIT_S;
-    returns the seconds waited. Measured side by side in turns, a 2-thread ONNX model timed while the previous
-    model's workers still spin gets a p95 of 4.5 ms instead of 0.7 (BENCHMARKS.md, "Threads and the timing harness")."""
-    started = time.perf_counter()
-    used = time.process_time()  # every thread of this process
-    while time.perf_counter() - started < SETTLE_LIMIT_S:
-        time.sleep(SETTLE_STEP_S)
-        now = time.process_time()
-        if now - used < SETTLE_QUIET_S:
-            break
-        used = now
-    return time.perf_counter() - started
-
-
-def latency_summary(timings_ms: list[float]) -> dict[str, float]:
-    """mean, std, p50, p95, p99 (milliseconds) and the number of timed calls."""
-    values = np.asarray(timings_ms, dtype=float)
-    percentiles = np.percentile(values, [50, 95, 99])
-    return {
-        "mean": round(float(values.mean()), 3),
-        "std": round(float(values.std()), 3),
-        "p50": round(float(percentiles[0]), 3),
-        "p95": round(float(percentiles[1]), 3),
-        "p99": round(float(percentiles[2]), 3),
-        "n": len(values),
-    }
 
 
 def profile_predictor(predictor: Any, queries: list[str], warmup: int = PROFILE_WARMUP) -> dict[str, Any]:

@@ -297,9 +297,10 @@ def _threads_measured_here(session: dict[str, Any]) -> dict[str, Any] | None:
 def _tune_threads(folder: Path, data: Any) -> dict[str, Any]:
     """Threads x spinning timed over validation queries (settings are chosen on validation, never on test)."""
     from slimformer.data import column
-    from slimformer.threads import sample_queries, tune_threads
+    from slimformer.threads import TUNE_QUERIES, tune_threads
+    from slimformer.timing import sample_queries
 
-    return tune_threads(folder, sample_queries(column(data.validation, "text")))
+    return tune_threads(folder, sample_queries(column(data.validation, "text"), TUNE_QUERIES))
 
 
 def _labels(model: Path) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import statistics
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -332,11 +331,11 @@ class _Objective:
 
 def measure_p50_ms(model_dir: str | Path, texts: list[str], max_length: int | None = None, warmup: int = 5) -> float:
     """Median batch-1 latency (ms) of a model folder over `texts`, after `warmup` untimed calls."""
-    from slimformer.benchmark import batch1_latencies_ms
     from slimformer.predictor import load
+    from slimformer.timing import batch1_latencies_ms, median_ms
 
     predictor = load(model_dir, max_length=max_length)
-    return round(statistics.median(batch1_latencies_ms(predictor, texts, warmup)), 3)
+    return median_ms(batch1_latencies_ms(predictor, texts, warmup))
 
 
 class _TrialPrinter:

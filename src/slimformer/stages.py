@@ -97,9 +97,10 @@ def run_stage(
         result = stage.build(source_path, folder, config, data, teacher_path, **extra)
         session = write_session(folder, result.session) if result.session is not None else None
         if result.session is not None and result.thread_queries and result.session.threads is None:
-            from slimformer.threads import sample_queries, tune_threads
+            from slimformer.threads import TUNE_QUERIES, tune_threads
+            from slimformer.timing import sample_queries
 
-            tune_threads(folder, sample_queries(list(result.thread_queries)))
+            tune_threads(folder, sample_queries(list(result.thread_queries), TUNE_QUERIES))
             session = saved_settings(folder)
         metrics = {"stage": name, **result.metrics}
         if session is not None:

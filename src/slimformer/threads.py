@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from slimformer.errors import ModelError
 
 TUNE_QUERIES = 200  # batch-1 queries timed at each setting
@@ -35,12 +33,6 @@ def thread_candidates(cores: int) -> list[int]:
     return sorted(counts)
 
 
-def sample_queries(texts: list[str], count: int = TUNE_QUERIES, seed: int = 0) -> list[str]:
-    """`count` of `texts` in a seeded order (repeated when there are fewer)."""
-    order = np.random.default_rng(seed).permutation(len(texts))
-    return [texts[i] for i in np.resize(order, count)] if len(texts) else []
-
-
 def tune_threads(
     folder: str | Path,
     queries: list[str],
@@ -55,7 +47,7 @@ def tune_threads(
     from slimformer.artifacts import write_json
     from slimformer.cpu import cpu_model, default_threads
     from slimformer.predictor import ONNX_FILE, SESSION_FILE, SPINNING_KEY, OnnxPredictor, saved_session
-    from slimformer.profiling import batch1_latencies_ms
+    from slimformer.timing import flat, interleaved_latencies_ms, median_ms, predictor_timer, split_rounds
 
     folder = Path(folder)
     if not (folder / ONNX_FILE).is_file():
@@ -66,16 +58,15 @@ def tune_threads(
         raise ModelError(f"max threads must be >= 1, got {max_threads}")
     cores = default_threads()
     settings = [(count, spin) for count in thread_candidates(max_threads or cores) for spin in (True, False)]
-    predictors = {
-        (count, spin): OnnxPredictor.from_file(folder / ONNX_FILE, folder, threads=count, spinning=spin)
+    timers = {
+        (count, spin): predictor_timer(
+            OnnxPredictor.from_file(folder / ONNX_FILE, folder, threads=count, spinning=spin)
+        )
         for count, spin in settings
     }
-    timings: dict[tuple[int, bool], list[float]] = {setting: [] for setting in settings}
-    for chunk in np.array_split(np.array(queries, dtype=object), max(1, min(rounds, len(queries)))):
-        for setting in settings:
-            timings[setting] += batch1_latencies_ms(predictors[setting], list(chunk), warmup)
+    timings = interleaved_latencies_ms(timers, split_rounds(queries, rounds), warmup)
     rows = [
-        {"threads": count, "spinning": spin, "p50_ms": round(float(np.median(timings[count, spin])), 4)}
+        {"threads": count, "spinning": spin, "p50_ms": median_ms(flat(timings[count, spin]))}
         for count, spin in settings
     ]
     best = min(rows, key=lambda row: row["p50_ms"])

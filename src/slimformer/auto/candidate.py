@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shutil
-import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from slimformer.auto.config import AutoConfig
 
+MEASURE_ROUNDS = 5  # turns the candidate and the teacher take over the latency queries
 SCREEN_EVAL_ROWS = 64  # validation rows the screening chain's stages score on (their accuracy is not used)
 
 
@@ -243,25 +243,34 @@ def _screen_data(data: Any) -> Any:
     return _SCREEN_DATA[data.fingerprint]
 
 
-def measure(folder: Path, texts: list[str], threads: int | None, reference: Any = None) -> dict[str, float]:
+def measure(folder: Path, texts: list[str], threads: int | None, reference: Any = None) -> dict[str, Any]:
     """Batch-1 p50 (ms, tokenization included) at `threads` over `texts`, and weight files in MB. With a
-    `reference` predictor (the teacher), the two take turns over five slices of `texts`, so background load
-    hits both alike, and its p50 from the same turns is returned as `reference_p50_ms`."""
+    `reference` predictor (the teacher), the two take turns over MEASURE_ROUNDS slices of `texts`
+    (slimformer.timing), so background load hits both alike: its p50 from the same turns is returned as
+    `reference_p50_ms`, and the speed-up as the median of the per-round ratios with a 90 % interval."""
     from slimformer.artifacts import weights_size_bytes
-    from slimformer.benchmark import batch1_latencies_ms
     from slimformer.predictor import load
+    from slimformer.timing import (
+        batch1_latencies_ms,
+        flat,
+        interleaved_latencies_ms,
+        median_ms,
+        predictor_timer,
+        speedup_interval,
+        split_rounds,
+    )
 
     predictor = load(folder, threads=threads)
     batch1_latencies_ms(predictor, texts[:10], warmup=0)
-    timings: list[float] = []
-    reference_timings: list[float] = []
-    rounds = 5 if reference is not None else 1
-    for index in range(rounds):
-        chunk = texts[index::rounds]
-        timings += batch1_latencies_ms(predictor, chunk, warmup=3)
-        if reference is not None:
-            reference_timings += batch1_latencies_ms(reference, chunk, warmup=3)
-    result = {"p50_ms": round(statistics.median(timings), 4), "size_mb": round(weights_size_bytes(folder) / 1e6, 3)}
+    timers = {"candidate": predictor_timer(predictor)}
     if reference is not None:
-        result["reference_p50_ms"] = round(statistics.median(reference_timings), 4)
+        timers["reference"] = predictor_timer(reference)
+    rounds = interleaved_latencies_ms(timers, split_rounds(texts, MEASURE_ROUNDS if reference else 1), warmup=3)
+    result: dict[str, Any] = {
+        "p50_ms": median_ms(flat(rounds["candidate"])),
+        "size_mb": round(weights_size_bytes(folder) / 1e6, 3),
+    }
+    if reference is not None:
+        result["reference_p50_ms"] = median_ms(flat(rounds["reference"]))
+        result["speedup_interval"] = speedup_interval(rounds["reference"], rounds["candidate"])
     return result

@@ -79,8 +79,9 @@ def tune_threads(
     from slimformer.data import column
     from slimformer.errors import ConfigError
     from slimformer.models import resolve_model_path
-    from slimformer.threads import print_sweep, sample_queries
+    from slimformer.threads import print_sweep
     from slimformer.threads import tune_threads as tune
+    from slimformer.timing import sample_queries
 
     if queries < 1:
         raise ConfigError(f"queries must be >= 1, got {queries}")

@@ -17,8 +17,6 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from slimformer.artifacts import StageResult
 from slimformer.onnx.runtime import parity
 
@@ -38,9 +36,9 @@ def weight_scales(config: Any) -> tuple[bool, ...]:
 def quantize_auto(job: Int8Job, folder: Path) -> StageResult:
     """Build every candidate, score and time them, write the kept one into `folder`; its metrics hold an
     ``auto`` block with each candidate's accuracy and latency, the CPU, the rule and the reason."""
-    from slimformer.benchmark import latency_summary
     from slimformer.cpu import cpu_model, default_threads, isa_summary
     from slimformer.onnx.quantize import AUTO_TOLERANCE_POINTS
+    from slimformer.timing import latency_summary
 
     config = job.config
     built = [job.build(method, per_channel) for per_channel in weight_scales(config) for method in AUTO_METHODS]
@@ -94,27 +92,28 @@ def score_candidate(job: Int8Job, graph: Int8Graph) -> dict[str, Any]:
 
 def interleaved_latency_ms(job: Int8Job, graphs: list[Int8Graph], threads: int) -> dict[str, list[float]]:
     """Batch-1 milliseconds of each graph (tokenization included) over the same validation queries, timed in
-    :data:`LATENCY_ROUNDS` rounds in which the graphs take turns."""
-    from slimformer.benchmark import ROUND_WARMUP, batch1_latencies_ms
+    :data:`LATENCY_ROUNDS` rounds in which the graphs take turns (slimformer.timing)."""
     from slimformer.predictor import OnnxPredictor
+    from slimformer.timing import (
+        batch1_latencies_ms,
+        flat,
+        interleaved_latencies_ms,
+        predictor_timer,
+        sample_queries,
+        split_rounds,
+    )
 
     config = job.config
     predictors = {
         graph.name: OnnxPredictor.from_file(graph.path, job.fp32_dir, threads=threads, max_length=config.max_length)
         for graph in graphs
     }
-    texts = job.evaluation.texts
-    order = np.random.default_rng(config.seed).permutation(len(texts))
-    queries = [texts[i] for i in np.resize(order, config.latency_samples)]
+    queries = sample_queries(job.evaluation.texts, config.latency_samples, config.seed)
     for predictor in predictors.values():
         batch1_latencies_ms(predictor, queries[:LATENCY_WARMUP], warmup=0)
-    names = list(predictors)
-    timings: dict[str, list[float]] = {name: [] for name in names}
-    for round_index, chunk in enumerate(np.array_split(np.array(queries, dtype=object), LATENCY_ROUNDS)):
-        first = round_index % len(names)
-        for name in names[first:] + names[:first]:
-            timings[name] += batch1_latencies_ms(predictors[name], list(chunk), ROUND_WARMUP)
-    return timings
+    timers = {name: predictor_timer(predictor) for name, predictor in predictors.items()}
+    rounds = interleaved_latencies_ms(timers, split_rounds(queries, LATENCY_ROUNDS))
+    return {name: flat(times) for name, times in rounds.items()}
 
 
 def choose(candidates: dict[str, dict[str, Any]], tolerance: float) -> tuple[str, str]:

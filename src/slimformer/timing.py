@@ -1,0 +1,143 @@
+"""Batch-1 timing, written once: every latency in slimformer (benchmark, thread tuning, the INT8 pick, `auto`'s
+screen and trials, the search's latency objective) and in `benchmarks/` is timed here.
+
+- **Queries**: real texts in a seeded order (:func:`sample_queries`), split into rounds (:func:`split_rounds`).
+- **One call**: ``predict([text])``, tokenization included, after a warm-up of at least WARMUP_MIN_S; afterwards
+  the process waits until its thread pools stop spinning, so the next model timed has the cores to itself
+  (:func:`batch1_latencies_ms`).
+- **Side by side**: the models take turns round by round, the first of each round rotating
+  (:func:`interleaved_latencies_ms`), so background load that comes and goes hits them alike.
+- **Summaries**: medians and percentiles (:func:`latency_summary`); a speed-up as the median of per-round ratios
+  with a bootstrap interval over rounds (:func:`speedup_interval`), which a loaded machine widens instead of
+  biasing.
+
+The sessions themselves are configured in one place too: :func:`slimformer.predictor.session_options`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+# a warm-up lasts at least this long: after idling, these shared hosts run the first tens of ms of work slower
+WARMUP_MIN_S = 0.05
+# after its timed calls a model's thread pools keep spinning (ONNX Runtime's workers for ~40 ms on AMD EPYC): wait
+# until the process uses less than SETTLE_QUIET_S of CPU in a SETTLE_STEP_S window, at most SETTLE_LIMIT_S
+SETTLE_STEP_S, SETTLE_QUIET_S, SETTLE_LIMIT_S = 0.005, 0.0005, 0.5
+ROUND_WARMUP = 5  # untimed calls at the start of each turn (another model just had the caches)
+
+RoundTimer = Callable[[list[str], int], list[float]]  # (queries, warmup) -> milliseconds per query
+
+
+def sample_queries(texts: list[str], count: int, seed: int = 0) -> list[str]:
+    """`count` of `texts` in a seeded order (repeated when there are fewer)."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    return [texts[i] for i in np.resize(order, count)] if len(texts) else []
+
+
+def split_rounds(queries: list[str], rounds: int) -> list[list[str]]:
+    """`queries` cut into `rounds` consecutive slices of (nearly) equal length, none empty."""
+    chunks = np.array_split(np.array(queries, dtype=object), max(1, min(rounds, len(queries))))
+    return [list(chunk) for chunk in chunks if len(chunk)]
+
+
+def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int) -> list[float]:
+    """Milliseconds of `predict([text])` for each query (tokenization included), after `warmup` untimed calls that
+    last at least WARMUP_MIN_S (none when `warmup` is 0). Then it waits until this process's thread pools have
+    stopped spinning (`wait_until_idle`), so that the next model timed side by side has the cores to itself."""
+    started, calls = time.perf_counter(), 0
+    while queries and warmup and (calls < warmup or time.perf_counter() - started < WARMUP_MIN_S):
+        predictor.predict([queries[calls % len(queries)]])
+        calls += 1
+    timings = []
+    for text in queries:
+        tick = time.perf_counter()
+        predictor.predict([text])
+        timings.append((time.perf_counter() - tick) * 1000)
+    wait_until_idle()
+    return timings
+
+
+def wait_until_idle() -> float:
+    """Sleep until this process has stopped using the CPU (its idle thread pools spinning), at most SETTLE_LIMIT_S;
+    returns the seconds waited. Measured side by side in turns, a 2-thread ONNX model timed while the previous
+    model's workers still spin gets a p95 of 4.5 ms instead of 0.7 (BENCHMARKS.md, "Threads and the timing harness")."""
+    started = time.perf_counter()
+    used = time.process_time()  # every thread of this process
+    while time.perf_counter() - started < SETTLE_LIMIT_S:
+        time.sleep(SETTLE_STEP_S)
+        now = time.process_time()
+        if now - used < SETTLE_QUIET_S:
+            break
+        used = now
+    return time.perf_counter() - started
+
+
+def predictor_timer(predictor: Any) -> RoundTimer:
+    """A :data:`RoundTimer` for a predictor loaded in this process."""
+    return lambda queries, warmup: batch1_latencies_ms(predictor, queries, warmup)
+
+
+def interleaved_latencies_ms(
+    timers: dict[Any, RoundTimer], rounds: list[list[str]], warmup: int = ROUND_WARMUP
+) -> dict[Any, list[list[float]]]:
+    """Each timer's milliseconds per query, round by round: in every round each model times that round's queries
+    in turn (a warm-up of `warmup` calls first), the model going first rotating from round to round."""
+    names = list(timers)
+    timings: dict[Any, list[list[float]]] = {name: [] for name in names}
+    for index, queries in enumerate(rounds):
+        first = index % len(names)
+        for name in names[first:] + names[:first]:
+            timings[name].append(timers[name](queries, warmup))
+    return timings
+
+
+def flat(rounds: list[list[float]]) -> list[float]:
+    """Every timing of every round in one list."""
+    return [value for times in rounds for value in times]
+
+
+def median_ms(timings: list[float]) -> float:
+    """The median of `timings`, rounded to 0.1 µs."""
+    return round(float(np.median(timings)), 4)
+
+
+def latency_summary(timings_ms: list[float]) -> dict[str, float]:
+    """mean, std, p50, p95, p99 (milliseconds) and the number of timed calls."""
+    values = np.asarray(timings_ms, dtype=float)
+    percentiles = np.percentile(values, [50, 95, 99])
+    return {
+        "mean": round(float(values.mean()), 3),
+        "std": round(float(values.std()), 3),
+        "p50": round(float(percentiles[0]), 3),
+        "p95": round(float(percentiles[1]), 3),
+        "p99": round(float(percentiles[2]), 3),
+        "n": len(values),
+    }
+
+
+def speedup_interval(
+    reference: list[list[float]], candidate: list[list[float]], confidence: float = 0.9, seed: int = 0
+) -> dict[str, float]:
+    """How many times faster `candidate` is than `reference`, from rounds timed side by side: the median of the
+    per-round ratios of their medians, and a two-sided `confidence` bootstrap interval over the rounds. Load
+    that comes and goes slows both alike within a round, so it widens the interval rather than moving it."""
+    ratios = np.array(
+        [np.median(ref) / np.median(cand) for ref, cand in zip(reference, candidate, strict=True) if ref and cand]
+    )
+    if not len(ratios):
+        raise ValueError("no round has timings of both models")
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(2000, len(ratios)), replace=True), axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return {
+        "speedup": round(float(np.median(ratios)), 3),
+        "low": round(float(low), 3),
+        "high": round(float(high), 3),
+        "rounds": len(ratios),
+        "confidence": confidence,
+    }
