@@ -189,8 +189,8 @@ def test_epochs_cap_and_default_trial() -> None:
     from slimformer.search import SearchConfig, _default_params
 
     config = SearchConfig(student_layers=3, max_epochs=3)
-    assert config.epoch_bounds == (3, 3)
-    assert _default_params(config) == {"num_train_epochs": 3, "alpha": 0.5, "temperature": 2, "learning_rate": 1e-4}
+    assert config.epoch_bounds == (2, 3)
+    assert _default_params(config) == {"epochs": 3, "alpha": 0.5, "temperature": 2.0, "learning_rate": 1e-4}
     assert SearchConfig(student_layers=3, epochs_range=(2, 6), max_epochs=4).epoch_bounds == (2, 4)
 
 

@@ -1,11 +1,13 @@
 """Hyper-parameter search for distillation with Optuna: alpha, temperature, epochs and learning rate.
 
-One trial is one :func:`slimformer.distill.distill` run. TPE proposes the parameters (seeded), a median
-pruner stops a trial whose per-epoch validation accuracy falls below the median of earlier trials at the same
-epoch, and the study lives in a storage URL (an SQLite file in the output folder by default; any URL optuna
-understands, e.g. postgresql://..., is passed straight through). The study name is derived from the teacher,
-the data fingerprint, the student and the objective, so re-running the same command resumes the study and
-only runs the trials still missing to reach `trials`. Every trial reads the teacher's logits from the cache.
+One trial is one :func:`slimformer.distill.distill` run, in the study `slimformer auto` uses too: one opener,
+one search space and one handler for trials a killed run left (slimformer.studies); `search` is its fixed-shape
+case. TPE proposes the parameters (seeded), a median pruner stops a trial whose per-epoch validation accuracy
+falls below the median of earlier trials at the same epoch, and the study lives in a storage URL (an SQLite file
+in the output folder by default; any URL optuna understands, e.g. postgresql://..., is passed straight through).
+The study name is derived from the teacher, the data fingerprint, the student and the objective, so re-running
+the same command resumes the study and only runs the trials still missing to reach `trials`. Every trial reads
+the teacher's logits from the cache.
 
 Which model ends in `best_model/`: each trial trains into `trials/trial-N/`; after every trial only the
 folders of the best trial (single objective) or of the Pareto front (accuracy,latency) are kept, the others
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,14 +26,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from slimformer.artifacts import StageResult
 from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
 from slimformer.errors import ConfigError
-from slimformer.search_results import (
-    BASELINE_ATTR,
-    BEST_MODEL_FOLDER,
-    TRIALS_FOLDER,
-    KeepBestTrialFolders,
-    write_results,
-)
-from slimformer.storage import printable_url, rdb_storage, trial_count
+from slimformer.search_results import BEST_MODEL_FOLDER, TRIALS_FOLDER, KeepBestTrialFolders, write_results
+from slimformer.storage import printable_url
+from slimformer.studies import BASELINE_ATTR, DistillRanges, fail_stale_trials, requeue_abandoned
 
 if TYPE_CHECKING:
     import optuna
@@ -43,7 +39,7 @@ OBJECTIVES = ("accuracy", "accuracy,latency")
 
 
 @dataclass
-class SearchConfig(StageConfig):
+class SearchConfig(DistillRanges, StageConfig):
     """Options of `slimformer search`; ranges are (low, high), inclusive."""
 
     accepts_teacher: ClassVar[bool] = True
@@ -55,11 +51,8 @@ class SearchConfig(StageConfig):
     student: str | None = option(None, "Student checkpoint folder or 'default' ...")
     student_layers: int | None = option(None, "... or K evenly spaced teacher layers ...")
     layers_choices: tuple[int, ...] | None = option(None, "... or search K among these (makes latency differ)")
-    epochs_range: tuple[int, int] = option((5, 10), "The book's num_train_epochs range.")
+    # the distillation ranges (epochs, alpha, temperature, learning rate) are auto's: DistillRanges
     max_epochs: int | None = option(None, "Cap on epochs (so a search fits a time budget)")
-    alpha_range: tuple[float, float] = option((0.0, 1.0), "The book's range.")
-    temperature_range: tuple[int, int] = option((2, 20), "The book's range (integers)")
-    learning_rate_range: tuple[float, float] = option((1e-5, 1e-3), "Sampled on a log scale.")
     startup_trials: int = option(4, "Random trials before TPE models the results (optuna's 10 suits long studies)")
     enqueue_defaults: bool = option(True, "Run the default alpha/T once, unpruned (the baseline).")
     pruner_startup_trials: int = option(2, "Trials that finish before the median pruner stops anything.")
@@ -90,16 +83,9 @@ class SearchConfig(StageConfig):
             raise ConfigError(f"trials must be >= 1, got {self.trials}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("epochs_range", "alpha_range", "temperature_range", "learning_rate_range"):
-            low, high = getattr(self, name)
-            if low > high:
-                raise ConfigError(f"{name.replace('_', ' ')} is empty: {low} > {high}")
-        if self.epochs_range[0] < 1 or (self.max_epochs is not None and self.max_epochs < 1):
-            raise ConfigError("epochs must be >= 1")
-        if self.alpha_range[0] < 0 or self.alpha_range[1] > 1:
-            raise ConfigError(f"alpha range must lie in [0, 1], got {self.alpha_range}")
-        if self.temperature_range[0] <= 0 or self.learning_rate_range[0] <= 0:
-            raise ConfigError("temperature and learning rate ranges must be > 0")
+        self.validate_ranges()
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ConfigError(f"max epochs must be >= 1, got {self.max_epochs}")
 
     @property
     def epoch_bounds(self) -> tuple[int, int]:
@@ -187,48 +173,25 @@ def _study_name(teacher_hash: str, data_fingerprint: str, config: SearchConfig) 
 
 
 def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optuna.Study:
-    import optuna
+    """The study, opened as `auto` opens its own (slimformer.studies); a killed run's trials are run again."""
+    from slimformer.studies import open_study
 
-    storage = rdb_storage(storage_url)
-    pruner = optuna.pruners.MedianPruner(
-        # steps are 1-based epochs; the pruner leaves alone steps below n_warmup_steps
-        n_startup_trials=config.pruner_startup_trials,
-        n_warmup_steps=config.pruner_warmup_epochs + 1,
+    study = open_study(
+        storage_url,
+        study_name,
+        seed=config.seed,
+        directions=("maximize", "minimize") if config.multi_objective else ("maximize",),
+        metric_names=("validation_accuracy", "p50_ms") if config.multi_objective else ("validation_accuracy",),
+        startup_trials=config.startup_trials,
+        pruner_startup_trials=config.pruner_startup_trials,
+        pruner_warmup_epochs=config.pruner_warmup_epochs,
     )
-    directions = ["maximize", "minimize"] if config.multi_objective else ["maximize"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
-        sampler = optuna.samplers.TPESampler(
-            seed=config.seed + trial_count(storage, study_name),
-            n_startup_trials=config.startup_trials,
-            multivariate=True,
-            warn_independent_sampling=False,
-        )
-        study = optuna.create_study(
-            storage=storage,
-            study_name=study_name,
-            sampler=sampler,
-            pruner=pruner,
-            directions=directions,
-            load_if_exists=True,
-        )
-        study.set_metric_names(["validation_accuracy", "p50_ms"][: len(directions)])
-    if [d.name.lower() for d in study.directions] != directions:
-        raise ConfigError(f"study {study_name} exists with other objectives; give another --study-name")
-    if config.storage is None:
-        _fail_stale_trials(study, storage)
+    if config.storage is None:  # the default SQLite file: no other process works on it
+        if requeued := requeue_abandoned(study):
+            _say(f"{requeued} trial(s) left running by a killed run: failed and queued again")
+    else:
+        fail_stale_trials(study)  # a shared server: only trials whose worker stopped beating
     return study
-
-
-def _fail_stale_trials(study: optuna.Study, storage: Any) -> None:
-    """Mark trials left RUNNING by a killed process as FAIL. Only for the default SQLite file, which one
-    process uses at a time; a shared server storage may hold other workers' live trials."""
-    from optuna.trial import TrialState
-
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -244,9 +207,9 @@ def _default_params(config: SearchConfig) -> dict[str, Any]:
     defaults = DistillConfig()
     low, high = config.epoch_bounds
     params = {
-        "num_train_epochs": int(_clip(defaults.epochs, (low, high))),
+        "epochs": int(_clip(defaults.epochs, (low, high))),
         "alpha": _clip(defaults.alpha, config.alpha_range),
-        "temperature": int(_clip(defaults.temperature, config.temperature_range)),
+        "temperature": _clip(defaults.temperature, config.temperature_range),
         "learning_rate": _clip(defaults.learning_rate, config.learning_rate_range),
     }
     if config.layers_choices is not None:
@@ -259,14 +222,11 @@ def _clip(value: float, bounds: tuple[float, float]) -> float:
 
 
 def suggest_params(trial: optuna.Trial, config: SearchConfig) -> dict[str, Any]:
-    """The search space: the book's num_train_epochs, alpha and temperature, plus the learning rate."""
-    low, high = config.epoch_bounds
-    params = {
-        "num_train_epochs": trial.suggest_int("num_train_epochs", low, high),
-        "alpha": trial.suggest_float("alpha", *config.alpha_range),
-        "temperature": trial.suggest_int("temperature", *config.temperature_range),
-        "learning_rate": trial.suggest_float("learning_rate", *config.learning_rate_range, log=True),
-    }
+    """The search space: `auto`'s distillation space (the book's num_train_epochs, alpha and temperature, plus
+    the learning rate) for a fixed student shape, or one of `layers_choices`."""
+    from slimformer.studies import suggest_distillation
+
+    params = suggest_distillation(trial, config, config.epoch_bounds)
     if config.layers_choices is not None:
         params["student_layers"] = trial.suggest_categorical("student_layers", list(config.layers_choices))
     return params
@@ -281,7 +241,7 @@ def _distill_config(params: dict[str, Any], config: SearchConfig) -> Any:
         student_layers=layers,
         alpha=params["alpha"],
         temperature=float(params["temperature"]),
-        epochs=float(params["num_train_epochs"]),
+        epochs=float(params["epochs"]),
         learning_rate=params["learning_rate"],
         batch_size=config.batch_size,
         max_length=config.max_length,

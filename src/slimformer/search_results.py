@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
 from slimformer.errors import SlimformerError
 from slimformer.storage import printable_url
+from slimformer.studies import BASELINE_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 TRIALS_FOLDER = "trials"
 BEST_MODEL_FOLDER = "best_model"
-BASELINE_ATTR = "baseline"  # user attribute of the enqueued default-parameter trial
 
 
 def best_trials(study: optuna.Study, config: SearchConfig) -> list[optuna.trial.FrozenTrial]:

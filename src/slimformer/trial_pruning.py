@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from slimformer.search import BASELINE_ATTR
+from slimformer.studies import BASELINE_ATTR
 
 if TYPE_CHECKING:
     import optuna

@@ -69,11 +69,10 @@ def suggest_shape(trial: Any, config: AutoConfig, teacher_layers: int, cores: in
 
 def suggest_training(trial: Any, config: AutoConfig) -> Training:
     """The training part of the search space."""
+    from slimformer.studies import suggest_distillation
+
     return Training(
-        epochs=trial.suggest_int("epochs", *config.epochs_range),
-        alpha=trial.suggest_float("alpha", *config.alpha_range),
-        temperature=trial.suggest_float("temperature", *config.temperature_range),
-        learning_rate=trial.suggest_float("learning_rate", *config.learning_rate_range, log=True),
+        **suggest_distillation(trial, config),
         attention_weight=trial.suggest_categorical("attention_weight", list(config.attention_weights)),
         hidden_weight=trial.suggest_categorical("hidden_weight", list(config.hidden_weights)),
         augment=trial.suggest_categorical("augment", list(config.augment_choices)),

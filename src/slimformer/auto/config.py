@@ -10,13 +10,14 @@ from typing import ClassVar
 
 from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError
+from slimformer.studies import DistillRanges
 
 QUANTIZATION_CHOICES = ("dynamic", "static")
 QUICK_TRIALS = 3
 
 
 @dataclass
-class AutoConfig(StageConfig):
+class AutoConfig(DistillRanges, StageConfig):
     """A budget, an accuracy tolerance and the space `slimformer auto` searches to meet them."""
 
     # the budget: give exactly one
@@ -54,10 +55,7 @@ class AutoConfig(StageConfig):
     threads: tuple[int, ...] | None = option(
         None, "Intra-op thread counts searched (default: 1 .. cores); one fixes it."
     )
-    epochs_range: tuple[int, int] = option((2, 6), "Distillation epochs (inclusive range).")
-    alpha_range: tuple[float, float] = option((0.2, 0.9), "Weight of the hard-label loss.")
-    temperature_range: tuple[float, float] = option((2.0, 12.0), "Distillation temperature.")
-    learning_rate_range: tuple[float, float] = option((5e-5, 5e-4), "Peak learning rate (log scale).")
+    # the distillation ranges (epochs, alpha, temperature, learning rate) come from DistillRanges
     attention_weights: tuple[float, ...] = option((0.0,), "MiniLMv2 attention-relation loss weights tried (0 = off).")
     hidden_weights: tuple[float, ...] = option((0.0,), "Hidden-state loss weights tried (0 = off).")
     augment_choices: tuple[str, ...] = option(
@@ -127,12 +125,7 @@ class AutoConfig(StageConfig):
             raise ConfigError(f"quantization must be among {', '.join(QUANTIZATION_CHOICES)}")
         if self.threads is not None and (not self.threads or min(self.threads) < 1):
             raise ConfigError("threads must be >= 1")
-        for name in ("epochs_range", "alpha_range", "temperature_range", "learning_rate_range"):
-            low, high = getattr(self, name)
-            if low > high or low < 0:
-                raise ConfigError(f"{name.replace('_', ' ')} must be a range low <= high, got ({low}, {high})")
-        if self.epochs_range[0] < 1 or self.alpha_range[1] > 1 or self.learning_rate_range[0] <= 0:
-            raise ConfigError("epochs must be >= 1, alpha <= 1 and the learning rate > 0")
+        self.validate_ranges()
         if self.screen_margin < 1:
             raise ConfigError(f"screen margin must be >= 1, got {self.screen_margin}")
 

@@ -38,8 +38,9 @@ class DataSpec:
 def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, quick: bool = False) -> dict[str, Any]:
     """Search the compression space for the most accurate model within `config`'s budget. Returns auto.json."""
     from slimformer.artifacts import check_output_dir
-    from slimformer.auto.study import open_study, requeue_abandoned
+    from slimformer.auto.study import open_study
     from slimformer.storage import printable_url
+    from slimformer.studies import BASELINE_ATTR, requeue_abandoned
 
     config = config.quick() if quick else config
     config.validate()
@@ -57,7 +58,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     if config.storage is None and not study.get_trials(deepcopy=False):
         # a new study starts from the packaged recipe's choices; only with the default storage, where this
         # command is the only writer (processes joining a shared study at once could each enqueue it)
-        study.enqueue_trial(recipe_params(config), user_attrs={"baseline": "the packaged recipe's choices"})
+        study.enqueue_trial(recipe_params(config), user_attrs={BASELINE_ATTR: "the packaged recipe's choices"})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     if config.workers == 1:
         _work(teacher, splits, work, config, url, name, 0)

@@ -19,13 +19,13 @@ import json
 import os
 import socket
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.candidate import StageCache, build_chain, measure, suggest_shape, suggest_training
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import SlimformerError
+from slimformer.studies import fail_stale_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -46,34 +46,11 @@ MAX_FAILED_IN_A_ROW = 3
 
 
 def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) -> optuna.Study:
-    """Create or join the study `name` in the RDB storage `url` (heartbeats on, dead workers' trials retried).
-    The sampler's seed is `config.seed + seed_offset` plus the trials the study already holds."""
-    import optuna
+    """Create or join the study `name` in the RDB storage `url` (slimformer.studies: heartbeats on, dead
+    workers' trials retried). The sampler's seed is `config.seed + seed_offset` plus the trials it holds."""
+    from slimformer.studies import open_study as open_shared_study
 
-    from slimformer.storage import rdb_storage, trial_count
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is printed instead
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
-    storage = rdb_storage(
-        url,
-        heartbeat_interval=config.heartbeat_seconds,
-        grace_period=3 * config.heartbeat_seconds,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=config.seed + seed_offset + trial_count(storage, name),
-            n_startup_trials=4,
-            multivariate=True,
-            group=True,
-            constant_liar=True,
-        )
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-        study = optuna.create_study(
-            storage=storage, study_name=name, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
-        )
-    return study
+    return open_shared_study(url, name, seed=config.seed + seed_offset, heartbeat_seconds=config.heartbeat_seconds)
 
 
 def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
@@ -88,19 +65,6 @@ def trained(trial: optuna.trial.FrozenTrial) -> bool:
     from optuna.trial import TrialState
 
     return trial.state == TrialState.COMPLETE or (trial.state == TrialState.PRUNED and SCREENED not in trial.user_attrs)
-
-
-def requeue_abandoned(study: optuna.Study) -> int:
-    """Fail trials left RUNNING by a killed process and queue their parameters again. Only safe when no other
-    process can be working on the study (the default SQLite file, before this run's workers start)."""
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in abandoned:
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-    return len(abandoned)
 
 
 class Reference:
@@ -219,14 +183,11 @@ class Objective:
 
 def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, say: Any) -> None:
     """Run trials until the study holds `config.trials` trained ones (or time / screening runs out)."""
-    import optuna
     from optuna.trial import TrialState
 
     deadline = time.monotonic() + 60 * config.time_budget if config.time_budget else None
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, re-queued by the retry callback
+        fail_stale_trials(study)  # a dead worker's trial: FAIL, re-queued by the retry callback
         trials = study.get_trials(deepcopy=False)
         done = sum(trained(t) for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
