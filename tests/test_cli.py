@@ -82,3 +82,40 @@ def test_help_lists_every_registered_stage(capsys):
     assert code == 0
     missing = [name for name in [*STAGES, "benchmark", "serve", "run", "auto"] if f" {name} " not in out]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("command", "config_path"),
+    [
+        ("benchmark", "slimformer.benchmark:BenchmarkConfig"),
+        ("tune-threads", "slimformer.threads:ThreadTuneConfig"),
+        ("serve", "slimformer.serve.config:ServeConfig"),
+        ("auto", "slimformer.auto.config:AutoConfig"),
+        ("distill", "slimformer.distill:DistillConfig"),
+    ],
+)
+def test_every_config_field_is_an_option_with_its_default_and_help(command: str, config_path: str) -> None:
+    """A command's options are generated from its config: each field (but a secret) is one option, with the
+    field's default and help text, so the two cannot drift apart."""
+    import dataclasses
+    import importlib
+
+    import typer
+
+    from slimformer.cli import build_app
+
+    module, name = config_path.split(":")
+    config_class = getattr(importlib.import_module(module), name)
+    click_command = typer.main.get_command(build_app()).commands[command]
+    options = {param.name: param for param in click_command.params}
+    for field in dataclasses.fields(config_class):
+        if field.metadata.get("cli") is False:
+            assert field.name not in options  # the API key never travels on a command line
+            continue
+        option = options[field.name]
+
+        def as_tuple(value):
+            return tuple(value) if isinstance(value, (list, tuple)) else value
+
+        assert as_tuple(option.default) == as_tuple(field.default), field.name
+        assert option.help == field.metadata["help"], field.name

@@ -54,13 +54,13 @@ class BenchmarkConfig(StageConfig):
     """Options of `slimformer benchmark`."""
 
     threads: int | None = option(
-        None, "Intra-op threads for every model (default: each its session.json's, else all cores)"
+        None, "Intra-op threads for every model (default: each its session.json's, else all cores)."
     )
     max_samples: int | None = option(None, "Evaluation rows used for accuracy and throughput (default: all)")
     latency_samples: int = option(1000, "Batch-1 queries timed, drawn from the evaluation split.")
     warmup: int = option(20, "Untimed batch-1 calls before timing.")
     batch_size: int = option(32, "Batch size of the throughput / accuracy pass.")
-    split: str = "test"
+    split: str = option("test", "Split to evaluate on.")
     seed: int = option(0, "Order in which queries are drawn.")
     isolate: bool = option(True, "Run each model in a fresh process (honest peak RSS, clean thread state)")
     rounds: int = option(5, "Latency is timed in this many interleaved rounds (models take turns each round)")

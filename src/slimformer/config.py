@@ -17,10 +17,15 @@ from slimformer.errors import ConfigError
 QUICK_MAX_EPOCHS = 1.0  # --quick: cap on every training stage's epochs
 
 
-def option(default: Any, help: str, *, flag: str | None = None) -> Any:
-    """A config field with its help text (and, rarely, a CLI flag name other than --field-name)."""
-    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
-    return dataclasses.field(default=default, metadata=metadata)
+def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True, repr: bool = True) -> Any:
+    """A config field with its help text (and, rarely, a CLI flag name other than --field-name, or `cli=False`
+    for a field no command line should carry, such as a secret)."""
+    metadata: dict[str, Any] = {"help": help}
+    if flag is not None:
+        metadata["flag"] = flag
+    if not cli:
+        metadata["cli"] = False
+    return dataclasses.field(default=default, metadata=metadata, repr=repr)
 
 
 @dataclasses.dataclass

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slimformer.errors import ModelError
+from slimformer.config import option
+from slimformer.errors import ConfigError, ModelError
 
 TUNE_QUERIES = 200  # batch-1 queries timed at each setting
 TUNE_ROUNDS = 4  # interleaved rounds (the settings take turns)
@@ -24,6 +26,23 @@ TUNE_WARMUP = 5  # untimed calls at the start of each setting's turn
 EVERY_COUNT_UP_TO = 8  # thread counts tried one by one; above, powers of two and the core count
 # the ONNX stages' `threads` option (the stage envelope tunes them when it is None: stages.run_stage)
 THREADS_HELP = "Intra-op threads saved in session.json (None: the fastest of 1..N x spinning, timed on this CPU)"
+
+
+@dataclass
+class ThreadTuneConfig:
+    """Options of `slimformer tune-threads`."""
+
+    split: str = option("test", "Split the queries are drawn from.")
+    queries: int = option(TUNE_QUERIES, "Batch-1 queries timed at each setting.")
+    max_threads: int | None = option(None, "Most intra-op threads tried (default: every core).")
+    rounds: int = option(TUNE_ROUNDS, "Interleaved rounds (the settings take turns).")
+    seed: int = option(0, "Order in which queries are drawn.")
+
+    def validate(self) -> None:
+        if self.queries < 1 or self.rounds < 1:
+            raise ConfigError(f"queries and rounds must be >= 1, got {self.queries} and {self.rounds}")
+        if self.max_threads is not None and self.max_threads < 1:
+            raise ConfigError(f"max threads must be >= 1, got {self.max_threads}")
 
 
 def thread_candidates(cores: int) -> list[int]:

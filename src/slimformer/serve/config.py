@@ -1,10 +1,11 @@
-"""`ServeConfig`: the options of `slimformer serve`, validated in one place."""
+"""`ServeConfig`: the options of `slimformer serve` (its CLI is generated from these fields), validated in one place."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from slimformer.config import option
 from slimformer.errors import ConfigError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -14,26 +15,35 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 class ServeConfig:
     """Options of `slimformer serve`: where to listen, input limits, micro-batching, threads and the API key."""
 
-    host: str = "127.0.0.1"  # interface to bind (loopback by default: put a proxy in front for the network)
-    port: int = 8000  # TCP port
-    workers: int = 1  # uvicorn worker processes, each with its own copy of the model
-    max_texts_per_request: int = 64  # a request with more texts is rejected (422)
-    max_chars_per_text: int = 10_000  # hard safety bound (422 beyond it); below it long texts are truncated
-    max_body_bytes: int = 1_048_576  # request bodies larger than this are rejected (413) before parsing
-    max_batch_size: int = 32  # most texts the predictor sees in one call
-    max_wait_ms: float = 2.0  # how long a batch waits for more requests, once requests arrive together
-    max_pending_texts: int = 4096  # queued texts beyond which new requests get 503 (back-pressure)
-    inline_lone_requests: bool = True  # run a lone request on the event loop: no thread hop when idle
-    threads: int | None = None  # predictor intra-op threads (default: (available cores - 1) / workers)
-    max_length: int | None = None  # model max tokens (default: the folder's session.json, else 128)
-    top_k: int = 0  # top-k list returned when a request does not ask (0: none)
-    max_top_k: int = 20  # largest top_k a request may ask for
-    log_level: str = "warning"  # uvicorn log level; access logs are off (they cost throughput)
-    # with a key, /predict (and /metrics unless open_metrics) need `Authorization: Bearer <key>`
-    api_key: str | None = field(default=None, repr=False)
-    open_metrics: bool = False  # serve /metrics without the key (for a scraper inside a trusted network)
-    insecure: bool = False  # allow a non-loopback bind without an API key
-    graceful_timeout_s: float = 30.0  # on SIGTERM, how long in-flight requests may take before they are cut
+    host: str = option("127.0.0.1", "Interface to bind; loopback by default (put a proxy in front for the network).")
+    port: int = option(8000, "TCP port.")
+    workers: int = option(1, "Worker processes, each with its own copy of the model.")
+    threads: int | None = option(
+        None, "Predictor threads per worker (default: the folder's tuned count, else (cores - 1) / workers)."
+    )
+    max_batch_size: int = option(32, "Most texts the predictor sees in one call.")
+    max_wait_ms: float = option(2.0, "How long a micro-batch waits for more requests, once requests arrive together.")
+    max_texts_per_request: int = option(64, "Most texts in one request (more: 422).", flag="--max-texts")
+    max_chars_per_text: int = option(
+        10_000,
+        "Longest text accepted (longer: 422; below it, texts over max tokens are truncated).",
+        flag="--max-chars",
+    )
+    max_body_bytes: int = option(1_048_576, "Largest request body (larger: 413, before parsing).")
+    max_pending_texts: int = option(4096, "Queued texts beyond which new requests get 503 (back-pressure).")
+    inline_lone_requests: bool = option(True, "Run a lone request on the event loop: no thread hop when idle.")
+    max_length: int | None = option(None, "Model max tokens (default: the folder's session.json, else 128).")
+    top_k: int = option(0, "Top-k labels returned when a request does not ask (0: none).")
+    max_top_k: int = option(20, "Largest top_k a request may ask for.")
+    log_level: str = option("warning", "uvicorn log level; access logs are off (they cost throughput).")
+    # with a key, /predict (and /metrics unless open_metrics) need `Authorization: Bearer <key>`; never a CLI
+    # option (it would show in the process list): --api-key-file or $SLIMFORMER_API_KEY
+    api_key: str | None = option(None, "The API key.", cli=False, repr=False)
+    open_metrics: bool = option(False, "Serve /metrics without the API key (for a trusted scraper).")
+    insecure: bool = option(False, "Allow a non-loopback --host without an API key.")
+    graceful_timeout_s: float = option(
+        30.0, "Seconds in-flight requests get to finish on SIGTERM.", flag="--graceful-timeout"
+    )
 
     def validate(self) -> None:
         """Raise ConfigError for settings that cannot work."""
