@@ -1,6 +1,7 @@
 """Trials per hour of one `slimformer auto` study run by 1 worker and by 2 workers sharing a PostgreSQL study.
 
-Starts a throwaway PostgreSQL cluster (tests/pg_cluster.py), then runs the same small study twice, each from
+Starts a throwaway PostgreSQL cluster (`Cluster` below: initdb and pg_ctl from Debian's `postgresql` package,
+run as an unprivileged user when this runs as root), then runs the same small study twice, each from
 scratch (its own study name and work folder, so both do the same work): once with `--workers 1`, once with
 `--workers 2`. Prints and writes JSON with wall seconds, trained trials and trials per hour, and the CPU.
 
@@ -12,16 +13,68 @@ The default study: 1,500 training and 400 evaluation rows, 1 epoch a trial, a bu
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.pg_cluster import Cluster
+class Cluster:
+    """A started PostgreSQL cluster in `root` (its own data directory, socket and free loopback port, no fsync);
+    `url` is a SQLAlchemy URL of its `postgres` database (psycopg 3, the extra 'distributed'); `stop()` ends it."""
+
+    def __init__(self, root: Path) -> None:
+        found = shutil.which("initdb")
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+        if not found and not versions:
+            raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+        self.binaries = Path(found).parent if found else Path(versions[-1]).parent
+        # the server refuses to run as root: then it runs as `postgres` (Debian's) or `nobody`
+        self.user = None if os.geteuid() else next((u for u in ("postgres",) if _user_exists(u)), "nobody")
+        self.data, sockets = root / "data", root / "socket"
+        sockets.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            for path in (root, sockets):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+            for parent in root.parents:  # the server user must reach its folder
+                if parent in (Path("/tmp"), Path("/")):
+                    break
+                parent.chmod(parent.stat().st_mode | 0o011)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        role = self.user or pwd.getpwuid(os.geteuid()).pw_name
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", role, "--no-sync")
+        options = f"-k {sockets} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(root / "server.log"), "-o", options, "-w", "start")
+        self.url = f"postgresql://{role}@127.0.0.1:{port}/postgres"
+
+    def _run(self, program: str, *arguments: str, check: bool = True) -> None:
+        command = [str(self.binaries / program), *arguments]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if check and done.returncode:
+            raise SystemExit(f"{program}: {(done.stderr or done.stdout).strip()[-500:]}")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop", check=False)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def run_study(model: str, url: str, workers: int, trials: int, root: Path, extra: list[str]) -> dict:

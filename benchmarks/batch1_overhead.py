@@ -50,10 +50,10 @@ def session7_predict(predictor: Any, text: str) -> tuple[list[str], list[float]]
     return full_softmax_labels(predictor, predictor.logits_from_inputs(encoder.padded_arrays(encodings)))
 
 
-def parts(predictor: Any, texts: list[str]) -> dict[str, Callable[[int], Any]]:
-    """Each part as a function of the query's index."""
+def parts(predictor: Any, texts: list[str]) -> dict[str, Callable[[str], Any]]:
+    """Each part as a function of the query's text."""
     session, encoder = predictor.session, predictor.encoder
-    inputs = [encoder.encode([text])[0] for text in texts]
+    inputs = {text: encoder.encode([text])[0] for text in texts}
     ticks = []
     for text in texts:
         tick = time.perf_counter()
@@ -61,41 +61,52 @@ def parts(predictor: Any, texts: list[str]) -> dict[str, Callable[[int], Any]]:
         ticks.append(time.perf_counter() - tick)
     tokenizing = statistics.median(ticks)
 
-    def busy_wait_then_run(i: int) -> Any:
+    def busy_wait_then_run(text: str) -> Any:
         tick = time.perf_counter()
         while time.perf_counter() - tick < tokenizing:
             pass
-        return session.run(None, inputs[i])
+        return session.run(None, inputs[text])
 
     return {
-        "session.run (inputs ready)": lambda i: session.run(None, inputs[i]),
-        "tokenization": lambda i: encoder.encode([texts[i]]),
-        "tokenization, then session.run": lambda i: (encoder.encode([texts[i]]), session.run(None, inputs[i])),
+        "session.run (inputs ready)": lambda text: session.run(None, inputs[text]),
+        "tokenization": lambda text: encoder.encode([text]),
+        "tokenization, then session.run": lambda text: (encoder.encode([text]), session.run(None, inputs[text])),
         "busy-wait as long, then session.run": busy_wait_then_run,
-        "predict_logits": lambda i: predictor.predict_logits([texts[i]]),
-        "predict (label + probability)": lambda i: predictor.predict([texts[i]]),
-        "predict_logits + full softmax": lambda i: full_softmax_labels(predictor, predictor.predict_logits([texts[i]])),
-        "session 7's predict": lambda i: session7_predict(predictor, texts[i]),
+        "predict_logits": lambda text: predictor.predict_logits([text]),
+        "predict (label + probability)": lambda text: predictor.predict([text]),
+        "predict_logits + full softmax": lambda text: full_softmax_labels(predictor, predictor.predict_logits([text])),
+        "session 7's predict": lambda text: session7_predict(predictor, text),
     }
 
 
-def time_parts(timed: dict[str, Callable[[int], Any]], count: int, rounds: int) -> dict[str, list[float]]:
-    """Median ms of each part in each round (5 untimed calls first in every round)."""
-    names = list(timed)
-    medians: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            run = timed[name]
-            for i in range(5):
-                run(i)
-            ticks = []
-            for i in range(count):
-                tick = time.perf_counter()
-                run(i)
-                ticks.append((time.perf_counter() - tick) * 1000)
-            medians[name].append(statistics.median(ticks))
-    return medians
+def part_timer(part: Callable[[str], Any]) -> Callable[[list[str], int], list[float]]:
+    """A slimformer.timing RoundTimer for one part: `warmup` untimed calls, then each query timed, then the wait
+    for idle thread pools. Its own loop because most parts are not a `predict([text])` call (session.run alone,
+    the tokenizer alone, ...); `predict` goes through it too, so that every part is timed alike."""
+    from slimformer.timing import wait_until_idle
+
+    def timer(queries: list[str], warmup: int) -> list[float]:
+        for i in range(warmup):
+            part(queries[i % len(queries)])
+        ticks = []
+        for text in queries:
+            tick = time.perf_counter()
+            part(text)
+            ticks.append((time.perf_counter() - tick) * 1000)
+        wait_until_idle()
+        return ticks
+
+    return timer
+
+
+def time_parts(timed: dict[str, Callable[[str], Any]], queries: list[str], rounds: int) -> dict[str, list[float]]:
+    """Median ms of each part in each round: every round, each part times every query in turn (the first part
+    rotating; 5 untimed calls first)."""
+    from slimformer.timing import interleaved_latencies_ms
+
+    timers = {name: part_timer(part) for name, part in timed.items()}
+    by_round = interleaved_latencies_ms(timers, [queries] * rounds, warmup=5)
+    return {name: [statistics.median(times) for times in timings] for name, timings in by_round.items()}
 
 
 def main() -> None:
@@ -111,12 +122,11 @@ def main() -> None:
     from slimformer.cpu import cpu_model
     from slimformer.data import column, load_data
     from slimformer.predictor import load
+    from slimformer.timing import sample_queries
 
-    texts = column(load_data(args.data).validation, "text")
-    order = np.random.default_rng(0).permutation(len(texts))[: args.queries]
-    queries = [texts[i] for i in order]
+    queries = sample_queries(column(load_data(args.data).validation, "text"), args.queries)
     predictor = load(args.model, threads=args.threads)
-    medians = time_parts(parts(predictor, queries), len(queries), args.rounds)
+    medians = time_parts(parts(predictor, queries), queries, args.rounds)
     result = {
         "model": args.model,
         "cpu": cpu_model(),

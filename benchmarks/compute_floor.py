@@ -93,6 +93,7 @@ class GemmKernel:
 
     def gmacs(self, seconds: float = 0.25) -> float:
         """GMAC/s of the median call over about `seconds` of calls."""
+        # its own loop, not slimformer.timing: a kernel's peak, session.run on a fixed feed with no text
         timings = []
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline or len(timings) < 5:
@@ -113,14 +114,15 @@ def _shapes(model: Any, tokens: int, wanted: set[str]) -> dict[str, list[int]]:
     import onnxruntime as ort
     from onnx import helper
 
+    from slimformer.predictor import session_options
+
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
     probe = type(model)()
     probe.CopyFrom(model)
     present = {output.name for output in probe.graph.output}
     for name in sorted(wanted - set(shapes) - present):
         probe.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options = session_options(1, graph_optimization_level="disable")  # the graph as it is, every tensor kept
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     types = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
     feed = {i.name: np.ones((1, tokens), dtype=types.get(i.type, np.int64)) for i in session.get_inputs()}
@@ -217,7 +219,9 @@ def median_tokens(predictor: Any, texts: list[str]) -> int:
 
 def time_round(predictor: Any, queries: list[str]) -> tuple[list[float], list[float]]:
     """Milliseconds of `predict_logits([text])` for each query (after 10 untimed calls to re-warm the caches), and
-    of its tokenization alone (`tokenize([text])`), which is part of the latency but not of the floor."""
+    of its tokenization alone (`tokenize([text])`), which is part of the latency but not of the floor. Its own
+    loop, not slimformer.timing's `predict`: the logits alone (no label step) against the floor, and the
+    tokenization timed apart; the rounds interleave with the GEMM peaks (see `run`)."""
     for text in queries[:10]:
         predictor.predict_logits([text])
     timings, tokenizing = [], []
@@ -238,12 +242,11 @@ def run(folders: list[str], threads: int, data_name: str, queries: int, rounds: 
     from slimformer import predictor as predictors
     from slimformer.benchmark import environment_info
     from slimformer.data import column, load_data
-    from slimformer.profiling import wait_until_idle
+    from slimformer.timing import sample_queries, wait_until_idle
 
     data = load_data(data_name)
     validation = column(data.validation, "text")
-    order = np.random.default_rng(seed).permutation(len(validation))[:queries]
-    sample = [validation[i] for i in order]
+    sample = sample_queries(validation, queries, seed)
 
     thread_counts = sorted({threads, 1}, reverse=True)
     kinds = ("matmul_integer", "dynamic_quantize_matmul", "fp32_matmul")

@@ -14,16 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from test_families import HEADLESS, RECIPES, build_config, build_tokenizer  # noqa: E402
 
 BASE_SHAPES: dict[str, dict[str, Any]] = {
     "bert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072, "num_hidden_layers": 12},
@@ -36,38 +30,123 @@ BASE_SHAPES: dict[str, dict[str, Any]] = {
     "albert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072, "num_hidden_layers": 12},
     "modernbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 1152, "num_hidden_layers": 22},
 }
+# each family's kind of tokenizer: (model: wordpiece | bpe | unigram, special tokens, [CLS] a [SEP] or <s> a </s>)
+WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+TOKENIZERS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "bert": ("wordpiece", WORDPIECE_SPECIALS, "bert"),
+    "distilbert": ("wordpiece", WORDPIECE_SPECIALS, "bert"),
+    "electra": ("wordpiece", WORDPIECE_SPECIALS, "bert"),
+    "mpnet": ("wordpiece", ROBERTA_SPECIALS, "roberta"),
+    "roberta": ("bpe", ROBERTA_SPECIALS, "roberta"),
+    "modernbert": ("bpe", WORDPIECE_SPECIALS, "bert"),
+    "xlm-roberta": ("unigram", ROBERTA_SPECIALS, "roberta"),
+    "deberta-v2": ("unigram", ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"), "bert"),
+    "albert": ("unigram", ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"), "bert"),
+}
+
+
+def build_tokenizer(family: str, texts: list[str]) -> Any:
+    """A fast tokenizer of the family's kind (WordPiece, byte-level BPE or Unigram) trained on `texts` in
+    milliseconds: a few hundred tokens, enough for the graphs' shapes (latency does not depend on the vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    kind, specials, pair_style = TOKENIZERS[family]
+    unk = next(s for s in specials if "unk" in s.lower())
+    if kind == "wordpiece":
+        backend = Tokenizer(models.WordPiece(unk_token=unk))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=list(specials))
+    elif kind == "bpe":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(specials), initial_alphabet=alphabet)
+    else:
+        backend = Tokenizer(models.Unigram())
+        backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=list(specials), unk_token=unk)
+    backend.train_from_iterator(texts, trainer)
+    if pair_style == "roberta":
+        cls, sep, pad, mask = "<s>", "</s>", "<pad>", "<mask>"
+    else:
+        cls, sep, pad, mask = "[CLS]", "[SEP]", specials[0], "[MASK]"
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep, mask_token=mask
+    )
+    tokenizer.model_max_length = 64
+    return tokenizer
+
+
+def base_config(family: str, tokenizer: Any, labels: list[str]) -> Any:
+    """The family's config at its base size (BASE_SHAPES), numbering the labels in dataset order."""
+    from transformers import AutoConfig
+
+    settings: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+        "max_position_embeddings": 128 if family == "distilbert" else 130,
+        **BASE_SHAPES[family],
+    }
+    if family == "electra":
+        settings["embedding_size"] = 768
+    elif family == "albert":
+        settings.update(embedding_size=128, num_hidden_groups=1, inner_group_num=1)
+    elif family == "deberta-v2":  # DeBERTa-v3's relative attention, no absolute positions
+        settings.update(
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            position_buckets=32,
+            max_relative_positions=-1,
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            type_vocab_size=0,
+        )
+    elif family == "modernbert":
+        settings.update(global_attn_every_n_layers=3, local_attention=16)
+        settings.update(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+    return AutoConfig.for_model(family, **settings)
 
 
 def build_base_classifier(folder: Path, family: str, texts: list[str], labels: list[str]) -> Path:
+    """A random-weight classifier of `family` at its base size, saved with its tokenizer to `folder`."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    recipe = RECIPES[family]
-    tokenizer = build_tokenizer(recipe, texts)
-    settings = build_config(recipe, tokenizer, labels).to_dict()
-    settings.update(BASE_SHAPES[family])
-    if family == "albert":
-        settings["embedding_size"] = 128
-    if family == "electra":
-        settings["embedding_size"] = 768
-    # the tiny config's derived widths (DeBERTa's pooler_hidden_size) must follow the base hidden size
-    for key in ("model_type", "transformers_version", "architectures", "layer_types", "pooler_hidden_size"):
-        settings.pop(key, None)
+    tokenizer = build_tokenizer(family, texts)
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(family, **settings))
+    model = AutoModelForSequenceClassification.from_config(base_config(family, tokenizer, labels))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def latency_ms(onnx_dir: Path, texts: list[str], threads: int, repeats: int) -> float:
-    """Median per-query latency (batch 1) of an ONNX folder's model.onnx."""
+    """Median per-query latency (batch 1) of an ONNX folder's model.onnx. Its own loop, not slimformer.timing:
+    session.run on inputs tokenized beforehand, because this tokenizer is a toy one trained here (its time would
+    not be the family's)."""
     import onnxruntime as ort
 
     from slimformer.models import load_tokenizer
+    from slimformer.predictor import session_options
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = session_options(threads)
     session = ort.InferenceSession(str(onnx_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     tokenizer = load_tokenizer(onnx_dir)
@@ -84,12 +163,14 @@ def latency_ms(onnx_dir: Path, texts: list[str], threads: int, repeats: int) -> 
 
 
 def measure(family: str, root: Path, data: Any, threads: int, repeats: int) -> dict[str, Any]:
+    from slimformer.data import column
+    from slimformer.families import family_for_model_type
     from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
     from slimformer.prune.stage import PruneConfig, prune
 
-    texts = list(data.validation["text"])[:16]
-    teacher = build_base_classifier(root / "teacher", family, list(data.train["text"]), data.labels)
-    heads = 0.0 if family in HEADLESS else 0.5
+    texts = column(data.validation, "text")[:16]
+    teacher = build_base_classifier(root / "teacher", family, column(data.train, "text"), data.labels)
+    heads = 0.0 if family_for_model_type(family).head_pruning else 0.5  # MPNet: FFN neurons only
     pruning = PruneConfig(method="structured", heads_fraction=heads, ffn_fraction=0.5, epochs=0, max_length=64)
     prune(teacher, root / "pruned", pruning, data)
     result: dict[str, Any] = {"family": family, "heads_removed": heads, "ffn_removed": 0.5}

@@ -69,6 +69,8 @@ def operator_table(runs: int = 2000) -> list[dict[str, Any]]:
     """Median microseconds of one session.run of each form, per shape and thread count."""
     import onnxruntime as ort
 
+    from slimformer.predictor import session_options
+
     rows = []
     rng = np.random.default_rng(0)
     for threads in (1, 2):
@@ -76,13 +78,13 @@ def operator_table(runs: int = 2000) -> list[dict[str, Any]]:
             x = rng.standard_normal((batch, tokens, HIDDEN)).astype(np.float32)
             row: dict[str, Any] = {"threads": threads, "shape": f"{batch} x {tokens} x {HIDDEN}"}
             for name, fused in (("SkipLayerNormalization", True), ("Add + Add + LayerNormalization", False)):
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads
+                options = session_options(threads)
                 options.log_severity_level = 3
                 session = ort.InferenceSession(_layer_norm_graph(fused), options, providers=["CPUExecutionProvider"])
                 feed = {"x": x, "skip": x}
                 for _ in range(100):
                     session.run(None, feed)
+                # its own loop, not slimformer.timing: one operator's session.run on a fixed feed, no text
                 timings = []
                 for _ in range(runs):
                     tick = time.perf_counter()
@@ -109,16 +111,14 @@ def build_variants(export_dir: Path, work: Path, threads: int, data: Any) -> dic
 
 
 def time_variants(folders: dict[str, Path], texts: list[str], threads: int, rounds: int) -> dict[str, list[float]]:
-    """Batch-1 milliseconds of every variant, the variants taking turns over `rounds` slices of `texts`."""
+    """Batch-1 milliseconds of every variant, the variants taking turns over `rounds` slices of `texts` (the
+    first one rotating)."""
     from slimformer.predictor import load
-    from slimformer.profiling import batch1_latencies_ms
+    from slimformer.timing import flat, interleaved_latencies_ms, predictor_timer, split_rounds
 
-    predictors = {name: load(folder, threads=threads) for name, folder in folders.items()}
-    timings: dict[str, list[float]] = {name: [] for name in folders}
-    for chunk in np.array_split(np.array(texts, dtype=object), rounds):
-        for name, predictor in predictors.items():
-            timings[name] += batch1_latencies_ms(predictor, list(chunk), 5)
-    return timings
+    timers = {name: predictor_timer(load(folder, threads=threads)) for name, folder in folders.items()}
+    by_round = interleaved_latencies_ms(timers, split_rounds(texts, rounds))
+    return {name: flat(timings) for name, timings in by_round.items()}
 
 
 def main() -> None:
@@ -136,10 +136,11 @@ def main() -> None:
     from slimformer.data import column, load_data
     from slimformer.evaluation import score_logits
     from slimformer.predictor import load
+    from slimformer.timing import sample_queries
 
     data = load_data(args.data)
     texts = column(data.validation, "text")
-    queries = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[: args.queries]]
+    queries = sample_queries(texts, args.queries)
     operators = operator_table()
     folders = build_variants(args.export, args.work, args.threads, data)
     timings = time_variants(folders, queries, args.threads, args.rounds)

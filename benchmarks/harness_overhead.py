@@ -15,7 +15,8 @@ import numpy as np
 
 
 def plain_loop_p50(model_dir: str, texts: list[str], threads: int, warmup: int) -> float:
-    """p50 (ms) of the simplest honest loop: tokenizer + model forward, nothing else."""
+    """p50 (ms) of the simplest honest loop: tokenizer + model forward, nothing else. Its own loop on purpose: it
+    is the baseline that slimformer.timing (through `slimformer benchmark`) is compared against."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -44,11 +45,10 @@ def main() -> None:
 
     from slimformer.benchmark import BenchmarkConfig, benchmark_models
     from slimformer.data import column, load_data
+    from slimformer.timing import sample_queries
 
     data = load_data(args.data)
-    texts = column(data.test, "text")
-    order = np.random.default_rng(0).permutation(len(texts))[: args.samples]
-    queries = [texts[i] for i in order]
+    queries = sample_queries(column(data.test, "text"), args.samples)  # the queries `benchmark` draws (seed 0)
 
     plain = plain_loop_p50(args.model, queries, args.threads, args.warmup)
     config = BenchmarkConfig(threads=args.threads, latency_samples=args.samples, warmup=args.warmup)

@@ -207,16 +207,17 @@ def session9_pairs() -> dict[str, dict[str, bytes]]:
 
 
 def time_pairs(pairs: dict[str, dict[str, bytes]], threads: int, calls: int, rounds: int) -> dict[str, Any]:
-    """{experiment: {variant: median µs}} at `threads`, the variants of an experiment interleaved by rounds."""
+    """{experiment: {variant: median µs}} at `threads`, the variants of an experiment interleaved by rounds. Its
+    own loop, not slimformer.timing: session.run of one operator on a fixed random feed, no text or tokenizer."""
     import onnxruntime as ort
+
+    from slimformer.predictor import session_options
 
     results: dict[str, Any] = {}
     for experiment, variants in pairs.items():
         sessions = {}
         for name, blob in variants.items():
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(blob, session_options(threads), providers=["CPUExecutionProvider"])
             feed = {}
             for graph_input in session.get_inputs():
                 shape = [1 if not isinstance(d, int) else d for d in graph_input.shape]

@@ -27,7 +27,6 @@ import http.client
 import json
 import os
 import platform
-import random
 import shutil
 import signal
 import socket
@@ -87,10 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_texts(spec: str, split: str, seed: int) -> list[str]:
     """The split's texts, shuffled with `seed`."""
     from slimformer.data import column, load_data
+    from slimformer.timing import sample_queries
 
     texts = column(load_data(spec).split(split), "text")
-    random.Random(seed).shuffle(texts)
-    return texts
+    return sample_queries(texts, len(texts), seed)
 
 
 def cycle(texts: list[str], count: int, offset: int = 0) -> list[str]:
@@ -98,7 +97,8 @@ def cycle(texts: list[str], count: int, offset: int = 0) -> list[str]:
 
 
 def latency_summary(latencies_s: list[float]) -> dict[str, float]:
-    """Mean and percentiles in milliseconds."""
+    """Mean and percentiles in milliseconds. Its own, not slimformer.timing's: HTTP request latencies in seconds,
+    a phase may have none (every request failed), and the report's keys are `*_ms`."""
     if not latencies_s:
         return {"mean_ms": float("nan"), "p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
     ms = np.asarray(latencies_s) * 1000.0
@@ -122,13 +122,10 @@ class DirectPredictor:
         self.predictor = load(model, threads=threads)  # max_length capped at the model's limit, as the server's
 
     def time_single(self, texts: list[str]) -> list[float]:
-        """Seconds of each `predictor.predict([text])` call."""
-        latencies = []
-        for text in texts:
-            started = time.perf_counter()
-            self.predictor.predict([text])
-            latencies.append(time.perf_counter() - started)
-        return latencies
+        """Seconds of each `predictor.predict([text])` call (slimformer.timing's batch-1 loop, no warm-up)."""
+        from slimformer.timing import batch1_latencies_ms
+
+        return [ms / 1000 for ms in batch1_latencies_ms(self.predictor, texts, warmup=0)]
 
     def batched_throughput(self, texts: list[str], batch_size: int) -> dict[str, Any]:
         """Texts per second when the predictor is given `batch_size` texts per call."""
@@ -160,6 +157,7 @@ class SequentialClient:
         raise NotImplementedError
 
     def send(self, texts: list[str]) -> dict[str, Any]:
+        # its own loop, not slimformer.timing: HTTP requests to the server, timed client-side, errors counted
         latencies: list[float] = []
         errors: dict[str, int] = {}
         started = time.perf_counter()
@@ -309,7 +307,8 @@ async def wait_ready(client: Any, server: subprocess.Popen, timeout: float, log_
 
 
 async def send_all(client: Any, texts: list[str], concurrency: int, timeout: float) -> dict[str, Any]:
-    """Send one single-text request per text, `concurrency` at a time; latencies of the successful ones."""
+    """Send one single-text request per text, `concurrency` at a time; latencies of the successful ones (HTTP
+    requests in flight together: nothing slimformer.timing's batch-1 loop could time)."""
     import httpx
 
     latencies: list[float] = []
@@ -406,6 +405,8 @@ async def measure(args: argparse.Namespace, texts: list[str], log_path: Path) ->
                 f"direct calls ({args.direct_calls}) interleaved with sequential requests "
                 f"({args.sequential_requests}) in {ROUNDS} rounds"
             )
+            # its own rounds, not slimformer.timing's interleaving: the HTTP phases report errors and throughput
+            # as well as latencies, and the direct calls and the requests may number differently per round
             direct_latencies: list[float] = []
             sequential: list[dict[str, Any]] = []
             light, raw = HttpClientConnection(port, args.timeout), RawSocketConnection(port, args.timeout)

@@ -27,7 +27,7 @@ from slimformer.cpu import cpu_model, default_threads
 from slimformer.data import column, load_data
 from slimformer.evaluation import score_logits
 from slimformer.predictor import load
-from slimformer.timing import batch1_latencies_ms, sample_queries
+from slimformer.timing import flat, interleaved_latencies_ms, predictor_timer, sample_queries, split_rounds
 
 
 class TfidfLogistic:
@@ -89,9 +89,9 @@ def main() -> None:
             if model is tfidf
             else round(weights_size_bytes(args.teacher if name.startswith("teacher") else model.path) / 1e6, 2)
         )
-    for chunk in np.array_split(np.array(queries, dtype=object), args.rounds):
-        for name, model in models.items():
-            rows[name]["timings"] += batch1_latencies_ms(model, list(chunk), warmup=20)
+    timers = {name: predictor_timer(model) for name, model in models.items()}
+    for name, timings in interleaved_latencies_ms(timers, split_rounds(queries, args.rounds), warmup=20).items():
+        rows[name]["timings"] = flat(timings)
     if args.peers_python:
         rows["model2vec (same teacher) + logistic regression"] = model2vec_row(args, data, queries, test_labels)
     teacher_p50 = statistics.median(rows["teacher (PyTorch fp32)"]["timings"])

@@ -78,27 +78,30 @@ def time_variants(
     job: Any, graphs: dict[str, Path], queries: list[str], threads: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
     """Batch-1 latency of each graph over the same queries, in interleaved rounds (first graph rotating)."""
-    from slimformer.benchmark import ROUND_WARMUP, batch1_latencies_ms, latency_summary
     from slimformer.predictor import OnnxPredictor
+    from slimformer.timing import (
+        batch1_latencies_ms,
+        flat,
+        interleaved_latencies_ms,
+        latency_summary,
+        predictor_timer,
+        split_rounds,
+    )
 
     predictors = {
         name: OnnxPredictor.from_file(path, job.fp32_dir, threads=threads, max_length=job.config.max_length)
         for name, path in graphs.items()
     }
-    for predictor in predictors.values():
+    for predictor in predictors.values():  # an untimed first pass: every session's first calls are slow
         batch1_latencies_ms(predictor, queries[:30], warmup=0)
-    names = list(predictors)
-    timings: dict[str, list[float]] = {name: [] for name in names}
-    round_p50s: dict[str, list[float]] = {name: [] for name in names}
-    for index, chunk in enumerate(np.array_split(np.array(queries, dtype=object), rounds)):
-        first = index % len(names)
-        for name in names[first:] + names[:first]:
-            times = batch1_latencies_ms(predictors[name], list(chunk), ROUND_WARMUP)
-            timings[name] += times
-            round_p50s[name].append(float(np.median(times)))
+    timers = {name: predictor_timer(predictor) for name, predictor in predictors.items()}
+    timings = interleaved_latencies_ms(timers, split_rounds(queries, rounds))
     return {
-        name: {**latency_summary(timings[name]), "median_round_p50": round(float(np.median(round_p50s[name])), 3)}
-        for name in names
+        name: {
+            **latency_summary(flat(by_round)),
+            "median_round_p50": round(float(np.median([np.median(times) for times in by_round])), 3),
+        }
+        for name, by_round in timings.items()
     }
 
 
@@ -107,12 +110,11 @@ def benchmark_folder(folder: Path, data: Any, args: argparse.Namespace) -> dict[
     from slimformer.models import resolve_max_length
     from slimformer.onnx.ort_quantize import Int8Job
     from slimformer.onnx.quantize import QuantizeConfig
+    from slimformer.timing import sample_queries
 
     max_length = resolve_max_length(folder, None)
     config = QuantizeConfig(method="static", threads=1, max_length=max_length)  # threads of the scoring pass
-    test = column(data.test, "text")
-    order = np.random.default_rng(0).permutation(len(test))
-    queries = [test[i] for i in np.resize(order, args.queries)]
+    queries = sample_queries(column(data.test, "text"), args.queries)
     with tempfile.TemporaryDirectory(prefix="static-vs-dynamic-") as work:
         job = Int8Job(folder, Path(work), config, data)
         graphs = build_variants(job, Path(work), args.variants)

@@ -30,19 +30,20 @@ _LOADED: dict[str, Any] = {}
 def load_model(folder: str, threads: int, queries: list[str]) -> None:
     """In the worker: the predictor at `threads`, warmed up."""
     from slimformer.predictor import load
+    from slimformer.timing import batch1_latencies_ms
 
     _LOADED["predictor"] = load(folder, threads=threads, spinning=True)
     _LOADED["queries"] = queries
-    for text in queries[:20]:
-        _LOADED["predictor"].predict([text])
+    batch1_latencies_ms(_LOADED["predictor"], queries[:20], warmup=0)  # an untimed first pass
 
 
 def block_p50_ms() -> float:
     """In the worker: p50 (ms) of one block of batch-1 calls, timed as `slimformer benchmark` times a turn (a
-    warm-up of at least 5 calls and 50 ms first; the block ends once the thread pool has stopped spinning)."""
-    from slimformer.profiling import batch1_latencies_ms
+    warm-up of ROUND_WARMUP calls and WARMUP_MIN_S first; the block ends once the thread pool has stopped
+    spinning)."""
+    from slimformer.timing import ROUND_WARMUP, batch1_latencies_ms
 
-    return statistics.median(batch1_latencies_ms(_LOADED["predictor"], _LOADED["queries"], warmup=5))
+    return statistics.median(batch1_latencies_ms(_LOADED["predictor"], _LOADED["queries"], ROUND_WARMUP))
 
 
 def main() -> None:
@@ -59,9 +60,9 @@ def main() -> None:
 
     from slimformer.cpu import cpu_model
     from slimformer.data import column, load_data
+    from slimformer.timing import sample_queries
 
-    texts = column(load_data(args.data).validation, "text")
-    queries = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[: args.block]]
+    queries = sample_queries(column(load_data(args.data).validation, "text"), args.block)
     context = multiprocessing.get_context("spawn")
     settings = (1, args.threads)
     workers = {n: concurrent.futures.ProcessPoolExecutor(1, mp_context=context) for n in settings}
@@ -70,6 +71,8 @@ def main() -> None:
     blocks: dict[int, list[float]] = {n: [] for n in settings}
     end = time.time() + args.seconds
     with open(args.jsonl, "w") if args.jsonl else contextlib.nullcontext() as out:
+        # its own rounds, not interleaved_latencies_ms: they go on until --seconds have passed (drift over time),
+        # each setting's block timed in a process of its own
         while time.time() < end:
             row: dict[str, Any] = {"time": round(time.time(), 1)}
             for threads, worker in workers.items():

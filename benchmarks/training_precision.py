@@ -45,6 +45,7 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
 
+    # its own loop, not slimformer.timing: a training step (forward, backward, AdamW), not a batch-1 prediction
     timings: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for _ in range(args.rounds):
         for name in timings:

@@ -37,6 +37,7 @@ def main() -> None:
     head = LogisticRegression(max_iter=2000, C=10.0)
     head.fit(model.encode(splits["train"]["text"]), splits["train"]["label"])
     predictions = head.predict(model.encode(splits["test"]["text"])).tolist()
+    # its own batch-1 loop, not slimformer.timing's: this runs in .venv-peers, which has no slimformer
     for text in splits["queries"][:50]:
         head.predict(model.encode([text]))
     timings = []

@@ -14,10 +14,11 @@ side (issue #15). Run from the repository root with the main venv (`make bench-p
    Then the teacher in two other runtimes' INT8 (build.py runtimes): OpenVINO + NNCF (static, calibrated on
    `--calibration` training texts) and CTranslate2, with their top-1 agreement with the fp32 teacher.
 4. Every model gets its own timer process (timer.py, run by its venv's python), all loaded at once. Each round
-   walks the same real validation queries in blocks of `--block`, and every timer in turn (the order rotated
-   from block to block) times the block: batch 1, tokenization included, the same thread count. Latency: median
-   and p90 over all rounds. A speed-up is also taken per block (one p50 over the other within the block), then
-   its median.
+   walks the same real validation queries (slimformer.timing.sample_queries) in blocks of about `--block`, and
+   every timer in turn (slimformer.timing.interleaved_latencies_ms: the first rotated from block to block) times
+   the block: batch 1, tokenization included, the same thread count. Latency: median and p90 over all rounds. A
+   speed-up is also taken per block (one p50 over the other within the block), then its median and a 90%
+   bootstrap interval over blocks (slimformer.timing.speedup_interval).
 
 Writes WORK/peers.json and WORK/peers.md (the markdown table).
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 import subprocess
 import sys
 import time
@@ -215,25 +216,36 @@ class Timer:
 
 
 def time_side_by_side(
-    models: list[Model], queries: Path, threads: int, rounds: int, warmup: int, block: int, count: int
+    models: list[Model], queries_file: Path, queries: list[str], threads: int, rounds: int, warmup: int, block: int
 ) -> None:
-    """Fill each model's `blocks` with timed blocks: every round walks the queries in blocks of `block`, and each
-    block is timed by every model in turn (the order rotated from block to block), so that the models see the same
-    machine load within a block. `blocks` ends up with one list of timings per (round, block)."""
-    timers = [Timer(model, queries, threads) for model in models]
+    """Fill each model's `blocks` with timed blocks: every round walks the queries in blocks of about `block`, and
+    each block is timed by every model in turn (slimformer.timing's interleaving: the first model rotating from
+    block to block), so that the models see the same machine load within a block. `blocks` ends up with one list
+    of timings per (round, block)."""
+    from slimformer.timing import interleaved_latencies_ms, split_rounds
+
+    timers = [Timer(model, queries_file, threads) for model in models]
+    blocks = split_rounds(queries, math.ceil(len(queries) / block))
+    turns = {"done": 0}
+
+    def block_timer(timer: Timer) -> Any:
+        def time_block(texts: list[str], block_warmup: int) -> list[float]:
+            timer.ask(f"warmup {block_warmup}")  # re-warm the caches the other processes used
+            timings = timer.ask("time " + json.dumps(texts))["ms"]
+            turns["done"] += 1
+            if turns["done"] % (len(timers) * len(blocks)) == 0:
+                print(f"round {turns['done'] // (len(timers) * len(blocks))}/{rounds} done", flush=True)
+            return timings
+
+        return time_block
+
     try:
         for timer in timers:
             timer.model.info = timer.ask(None)["info"]  # its "ready" line
             timer.ask(f"warmup {warmup}")
-        turn = 0
-        for round_index in range(rounds):
-            for start in range(0, count, block):
-                shift = turn % len(timers)
-                for timer in timers[shift:] + timers[:shift]:
-                    timer.ask("warmup 10")  # re-warm the caches the other processes used
-                    timer.model.blocks.append(timer.ask(f"time {start} {min(start + block, count)}")["ms"])
-                turn += 1
-            print(f"round {round_index + 1}/{rounds} done", flush=True)
+        by_model = interleaved_latencies_ms({i: block_timer(t) for i, t in enumerate(timers)}, blocks * rounds, 10)
+        for index, timer in enumerate(timers):
+            timer.model.blocks = by_model[index]
     finally:
         for timer in timers:
             timer.close()
@@ -248,6 +260,8 @@ def per_block_ratio(slower: Model, faster: Model) -> list[float]:
 
 
 def summarise(models: list[Model]) -> list[dict[str, Any]]:
+    from slimformer.timing import speedup_interval
+
     reference = models[0]  # slimformer's INT8 in its own predictor
     reference_p50 = float(np.percentile(reference.timings, 50))
     results = []
@@ -267,7 +281,7 @@ def summarise(models: list[Model]) -> list[dict[str, Any]]:
                 "p90_ms": round(float(np.percentile(model.timings, 90)), 3),
                 "block_p50_ms": [round(p, 3) for p in model.block_p50s],
                 "slimformer_speedup_p50": round(p50 / reference_p50, 3),
-                "slimformer_speedup_per_block_median": round(statistics.median(per_block_ratio(model, reference)), 3),
+                "slimformer_speedup_per_block_median": speedup_interval(model.blocks, reference.blocks)["speedup"],
                 "info": model.info,
             }
         )
@@ -277,7 +291,10 @@ def summarise(models: list[Model]) -> list[dict[str, Any]]:
 def headline(models: list[Model]) -> list[dict[str, Any]]:
     """slimformer's INT8 against Optimum's fastest working INT8 path: both in the same plain loop (the artefacts
     alone), and each in its own runtime (slimformer.predictor against ORTModelForSequenceClassification); then
-    against the fastest other runtime's INT8 (OpenVINO, CTranslate2), each in its own runtime."""
+    against the fastest other runtime's INT8 (OpenVINO, CTranslate2), each in its own runtime. The per-block
+    speed-up is slimformer.timing's: the median of the blocks' ratios, with a 90% bootstrap interval over blocks."""
+    from slimformer.timing import speedup_interval
+
     ours = {model.kind: model for model in models if model.source == "slimformer"}
     comparisons = []
     for what, mine, peer_source, peer_kinds in (
@@ -292,6 +309,7 @@ def headline(models: list[Model]) -> list[dict[str, Any]]:
             continue
         peer = min(peers, key=lambda m: float(np.percentile(m.timings, 50)))
         ratios = per_block_ratio(peer, mine)
+        interval = speedup_interval(peer.blocks, mine.blocks)
         comparisons.append(
             {
                 "what": f"slimformer INT8 vs {what}",
@@ -301,7 +319,8 @@ def headline(models: list[Model]) -> list[dict[str, Any]]:
                 "peer_p50_ms": round(float(np.percentile(peer.timings, 50)), 3),
                 "p50_ratio": round(float(np.percentile(peer.timings, 50) / np.percentile(mine.timings, 50)), 3),
                 "per_block": [round(r, 2) for r in ratios],
-                "per_block_median": round(statistics.median(ratios), 3),
+                "per_block_median": interval["speedup"],
+                "per_block_interval_90": [interval["low"], interval["high"]],
             }
         )
     return comparisons
@@ -352,7 +371,9 @@ def markdown(report: dict[str, Any]) -> str:
     for versus in report["headline"]:
         detail = (
             f"{versus['peer']} {versus['peer_p50_ms']:.3f} ms / {versus['ours']} {versus['ours_p50_ms']:.3f} ms; "
-            f"per-block median {versus['per_block_median']:.2f}x, blocks {versus['per_block']}"
+            f"per-block median {versus['per_block_median']:.2f}x, 90% interval "
+            f"{versus['per_block_interval_90'][0]:.2f}-{versus['per_block_interval_90'][1]:.2f}x, "
+            f"blocks {versus['per_block']}"
         )
         lines += ["", f"{versus['what']}: **{versus['p50_ratio']:.2f}x** at p50 ({detail})"]
     return "\n".join(lines) + "\n"
@@ -379,6 +400,7 @@ def main() -> None:
 
     from slimformer.benchmark import environment_info
     from slimformer.data import column, load_data
+    from slimformer.timing import sample_queries
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -394,22 +416,19 @@ def main() -> None:
     )
     optimum = build_optimum(work, teacher, args.peers_python)
 
-    validation = column(data.validation, "text")
-    order = np.random.default_rng(args.seed).permutation(len(validation))[: args.queries]
-    train = column(data.train, "text")
-    calibration = [train[i] for i in np.random.default_rng(args.seed).permutation(len(train))[: args.calibration]]
-    texts = {"calibration": calibration, "check": [validation[i] for i in order]}
-    runtimes = build_runtimes(work, teacher, optimum, args.peers_python, texts)
-    queries = work / "queries.json"
-    queries.write_text(json.dumps([validation[i] for i in order]))
+    queries = sample_queries(column(data.validation, "text"), args.queries, args.seed)
+    calibration = sample_queries(column(data.train, "text"), args.calibration, args.seed)
+    runtimes = build_runtimes(work, teacher, optimum, args.peers_python, {"calibration": calibration, "check": queries})
+    queries_file = work / "queries.json"
+    queries_file.write_text(json.dumps(queries))
 
     models = plan(slimformer_model, built, teacher, optimum, runtimes, args.peers_python)
     tick = time.perf_counter()
-    time_side_by_side(models, queries, args.threads, args.rounds, args.warmup, args.block, len(order))
+    time_side_by_side(models, queries_file, queries, args.threads, args.rounds, args.warmup, args.block)
     report = {
         "environment": environment_info(args.threads),
         "threads": args.threads,
-        "queries": len(order),
+        "queries": len(queries),
         "rounds": args.rounds,
         "block": args.block,
         "data": f"{data.name} validation",

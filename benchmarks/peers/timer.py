@@ -7,9 +7,12 @@ slimformer (`.venv`).
     python timer.py --kind onnx --model FOLDER [--file model.onnx] --queries queries.json --threads 2
 
 Prints one JSON line when loaded ({"ready": ..., "info": {...}}), then answers each command line on stdin:
-``warmup N`` (N untimed calls, answers ``{"ok": true}``), ``time [START END]`` (one timed pass over the queries,
-or over queries[START:END]; answers ``{"ms": [...]}`` once the process has stopped spinning), ``quit``. Every
-call is the logits of ``[text]``, tokenization included.
+``warmup N`` (N untimed calls, answers ``{"ok": true}``), ``time [JSON_TEXTS]`` (one timed pass over the queries,
+or over the JSON list of texts on the same line; answers ``{"ms": [...]}`` once the process has stopped
+spinning), ``quit``. Every call is the logits of ``[text]``, tokenization included.
+
+Its session options, timing loop and idle wait repeat slimformer's (`slimformer.predictor.session_options`,
+`slimformer.timing`) instead of importing them: the peers' kinds run in `.venv-peers`, which has no slimformer.
 
 Kinds:
   onnx           tokenizers' Rust tokenizer (tokenizer.json) + an ORT session: the plain loop, the same for every
@@ -38,6 +41,7 @@ MAX_LENGTH = 128  # slimformer's default truncation, the same for every kind
 
 
 def ort_session_options(threads: int) -> Any:
+    """`slimformer.predictor.session_options(threads)`, repeated (.venv-peers has no slimformer)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -177,7 +181,7 @@ LOADERS: dict[str, Callable[..., Callable[[str], Any]]] = {
 def wait_until_idle(step: float = 0.005, quiet: float = 0.0005, limit: float = 0.5) -> None:
     """Return once this process has stopped using the CPU: after a timed block, ONNX Runtime's idle workers (and
     OpenMP's) keep spinning for tens of ms, and the next model timed must not share the cores with them. The same
-    rule as `slimformer.profiling.wait_until_idle`, repeated here because this file also runs in `.venv-peers`,
+    rule as `slimformer.timing.wait_until_idle`, repeated here because this file also runs in `.venv-peers`,
     which has no slimformer."""
     started, used = time.perf_counter(), time.process_time()
     while time.perf_counter() - started < limit:
@@ -218,18 +222,17 @@ def main() -> None:
     print(json.dumps({"ready": True, "info": {**info, "versions": versions(), "python": sys.executable}}), flush=True)
 
     for line in sys.stdin:
-        command, *rest = line.split()
+        command, *rest = line.split(maxsplit=1)
         if command == "warmup":
             for i in range(int(rest[0])):
                 logits(queries[i % len(queries)])
             answer: dict[str, Any] = {"ok": True}
         elif command == "time":
-            start, end = (int(rest[0]), int(rest[1])) if rest else (0, len(queries))
             timings = []
-            for text in queries[start:end]:
-                start = time.perf_counter()
+            for text in json.loads(rest[0]) if rest else queries:  # slimformer.timing's loop, repeated
+                tick = time.perf_counter()
                 logits(text)
-                timings.append((time.perf_counter() - start) * 1000)
+                timings.append((time.perf_counter() - tick) * 1000)
             wait_until_idle()
             answer = {"ms": timings}
         elif command == "quit":
