@@ -16,7 +16,7 @@ from slimformer.artifacts import Session, StageResult, read_metrics
 from slimformer.config import option
 from slimformer.errors import ConfigError
 from slimformer.layer_losses import LAYER_MAPS, LayerLosses
-from slimformer.training import TrainingOptions
+from slimformer.training import SoftTargets, TrainingOptions
 from slimformer.transfer import parse_augmentations
 
 if TYPE_CHECKING:
@@ -26,15 +26,13 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class DistillConfig(TrainingOptions):
+class DistillConfig(SoftTargets, TrainingOptions):
     """Options of `slimformer distill`; give exactly one of `student` and `student_layers`."""
 
     accepts_teacher: ClassVar[bool] = True
 
     student: str | None = option(None, "Student checkpoint folder, or 'default' (the packaged MiniLM-L6 body).")
     student_layers: int | None = option(None, "Or: build the student from K evenly spaced layers of the source.")
-    alpha: float = option(0.5, "Weight of the hard-label loss; 1 - alpha goes to the teacher (1 = no teacher).")
-    temperature: float = option(2.0, "Softens both distributions so the teacher's 'dark knowledge' shows.")
     group_by_length: bool = option(True, "Batch texts of similar length: far less padding, ~2x faster on CPU.")
     cache_dir: str | None = option(None, "Teacher-logit cache folder (default: $SLIMFORMER_CACHE_DIR or ~/.cache).")
     hidden_weight: float = option(
@@ -62,10 +60,7 @@ class DistillConfig(TrainingOptions):
             raise ConfigError("give exactly one of --student PATH|default and --student-layers K")
         if self.student_layers is not None and self.student_layers < 1:
             raise ConfigError(f"student layers must be >= 1, got {self.student_layers}")
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        self.validate_soft_targets()
         for name in ("hidden_weight", "attention_weight", "embedding_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {getattr(self, name)}")

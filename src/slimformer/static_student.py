@@ -22,7 +22,7 @@ from slimformer.artifacts import Session, StageResult
 from slimformer.config import option
 from slimformer.errors import ConfigError
 from slimformer.families import STATIC_MODEL_TYPE
-from slimformer.training import TrainingOptions
+from slimformer.training import SoftTargets, TrainingOptions
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -33,7 +33,7 @@ TOKEN_BATCH = 512  # vocabulary tokens through the teacher at once
 
 
 @dataclass
-class StaticConfig(TrainingOptions):
+class StaticConfig(SoftTargets, TrainingOptions):
     """Options of `slimformer static`: the table's width and weighting, and how the head is trained."""
 
     accepts_teacher: ClassVar[bool] = True
@@ -41,8 +41,6 @@ class StaticConfig(TrainingOptions):
     dims: int = option(256, "Width of the static token table after PCA (Model2Vec's default: 256).")
     sif_coefficient: float = option(1e-4, "SIF weight a / (a + p(token)), p from Zipf's law over ids (0 = off).")
     tune_table: bool = option(True, "Train the token table with the head (else the head alone learns).")
-    alpha: float = option(0.5, "Weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets.")
-    temperature: float = option(2.0, "Softens both distributions so the teacher's 'dark knowledge' shows.")
     augment: str = option("", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix.")
     cache_dir: str | None = option(None, "Teacher-logit cache folder (default: $SLIMFORMER_CACHE_DIR or ~/.cache).")
     epochs: float = option(10.0, "Passes over the training split (a static student's step is cheap).")
@@ -60,10 +58,7 @@ class StaticConfig(TrainingOptions):
             raise ConfigError(f"dims must be >= 1, got {self.dims}")
         if self.sif_coefficient < 0:
             raise ConfigError(f"sif coefficient must be >= 0, got {self.sif_coefficient}")
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        self.validate_soft_targets()
         parse_augmentations(self.augment)
         if self.augment and self.alpha >= 1:
             raise ConfigError("--augment learns from the teacher: it needs alpha < 1")

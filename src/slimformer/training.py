@@ -34,6 +34,22 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
+class SoftTargets:
+    """The teacher's share of a training loss, declared and checked once for every stage that distils (distill,
+    static, prune's recovery, QAT): alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher / T || student / T)."""
+
+    alpha: float = option(0.5, "Weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets (1: none).")
+    temperature: float = option(2.0, "Softens both distributions so the teacher's 'dark knowledge' shows.")
+
+    def validate_soft_targets(self) -> None:
+        """One-line ConfigErrors for an alpha outside [0, 1] or a temperature <= 0."""
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
 class TrainingOptions(StageConfig):
     """Hyper-parameters every training stage shares (finetune, distill, prune, QAT); stages override defaults."""
 

@@ -44,6 +44,7 @@ from slimformer.onnx.ort_quantize import (  # noqa: F401
 from slimformer.onnx.runtime import ONNX_FILE
 from slimformer.onnx.static import CALIBRATION_METHODS, QUANT_FORMATS, STATIC_OPS  # noqa: F401
 from slimformer.threads import THREADS_HELP
+from slimformer.training import SoftTargets
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
@@ -154,19 +155,18 @@ class TorchDynamicConfig(MethodConfig):
 
 
 @dataclass
-class QATConfig(MethodConfig):
+class QATConfig(SoftTargets, MethodConfig):
     """Quantization-aware training: a short fine-tune with fake-quantized Linears (a PyTorch checkpoint)."""
 
     method: ClassVar[str] = "qat"
-    alpha: float = option(0.5, "Weight of the hard-label loss; 1.0 = plain cross-entropy, no teacher.")
-    temperature: float = option(2.0, "Distillation softmax temperature.")
     epochs: float = option(1.0, "Passes over the training split (a short fine-tune from the fp32 weights)")
     learning_rate: float = option(2e-5, "Small: QAT starts from trained weights.")
     batch_size: int = option(32, "Training batch size.")
 
     def validate(self) -> None:
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0 or self.epochs <= 0 or self.learning_rate <= 0:
-            raise ConfigError("qat needs 0 <= alpha <= 1, temperature > 0, epochs > 0 and learning rate > 0")
+        self.validate_soft_targets()
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError("qat needs epochs > 0 and learning rate > 0")
 
 
 # `slimformer quantize`'s config: the shared options, `method`, and each method's own fields (written once above)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from slimformer.artifacts import Session, StageResult
 from slimformer.config import MethodConfig, option, with_methods
 from slimformer.errors import ConfigError
-from slimformer.training import TrainingOptions
+from slimformer.training import SoftTargets, TrainingOptions
 
 VOCAB_UNSEEN = ("cluster", "split")
 COMPRESSED_DIR = "compressed"  # a subfolder, so a benchmark's "size on disk" of the dense folder stays honest
@@ -22,15 +22,13 @@ SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int
 
 
 @dataclass
-class PruneOptions(TrainingOptions):
+class PruneOptions(SoftTargets, TrainingOptions):
     """What every pruning method shares: recovery training (distilling from the teacher when one is given)."""
 
     accepts_teacher: ClassVar[bool] = True
 
     epochs: float = option(3.0, "Training passes (structured: recovery passes; 0 = slice only)")
     learning_rate: float = option(5e-5, "Weights' learning rate.")
-    alpha: float = option(0.5, "Weight of the hard-label loss when distilling (1 - alpha on the teacher)")
-    temperature: float = option(2.0, "Distillation temperature.")
 
     def validate(self) -> None:
         method = getattr(self, "method", "")
@@ -40,8 +38,7 @@ class PruneOptions(TrainingOptions):
             raise ConfigError(f"learning rate out of range: {self.learning_rate}")
         if self.batch_size < 1 or (self.max_length or 2) < 2:
             raise ConfigError("batch size must be >= 1, max length >= 2")
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise ConfigError(f"alpha must be in [0, 1] and temperature > 0, got {self.alpha}, {self.temperature}")
+        self.validate_soft_targets()
 
     @property
     def needs_teacher(self) -> bool:
