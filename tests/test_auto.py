@@ -247,3 +247,69 @@ def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
     params = recipe_params(AutoConfig(min_speedup=5))
     assert params["augment"] == distill["augment"] == "mix"
     assert params["attention_weight"] == params["hidden_weight"] == 0.0
+
+
+def _screen(speedup: float, low: float, high: float, size_mb: float = 1.0) -> dict:
+    teacher = 10.0
+    return {
+        "p50_ms": teacher / speedup,
+        "size_mb": size_mb,
+        "teacher_p50_ms": teacher,
+        "speedup": speedup,
+        "speedup_low": low,
+        "speedup_high": high,
+        "optimistic_p50_ms": teacher / high,
+        "rounds": 5,
+    }
+
+
+def test_the_screen_drops_a_shape_only_when_its_fastest_plausible_speed_misses() -> None:
+    from slimformer.auto.study import BORDERLINE, screen_verdict
+
+    config = AutoConfig(min_speedup=12, screen_margin=1.15)
+    # measured 9.5x under load (issue 25's recipe shape), but its interval reaches 12x: kept, not screened
+    assert screen_verdict(_screen(9.5, 7.0, 12.5), config) is None
+    # 6x with an interval up to 9.5x: 12 / 9.5 - 1 = 0.26 over, more than the 0.15 margin: dropped, with why
+    reason = screen_verdict(_screen(6.0, 5.5, 9.5), config)
+    assert reason is not None and "9.5x" in reason and "1.15 margin" in reason
+    # a near miss is timed again before it is dropped; a size miss is not (a size does not move with load)
+    assert screen_verdict(_screen(9.0, 8.5, 10.0), config, borderline=True) == BORDERLINE
+    size_config = AutoConfig(max_size_mb=5.0)
+    assert screen_verdict(_screen(20.0, 19.0, 21.0, size_mb=6.5), size_config, borderline=True) != BORDERLINE
+
+
+def test_under_a_cpu_hog_a_shape_as_fast_as_the_budget_is_kept(tmp_path) -> None:
+    """The screen times shape and teacher turn about: a process spinning on a core slows both, so a model timed
+    against itself keeps a speed-up interval around 1 and a budget of 1x keeps it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from slimformer.auto.candidate import measure
+    from slimformer.auto.study import screen_verdict, summarise_screen
+    from slimformer.predictor import load
+
+    folder = Path(__file__).resolve().parent / "data" / "tiny_onnx"
+    texts = ["what is my balance", "book a flight to paris", "translate hello", "set an alarm"] * 25
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        screen = summarise_screen(measure(folder, texts, 1, load(folder, threads=1)))
+    finally:
+        hog.kill()
+        hog.wait()
+    assert screen["speedup_low"] <= 1.0 <= screen["speedup_high"] * 1.15
+    assert screen_verdict(screen, AutoConfig(min_speedup=1.0)) is None
+
+
+def test_screens_are_remembered_per_cpu_and_teacher(tmp_path) -> None:
+    from slimformer.auto.candidate import Shape
+    from slimformer.auto.study import ScreenMemory
+
+    shape = Shape(2, 0.0, 0.5, 1024, "dynamic", True, 1)
+    memory = ScreenMemory(tmp_path / "screens.json", "teacher-a")
+    assert memory.get(shape) is None
+    memory.put(shape, _screen(15.0, 14.0, 16.0))
+    again = ScreenMemory(tmp_path / "screens.json", "teacher-a").get(shape)  # a later study, same work folder
+    assert again == {**_screen(15.0, 14.0, 16.0), "remembered": True}
+    assert ScreenMemory(tmp_path / "screens.json", "teacher-b").get(shape) is None  # another teacher
+    assert memory.get(Shape(2, 0.0, 0.5, 1024, "dynamic", True, 2)) is None  # another thread count

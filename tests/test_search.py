@@ -147,6 +147,9 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
         def should_prune(self) -> bool:
             return self.prune
 
+        def set_user_attr(self, key: str, value: object) -> None:
+            self.user_attrs[key] = value
+
     control = SimpleNamespace(should_training_stop=False)
     keep = FakeTrial(prune=False)
     OptunaPruningCallback(keep).on_evaluate(None, SimpleNamespace(epoch=2.0), control, {"eval_accuracy": 0.7})
@@ -158,6 +161,7 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
     with pytest.raises(optuna.TrialPruned):
         OptunaPruningCallback(stop).on_evaluate(None, SimpleNamespace(epoch=1.0), control, {"eval_accuracy": 0.1})
     assert stop.reports == [(0.1, 1)] and control.should_training_stop is True
+    assert stop.user_attrs["pruned_because"].startswith("validation accuracy 0.1000 at epoch 1")  # said why
 
     # the default-parameter trial is what the search is compared with: it is never cut short
     baseline, control = FakeTrial(prune=True, baseline=True), SimpleNamespace(should_training_stop=False)

@@ -22,6 +22,7 @@ from slimformer.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
+PRUNED_ATTR = "pruned_because"  # user attribute: why the pruner stopped a trial
 BASELINE_ATTR = "baseline"  # user attribute of the enqueued baseline trial (the pruner leaves it alone)
 HEARTBEAT_SECONDS = 30  # a worker beats this often; a trial silent for 3 beats is failed and run again
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from slimformer.studies import BASELINE_ATTR
+from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -33,5 +33,9 @@ class OptunaPruningCallback(TrainerCallback):
             return  # the default-parameter trial always runs to the end: it is what the search is compared with
         if self.trial.should_prune():
             control.should_training_stop = True
+            reason = (
+                f"validation accuracy {metrics[self.metric]:.4f} at epoch {epoch} below the median of earlier trials"
+            )
+            self.trial.set_user_attr(PRUNED_ATTR, reason)  # the progress line and the report say why
             # raising ends the trial before the model is saved and tested: a pruned trial leaves no folder
-            raise optuna.TrialPruned(f"validation accuracy {metrics[self.metric]:.4f} at epoch {epoch}")
+            raise optuna.TrialPruned(reason)

@@ -63,7 +63,9 @@ class AutoConfig(DistillRanges, StageConfig):
     )
     # measuring
     latency_queries: int = option(200, "Validation queries timed at batch 1 per candidate.")
-    screen_margin: float = option(1.15, "A shape is screened out only when over the budget by more than this factor.")
+    screen_margin: float = option(
+        1.15, "A shape is screened out only when even its fastest plausible p50 misses the budget by this factor."
+    )
     calibration_samples: int = option(128, "Training rows the static INT8 ranges are calibrated on.")
     final_candidates: int = option(4, "Pareto-front models benchmarked on test at the end, the pick included.")
     batch_size: int = option(32, "Training batch size.")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.config import AutoConfig
 from slimformer.auto.study import CONSTRAINTS, SCREENED
+from slimformer.studies import PRUNED_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -110,10 +111,11 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "accuracy_drop_points": attrs.get("accuracy_drop_points"),
                 "p50_ms": attrs.get("p50_ms", (attrs.get("screen") or {}).get("p50_ms")),
                 "size_mb": attrs.get("size_mb", (attrs.get("screen") or {}).get("size_mb")),
-                "speedup": attrs.get("speedup"),
+                "speedup": attrs.get("speedup", (attrs.get("screen") or {}).get("speedup")),
                 "meets_budget": feasible(t) if t.state.name == "COMPLETE" else False,
                 "note": attrs.get(SCREENED)
                 or attrs.get("error")
+                or attrs.get(PRUNED_ATTR)
                 or (f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else ""),
                 "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
                 "worker": attrs.get("worker"),
