@@ -77,6 +77,10 @@ def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_pat
     best = max(complete, key=lambda t: (t.value, -t.user_attrs["p50_ms"]))
     assert summary["pick"]["trial"] == best.number  # the most accurate on validation (all meet this loose budget)
     assert summary["verdict"]["met"] is True
+    # auto.json lists every trial (written after each one while the study ran): one row per study trial
+    assert [row["trial"] for row in summary["trial_table"]] == [t.number for t in trials]
+    assert {row["state"] for row in summary["trial_table"]} <= {"complete", "pruned", "screened out", "fail"}
+    assert summary["trained_per_hour"] > 0
     # the report opens with the headline; the test split was scored once, in the final benchmark
     lines = (output / "report.md").read_text().splitlines()
     assert lines[2].startswith(f"**Final model: trial-{best.number} — ") and "budget ≥ 1.2x lower p50" in lines[2]

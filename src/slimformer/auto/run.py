@@ -60,10 +60,11 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
         # command is the only writer (processes joining a shared study at once could each enqueue it)
         study.enqueue_trial(recipe_params(config), user_attrs={BASELINE_ATTR: "the packaged recipe's choices"})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
+    progress = output / "auto.json"  # the trials table while the study runs; the summary replaces it at the end
     if config.workers == 1:
-        _work(teacher, splits, work, config, url, name, 0)
+        _work(teacher, splits, work, config, url, name, 0, progress)
     else:
-        _spawn_workers(teacher, data, work, config, url, name, quick)
+        _spawn_workers(teacher, data, work, config, url, name, quick, progress)
     return finish(study, teacher, splits, output, config)
 
 
@@ -186,7 +187,9 @@ RUN_ONLY_FIELDS = {
 }
 
 
-def _work(teacher: Path, splits: Any, work: Path, config: AutoConfig, url: str, name: str, index: int) -> None:
+def _work(
+    teacher: Path, splits: Any, work: Path, config: AutoConfig, url: str, name: str, index: int, progress: Path
+) -> None:
     """One worker: join the study and run trials until it holds enough."""
     from slimformer.auto.study import Objective, open_study, run_worker
     from slimformer.pipeline import model_key
@@ -195,11 +198,19 @@ def _work(teacher: Path, splits: Any, work: Path, config: AutoConfig, url: str, 
     joined = os.getpid() if config.storage else 0  # processes started apart on other machines
     study = open_study(url, name, config, seed_offset=1000 * index + joined)
     objective = Objective(teacher, model_key(teacher), splits.without_test(), work, config)
-    run_worker(objective, study, config, say)
+    run_worker(objective, study, config, say, lambda study: write_progress(study, progress))
 
 
 def worker_main(
-    teacher: str, data: DataSpec, work: str, config: AutoConfig, url: str, name: str, quick: bool, index: int
+    teacher: str,
+    data: DataSpec,
+    work: str,
+    config: AutoConfig,
+    url: str,
+    name: str,
+    quick: bool,
+    progress: str,
+    index: int,
 ) -> None:
     """Entry point of a local worker process (spawned): its share of the cores, its own data loading."""
     import torch
@@ -208,14 +219,14 @@ def worker_main(
 
     torch.set_num_threads(max(1, default_threads() // config.workers))
     splits = load_splits(data, config, quick)
-    _work(Path(teacher), splits, Path(work), config, url, name, index)
+    _work(Path(teacher), splits, Path(work), config, url, name, index, Path(progress))
 
 
 def _spawn_workers(
-    teacher: Path, data: DataSpec, work: Path, config: AutoConfig, url: str, name: str, quick: bool
+    teacher: Path, data: DataSpec, work: Path, config: AutoConfig, url: str, name: str, quick: bool, progress: Path
 ) -> None:
     context = multiprocessing.get_context("spawn")
-    args = (str(teacher), data, str(work), config, url, name, quick)
+    args = (str(teacher), data, str(work), config, url, name, quick, str(progress))
     workers = [
         context.Process(target=worker_main, args=(*args, i), name=f"auto-worker-{i}") for i in range(config.workers)
     ]
@@ -226,6 +237,29 @@ def _spawn_workers(
     failed = [w.name for w in workers if w.exitcode]
     if failed:
         say(f"worker(s) {', '.join(failed)} exited with an error; their trials are failed and were re-run")
+
+
+def trained_per_hour(study: Any) -> float | None:
+    """Trials that spent training, per hour of the study's wall clock (first trial start to last trial end)."""
+    from slimformer.auto.study import trained
+
+    finished = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
+    if not finished:
+        return None
+    hours = (
+        max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
+    ).total_seconds() / 3600
+    return round(sum(trained(t) for t in finished) / hours, 2) if hours > 0 else None
+
+
+def write_progress(study: Any, path: Path) -> None:
+    """auto.json while the study runs: every trial so far as a table row (state, shape, speed-up, accuracy, why)."""
+    from slimformer.artifacts import write_json
+    from slimformer.auto.select import trial_rows
+
+    rows = trial_rows(study)
+    counts = {state: sum(r["state"] == state for r in rows) for state in sorted({r["state"] for r in rows})}
+    write_json(path, {"running": True, "study": study.study_name, "trials": counts, "trial_table": rows})
 
 
 def finish(study: Any, teacher: Path, splits: Any, output: Path, config: AutoConfig) -> dict[str, Any]:
@@ -250,6 +284,8 @@ def finish(study: Any, teacher: Path, splits: Any, output: Path, config: AutoCon
         else {"trial": pick.number, "params": pick.params, "folder": pick.user_attrs["folder"]},
         "pareto_front": [t.number for t in selection.front],
         "trials": {state: sum(t["state"] == state for t in trials) for state in sorted({t["state"] for t in trials})},
+        "trained_per_hour": trained_per_hour(study),
+        "trial_table": trials,
         "notes": _notes(selection, config),
         "final_benchmark": rows,
         "environment": bench["environment"] if bench else None,

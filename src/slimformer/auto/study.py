@@ -296,8 +296,9 @@ class Objective:
             raise SurplusTrial(f"the study already has {done} trained and {ahead} running trials")
 
 
-def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, say: Any) -> None:
-    """Run trials until the study holds `config.trials` trained ones (or time / screening runs out)."""
+def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, say: Any, on_trial: Any = None) -> None:
+    """Run trials until the study holds `config.trials` trained ones (or time / screening runs out); after each,
+    `on_trial(study)` when given (auto.json's running table)."""
     from optuna.trial import TrialState
 
     deadline = time.monotonic() + 60 * config.time_budget if config.time_budget else None
@@ -324,7 +325,8 @@ def run_worker(objective: Objective, study: optuna.Study, config: AutoConfig, sa
             time.sleep(min(config.heartbeat_seconds, 5))  # the last trials run elsewhere: wait for them
             continue
         catch = (SurplusTrial, CandidateFailed)
-        study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=True, callbacks=[_Printer(say)])
+        callbacks = [_Printer(say), *([lambda study, _trial: on_trial(study)] if on_trial else [])]
+        study.optimize(objective, n_trials=1, catch=catch, gc_after_trial=True, callbacks=callbacks)
 
 
 def failed_streak(trials: list[Any]) -> int:
