@@ -30,63 +30,14 @@ BASE_SHAPES: dict[str, dict[str, Any]] = {
     "albert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072, "num_hidden_layers": 12},
     "modernbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 1152, "num_hidden_layers": 22},
 }
-# each family's kind of tokenizer: (model: wordpiece | bpe | unigram, special tokens, [CLS] a [SEP] or <s> a </s>)
-WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
-TOKENIZERS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "bert": ("wordpiece", WORDPIECE_SPECIALS, "bert"),
-    "distilbert": ("wordpiece", WORDPIECE_SPECIALS, "bert"),
-    "electra": ("wordpiece", WORDPIECE_SPECIALS, "bert"),
-    "mpnet": ("wordpiece", ROBERTA_SPECIALS, "roberta"),
-    "roberta": ("bpe", ROBERTA_SPECIALS, "roberta"),
-    "modernbert": ("bpe", WORDPIECE_SPECIALS, "bert"),
-    "xlm-roberta": ("unigram", ROBERTA_SPECIALS, "roberta"),
-    "deberta-v2": ("unigram", ("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"), "bert"),
-    "albert": ("unigram", ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"), "bert"),
-}
 
 
 def build_tokenizer(family: str, texts: list[str]) -> Any:
-    """A fast tokenizer of the family's kind (WordPiece, byte-level BPE or Unigram) trained on `texts` in
-    milliseconds: a few hundred tokens, enough for the graphs' shapes (latency does not depend on the vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A fast tokenizer of the family's kind trained on `texts` in milliseconds: a few hundred tokens, enough
+    for the graphs' shapes (latency does not depend on the vocabulary)."""
+    from slimformer.tokenizer_kinds import FAMILY_TOKENIZERS, train_tokenizer
 
-    kind, specials, pair_style = TOKENIZERS[family]
-    unk = next(s for s in specials if "unk" in s.lower())
-    if kind == "wordpiece":
-        backend = Tokenizer(models.WordPiece(unk_token=unk))
-        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=list(specials))
-    elif kind == "bpe":
-        backend = Tokenizer(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-        backend.decoder = decoders.ByteLevel()
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(specials), initial_alphabet=alphabet)
-    else:
-        backend = Tokenizer(models.Unigram())
-        backend.normalizer = normalizers.Lowercase()
-        backend.pre_tokenizer = pre_tokenizers.Metaspace()
-        backend.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=list(specials), unk_token=unk)
-    backend.train_from_iterator(texts, trainer)
-    if pair_style == "roberta":
-        cls, sep, pad, mask = "<s>", "</s>", "<pad>", "<mask>"
-    else:
-        cls, sep, pad, mask = "[CLS]", "[SEP]", specials[0], "[MASK]"
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}",
-        pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep, mask_token=mask
-    )
-    tokenizer.model_max_length = 64
-    return tokenizer
+    return train_tokenizer(*FAMILY_TOKENIZERS[family], texts)
 
 
 def base_config(family: str, tokenizer: Any, labels: list[str]) -> Any:
@@ -103,24 +54,10 @@ def base_config(family: str, tokenizer: Any, labels: list[str]) -> Any:
         "max_position_embeddings": 128 if family == "distilbert" else 130,
         **BASE_SHAPES[family],
     }
-    if family == "electra":
-        settings["embedding_size"] = 768
-    elif family == "albert":
-        settings.update(embedding_size=128, num_hidden_groups=1, inner_group_num=1)
-    elif family == "deberta-v2":  # DeBERTa-v3's relative attention, no absolute positions
-        settings.update(
-            relative_attention=True,
-            pos_att_type=["p2c", "c2p"],
-            position_biased_input=False,
-            position_buckets=32,
-            max_relative_positions=-1,
-            share_att_key=True,
-            norm_rel_ebd="layer_norm",
-            type_vocab_size=0,
-        )
-    elif family == "modernbert":
-        settings.update(global_attn_every_n_layers=3, local_attention=16)
-        settings.update(cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id)
+    from slimformer.tokenizer_kinds import family_settings
+
+    embedding_size = 128 if family == "albert" else 768
+    settings.update(family_settings(family, tokenizer, embedding_size))
     return AutoConfig.for_model(family, **settings)
 
 

@@ -42,44 +42,9 @@ RECIPES = {
 
 def build_tokenizer(recipe: Recipe, texts: list[str]) -> Any:
     """A fast tokenizer of the family's kind trained on `texts` (WordPiece, byte-level BPE or Unigram)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from slimformer.tokenizer_kinds import train_tokenizer
 
-    specials = list(recipe.specials)
-    unk = next(s for s in specials if "unk" in s.lower())
-    if recipe.tokenizer == "wordpiece":
-        backend = Tokenizer(models.WordPiece(unk_token=unk))
-        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
-        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        backend.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials)
-    elif recipe.tokenizer == "bpe":
-        backend = Tokenizer(models.BPE())
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-        backend.decoder = decoders.ByteLevel()
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=alphabet)
-    else:
-        backend = Tokenizer(models.Unigram())
-        backend.normalizer = normalizers.Lowercase()
-        backend.pre_tokenizer = pre_tokenizers.Metaspace()
-        backend.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token=unk)
-    backend.train_from_iterator(texts, trainer)
-    if recipe.pair_style == "roberta":
-        cls, sep, pad, mask = "<s>", "</s>", "<pad>", "<mask>"
-    else:
-        cls, sep, pad, mask = "[CLS]", "[SEP]", specials[0], "[MASK]"
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}",
-        pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep, mask_token=mask
-    )
-    tokenizer.model_max_length = 64
-    return tokenizer
+    return train_tokenizer(recipe.tokenizer, recipe.specials, recipe.pair_style, texts)
 
 
 def build_config(recipe: Recipe, tokenizer: Any, labels: list[str]) -> Any:
@@ -105,24 +70,9 @@ def build_config(recipe: Recipe, tokenizer: Any, labels: list[str]) -> Any:
     if family == "distilbert":
         shape = {"dim": HIDDEN, "n_heads": HEADS, "hidden_dim": INTERMEDIATE, "n_layers": TEACHER_LAYERS}
         shape["max_position_embeddings"] = 128
-    elif family == "electra":
-        shape["embedding_size"] = 16  # ELECTRA-small's embeddings are narrower than its encoder too
-    elif family == "albert":
-        shape.update(embedding_size=16, num_hidden_groups=1, inner_group_num=1)
-    elif family == "deberta-v2":  # DeBERTa-v3's relative attention, no absolute positions
-        shape.update(
-            relative_attention=True,
-            pos_att_type=["p2c", "c2p"],
-            position_biased_input=False,
-            position_buckets=32,
-            max_relative_positions=-1,
-            share_att_key=True,
-            norm_rel_ebd="layer_norm",
-            type_vocab_size=0,
-        )
-    elif family == "modernbert":
-        shape.update(global_attn_every_n_layers=3, local_attention=16, cls_token_id=tokenizer.cls_token_id)
-        shape.update(sep_token_id=tokenizer.sep_token_id)
+    from slimformer.tokenizer_kinds import family_settings
+
+    shape.update(family_settings(family, tokenizer, 16))  # ELECTRA-small's embeddings are narrower too
     return AutoConfig.for_model(family, **shape, **ids)
 
 
