@@ -317,3 +317,38 @@ def test_screens_are_remembered_per_cpu_and_teacher(tmp_path) -> None:
     assert again == {**_screen(15.0, 14.0, 16.0), "remembered": True}
     assert ScreenMemory(tmp_path / "screens.json", "teacher-b").get(shape) is None  # another teacher
     assert memory.get(Shape(2, 0.0, 0.5, 1024, "dynamic", True, 2)) is None  # another thread count
+
+
+def test_auto_quick_on_a_csv_with_its_own_text_and_label_columns(tiny4, clinc_slice_dir, tmp_path) -> None:
+    """A new user's dataset: train/validation/test CSVs whose columns are `utterance` and `intent`."""
+    import csv
+
+    data = tmp_path / "intents"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        with (clinc_slice_dir / f"{split}.csv").open() as source, (data / f"{split}.csv").open("w") as target:
+            writer = csv.writer(target)
+            writer.writerow(["intent", "utterance"])  # other names, other order
+            writer.writerows((row["label"], row["text"]) for row in csv.DictReader(source))
+    output = tmp_path / "auto"
+    args = ["auto", "--model", str(tiny4), "--data", str(data), "--output", str(output), "--quick", *TINY]
+    columns = ["--text-column", "utterance", "--label-column", "intent"]
+    code, err = cli(*args, *columns, "--min-speedup", "1.0", "--max-accuracy-drop", "100", "--trials", "1")
+    assert code == 0, err
+    summary = json.loads((output / "auto.json").read_text())
+    assert summary["verdict"]["met"] is True and (output / "model" / "model.onnx").is_file()
+    # the deployed model's labels are the intent column's values
+    assert sorted(load_model(output / "model").labels) == [
+        "alarm",
+        "balance",
+        "book_flight",
+        "oos",
+        "translate",
+        "weather",
+    ]
+
+
+def load_model(folder: Path):
+    from slimformer.predictor import load
+
+    return load(folder)
