@@ -661,7 +661,7 @@ def test_serve_command_runs_a_real_server_that_survives_bad_input(tiny_classifie
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=10)
-    assert server.returncode is not None
+    assert server.returncode == 0  # SIGTERM after all that bad input: a clean shutdown, not a crash or a kill
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_classifier_dir: Path) -> None:
