@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from slimformer.auto.config import AutoConfig
@@ -352,3 +353,69 @@ def load_model(folder: Path):
     from slimformer.predictor import load
 
     return load(folder)
+
+
+def _curve_trial(layers: int, curve: list[float], epochs: int | None = None, target: float | None = None, done=True):
+    import optuna
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    from optuna.trial import TrialState
+
+    return optuna.trial.create_trial(
+        params={"layers": layers, "epochs": epochs or len(curve)},
+        distributions={"layers": CategoricalDistribution([1, 2, 3]), "epochs": IntDistribution(1, 6)},
+        value=curve[-1] if done else None,
+        state=TrialState.COMPLETE if done else TrialState.PRUNED,
+        intermediate_values={step: value for step, value in enumerate(curve, start=1)},
+        user_attrs={} if target is None else {"target_accuracy": target},
+    )
+
+
+def test_a_small_student_is_judged_by_its_own_depth_not_stopped_by_larger_ones() -> None:
+    import optuna
+
+    from slimformer.auto.study import BudgetPruner
+
+    study = optuna.create_study(direction="maximize")
+    for curve in ([0.80, 0.90, 0.93], [0.82, 0.91, 0.94]):  # 3-layer students: far above a 1-layer one
+        study.add_trial(_curve_trial(3, curve))
+    pruner = BudgetPruner(warmup_epochs=1)
+    # a 1-layer student at 0.60 after 2 of 3 epochs: below every 3-layer curve (a median pruner stops it), but no
+    # 1-layer trial has finished, so nothing says it cannot reach the target
+    young = _curve_trial(1, [0.45, 0.60], epochs=3, target=0.93, done=False)
+    assert pruner.prune(study, young) is False
+    # a finished 1-layer trial rose 4 points in its last epoch: 0.60 + 0.04 cannot reach 0.93 -> stopped
+    study.add_trial(_curve_trial(1, [0.50, 0.70, 0.74]))
+    assert pruner.prune(study, young) is True
+    # ... but with a looser target (a 35-point tolerance) the curve can still get there -> it trains on
+    assert pruner.prune(study, _curve_trial(1, [0.45, 0.60], epochs=3, target=0.62, done=False)) is False
+    # never during the warm-up epoch, and never without a target (the search's baseline path)
+    assert pruner.prune(study, _curve_trial(1, [0.10], epochs=3, target=0.93, done=False)) is False
+    assert pruner.prune(study, _curve_trial(1, [0.45, 0.60], epochs=3, done=False)) is False
+
+
+def test_the_pick_prefers_the_faster_of_two_candidates_validation_cannot_tell_apart() -> None:
+    from types import SimpleNamespace
+
+    from slimformer.auto.select import prefer_faster_among_ties
+    from slimformer.metrics import paired_drop_interval
+
+    rng = np.random.default_rng(0)
+    teacher = rng.random(1000) < 0.95
+    close = teacher.copy()
+    close[rng.choice(np.flatnonzero(teacher), 3, replace=False)] = False  # 0.3 points below the teacher
+    closer = teacher.copy()
+    closer[rng.choice(np.flatnonzero(teacher), 1, replace=False)] = False  # 0.1 points below
+    far = teacher.copy()
+    far[rng.choice(np.flatnonzero(teacher), 40, replace=False)] = False  # 4 points below
+
+    def trial(number: int, correct, p50: float):
+        interval = paired_drop_interval(teacher, correct, 0.5)
+        attrs = {"drop_interval": interval, "p50_ms": p50, "size_mb": 5.0}
+        return SimpleNamespace(number=number, value=float(correct.mean()), user_attrs=attrs)
+
+    most_accurate, faster = trial(1, closer, 0.40), trial(2, close, 0.25)
+    pick, why = prefer_faster_among_ties([most_accurate, faster])
+    assert pick is faster and "cannot be told apart" in why and "trial 2 was picked over" in why
+    slow_but_far_better = [trial(3, closer, 0.40), trial(4, far, 0.10)]
+    assert prefer_faster_among_ties(slow_but_far_better) == (slow_but_far_better[0], "")  # 4 points is not noise
+    assert paired_drop_interval(teacher, far, 0.5)["p_within_tolerance"] == 0.0

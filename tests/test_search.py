@@ -140,6 +140,7 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
         def __init__(self, prune: bool, baseline: bool = False) -> None:
             self.prune, self.reports = prune, []
             self.user_attrs = {"baseline": True} if baseline else {}
+            self.study = SimpleNamespace(pruner=optuna.pruners.MedianPruner())
 
         def report(self, value: float, step: int) -> None:
             self.reports.append((value, step))
@@ -161,7 +162,9 @@ def test_pruning_callback_reports_each_epoch_and_stops_the_trial() -> None:
     with pytest.raises(optuna.TrialPruned):
         OptunaPruningCallback(stop).on_evaluate(None, SimpleNamespace(epoch=1.0), control, {"eval_accuracy": 0.1})
     assert stop.reports == [(0.1, 1)] and control.should_training_stop is True
-    assert stop.user_attrs["pruned_because"].startswith("validation accuracy 0.1000 at epoch 1")  # said why
+    assert stop.user_attrs["pruned_because"] == (  # it says why
+        "validation accuracy 0.1000 at epoch 1: below the median of earlier trials at this epoch"
+    )
 
     # the default-parameter trial is what the search is compared with: it is never cut short
     baseline, control = FakeTrial(prune=True, baseline=True), SimpleNamespace(should_training_stop=False)

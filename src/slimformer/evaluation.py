@@ -36,6 +36,13 @@ def evaluate_predictor(predictor: Predictor, split: datasets.Dataset, data: Data
     return score_logits(split_logits(predictor, split), predictor.labels, column(split, "label"), data)
 
 
+def correct_rows(predictor: Predictor, split: datasets.Dataset, data: DataSplits) -> np.ndarray:
+    """For each row of `split`, whether `predictor` labels it right (bool array): what a paired comparison of two
+    models on the same rows needs (:func:`slimformer.metrics.paired_drop_interval`)."""
+    predicted = label_positions(predictor.labels, data.labels)[split_logits(predictor, split).argmax(axis=-1)]
+    return predicted == np.asarray(column(split, "label"))
+
+
 def evaluate_model(model: Any, tokenizer: Any, split: datasets.Dataset, data: DataSplits, max_length: int) -> dict:
     """The same for an in-memory PyTorch classifier, truncated at `max_length`."""
     from slimformer.predictor import TorchPredictor

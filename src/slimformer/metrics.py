@@ -35,3 +35,33 @@ def _scored_labels(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """The labels macro-F1 averages over: those in either array, less the negative "not a dataset label"."""
     labels = np.union1d(y_true, y_pred)
     return labels[labels >= 0]
+
+
+def paired_drop_interval(
+    reference_correct: np.ndarray,
+    candidate_correct: np.ndarray,
+    tolerance_points: float,
+    confidence: float = 0.9,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """How many accuracy points a candidate loses against a reference on the same rows, with a paired bootstrap:
+    rows are resampled together, so what both get right or wrong cancels. Returns the drop, its two-sided
+    `confidence` interval, the share of resamples within `tolerance_points` (the confidence that the drop is
+    within the tolerance) and the number of rows."""
+    reference = np.asarray(reference_correct, dtype=float)
+    candidate = np.asarray(candidate_correct, dtype=float)
+    if reference.shape != candidate.shape or not len(reference):
+        raise ValueError("a paired comparison needs both models' results on the same, non-empty rows")
+    difference = 100 * (reference - candidate)  # per row: +100 the reference alone is right, -100 the candidate
+    rng = np.random.default_rng(seed)
+    drops = difference[rng.integers(0, len(difference), size=(resamples, len(difference)))].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(drops, [tail, 100 - tail])
+    return {
+        "drop_points": round(float(difference.mean()), 3),
+        "low": round(float(low), 3),
+        "high": round(float(high), 3),
+        "p_within_tolerance": round(float((drops <= tolerance_points).mean()), 3),
+        "rows": len(difference),
+    }

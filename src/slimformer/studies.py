@@ -71,13 +71,15 @@ def open_study(
     pruner_startup_trials: int = 2,
     pruner_warmup_epochs: int = 1,
     heartbeat_seconds: int = HEARTBEAT_SECONDS,
+    pruner: Any = None,
 ) -> optuna.Study:
     """Create or join the study `name` in the RDB storage `url`.
 
     The TPE sampler is multivariate and grouped (it models a joint space, also when some trials stop before
     sampling all of it), with a constant liar so that parallel workers do not propose the same point; its seed
     is `seed` plus the trials the study already holds, so a resumed or joining sampler does not repeat them.
-    The median pruner compares 1-based epochs and leaves the first `pruner_warmup_epochs` alone. Heartbeats:
+    The pruner is `pruner`, else a median pruner over 1-based epochs that leaves the first `pruner_warmup_epochs`
+    alone. Heartbeats:
     a trial whose worker stopped beating is failed and retried with the same parameters (up to 3 times)."""
     import optuna
 
@@ -100,7 +102,7 @@ def open_study(
             constant_liar=True,
             warn_independent_sampling=False,
         )
-        pruner = optuna.pruners.MedianPruner(
+        pruner = pruner or optuna.pruners.MedianPruner(
             n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs + 1
         )
         study = optuna.create_study(

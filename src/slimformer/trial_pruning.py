@@ -33,9 +33,8 @@ class OptunaPruningCallback(TrainerCallback):
             return  # the default-parameter trial always runs to the end: it is what the search is compared with
         if self.trial.should_prune():
             control.should_training_stop = True
-            reason = (
-                f"validation accuracy {metrics[self.metric]:.4f} at epoch {epoch} below the median of earlier trials"
-            )
+            why = getattr(self.trial.study.pruner, "reason", "below the median of earlier trials at this epoch")
+            reason = f"validation accuracy {metrics[self.metric]:.4f} at epoch {epoch}: {why}"
             self.trial.set_user_attr(PRUNED_ATTR, reason)  # the progress line and the report say why
             # raising ends the trial before the model is saved and tested: a pruned trial leaves no folder
             raise optuna.TrialPruned(reason)

@@ -20,6 +20,8 @@ from typing import Any
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import ConfigError, SlimformerError
 
+SMALL_VALIDATION_ROWS = 2000  # below it, the report warns that gaps under a point are noise
+
 
 class BudgetNotMet(SlimformerError):
     """No candidate met the budget (the report shows the closest)."""
@@ -327,13 +329,32 @@ def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoCon
     return bench, rows, pick_row, verdict(pick_row, teacher_row, config)
 
 
+def _small_split(rows: int) -> str:
+    """A warning when validation is too small to separate candidates a point apart."""
+    if rows >= SMALL_VALIDATION_ROWS:
+        return ""
+    return f" Validation is small ({rows} rows: one row is {100 / rows:.2f} points), so gaps under a point are noise."
+
+
 def _notes(selection: Any, config: AutoConfig) -> list[str]:
+    from slimformer.auto.study import DROP_INTERVAL
+
     notes = [
         "Candidates were trained and chosen on the validation split only; the test split was scored once, "
         "in the final side-by-side benchmark of the finalists and the teacher.",
         f"Search: {len(selection.complete)} trial(s) trained to the end; latency during the search was timed per "
         "worker at batch 1 on validation queries, turn about with the teacher; the final numbers are below.",
     ]
+    if selection.why:
+        notes.append(selection.why[0].upper() + selection.why[1:] + ".")
+    if selection.pick is not None and DROP_INTERVAL in selection.pick.user_attrs:
+        interval = selection.pick.user_attrs[DROP_INTERVAL]
+        notes.append(
+            f"Validation: {interval['rows']} rows; the pick's drop against the teacher is "
+            f"{interval['drop_points']:+.2f} points (90 % paired-bootstrap interval {interval['low']:+.2f}.."
+            f"{interval['high']:+.2f}); within the {config.max_accuracy_drop:g}-point tolerance with "
+            f"{100 * interval['p_within_tolerance']:.0f} % confidence." + _small_split(interval["rows"])
+        )
     if selection.pick is None and selection.closest:
         closest = ", ".join(
             f"trial {t.number} (constraints {t.user_attrs['constraints']})" for t in selection.closest[:3]

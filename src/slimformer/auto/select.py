@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.config import AutoConfig
-from slimformer.auto.study import CONSTRAINTS, SCREENED
+from slimformer.auto.study import CONSTRAINTS, DROP_INTERVAL, SCREENED
 from slimformer.studies import PRUNED_ATTR
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class Selection:
     front: list[Any]
     pick: Any | None
     closest: list[Any] = field(default_factory=list)
+    why: str = ""  # how the pick was chosen among candidates validation cannot tell apart
 
     @property
     def finalists(self) -> list[Any]:
@@ -63,7 +64,36 @@ def select(study: optuna.Study, config: AutoConfig) -> Selection:
     front = pareto_front(complete)
     meets = sorted((t for t in complete if feasible(t)), key=lambda t: (-t.value, t.user_attrs["p50_ms"]))
     closest = sorted(complete, key=lambda t: (max(t.user_attrs[CONSTRAINTS]), -t.value))
-    return Selection(complete=complete, front=front, pick=meets[0] if meets else None, closest=closest)
+    pick, why = prefer_faster_among_ties(meets)
+    return Selection(complete=complete, front=front, pick=pick, closest=closest, why=why)
+
+
+def prefer_faster_among_ties(meets: list[Any]) -> tuple[Any | None, str]:
+    """The pick among the trials that meet the budget (sorted most accurate first): the most accurate one,
+    unless validation cannot tell it from others: then the fastest (and smallest) of those whose paired drop
+    interval overlaps the most accurate one's. Returns the pick and, when that rule moved it, why."""
+    if not meets:
+        return None, ""
+    best = meets[0]
+    best_interval = best.user_attrs.get(DROP_INTERVAL)
+    if best_interval is None:
+        return best, ""
+    tied = [t for t in meets if _overlaps(t.user_attrs.get(DROP_INTERVAL), best_interval)]
+    pick = min(tied, key=lambda t: (t.user_attrs["p50_ms"], t.user_attrs.get("size_mb", 0.0)))
+    if pick is best:
+        return best, ""
+    ours, theirs = pick.user_attrs[DROP_INTERVAL], best_interval
+    return pick, (
+        f"trial {pick.number} was picked over the most accurate, trial {best.number}: on the "
+        f"{theirs['rows']} validation rows their drops cannot be told apart (90 % intervals "
+        f"{ours['low']:+.2f}..{ours['high']:+.2f} and {theirs['low']:+.2f}..{theirs['high']:+.2f} points), "
+        f"and it is faster ({pick.user_attrs['p50_ms']:.3f} against {best.user_attrs['p50_ms']:.3f} ms)"
+    )
+
+
+def _overlaps(interval: dict[str, Any] | None, best: dict[str, Any]) -> bool:
+    """Whether a trial's drop interval reaches into the most accurate trial's (validation cannot separate them)."""
+    return interval is not None and interval["low"] <= best["high"]
 
 
 def final_benchmark(teacher: Path, selection: Selection, data: Any, config: AutoConfig) -> dict[str, Any]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import optuna
 
 SCREENED = "screened_out"
+DROP_INTERVAL = "drop_interval"  # paired bootstrap of the validation drop against the teacher (points)
 CONSTRAINTS = "constraints"
 
 
@@ -50,7 +51,50 @@ def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) ->
     workers' trials retried). The sampler's seed is `config.seed + seed_offset` plus the trials it holds."""
     from slimformer.studies import open_study as open_shared_study
 
-    return open_shared_study(url, name, seed=config.seed + seed_offset, heartbeat_seconds=config.heartbeat_seconds)
+    return open_shared_study(
+        url,
+        name,
+        seed=config.seed + seed_offset,
+        heartbeat_seconds=config.heartbeat_seconds,
+        pruner=BudgetPruner(),
+    )
+
+
+TARGET_ATTR = "target_accuracy"  # user attribute: the validation accuracy a trial must reach (teacher - tolerance)
+
+
+class BudgetPruner:
+    """An Optuna pruner that stops a trial only when its validation curve cannot reach the teacher's accuracy
+    minus the tolerance (the trial's `target_accuracy`), judged against finished trials of the same depth that
+    trained at least as many epochs: it is stopped when even the largest rise any of them made from this epoch
+    to its end (plus SLACK) would leave it short. A small student is never compared with larger ones, and with
+    no such trial yet nothing is stopped."""
+
+    SLACK = 0.005  # half a point of accuracy the curve may beat its peers by
+    reason = "cannot reach the teacher's accuracy minus the tolerance, judged by finished trials of its depth"
+
+    def __init__(self, warmup_epochs: int = 1) -> None:
+        self.warmup_epochs = warmup_epochs
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        from optuna.trial import TrialState
+
+        step = trial.last_step
+        target = trial.user_attrs.get(TARGET_ATTR)
+        if step is None or step <= self.warmup_epochs or target is None:
+            return False
+        epochs = trial.params.get("epochs", step)
+        peers = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.params.get("layers") == trial.params.get("layers")
+            and step in t.intermediate_values
+            and max(t.intermediate_values) >= epochs
+        ]
+        if not peers:
+            return False
+        rise = max(max(t.intermediate_values.values()) - t.intermediate_values[step] for t in peers)
+        return trial.intermediate_values[step] + max(rise, 0.0) + self.SLACK < target
 
 
 def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
@@ -72,11 +116,12 @@ class Reference:
     against, turn about, on the same queries (so a speed-up is measured side by side)."""
 
     def __init__(self, teacher: Path, data: Any) -> None:
-        from slimformer.evaluation import evaluate_predictor
+        from slimformer.evaluation import correct_rows
         from slimformer.predictor import load
 
         self.predictor = load(teacher)
-        self.accuracy = evaluate_predictor(self.predictor, data.validation, data)["accuracy"]
+        self.correct = correct_rows(self.predictor, data.validation, data)  # per row, for paired comparisons
+        self.accuracy = float(self.correct.mean())
 
 
 def violations(
@@ -244,6 +289,7 @@ class Objective:
             )
             set_constraints(trial, [*optimistic.values(), 0.0])
             raise optuna.TrialPruned("screened out before training")
+        trial.set_user_attr(TARGET_ATTR, self.reference.accuracy - self.config.max_accuracy_drop / 100)
         training = suggest_training(trial, self.config)
         from slimformer.trial_pruning import OptunaPruningCallback
 
@@ -269,11 +315,17 @@ class Objective:
 
     def _score(self, trial: optuna.Trial, folder: Path, shape: Any) -> float:
         from slimformer.artifacts import read_metrics
+        from slimformer.evaluation import correct_rows
+        from slimformer.metrics import paired_drop_interval
+        from slimformer.predictor import load
 
         accuracy = read_metrics(folder)["validation"]["accuracy"]
         measured = measure(folder, self.texts, shape.threads, self.reference.predictor)
         teacher_p50 = measured.pop("reference_p50_ms")
         drop = round(100 * (self.reference.accuracy - accuracy), 3)
+        candidate_correct = correct_rows(load(folder, threads=shape.threads), self.data.validation, self.data)
+        interval = paired_drop_interval(self.reference.correct, candidate_correct, self.config.max_accuracy_drop)
+        trial.set_user_attr(DROP_INTERVAL, interval)
         trial.set_user_attr("folder", str(folder))
         trial.set_user_attr("validation_accuracy", accuracy)
         trial.set_user_attr("teacher_p50_ms", teacher_p50)
