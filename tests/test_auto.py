@@ -419,3 +419,22 @@ def test_the_pick_prefers_the_faster_of_two_candidates_validation_cannot_tell_ap
     slow_but_far_better = [trial(3, closer, 0.40), trial(4, far, 0.10)]
     assert prefer_faster_among_ties(slow_but_far_better) == (slow_but_far_better[0], "")  # 4 points is not noise
     assert paired_drop_interval(teacher, far, 0.5)["p_within_tolerance"] == 0.0
+
+
+def test_validation_fraction_carves_validation_from_train(clinc_slice_dir, tmp_path) -> None:
+    import shutil
+
+    from slimformer.auto.run import DataSpec, load_splits
+
+    data = tmp_path / "no-validation"
+    data.mkdir()
+    for split in ("train", "test"):
+        shutil.copy(clinc_slice_dir / f"{split}.csv", data / f"{split}.csv")
+    spec = DataSpec(str(data), None, "text", "label")
+    default = load_splits(spec, AutoConfig(min_speedup=2), quick=False)
+    larger = load_splits(spec, AutoConfig(min_speedup=2, validation_fraction=0.25), quick=False)
+    total = len(default.train) + len(default.validation)
+    assert total == 144 and len(default.validation) == 15  # 10 % of the 144 training rows, rounded up
+    assert len(larger.validation) == 36 and len(larger.train) == 108
+    with pytest.raises(ConfigError, match="validation fraction"):
+        AutoConfig(min_speedup=2, validation_fraction=0.6).validate()

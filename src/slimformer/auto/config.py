@@ -74,6 +74,9 @@ class AutoConfig(DistillRanges, StageConfig):
     )
     max_length: int | None = option(None, "Truncate texts to this many tokens (default: the teacher's, else 128).")
     seed: int = option(42, "Seed of the sampler, the training and the data subsets.")
+    validation_fraction: float = option(
+        0.1, "Share of the training rows held out for validation when the data has no validation split."
+    )
     max_train_samples: int | None = option(None, "Subsample the training split.")
     max_eval_samples: int | None = option(None, "Subsample validation and test.")
 
@@ -128,6 +131,8 @@ class AutoConfig(DistillRanges, StageConfig):
         if self.threads is not None and (not self.threads or min(self.threads) < 1):
             raise ConfigError("threads must be >= 1")
         self.validate_ranges()
+        if not 0 < self.validation_fraction < 0.5:
+            raise ConfigError(f"validation fraction must be in (0, 0.5), got {self.validation_fraction}")
         if self.screen_margin < 1:
             raise ConfigError(f"screen margin must be >= 1, got {self.screen_margin}")
 

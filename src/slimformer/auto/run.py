@@ -50,6 +50,15 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     output.mkdir(parents=True, exist_ok=True)
     work = Path(config.work_dir) if config.work_dir else output / "work"
     splits = load_splits(data, config, quick)
+    rows = len(splits.validation)
+    say(
+        f"validation: {rows} rows (one row = {100 / rows:.2f} points)"
+        + (
+            "; small: gaps under a point are noise (a dataset without a validation split: --validation-fraction)"
+            if rows < SMALL_VALIDATION_ROWS
+            else ""
+        )
+    )
     teacher = ensure_teacher(model, splits, work, quick, config.seed)
     _preflight(teacher, config)
     url = config.storage or f"sqlite:///{output.resolve() / 'study.db'}"
@@ -74,7 +83,14 @@ def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
     from slimformer.data import load_data
     from slimformer.pipeline import QUICK_EVAL_ROWS, QUICK_TRAIN_ROWS
 
-    splits = load_data(spec.name, spec.data_dir, spec.text_column, spec.label_column, seed=config.seed)
+    splits = load_data(
+        spec.name,
+        spec.data_dir,
+        spec.text_column,
+        spec.label_column,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+    )
     if quick:
         splits = splits.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=config.seed)
     if config.max_train_samples or config.max_eval_samples:
