@@ -82,6 +82,14 @@ def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_pat
     assert [row["trial"] for row in summary["trial_table"]] == [t.number for t in trials]
     assert {row["state"] for row in summary["trial_table"]} <= {"complete", "pruned", "screened out", "fail"}
     assert summary["trained_per_hour"] > 0
+    # per kind on both splits (validation and test differ in composition), and each drop's paired interval
+    for row in summary["trial_table"]:
+        if row["state"] == "complete":
+            assert 0 <= row["validation_in_scope"] <= 1 and 0 <= row["validation_oos_recall"] <= 1
+            low, high = (float(x) for x in row["drop_interval"].split(".."))
+            assert low <= row["accuracy_drop_points"] <= high
+    report_md = (output / "report.md").read_text()
+    assert "| in-scope acc. | OOS recall |" in report_md and "| val. in-scope | val. OOS recall |" in report_md
     # the report opens with the headline; the test split was scored once, in the final benchmark
     lines = (output / "report.md").read_text().splitlines()
     assert lines[2].startswith(f"**Final model: trial-{best.number} — ") and "budget ≥ 1.2x lower p50" in lines[2]

@@ -91,6 +91,10 @@ def prefer_faster_among_ties(meets: list[Any]) -> tuple[Any | None, str]:
     )
 
 
+def _interval_text(interval: dict[str, Any] | None) -> str:
+    return f"{interval['low']:+.2f}..{interval['high']:+.2f}" if interval else ""
+
+
 def _overlaps(interval: dict[str, Any] | None, best: dict[str, Any]) -> bool:
     """Whether a trial's drop interval reaches into the most accurate trial's (validation cannot separate them)."""
     return interval is not None and interval["low"] <= best["high"]
@@ -139,6 +143,9 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "params": dict(t.params),
                 "validation_accuracy": t.value if t.state.name == "COMPLETE" else None,  # pruned: a mid-run value
                 "accuracy_drop_points": attrs.get("accuracy_drop_points"),
+                "drop_interval": _interval_text(attrs.get(DROP_INTERVAL)),
+                "validation_in_scope": attrs.get("validation_in_scope"),
+                "validation_oos_recall": attrs.get("validation_oos_recall"),
                 "p50_ms": attrs.get("p50_ms", (attrs.get("screen") or {}).get("p50_ms")),
                 "size_mb": attrs.get("size_mb", (attrs.get("screen") or {}).get("size_mb")),
                 "speedup": attrs.get("speedup", (attrs.get("screen") or {}).get("speedup")),
