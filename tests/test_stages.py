@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimformer.config import StageConfig, option
+from slimformer.config import MethodConfig, StageConfig, option
 from slimformer.errors import DataError
 
 
@@ -192,3 +192,45 @@ def test_a_failing_stage_leaves_nothing_behind(tiny_classifier_dir, tmp_path):
     finally:
         STAGES.pop("broken")
     assert list(tmp_path.iterdir()) == []
+
+
+@dataclass
+class CopyInt8Config(MethodConfig):
+    """A toy quantization method: copies the ONNX folder and records a note."""
+
+    method = "copy-int8"
+    label: str = option("toy", "What to write in metrics.json.")
+
+
+def copy_int8(source, folder, config, data=None, teacher=None):
+    from slimformer.artifacts import Session, StageResult
+
+    shutil.copytree(source, folder, dirs_exist_ok=True)
+    return StageResult({"label": config.method_config().label}, Session(max_length=32))
+
+
+def test_a_quantization_method_is_one_config_one_function_and_one_registry_line(tmp_path, capsys) -> None:
+    """torchao style: the method's config class, its function and `register_method` make it a `--method` of
+    `slimformer quantize`, with its options on the command line, dispatched on its config's type."""
+    from slimformer.stages import STAGES, register_method
+    from tests.test_cli import run_cli
+
+    original = STAGES["quantize"]
+    register_method("quantize", CopyInt8Config, copy_int8)
+    try:
+        onnx_dir = Path(__file__).resolve().parent / "data" / "tiny_onnx"
+        args = ["quantize", onnx_dir, "--method", "copy-int8", "--label", "hello", "--output", tmp_path / "q"]
+        code, _, err = run_cli([*args, "--data", "none"], capsys)
+        assert code == 0, err
+        metrics = json.loads((tmp_path / "q" / "metrics.json").read_text())
+        assert metrics["label"] == "hello" and metrics["stage"] == "quantize"
+        assert (tmp_path / "q" / "model.onnx").read_bytes() == (onnx_dir / "model.onnx").read_bytes()
+        # the built-in methods are still there, and the toy's option belongs to it alone
+        code, _, err = run_cli(
+            ["quantize", onnx_dir, "--method", "dynamic", "--label", "x", "-o", tmp_path / "d"], capsys
+        )
+        assert code == 2 and "--label is for copy-int8 quantization, not dynamic" in err
+    finally:
+        STAGES["quantize"] = original
+    code, _, err = run_cli(["quantize", onnx_dir, "--method", "copy-int8", "--output", tmp_path / "gone"], capsys)
+    assert code == 2 and "unknown quantization method 'copy-int8'" in err

@@ -112,15 +112,23 @@ class MethodConfig:
     :func:`with_methods`)."""
 
     method: ClassVar[str] = ""
+    # what the method works on, where a stage offers both (quantize: an ONNX folder, or a PyTorch checkpoint)
+    takes_checkpoint: ClassVar[bool] = False
 
     def validate(self) -> None:
         """Raise ConfigError with a one-line reason for an out-of-range value."""
 
 
-def with_methods(base: type, methods: list[type[MethodConfig]], default: str, what: str) -> type:
+MethodFunction = Any  # a callable, or "module:function" imported on first use (the CLI starts without torch)
+
+
+def with_methods(base: type, methods: dict[type[MethodConfig], MethodFunction], default: str, what: str) -> type:
     """The config class a stage's CLI and recipes see: `base`'s fields (what every method shares), `method`
     (one of `methods`) and every method's own fields, each with its help text and which methods use it.
-    ``config.method_config()`` is the chosen method's own config; an option of another method is refused."""
+    ``config.method_config()`` is the chosen method's own config (an option of another method is refused) and
+    ``config.method_function()`` the function `methods` maps its type to, which the stage calls. The class keeps
+    what built it (``methods``, ``options_base``, ``default_method``, ``what``), so :func:`add_method` can
+    build it again with one more method."""
     by_name = {m.method: m for m in methods}
     base_names = {f.name for f in dataclasses.fields(base)}
     owners: dict[str, list[str]] = {}
@@ -155,8 +163,33 @@ def with_methods(base: type, methods: list[type[MethodConfig]], default: str, wh
         self.method_config().validate()  # the method and its own options first, then what all methods share
         base.validate(self, *args)
 
+    def method_function(self: Any) -> Any:
+        """The function of the chosen method (imported now when registered as "module:function")."""
+        function = methods[by_name[self.method]]
+        if isinstance(function, str):
+            import importlib
+
+            module, _, attribute = function.partition(":")
+            function = getattr(importlib.import_module(module), attribute)
+        return function
+
     name = base.__name__.removesuffix("Options") + "Config"
-    namespace = {"method_config": method_config, "validate": validate, "__doc__": base.__doc__}
+    namespace = {
+        "method_config": method_config,
+        "method_function": method_function,
+        "validate": validate,
+        "__doc__": base.__doc__,
+        "methods": dict(methods),
+        "options_base": base,
+        "default_method": default,
+        "what": what,
+    }
     cls = dataclasses.make_dataclass(name, fields, bases=(base,), namespace=namespace)
     cls.__module__ = base.__module__  # pickles and prints as e.g. slimformer.prune.stage.PruneConfig
     return cls
+
+
+def add_method(config: type, method: type[MethodConfig], function: MethodFunction) -> type:
+    """`config` (a class :func:`with_methods` built) built again with `method` and its `function` added."""
+    methods = {**config.methods, method: function}  # type: ignore[attr-defined]
+    return with_methods(config.options_base, methods, config.default_method, config.what)  # type: ignore[attr-defined]

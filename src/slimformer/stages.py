@@ -125,6 +125,16 @@ def register_stage(stage: Stage) -> Stage:
     return stage
 
 
+def register_method(stage_name: str, method: type, function: Any) -> Stage:
+    """Add a method to a stage whose config :func:`slimformer.config.with_methods` built (torchao style): its
+    `MethodConfig` class and its function (called as the stage's other methods are, or "module:function"). The
+    stage's CLI options and recipes gain the method's fields. Returns the stage as registered now."""
+    from slimformer.config import add_method
+
+    stage = STAGES[stage_name]
+    return register_stage(replace(stage, config=add_method(stage.config, method, function)))
+
+
 for _stage in (
     Stage(
         "finetune", FinetuneConfig, "slimformer.finetune:train_finetuned", "Fine-tune a checkpoint into a classifier."

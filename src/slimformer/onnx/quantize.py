@@ -152,6 +152,7 @@ class TorchDynamicConfig(MethodConfig):
     """PyTorch dynamic INT8 of the Linear layers (a PyTorch checkpoint; the book's path)."""
 
     method: ClassVar[str] = "torch-dynamic"
+    takes_checkpoint: ClassVar[bool] = True
 
 
 @dataclass
@@ -159,6 +160,7 @@ class QATConfig(SoftTargets, MethodConfig):
     """Quantization-aware training: a short fine-tune with fake-quantized Linears (a PyTorch checkpoint)."""
 
     method: ClassVar[str] = "qat"
+    takes_checkpoint: ClassVar[bool] = True
     epochs: float = option(1.0, "Passes over the training split (a short fine-tune from the fp32 weights)")
     learning_rate: float = option(2e-5, "Small: QAT starts from trained weights.")
     batch_size: int = option(32, "Training batch size.")
@@ -172,7 +174,13 @@ class QATConfig(SoftTargets, MethodConfig):
 # `slimformer quantize`'s config: the shared options, `method`, and each method's own fields (written once above)
 QuantizeConfig = with_methods(
     QuantizeOptions,
-    [DynamicConfig, StaticConfig, AutoQuantizeConfig, TorchDynamicConfig, QATConfig],
+    {  # each method's function: (source, folder, config, data, teacher) -> StageResult
+        DynamicConfig: "slimformer.onnx.quantize:quantize_with_ort",
+        StaticConfig: "slimformer.onnx.quantize:quantize_with_ort",
+        AutoQuantizeConfig: "slimformer.onnx.quantize:quantize_with_ort",
+        TorchDynamicConfig: "slimformer.onnx.torch_dynamic:quantize_torch_dynamic",
+        QATConfig: "slimformer.onnx.qat:quantization_aware_training",
+    },
     "dynamic",
     "quantization",
 )
@@ -226,25 +234,22 @@ def quantize_model(
     """The quantize stage's body: dispatch on the method config's type."""
     is_onnx = (source / ONNX_FILE).is_file()
     method = config.method_config()
-    on_checkpoint = isinstance(method, TorchDynamicConfig | QATConfig)
-    if on_checkpoint and is_onnx:
+    if method.takes_checkpoint and is_onnx:
         raise ModelError(f"method {config.method!r} takes a PyTorch checkpoint, and {source} is an ONNX folder")
-    if not on_checkpoint and not is_onnx:
+    if not method.takes_checkpoint and not is_onnx:
         raise ModelError(
             f"method {config.method!r} takes an ONNX folder and {source} is a PyTorch checkpoint: run "
             "`slimformer export` and `slimformer optimize` on it first"
         )
     if not is_onnx:
         _check_classifier(source, data)
-    if isinstance(method, TorchDynamicConfig):
-        from slimformer.onnx.torch_dynamic import quantize_torch_dynamic
+    return config.method_function()(source, folder, config, data, teacher)
 
-        return quantize_torch_dynamic(source, folder, config, data)
-    if isinstance(method, QATConfig):
-        assert data is not None  # check() made sure
-        from slimformer.onnx.qat import quantization_aware_training
 
-        return quantization_aware_training(source, folder, config, data, teacher)
+def quantize_with_ort(
+    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None, teacher: Path | None = None
+) -> StageResult:
+    """ORT dynamic, static or auto INT8 of the ONNX folder `source` (a scratch folder beside `folder`)."""
     from slimformer.onnx.ort_quantize import quantize_ort_folder
 
     with tempfile.TemporaryDirectory(prefix=".work-", dir=folder.parent) as work_dir:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from slimformer.onnx.quantize import QuantizeConfig
 
 
-def quantize_torch_dynamic(source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None) -> StageResult:
+def quantize_torch_dynamic(
+    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None, teacher: Path | None = None
+) -> StageResult:
     import torch
 
     from slimformer.models import classifier_labels, load_classifier, load_tokenizer

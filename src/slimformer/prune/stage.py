@@ -130,7 +130,16 @@ class VocabConfig(MethodConfig):
 
 # `slimformer prune`'s config: the shared options, `method`, and every method's own fields (written once above)
 PruneConfig = with_methods(
-    PruneOptions, [MagnitudeConfig, MovementConfig, StructuredConfig, VocabConfig], "magnitude", "pruning"
+    PruneOptions,
+    {  # each method's function: (model, tokenizer, splits, config, folder, teacher) -> (model, extra metrics)
+        MagnitudeConfig: "slimformer.prune.stage:_magnitude",
+        MovementConfig: "slimformer.prune.stage:_movement",
+        StructuredConfig: "slimformer.prune.stage:_structured",
+        # vocabulary pruning rewrites the tokenizer too: (source, splits, config, folder) -> (model, tokenizer, extra)
+        VocabConfig: "slimformer.prune.stage:_prune_vocabulary",
+    },
+    "magnitude",
+    "pruning",
 )
 
 
@@ -174,9 +183,9 @@ def prune_model(
     input_validation = evaluate_model(model, tokenizer, splits.validation, splits, config.max_length)
 
     if isinstance(method, VocabConfig):  # rewrites the tokenizer too
-        model, tokenizer, extra = _prune_vocabulary(model_path, splits, config, folder)
+        model, tokenizer, extra = config.method_function()(model_path, splits, config, folder)
     else:
-        model, extra = METHOD_FUNCTIONS[type(method)](model, tokenizer, splits, config, folder, teacher_path)
+        model, extra = config.method_function()(model, tokenizer, splits, config, folder, teacher_path)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     metrics = _metrics(model_path, teacher_path, splits, config, started, input_validation)
@@ -369,7 +378,6 @@ def _movement(
 # a pruning method is one config class (its options; listed in PruneConfig above), one function
 # (model, tokenizer, splits, config, folder, teacher) -> (model, report entries) and one line here, keyed by the
 # config's type (vocabulary pruning rewrites the tokenizer too, so it has its own path: _prune_vocabulary)
-METHOD_FUNCTIONS = {StructuredConfig: _structured, MagnitudeConfig: _magnitude, MovementConfig: _movement}
 
 
 def _train(
