@@ -303,7 +303,7 @@ def test_accuracy_aware_keeps_layers_in_fp32_for_an_impossible_tolerance(
 ) -> None:
     from slimformer.onnx import QuantizeConfig, quantize
     from slimformer.onnx.accuracy_aware import layer_groups
-    from slimformer.onnx.quantize import DYNAMIC_OPS
+    from slimformer.onnx.ort_quantize import DYNAMIC_OPS
 
     groups = layer_groups(optimized_dir / "model.onnx", DYNAMIC_OPS)
     assert list(groups) == ["embeddings", "layer.0", "layer.1", "head"]

@@ -95,7 +95,7 @@ class Session:
     """`session.json`: how the artefact in a folder runs (`slimformer.load` and every later stage read it): its
     truncation length and, for ONNX Runtime, threads (None = every core at load time), graph level and whether
     idle intra-op threads spin (None = ONNX Runtime's default; `slimformer tune-threads` measures it). A stage
-    returns one; the stage envelope (:func:`slimformer.stages.run_stage`) writes it."""
+    returns one; the stage envelope (:func:`slimformer.envelope.run_stage`) writes it."""
 
     max_length: int
     threads: int | None = None

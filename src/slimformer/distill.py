@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimformer.artifacts import Session, StageResult, read_metrics
 from slimformer.config import option
+from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError
 from slimformer.layer_losses import LAYER_MAPS, LayerLosses
 from slimformer.training import SoftTargets, TrainingOptions
@@ -103,9 +104,7 @@ def distill(
     history, validation and test metrics, train seconds and the teacher-logit cache entry. `callbacks` go to
     the Trainer (the search's pruning). Returns the metrics.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("distill", source, output, config, data, teacher, callbacks=callbacks)
+    return run_stage(STAGE, source, output, config, data, teacher, callbacks=callbacks)
 
 
 def distill_student(
@@ -187,3 +186,11 @@ def _student_checkpoint(path: Path, labels: list[str]) -> tuple[Any, Any]:
         return load_classifier(path, labels=labels), load_tokenizer(path)
     check_classifier_fits(path, labels)
     return load_classifier(path), load_tokenizer(path)
+
+
+STAGE = Stage(
+    "distill",
+    DistillConfig,
+    distill_student,
+    "Distil a student (from the source's own layers, or a checkpoint) from the teacher's cached logits.",
+)

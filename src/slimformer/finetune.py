@@ -8,6 +8,7 @@ from typing import Any
 
 from slimformer.artifacts import Session, StageResult
 from slimformer.config import option
+from slimformer.envelope import Stage, run_stage
 from slimformer.training import TrainingOptions
 
 
@@ -31,9 +32,7 @@ def finetune(
     length, which every later stage inherits) and `metrics.json` with validation and test metrics, both
     measured at the training length. `teacher` is part of the stage contract and unused. Returns the metrics.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("finetune", source, output, config, data, teacher)
+    return run_stage(STAGE, source, output, config, data, teacher)
 
 
 def train_finetuned(
@@ -64,3 +63,11 @@ def train_finetuned(
         **result.metrics(),
     }
     return StageResult(metrics, Session(config.max_length))
+
+
+STAGE = Stage(
+    "finetune",
+    FinetuneConfig,
+    train_finetuned,
+    "Fine-tune a checkpoint into a classifier.",
+)

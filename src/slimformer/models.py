@@ -154,7 +154,7 @@ def _register_static(with_models: bool) -> None:
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    from slimformer.static_student import MODEL_TYPE
+    from slimformer.families import STATIC_MODEL_TYPE as MODEL_TYPE
 
     if not with_models and MODEL_TYPE in CONFIG_MAPPING:
         return

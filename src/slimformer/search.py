@@ -25,8 +25,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimformer.artifacts import StageResult
 from slimformer.config import QUICK_MAX_EPOCHS, StageConfig, option
+from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError
-from slimformer.search_results import BEST_MODEL_FOLDER, TRIALS_FOLDER, KeepBestTrialFolders, write_results
+from slimformer.search_results import (
+    BEST_MODEL_FOLDER,
+    TRIALS_FOLDER,
+    KeepBestTrialFolders,
+    distill_config_of,
+    say,
+    write_results,
+)
 from slimformer.storage import printable_url
 from slimformer.studies import BASELINE_ATTR, DistillRanges, fail_stale_trials, requeue_abandoned
 
@@ -114,9 +122,7 @@ def search(
     `optimization_history.png`, `pareto_front.json` + `.png` (multi-objective), `best_model/` (an HF
     checkpoint with its metrics.json) and `metrics.json` ("stage": "search"). Returns those metrics.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("search", source, output, config, data, teacher)
+    return run_stage(STAGE, source, output, config, data, teacher)
 
 
 def search_study(
@@ -145,9 +151,9 @@ def search_study(
     remaining = max(0, config.trials - len(done))
     if config.enqueue_defaults and remaining and _baseline_missing(study):
         study.enqueue_trial(_default_params(config), user_attrs={BASELINE_ATTR: True})
-    _say(f"study {study_name} in {printable_url(storage_url)}: {len(done)} trial(s) finished, {remaining} to run")
+    say(f"study {study_name} in {printable_url(storage_url)}: {len(done)} trial(s) finished, {remaining} to run")
     if config.multi_objective and config.layers_choices is None:
-        _say("note: every trial has the same architecture, so latency differs by noise; add --layers-choices")
+        say("note: every trial has the same architecture, so latency differs by noise; add --layers-choices")
 
     objective = _Objective(source, teacher_path, splits, trials_dir, config)
     if remaining:
@@ -188,7 +194,7 @@ def _open_study(storage_url: str, study_name: str, config: SearchConfig) -> optu
     )
     if config.storage is None:  # the default SQLite file: no other process works on it
         if requeued := requeue_abandoned(study):
-            _say(f"{requeued} trial(s) left running by a killed run: failed and queued again")
+            say(f"{requeued} trial(s) left running by a killed run: failed and queued again")
     else:
         fail_stale_trials(study)  # a shared server: only trials whose worker stopped beating
     return study
@@ -232,24 +238,6 @@ def suggest_params(trial: optuna.Trial, config: SearchConfig) -> dict[str, Any]:
     return params
 
 
-def _distill_config(params: dict[str, Any], config: SearchConfig) -> Any:
-    from slimformer.distill import DistillConfig
-
-    layers = params.get("student_layers", config.student_layers)
-    return DistillConfig(
-        student=config.student if layers is None else None,
-        student_layers=layers,
-        alpha=params["alpha"],
-        temperature=float(params["temperature"]),
-        epochs=float(params["epochs"]),
-        learning_rate=params["learning_rate"],
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        seed=config.seed,
-        cache_dir=config.cache_dir,
-    )
-
-
 class _Objective:
     """One trial: distil with the suggested parameters into trials/trial-N and score the result."""
 
@@ -274,7 +262,7 @@ class _Objective:
 
         callbacks = [] if self.config.multi_objective else [OptunaPruningCallback(trial)]
         folder = self.trials_dir / f"trial-{trial.number}"
-        distill_config = _distill_config(params, self.config)
+        distill_config = distill_config_of(params, self.config)
         metrics = distill(
             self.source, folder, distill_config, self.splits, teacher=self.teacher_path, callbacks=callbacks
         )
@@ -308,7 +296,7 @@ class _TrialPrinter:
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
         values = "" if trial.values is None else " / ".join(f"{v:.4f}" for v in trial.values)
         seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        _say(
+        say(
             f"trial {trial.number} ({len(_finished(study))}/{self.total}) {trial.state.name.lower()} "
             f"{values} [{params}] in {seconds:.0f} s"
         )
@@ -316,12 +304,6 @@ class _TrialPrinter:
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def _say(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold]search[/bold] {message}", highlight=False)
 
 
 def _baseline_missing(study: optuna.Study) -> bool:
@@ -340,3 +322,11 @@ def __getattr__(name: str) -> Any:
 
         return OptunaPruningCallback
     raise AttributeError(f"module 'slimformer.search' has no attribute {name!r}")
+
+
+STAGE = Stage(
+    "search",
+    SearchConfig,
+    search_study,
+    "Search distillation settings with Optuna (resumable); the best student lands in OUTPUT/best_model.",
+)

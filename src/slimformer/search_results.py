@@ -133,7 +133,6 @@ def _save_best_model(
     config: SearchConfig,
 ) -> dict[str, Any]:
     from slimformer.distill import distill
-    from slimformer.search import _distill_config, _say
 
     trial_folder = output / TRIALS_FOLDER / f"trial-{best.number}"
     target = output / BEST_MODEL_FOLDER
@@ -142,8 +141,8 @@ def _save_best_model(
             shutil.copytree(trial_folder, folder, dirs_exist_ok=True, copy_function=_link_or_copy)
             metrics = read_metrics(folder)
     else:  # the trial ran elsewhere (shared storage) or its folder was removed: re-train its parameters
-        _say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
-        metrics = distill(source, target, _distill_config(best.params, config), splits, teacher=teacher_path)
+        say(f"trial {best.number}'s model folder is gone; re-training its parameters into {target}")
+        metrics = distill(source, target, distill_config_of(best.params, config), splits, teacher=teacher_path)
     metrics["search"] = {
         "study_name": study_name,
         "trial": best.number,
@@ -181,3 +180,29 @@ def _write_plots(study: optuna.Study, output: Path, config: SearchConfig) -> Non
             front = optuna_plots.plot_pareto_front(study, target_names=["validation accuracy", "p50 ms"])
             front.figure.savefig(output / "pareto_front.png", dpi=120, bbox_inches="tight")
             plt.close(front.figure)
+
+
+def distill_config_of(params: dict[str, Any], config: SearchConfig) -> Any:
+    """The DistillConfig one trial's parameters stand for (a trial runs it; a lost best model is re-trained)."""
+    from slimformer.distill import DistillConfig
+
+    layers = params.get("student_layers", config.student_layers)
+    return DistillConfig(
+        student=config.student if layers is None else None,
+        student_layers=layers,
+        alpha=params["alpha"],
+        temperature=float(params["temperature"]),
+        epochs=float(params["epochs"]),
+        learning_rate=params["learning_rate"],
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
+        cache_dir=config.cache_dir,
+    )
+
+
+def say(message: str) -> None:
+    """One line of the search's progress on stderr."""
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold]search[/bold] {message}", highlight=False)

@@ -1,182 +1,25 @@
-"""The stage registry and the one stage envelope: every stage is one config class and one function.
-
-A stage function only builds: ``build(source, folder, config, data, teacher) -> StageResult`` reads the model
-folder `source` (already resolved to a path) and writes its model files into `folder`, then returns its metrics
-and the :class:`~slimformer.artifacts.Session` its artefact runs with. Everything around it happens once, in
-:func:`run_stage`: the config is validated (with what the stage needs of the data), the source resolved and
-checked by the family preflight, the truncation length resolved (the config's `max_length`, else the source's
-recorded one, else 128, capped by what the model and the teacher take), the output folder opened atomically
-(a killed stage leaves only `.tmp-*`), `session.json` written (an ONNX artefact's threads measured on this CPU
-when the stage returns `thread_queries`) and `metrics.json` stamped with the stage's name and session.
-
-The CLI (:mod:`slimformer.commands.stages`), the recipe pipeline (:mod:`slimformer.pipeline`), `auto` and the
-search call stages only through :func:`run_stage` (``STAGES[name].run`` is it); what is special about a stage lives
-on its config class (``needs_teacher``, ``quick()``, ``uses_data``, ``model_subdir``).
+"""The stage catalog: the built-in stages, registered in CLI order. Each stage module defines its own
+:class:`~slimformer.envelope.Stage` (config class, function, one-line summary); the envelope and the registry live in
+:mod:`slimformer.envelope` (re-exported here).
 
 Adding a stage: write its config (a :class:`~slimformer.config.StageConfig` dataclass whose fields use
-:func:`~slimformer.config.option`) and its function, then add one :class:`Stage` line below (or call
-:func:`register_stage`). It is then a CLI command and a recipe stage.
+:func:`~slimformer.config.option`) and its function, then register it with one line
+(``register_stage(Stage("name", Config, function, "summary"))``). It is then a CLI command and a recipe stage.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from slimformer.distill import STAGE as DISTILL
+from slimformer.envelope import STAGES, Stage, register_method, register_stage, run_stage, saved_settings
+from slimformer.finetune import STAGE as FINETUNE
+from slimformer.onnx.export import STAGE as EXPORT
+from slimformer.onnx.optimize import STAGE as OPTIMIZE
+from slimformer.onnx.quantize import STAGE as QUANTIZE
+from slimformer.prune.stage import STAGE as PRUNE
+from slimformer.search import STAGE as SEARCH
+from slimformer.static_student import STAGE as STATIC
 
-from slimformer.artifacts import StageResult
-from slimformer.distill import DistillConfig
-from slimformer.finetune import FinetuneConfig
-from slimformer.onnx.export import ExportConfig
-from slimformer.onnx.optimize import OptimizeConfig
-from slimformer.onnx.quantize import QuantizeConfig
-from slimformer.prune.stage import PruneConfig
-from slimformer.search import SearchConfig
-from slimformer.static_student import StaticConfig
+__all__ = ["STAGES", "Stage", "register_method", "register_stage", "run_stage", "saved_settings"]
 
-
-@dataclass(frozen=True)
-class Stage:
-    """One registered stage: its name (the CLI command and recipe key), config class and function."""
-
-    name: str
-    config: type
-    function: str | Callable[..., dict[str, Any]]  # "module:function" (imported when run) or the function
-    summary: str  # one line for `--help`
-
-    @property
-    def build(self) -> Callable[..., StageResult]:
-        """The stage function (imported on first use, so the CLI starts without torch)."""
-        if callable(self.function):
-            return self.function
-        module, _, name = self.function.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-    @property
-    def run(self) -> Callable[..., dict[str, Any]]:
-        """``run(source, output, config, data, teacher, **extra) -> metrics``: the stage through the envelope."""
-        return functools.partial(run_stage, self.name)
-
-
-def run_stage(
-    name: str,
-    source: str | Path,
-    output: str | Path,
-    config: Any = None,
-    data: Any = None,
-    teacher: str | Path | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Run the registered stage `name` on the model folder `source` (or ``default``) into `output`; returns the
-    metrics it wrote to `output/metrics.json`. `extra` goes to the stage function (the search's callbacks)."""
-    from slimformer.artifacts import atomic_output_dir, check_output_dir, write_metrics, write_session
-    from slimformer.errors import ConfigError
-    from slimformer.families import preflight
-    from slimformer.models import resolve_max_length, resolve_model_path
-
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    stage = STAGES[name]
-    config = config if config is not None else stage.config()
-    config.check(data)
-    source_path = resolve_model_path(source)
-    teacher_path = resolve_model_path(teacher) if teacher is not None and config.needs_teacher else None
-    reason = preflight(source_path, name, config)
-    if reason:
-        raise ConfigError(reason)
-    if hasattr(config, "max_length"):
-        length = resolve_max_length(source_path, config.max_length, also=teacher_path)
-        config = replace(config, max_length=length)
-    output = check_output_dir(output)
-    in_place = contextlib.nullcontext(output) if config.writes_in_place else atomic_output_dir(output)
-    with in_place as folder:
-        result = stage.build(source_path, folder, config, data, teacher_path, **extra)
-        session = write_session(folder, result.session) if result.session is not None else None
-        if result.session is not None and result.thread_queries and result.session.threads is None:
-            from slimformer.threads import TUNE_QUERIES, tune_threads
-            from slimformer.timing import sample_queries
-
-            tune_threads(folder, sample_queries(list(result.thread_queries), TUNE_QUERIES))
-            session = saved_settings(folder)
-        metrics = {"stage": name, **result.metrics}
-        if session is not None:
-            metrics["session"] = session
-        write_metrics(folder, metrics)
-    return metrics
-
-
-def saved_settings(folder: Path) -> dict[str, Any]:
-    """A folder's session.json without the thread sweep (what metrics.json records)."""
-    from slimformer.predictor import saved_session
-
-    return {key: value for key, value in saved_session(folder).items() if key != "thread_sweep"}
-
-
-STAGES: dict[str, Stage] = {}
-
-
-def register_stage(stage: Stage) -> Stage:
-    """Add `stage` to the registry (the CLI and recipes pick it up); returns it."""
-    STAGES[stage.name] = stage
-    return stage
-
-
-def register_method(stage_name: str, method: type, function: Any) -> Stage:
-    """Add a method to a stage whose config :func:`slimformer.config.with_methods` built (torchao style): its
-    `MethodConfig` class and its function (called as the stage's other methods are, or "module:function"). The
-    stage's CLI options and recipes gain the method's fields. Returns the stage as registered now."""
-    from slimformer.config import add_method
-
-    stage = STAGES[stage_name]
-    return register_stage(replace(stage, config=add_method(stage.config, method, function)))
-
-
-for _stage in (
-    Stage(
-        "finetune", FinetuneConfig, "slimformer.finetune:train_finetuned", "Fine-tune a checkpoint into a classifier."
-    ),
-    Stage(
-        "distill",
-        DistillConfig,
-        "slimformer.distill:distill_student",
-        "Distil a student (from the source's own layers, or a checkpoint) from the teacher's cached logits.",
-    ),
-    Stage(
-        "search",
-        SearchConfig,
-        "slimformer.search:search_study",
-        "Search distillation settings with Optuna (resumable); the best student lands in OUTPUT/best_model.",
-    ),
-    Stage(
-        "prune",
-        PruneConfig,
-        "slimformer.prune.stage:prune_model",
-        "Prune a classifier: magnitude or movement (cubic schedule), structured (heads, FFN neurons), vocabulary.",
-    ),
-    Stage(
-        "static",
-        StaticConfig,
-        "slimformer.static_student:static_student",
-        "A static student (depth 0): the teacher's token embeddings as one table (Model2Vec) + a trained head.",
-    ),
-    Stage(
-        "export", ExportConfig, "slimformer.onnx.export:export_folder", "Export a classifier to ONNX, parity-checked."
-    ),
-    Stage(
-        "optimize",
-        OptimizeConfig,
-        "slimformer.onnx.optimize:optimize_folder",
-        "Fuse an exported graph with ONNX Runtime's transformer optimizer; fusion counts recorded.",
-    ),
-    Stage(
-        "quantize",
-        QuantizeConfig,
-        "slimformer.onnx.quantize:quantize_model",
-        "INT8: ORT dynamic or static (ONNX folder), torch-dynamic, or QAT (checkpoint); checked against fp32.",
-    ),
-):
+for _stage in (FINETUNE, DISTILL, SEARCH, PRUNE, STATIC, EXPORT, OPTIMIZE, QUANTIZE):
     register_stage(_stage)

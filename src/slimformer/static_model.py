@@ -12,7 +12,7 @@ import torch
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from slimformer.static_student import MODEL_TYPE
+from slimformer.families import STATIC_MODEL_TYPE as MODEL_TYPE
 
 
 class StaticEmbeddingConfig(PretrainedConfig):

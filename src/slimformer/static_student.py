@@ -20,6 +20,7 @@ import numpy as np
 
 from slimformer.artifacts import Session, StageResult
 from slimformer.config import option
+from slimformer.envelope import Stage
 from slimformer.errors import ConfigError
 from slimformer.families import STATIC_MODEL_TYPE
 from slimformer.training import SoftTargets, TrainingOptions
@@ -148,3 +149,11 @@ def static_student(
         **result.metrics(),
     }
     return StageResult(metrics, Session(config.max_length))
+
+
+STAGE = Stage(
+    "static",
+    StaticConfig,
+    static_student,
+    "A static student (depth 0): the teacher's token embeddings as one table (Model2Vec) + a trained head.",
+)

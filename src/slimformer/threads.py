@@ -24,7 +24,7 @@ TUNE_QUERIES = 200  # batch-1 queries timed at each setting
 TUNE_ROUNDS = 4  # interleaved rounds (the settings take turns)
 TUNE_WARMUP = 5  # untimed calls at the start of each setting's turn
 EVERY_COUNT_UP_TO = 8  # thread counts tried one by one; above, powers of two and the core count
-# the ONNX stages' `threads` option (the stage envelope tunes them when it is None: stages.run_stage)
+# the ONNX stages' `threads` option (the stage envelope tunes them when it is None: envelope.run_stage)
 THREADS_HELP = "Intra-op threads saved in session.json (None: the fastest of 1..N x spinning, timed on this CPU)"
 
 

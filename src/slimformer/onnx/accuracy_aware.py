@@ -9,9 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimformer.onnx.quantize import EMBEDDING_OPS, _Evaluation
+from slimformer.onnx.runtime import EMBEDDING_OPS
 
 if TYPE_CHECKING:
+    from slimformer.onnx.ort_quantize import _Evaluation
     from slimformer.onnx.quantize import QuantizeConfig
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from slimformer.artifacts import Session, StageResult, write_json
 from slimformer.config import StageConfig, option
+from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError, ModelError
 from slimformer.evaluation import score_logits
 from slimformer.onnx.runtime import (
@@ -79,9 +80,7 @@ def export_onnx(
     whose max |logit difference| exceeds ``config.parity_tolerance`` raises ModelError and writes nothing.
     Returns the metrics.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("export", model_dir, output, config, data, teacher)
+    return run_stage(STAGE, model_dir, output, config, data, teacher)
 
 
 def export_folder(
@@ -211,3 +210,11 @@ def _logits_only(model: Any, input_names: list[str]) -> Any:
             return self.model(**dict(zip(input_names, tensors, strict=True))).logits
 
     return LogitsOnly().eval()
+
+
+STAGE = Stage(
+    "export",
+    ExportConfig,
+    export_folder,
+    "Export a classifier to ONNX, parity-checked.",
+)

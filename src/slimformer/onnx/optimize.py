@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from slimformer.artifacts import Session, StageResult
 from slimformer.config import StageConfig, option
+from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError, ModelError
 from slimformer.onnx.embeddings import compact_embedding_rows
 from slimformer.onnx.runtime import (
@@ -94,9 +95,7 @@ def optimize_onnx(
     Warns (and records a warning) when fewer Attention fusions than layers were made. `data` and `teacher`
     are part of the stage contract and unused here. Returns the metrics.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("optimize", onnx_dir, output, config, data, teacher)
+    return run_stage(STAGE, onnx_dir, output, config, data, teacher)
 
 
 def optimize_folder(
@@ -270,3 +269,11 @@ def _parity_with_input(source: Path, folder: Path, config: OptimizeConfig) -> di
         for graph in graphs
     )
     return {**parity(reference, optimized), "reference": "input ONNX graph", "texts": "built-in sentences"}
+
+
+STAGE = Stage(
+    "optimize",
+    OptimizeConfig,
+    optimize_folder,
+    "Fuse an exported graph with ONNX Runtime's transformer optimizer; fusion counts recorded.",
+)

@@ -17,7 +17,7 @@ from slimformer.artifacts import Session, StageResult
 from slimformer.errors import ModelError
 from slimformer.evaluation import score_logits
 from slimformer.onnx.embeddings import compact_embedding_rows
-from slimformer.onnx.runtime import ONNX_FILE, copy_model_files, parity, parity_texts
+from slimformer.onnx.runtime import EMBEDDING_OPS, ONNX_FILE, copy_model_files, parity, parity_texts
 from slimformer.onnx.static import QOPERATOR_EXTRA_OPS, STATIC_OPS
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 # ops whose weights ORT dynamic quantization turns to int8 (Gather / EmbedLayerNormalization: embeddings;
 # Gemm: the pooler and classifier, quantized as MatMulInteger)
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "Gather", "EmbedLayerNormalization")
-EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
 # the fused ops ORT's static quantizer has no form of; static with `dynamic_attention` quantizes them dynamically
 FUSED_DYNAMIC_OPS = ("Attention", "EmbedLayerNormalization")
 # op types that show a graph was quantized, counted in metrics.json
@@ -268,18 +267,16 @@ class Int8Job:
         return metrics
 
 
-def quantize_ort_folder(
-    fp32_dir: Path, folder: Path, work: Path, config: QuantizeConfig, data: DataSplits | None
+def quantize_with_ort(
+    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None, teacher: Path | None = None
 ) -> StageResult:
-    """The ORT INT8 model of `fp32_dir` by the method config's type (dynamic, static or auto), into `folder`."""
-    from slimformer.onnx.quantize import AutoQuantizeConfig
+    """The quantize stage's dynamic and static methods: ORT INT8 of the ONNX folder `source` into `folder`
+    (graphs built in a scratch folder beside it)."""
+    import tempfile
 
-    job = Int8Job(fp32_dir, work, config, data)
-    if isinstance(config.method_config(), AutoQuantizeConfig):
-        from slimformer.onnx.quantize_select import quantize_auto
-
-        return quantize_auto(job, folder)
-    return job.write(job.build(config.method), folder)
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=folder.parent) as work:
+        job = Int8Job(source, Path(work), config, data)
+        return job.write(job.build(config.method), folder)
 
 
 def _dynamic(

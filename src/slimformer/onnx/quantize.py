@@ -23,7 +23,6 @@ time, and the most sensitive groups are kept in fp32 (``nodes_to_exclude``) unti
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,16 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from slimformer.artifacts import StageResult
 from slimformer.config import QUICK_MAX_EPOCHS, MethodConfig, StageConfig, option, with_methods
 from slimformer.cpu import VNNI_FLAGS, isa_flags
+from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError, DataError, ModelError
-
-# re-exported: accuracy_aware, torch_dynamic and the tests import these from here
-from slimformer.onnx.ort_quantize import (  # noqa: F401
-    DYNAMIC_OPS,
-    EMBEDDING_OPS,
-    QUANTIZED_OPS,
-    _Evaluation,
-    validation_report,
-)
 from slimformer.onnx.runtime import ONNX_FILE
 from slimformer.onnx.static import CALIBRATION_METHODS, QUANT_FORMATS, STATIC_OPS  # noqa: F401
 from slimformer.threads import THREADS_HELP
@@ -175,9 +166,9 @@ class QATConfig(SoftTargets, MethodConfig):
 QuantizeConfig = with_methods(
     QuantizeOptions,
     {  # each method's function: (source, folder, config, data, teacher) -> StageResult
-        DynamicConfig: "slimformer.onnx.quantize:quantize_with_ort",
-        StaticConfig: "slimformer.onnx.quantize:quantize_with_ort",
-        AutoQuantizeConfig: "slimformer.onnx.quantize:quantize_with_ort",
+        DynamicConfig: "slimformer.onnx.ort_quantize:quantize_with_ort",
+        StaticConfig: "slimformer.onnx.ort_quantize:quantize_with_ort",
+        AutoQuantizeConfig: "slimformer.onnx.quantize_select:quantize_auto_folder",
         TorchDynamicConfig: "slimformer.onnx.torch_dynamic:quantize_torch_dynamic",
         QATConfig: "slimformer.onnx.qat:quantization_aware_training",
     },
@@ -223,9 +214,7 @@ def quantize(
     INT8 model, their delta in points, argmax agreement, sizes and, in accuracy-aware mode, the sensitivity
     pass and the layers kept in fp32.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("quantize", model_dir, output, config, data, teacher)
+    return run_stage(STAGE, model_dir, output, config, data, teacher)
 
 
 def quantize_model(
@@ -246,16 +235,6 @@ def quantize_model(
     return config.method_function()(source, folder, config, data, teacher)
 
 
-def quantize_with_ort(
-    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None, teacher: Path | None = None
-) -> StageResult:
-    """ORT dynamic, static or auto INT8 of the ONNX folder `source` (a scratch folder beside `folder`)."""
-    from slimformer.onnx.ort_quantize import quantize_ort_folder
-
-    with tempfile.TemporaryDirectory(prefix=".work-", dir=folder.parent) as work_dir:
-        return quantize_ort_folder(source, folder, Path(work_dir), config, data)
-
-
 # --- shared helpers ---------------------------------------------------------------------------------------
 
 
@@ -266,3 +245,11 @@ def _check_classifier(source: Path, data: DataSplits | None) -> None:
         raise ModelError(f"{source} is a base model without a classification head; fine-tune it first")
     if data is not None:
         check_classifier_fits(source, data.labels)
+
+
+STAGE = Stage(
+    "quantize",
+    QuantizeConfig,
+    quantize_model,
+    "INT8: ORT dynamic or static (ONNX folder), torch-dynamic, or QAT (checkpoint); checked against fp32.",
+)

@@ -21,7 +21,9 @@ from slimformer.artifacts import StageResult
 from slimformer.onnx.runtime import parity
 
 if TYPE_CHECKING:
+    from slimformer.data import DataSplits
     from slimformer.onnx.ort_quantize import Int8Graph, Int8Job
+    from slimformer.onnx.quantize import QuantizeConfig
 
 AUTO_METHODS = ("dynamic", "static")
 LATENCY_ROUNDS = 10  # turns per candidate: short turns spread a shared host's bursts of load over all alike
@@ -31,6 +33,19 @@ LATENCY_WARMUP = 20  # untimed batch-1 calls per candidate before the first roun
 def weight_scales(config: Any) -> tuple[bool, ...]:
     """The `per_channel` settings `auto` tries: the config's, then per-tensor when ``try_per_tensor`` adds it."""
     return (True, False) if config.per_channel and config.try_per_tensor else (config.per_channel,)
+
+
+def quantize_auto_folder(
+    source: Path, folder: Path, config: QuantizeConfig, data: DataSplits | None, teacher: Path | None = None
+) -> StageResult:
+    """The quantize stage's `auto` method: every candidate of the ONNX folder `source` built in a scratch folder
+    beside `folder`, the kept one written into `folder`."""
+    import tempfile
+
+    from slimformer.onnx.ort_quantize import Int8Job
+
+    with tempfile.TemporaryDirectory(prefix=".work-", dir=folder.parent) as work:
+        return quantize_auto(Int8Job(source, Path(work), config, data), folder)
 
 
 def quantize_auto(job: Int8Job, folder: Path) -> StageResult:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import Session, StageResult, write_json
-from slimformer.onnx.quantize import validation_report
+from slimformer.onnx.ort_quantize import validation_report
 from slimformer.onnx.runtime import parity, parity_texts
 from slimformer.predictor import QUANTIZATION_FILE
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from slimformer.artifacts import Session, StageResult
 from slimformer.config import MethodConfig, option, with_methods
+from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError
 from slimformer.training import SoftTargets, TrainingOptions
 
@@ -157,9 +158,7 @@ def prune(
     `session.json` and `metrics.json` ("stage": "prune", per-layer sparsity, dense vs compressed size,
     validation/test metrics) and, for unstructured methods, `compressed/model.sparse*.safetensors`.
     """
-    from slimformer.stages import run_stage
-
-    return run_stage("prune", model_dir, output, config, data, teacher)
+    return run_stage(STAGE, model_dir, output, config, data, teacher)
 
 
 def prune_model(
@@ -431,3 +430,11 @@ def _metrics(
         "seconds": round(time.perf_counter() - started, 1),
         "input_validation": input_validation,
     }
+
+
+STAGE = Stage(
+    "prune",
+    PruneConfig,
+    prune_model,
+    "Prune a classifier: magnitude or movement (cubic schedule), structured (heads, FFN neurons), vocabulary.",
+)

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import prune_linear_layer
 
 from slimformer.errors import ConfigError, ModelError
 from slimformer.families import Family, encoder_layers, family_of, submodule
+from slimformer.prune.slicing import replace_linear, slice_layer_heads, unit_index
 
 IMPORTANCE_METHODS = ("magnitude", "gradient", "movement")
 UNIT_KINDS = ("ffn", "heads")
@@ -134,21 +134,6 @@ def _magnitude(units: LayerUnits) -> torch.Tensor:
     return rows.sqrt() * columns.sqrt()
 
 
-def _unit_index(keep: torch.Tensor, width: int, chunks: int = 1, count: int = 0) -> torch.Tensor:
-    """Row/column indices of the kept units, in their original order (slicing everything changes nothing);
-    with `chunks` > 1 the rows stack that many blocks of `count` units and each block keeps the same units."""
-    keep = torch.sort(keep).values
-    index = (keep[:, None] * width + torch.arange(width)).reshape(-1)
-    return torch.cat([index + block * count * width for block in range(chunks)])
-
-
-def _replace_linear(root: nn.Module, path: str, index: torch.Tensor, dim: int) -> None:
-    """Swap the Linear at `path` under `root` for its rows (dim=0) or columns (dim=1) at `index`."""
-    parent_path, _, name = path.rpartition(".")
-    parent = submodule(root, parent_path)
-    setattr(parent, name, prune_linear_layer(getattr(parent, name), index, dim=dim))
-
-
 @torch.no_grad()
 def slice_ffn(model: nn.Module, keep: list[torch.Tensor]) -> None:
     """Keep only the neurons `keep[layer]` (same count in every layer) and set the config's FFN width."""
@@ -158,8 +143,8 @@ def slice_ffn(model: nn.Module, keep: list[torch.Tensor]) -> None:
     family, layers = _encoder_layers(model)
     width = int(getattr(model.config, family.ffn_size_field))
     for layer, neurons in zip(layers, keep, strict=True):
-        _replace_linear(layer, family.ffn_in, _unit_index(neurons, 1, family.ffn_chunks, width), dim=0)
-        _replace_linear(layer, family.ffn_out, _unit_index(neurons, 1), dim=1)
+        replace_linear(layer, family.ffn_in, unit_index(neurons, 1, family.ffn_chunks, width), dim=0)
+        replace_linear(layer, family.ffn_out, unit_index(neurons, 1), dim=1)
     setattr(model.config, family.ffn_size_field, sizes.pop())
 
 
@@ -178,23 +163,6 @@ def slice_heads(model: nn.Module, keep: list[torch.Tensor]) -> None:
         slice_layer_heads(layer, family, heads, head_size, unit.count)
     model.config.num_attention_heads = counts.pop()
     model.config.attention_head_size = head_size
-
-
-def slice_layer_heads(layer: nn.Module, family: Family, heads: torch.Tensor, head_size: int, count: int) -> None:
-    """Keep the heads `heads` (of `count`) of one layer's attention and record the new head count on it (the
-    slim models narrow their freshly built layers with this too)."""
-    attention = submodule(layer, family.attention)
-    rows = _unit_index(heads, head_size, family.qkv_chunks, count)
-    for name in family.qkv:
-        _replace_linear(attention, name, rows, dim=0)
-    for name in family.extra_head_inputs:
-        if hasattr(attention, name):
-            _replace_linear(attention, name, rows, dim=0)
-    _replace_linear(layer, family.attention_out, _unit_index(heads, head_size), dim=1)
-    if family.head_count_attr:
-        setattr(attention, family.head_count_attr, len(heads))
-    if hasattr(attention, "all_head_size"):
-        attention.all_head_size = len(heads) * head_size
 
 
 def as_slim_model(model: nn.Module) -> nn.Module:

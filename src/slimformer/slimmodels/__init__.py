@@ -66,7 +66,7 @@ def slim_classes(family: Family) -> tuple[type, type]:
 def _narrow_attention(model: Any, family: Family, heads: int, head_size: int) -> None:
     import torch
 
-    from slimformer.prune.structured import slice_layer_heads
+    from slimformer.prune.slicing import slice_layer_heads
 
     full = model.config.hidden_size // head_size
     if heads >= full:
