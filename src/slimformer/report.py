@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,7 +258,7 @@ def write_deployable_model(
     with); measured elsewhere or not at all, they are timed here over validation queries of `data` and recorded
     in its session.json (slimformer.threads), unless `threads` fixes them."""
     from slimformer.artifacts import atomic_output_dir
-    from slimformer.predictor import ONNX_FILE, SESSION_FILE, default_threads
+    from slimformer.predictor import ONNX_FILE, SESSION_FILE, default_threads, saved_session
 
     if not config.deploy:
         return None
@@ -271,9 +270,7 @@ def write_deployable_model(
             if item.is_file() and item.name not in ("metrics.json", SESSION_FILE):
                 shutil.copy2(item, folder / item.name)
         session = {"threads": threads or default_threads(), "max_length": 64, "graph_optimization_level": "all"}
-        if (model / SESSION_FILE).is_file():
-            saved = json.loads((model / SESSION_FILE).read_text())
-            session.update({key: value for key, value in saved.items() if value is not None})
+        session.update({key: value for key, value in saved_session(model).items() if value is not None})
         write_json(folder / SESSION_FILE, session)
         sweep = None
         if data is not None and threads is None and (folder / ONNX_FILE).is_file():

@@ -9,18 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.auto.config import AutoConfig
+from slimformer.report import TABLE_COLUMNS
 
+# the run report's columns (slimformer.report.TABLE_COLUMNS) without the backend, throughput and memory, and whether
+# each finalist meets the budget on test
 FINAL_COLUMNS = [
-    ("model", "model", "{}"),
-    ("accuracy", "test accuracy", "{:.4f}"),
-    ("accuracy_delta_points", "Δ acc. (points)", "{:+.2f}"),
-    ("in_scope_accuracy", "in-scope acc.", "{:.4f}"),
-    ("oos_recall", "OOS recall", "{:.4f}"),
-    ("p50_ms", "p50 ms", "{:.3f}"),
-    ("p95_ms", "p95 ms", "{:.3f}"),
-    ("speedup", "speed-up", "{:.1f}x"),
-    ("size_mb", "size MB", "{:.1f}"),
-    ("shrink", "shrink", "{:.1f}x"),
+    *(column for column in TABLE_COLUMNS if column[0] not in ("backend", "throughput_per_s", "peak_rss_mb")),
     ("meets", "meets budget (test)", "{}"),
 ]
 TRIAL_COLUMNS = [
