@@ -446,3 +446,25 @@ def test_validation_fraction_carves_validation_from_train(clinc_slice_dir, tmp_p
     assert len(larger.validation) == 36 and len(larger.train) == 108
     with pytest.raises(ConfigError, match="validation fraction"):
         AutoConfig(min_speedup=2, validation_fraction=0.6).validate()
+
+
+def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4, tiny_classifier_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from slimformer.auto.run import recipe_params, remember_front, warm_start_params
+
+    config = AutoConfig(min_speedup=20, layers_choices=(1, 2, 3))
+    shape = {"layers": 2, "heads_fraction": 0.0, "ffn_fraction": 0.5, "vocab_clusters": 1024}
+    inside = {**shape, "quantization": "static", "epochs": 4, "alpha": 0.5}
+    outside = {**shape, "layers": 4, "quantization": "dynamic"}  # 4 layers: not in this study's space
+    front = [SimpleNamespace(params=inside), SimpleNamespace(params=outside), SimpleNamespace(params=inside)]
+    remember_front(tmp_path, tiny4, "study-12x", front)
+    remember_front(tmp_path, tiny_classifier_dir, "other-teacher", [SimpleNamespace(params={**inside, "epochs": 5})])
+    remember_front(tmp_path, tiny4, "study-recipe", [SimpleNamespace(params=recipe_params(config))])
+
+    warm = warm_start_params(tmp_path, tiny4, "study-25x", config)
+    # the 12x front's trial inside the space, once; the 4-layer one keeps only what fits (the sampler picks depth);
+    # nothing from another teacher; not the recipe's choices (the baseline is enqueued anyway)
+    assert warm[0] == inside
+    assert warm[1] == {k: v for k, v in outside.items() if k != "layers"}
+    assert len(warm) == 2

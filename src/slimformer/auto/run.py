@@ -70,13 +70,15 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
         # a new study starts from the packaged recipe's choices; only with the default storage, where this
         # command is the only writer (processes joining a shared study at once could each enqueue it)
         study.enqueue_trial(recipe_params(config), user_attrs={BASELINE_ATTR: "the packaged recipe's choices"})
+        for params in warm_start_params(work, teacher, name, config):  # earlier studies' Pareto fronts
+            study.enqueue_trial(params, user_attrs={"warm_start": True})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     progress = output / "auto.json"  # the trials table while the study runs; the summary replaces it at the end
     if config.workers == 1:
         _work(teacher, splits, work, config, url, name, 0, progress)
     else:
         _spawn_workers(teacher, data, work, config, url, name, quick, progress)
-    return finish(study, teacher, splits, output, config)
+    return finish(study, teacher, splits, output, config, work)
 
 
 def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
@@ -149,6 +151,43 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
         "hidden_weight": float(distill.get("hidden_weight", 0.0)),
         "augment": distill.get("augment", ""),
     }
+    return within_space(params, config)
+
+
+PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto front, for warm starts
+
+
+def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any]) -> None:
+    """Record a finished study's Pareto front (its trials' parameters) in WORK/pareto.json."""
+    from slimformer.artifacts import write_json
+    from slimformer.distillation import model_files_hash
+
+    path = work / PARETO_FILE
+    fronts = _read_fronts(path)
+    fronts[study_name] = {"teacher": model_files_hash(teacher), "params": [dict(t.params) for t in front]}
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(path, fronts)
+
+
+def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoConfig) -> list[dict[str, Any]]:
+    """The Pareto fronts of earlier studies of the same teacher in the work folder, as trial parameters of this
+    study's space (values outside it left to the sampler), without repeats: a new study starts from them."""
+    from slimformer.distillation import model_files_hash
+
+    teacher_hash = model_files_hash(teacher)
+    seen: list[dict[str, Any]] = [recipe_params(config)]
+    for name, entry in _read_fronts(work / PARETO_FILE).items():
+        if name == study_name or entry.get("teacher") != teacher_hash:
+            continue
+        for params in entry.get("params", []):
+            kept = within_space(params, config)
+            if kept and kept not in seen:
+                seen.append(kept)
+    return seen[1:]
+
+
+def within_space(params: dict[str, Any], config: AutoConfig) -> dict[str, Any]:
+    """The parameters of `params` that lie inside `config`'s search space."""
     choices = {
         "layers": config.layers_choices,
         "heads_fraction": config.heads_fractions,
@@ -168,6 +207,16 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
     }
     keep = {k: v for k, v in params.items() if v is not None and (choices.get(k) is None or v in choices[k])}
     return {k: v for k, v in keep.items() if k not in ranges or ranges[k][0] <= v <= ranges[k][1]}
+
+
+def _read_fronts(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _preflight(teacher: Path, config: AutoConfig) -> None:
@@ -280,13 +329,18 @@ def write_progress(study: Any, path: Path) -> None:
     write_json(path, {"running": True, "study": study.study_name, "trials": counts, "trial_table": rows})
 
 
-def finish(study: Any, teacher: Path, splits: Any, output: Path, config: AutoConfig) -> dict[str, Any]:
-    """Select on validation, benchmark the finalists on test once, report, write model/ when the budget is met."""
+def finish(
+    study: Any, teacher: Path, splits: Any, output: Path, config: AutoConfig, work: Path | None = None
+) -> dict[str, Any]:
+    """Select on validation, benchmark the finalists on test once, report, write model/ when the budget is met;
+    the Pareto front is remembered in `work` for later studies' warm start."""
     from slimformer.artifacts import write_json
     from slimformer.auto import report
     from slimformer.auto.select import select, trial_rows
 
     selection = select(study, config)
+    if work is not None and selection.front:
+        remember_front(work, teacher, study.study_name, selection.front)
     trials = trial_rows(study)
     if not trials:
         raise BudgetNotMet(f"study {study.study_name} holds no trial; run without --time-budget or with more time")
