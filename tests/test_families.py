@@ -183,8 +183,15 @@ def test_family_runs_through_every_stage(family: str, stage_runs: Any) -> None:
     assert vocabulary["unseen_tokens"] == "cluster"
     assert vocabulary["distinct_embedding_rows"] <= vocabulary["used_tokens"] + vocabulary["clusters"]
 
-    parity = runs["export"]["parity"]
-    assert parity["passed"] and parity["max_abs_logit_diff"] < 1e-4 and parity["argmax_agreement"] == 1.0
+    # the ONNX graphs compute what the PyTorch model they came from computes, scored here, not by the stages
+    from slimformer.predictor import load
+
+    texts = ["book a flight to paris", "what is my balance", "translate hello into french", "wake me at 7"]
+    reference = load(folders["vocab"], max_length=32).predict_logits(texts)
+    for stage, tolerance in (("export", 1e-4), ("optimize", 1e-3)):
+        logits = load(folders[stage], max_length=32).predict_logits(texts)
+        assert abs(logits - reference).max() < tolerance, stage
+        assert (logits.argmax(axis=-1) == reference.argmax(axis=-1)).all(), stage
 
     optimized = runs["optimize"]
     assert optimized["optimizer_model_type"] == "bert"
@@ -195,7 +202,6 @@ def test_family_runs_through_every_stage(family: str, stage_runs: Any) -> None:
         assert not any("attention fused in" in w for w in optimized["warnings"])
     else:
         assert optimized["attention_fusion"].startswith(f"fused in {ATTENTION_FUSIONS[family]} of 2 layers")
-    assert optimized["parity_vs_input"]["max_abs_logit_diff"] < 1e-3
     assert (folders["quantize"] / "model.onnx").is_file()
 
 

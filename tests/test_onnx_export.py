@@ -176,7 +176,7 @@ def test_export_fails_when_parity_is_broken(trained_tiny_dir: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
-def test_optimize_fuses_attention_in_every_layer(optimized_dir: Path) -> None:
+def test_optimize_fuses_attention_in_every_layer(optimized_dir: Path, exported_dir: Path) -> None:
     import onnxruntime as ort
 
     from slimformer import load
@@ -187,10 +187,14 @@ def test_optimize_fuses_attention_in_every_layer(optimized_dir: Path) -> None:
     assert metrics["fusions"]["EmbedLayerNormalization"] == 1
     assert metrics["fusions"]["SkipLayerNormalization"] == 4 and metrics["fusions"]["BiasGelu"] == 2
     assert metrics["attention_fully_fused"] and metrics["warnings"] == []
-    assert metrics["parity_vs_input"]["max_abs_logit_diff"] < 1e-4
     assert {n.op_type for n in __import__("onnx").load(str(optimized_dir / "model.onnx")).graph.node} >= {"Attention"}
     ort.InferenceSession(str(optimized_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert load(optimized_dir).predict(["book a flight to paris"])[0][0] in load(optimized_dir).labels
+    # the fused graph computes what the exported one does: compared here, not read from the stage's report
+    texts = ["book a flight to paris", "what is my balance", "translate good morning", "set an alarm for 7"]
+    fused = load(optimized_dir).predict_logits(texts)
+    exported = load(exported_dir).predict_logits(texts)
+    assert np.abs(fused - exported).max() < 1e-4
+    assert (fused.argmax(axis=-1) == exported.argmax(axis=-1)).all()
 
 
 def test_optimize_warns_when_attention_is_not_fused(exported_dir: Path, tmp_path: Path) -> None:
