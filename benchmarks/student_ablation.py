@@ -28,6 +28,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "logits": {},
     "logits-6ep": {"epochs": 6.0},
     "logits-6ep-lr5e-4": {"epochs": 6.0, "learning_rate": 5e-4},
+    # issue 24's epochs x learning-rate grid for 1-2 layers (the recipe's 3 epochs at 2.9e-4 were tuned for 3)
+    "logits-10ep": {"epochs": 10.0},
+    "logits-lr6e-4": {"learning_rate": 6e-4},
+    "logits-6ep-lr6e-4": {"epochs": 6.0, "learning_rate": 6e-4},
+    "logits-10ep-lr6e-4": {"epochs": 10.0, "learning_rate": 6e-4},
+    "logits-6ep-lr1e-3": {"epochs": 6.0, "learning_rate": 1e-3},
     "hidden": {"hidden_weight": 1.0},
     "hidden-last": {"hidden_weight": 1.0, "layer_map": "last"},
     "attention": {"attention_weight": 1.0},
