@@ -82,6 +82,8 @@ def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_pat
     assert [row["trial"] for row in summary["trial_table"]] == [t.number for t in trials]
     assert {row["state"] for row in summary["trial_table"]} <= {"complete", "pruned", "screened out", "fail"}
     assert summary["trained_per_hour"] > 0
+    assert set(summary["seconds_spent"]) == {"screening", "training", "timing"}
+    assert all(value >= 0 for value in summary["seconds_spent"].values())
     # per kind on both splits (validation and test differ in composition), and each drop's paired interval
     for row in summary["trial_table"]:
         if row["state"] == "complete":

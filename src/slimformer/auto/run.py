@@ -319,6 +319,17 @@ def trained_per_hour(study: Any) -> float | None:
     return round(sum(trained(t) for t in finished) / hours, 2) if hours > 0 else None
 
 
+def time_spent(study: Any) -> dict[str, float]:
+    """Seconds the study's trials spent screening shapes, training (the stage chain) and timing candidates."""
+    from slimformer.auto.study import SECONDS_ATTR
+
+    totals: dict[str, float] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for part, value in (trial.user_attrs.get(SECONDS_ATTR) or {}).items():
+            totals[part] = round(totals.get(part, 0.0) + value, 1)
+    return totals
+
+
 def write_progress(study: Any, path: Path) -> None:
     """auto.json while the study runs: every trial so far as a table row (state, shape, speed-up, accuracy, why)."""
     from slimformer.artifacts import write_json
@@ -357,11 +368,16 @@ def finish(
         "pareto_front": [t.number for t in selection.front],
         "trials": {state: sum(t["state"] == state for t in trials) for state in sorted({t["state"] for t in trials})},
         "trained_per_hour": trained_per_hour(study),
+        "seconds_spent": time_spent(study),
         "trial_table": trials,
         "notes": _notes(selection, config),
         "final_benchmark": rows,
         "environment": bench["environment"] if bench else None,
     }
+    spent = ", ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in summary["seconds_spent"].items())
+    if spent:
+        per_hour = summary["trained_per_hour"]
+        summary["notes"].append(f"Time: {spent}" + (f"; {per_hour:g} trained trials per hour." if per_hour else "."))
     reference = next(t.user_attrs for t in study.get_trials(deepcopy=False) if "teacher_p50_ms" in t.user_attrs)
     teacher_ref = {"accuracy": reference["teacher_validation_accuracy"], "p50_ms": reference["teacher_p50_ms"]}
     plot = report.write_pareto_plot(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import optuna
 
 SCREENED = "screened_out"
+SECONDS_ATTR = "seconds"  # user attribute: seconds spent screening, training and timing the trial
 DROP_INTERVAL = "drop_interval"  # paired bootstrap of the validation drop against the teacher (points)
 CONSTRAINTS = "constraints"
 
@@ -271,13 +272,23 @@ class Objective:
             raise CandidateFailed(reason) from exc
 
     def _run(self, trial: optuna.Trial) -> float:
-        import optuna
 
         self._refuse_surplus(trial)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("teacher_validation_accuracy", self.reference.accuracy)
         shape = suggest_shape(trial, self.config, self.teacher_layers, self.cores)
+        seconds: dict[str, float] = {}  # where this trial's time went (auto.json sums it over the study)
+        try:
+            return self._screen_train_score(trial, shape, seconds)
+        finally:
+            trial.set_user_attr(SECONDS_ATTR, {part: round(value, 1) for part, value in seconds.items()})
+
+    def _screen_train_score(self, trial: optuna.Trial, shape: Any, seconds: dict[str, float]) -> float:
+        import optuna
+
+        started = time.perf_counter()
         screen = self._screen(shape)
+        seconds["screening"] = time.perf_counter() - started
         trial.set_user_attr("screen", screen)
         trial.set_user_attr("teacher_p50_ms", screen["teacher_p50_ms"])
         verdict = screen_verdict(screen, self.config)
@@ -293,10 +304,17 @@ class Objective:
         training = suggest_training(trial, self.config)
         from slimformer.trial_pruning import OptunaPruningCallback
 
-        folder = build_chain(
-            self.cache, shape, training, self.data, self.config, self.teacher_key, (OptunaPruningCallback(trial),)
-        )
-        return self._score(trial, folder, shape)
+        started = time.perf_counter()
+        try:
+            folder = build_chain(
+                self.cache, shape, training, self.data, self.config, self.teacher_key, (OptunaPruningCallback(trial),)
+            )
+        finally:
+            seconds["training"] = time.perf_counter() - started  # the chain: distillation and the stages after it
+        started = time.perf_counter()
+        accuracy = self._score(trial, folder, shape)
+        seconds["timing"] = time.perf_counter() - started
+        return accuracy
 
     def _screen(self, shape: Any) -> dict[str, Any]:
         """The untrained shape timed against the teacher (remembered per CPU in the work folder, so a later
@@ -418,11 +436,29 @@ class _Printer:
         if SCREENED in attrs:
             outcome = f"screened out ({attrs[SCREENED]})"
         elif trial.state.name == "COMPLETE":
+            interval = attrs.get(DROP_INTERVAL)
+            spread = f", 90 % {interval['low']:+.2f}..{interval['high']:+.2f}" if interval else ""
             outcome = (
-                f"validation {100 * trial.value:.2f} % ({attrs['accuracy_drop_points']:+.2f} pts drop), "
-                f"{attrs['p50_ms']:.3f} ms, {attrs['speedup']:.1f}x, {attrs['size_mb']:.1f} MB"
+                f"validation {100 * trial.value:.2f} % ({attrs['accuracy_drop_points']:+.2f} pts drop{spread}), "
+                f"{attrs['p50_ms']:.3f} ms, {attrs['speedup']:.1f}x, {attrs['size_mb']:.1f} MB, "
+                f"{'meets' if all(v <= 0 for v in attrs.get(CONSTRAINTS, [1])) else 'misses'} the budget"
             )
         else:
             why = attrs.get("error") or attrs.get(PRUNED_ATTR)
             outcome = trial.state.name.lower() + (f" ({why})" if why else "")
-        self.say(f"trial {trial.number}: {outcome} [{params}]")
+        self.say(f"trial {trial.number}: {outcome} [{params}] · {best_so_far(study)}")
+
+
+def best_so_far(study: optuna.Study) -> str:
+    """The most accurate trial that meets the budget so far, in words."""
+    from optuna.trial import TrialState
+
+    meets = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(v <= 0 for v in t.user_attrs.get(CONSTRAINTS, [1]))
+    ]
+    if not meets:
+        return "no trial meets the budget yet"
+    best = max(meets, key=lambda t: t.value)
+    return f"best so far: trial {best.number}, {100 * best.value:.2f} %, {best.user_attrs.get('speedup', 0):.1f}x"
