@@ -175,7 +175,7 @@ QuantizeConfig = with_methods(
     "dynamic",
     "quantization",
 )
-QUANTIZATION_METHODS = ("dynamic", "static", "auto", "torch-dynamic", "qat")
+QUANTIZATION_METHODS = tuple(method.method for method in QuantizeConfig.methods)  # the built-in ones, in order
 
 
 def choose_reduce_range(requested: bool | None) -> tuple[bool, str]:
