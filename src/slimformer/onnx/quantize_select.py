@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 AUTO_METHODS = ("dynamic", "static")
 LATENCY_ROUNDS = 10  # turns per candidate: short turns spread a shared host's bursts of load over all alike
+SAME_SPEED = 0.03  # p50s this close (relative) are a tie: run-to-run noise on a shared 2-core host is larger
 LATENCY_WARMUP = 20  # untimed batch-1 calls per candidate before the first round
 
 
@@ -133,7 +134,9 @@ def interleaved_latency_ms(job: Int8Job, graphs: list[Int8Graph], threads: int) 
 
 def choose(candidates: dict[str, dict[str, Any]], tolerance: float) -> tuple[str, str]:
     """The kept candidate's name and why: the lowest ``latency_ms.p50`` among those whose ``drop_points`` is
-    within `tolerance`; when none is, the smallest drop (ties: the faster), with a warning."""
+    within `tolerance`, where p50s within SAME_SPEED of the fastest count as a tie that the smaller drop breaks
+    (so timing noise does not flip the pick between equally fast graphs); when none is within the tolerance,
+    the smallest drop (ties: the faster), with a warning."""
 
     def p50(name: str) -> float:
         return candidates[name]["latency_ms"]["p50"]
@@ -146,12 +149,19 @@ def choose(candidates: dict[str, dict[str, Any]], tolerance: float) -> tuple[str
     within = [name for name in by_speed if drop(name) <= tolerance]
     outside = [name for name in by_speed if name not in within]
     drops = ", ".join(f"{name} drops {drop(name):g}" for name in outside)
-    if len(within) == len(candidates):
-        kept = within[0]
-        return kept, f"{speeds}, {'both' if len(within) == 2 else 'all'} within {tolerance:g} pts: kept {kept}"
     if within:
-        kept = within[0]
-        return kept, f"{speeds}; {drops} pts (> {tolerance:g}): kept {kept}"
+        fastest = p50(within[0])
+        tied = [name for name in within if p50(name) <= fastest * (1 + SAME_SPEED)]
+        kept = min(tied, key=lambda name: (drop(name), p50(name)))
+        tie = (
+            f" ({' and '.join(tied)} within {100 * SAME_SPEED:g} % of each other's p50: the more accurate)"
+            if kept != within[0]
+            else ""
+        )
+        if len(within) == len(candidates):
+            scope = "both" if len(within) == 2 else "all"
+            return kept, f"{speeds}, {scope} within {tolerance:g} pts: kept {kept}{tie}"
+        return kept, f"{speeds}; {drops} pts (> {tolerance:g}): kept {kept}{tie}"
     kept = min(candidates, key=lambda name: (drop(name), p50(name)))
     warnings.warn(
         f"no INT8 candidate is within {tolerance:g} points of fp32 ({drops}): keeping the more accurate, {kept}",
