@@ -470,3 +470,15 @@ def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4
     assert warm[0] == inside
     assert warm[1] == {k: v for k, v in outside.items() if k != "layers"}
     assert len(warm) == 2
+
+
+def test_a_busy_machine_is_reported_before_the_study(monkeypatch, capsys) -> None:
+    from slimformer.auto import run
+
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    monkeypatch.setattr("slimformer.cpu.default_threads", lambda: 2)
+    assert run.warn_if_busy() == 3.0
+    assert "load average 3.0 on 2 cores" in capsys.readouterr().err
+    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
+    run.warn_if_busy()
+    assert "warning" not in capsys.readouterr().err

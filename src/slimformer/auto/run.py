@@ -59,6 +59,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
             else ""
         )
     )
+    warn_if_busy()
     teacher = ensure_teacher(model, splits, work, quick, config.seed)
     _preflight(teacher, config)
     url = config.storage or f"sqlite:///{output.resolve() / 'study.db'}"
@@ -79,6 +80,24 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     else:
         _spawn_workers(teacher, data, work, config, url, name, quick, progress)
     return finish(study, teacher, splits, output, config, work)
+
+
+BUSY_LOAD = 0.5  # a 1-minute load average above this share of the cores means other work is running
+
+
+def warn_if_busy() -> float:
+    """Say so when other processes keep the CPU busy as the study starts (returns the 1-minute load average): a
+    steady load on one core slows a multi-threaded teacher far more than a 1-thread candidate, so the speed-ups
+    measured then are optimistic (BENCHMARKS.md, "slimformer auto")."""
+    from slimformer.cpu import default_threads
+
+    load = os.getloadavg()[0]
+    if load > BUSY_LOAD * default_threads():
+        say(
+            f"warning: load average {load:.1f} on {default_threads()} cores: other processes are running, and "
+            "speed-ups measured while they do come out optimistic; run the study on a quiet machine"
+        )
+    return load
 
 
 def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
