@@ -157,7 +157,7 @@ def test_every_stage_prints_its_options_as_a_recipe_block_that_parses_back():
         if kind in ("distill", "search"):  # need a student choice to validate
             stage["student_layers"] = 2
         recipe = parse_recipe({"stages": [stage]})
-        assert build_config(recipe.stages[0]) is not None
+        assert isinstance(build_config(recipe.stages[0]), config_class(kind))
 
 
 def test_no_stage_body_opens_its_folder_or_writes_the_envelope_files() -> None:
