@@ -234,3 +234,22 @@ def test_a_quantization_method_is_one_config_one_function_and_one_registry_line(
         STAGES["quantize"] = original
     code, _, err = run_cli(["quantize", onnx_dir, "--method", "copy-int8", "--output", tmp_path / "gone"], capsys)
     assert code == 2 and "unknown quantization method 'copy-int8'" in err
+
+
+def test_reuse_returns_a_finished_folder_and_runs_a_missing_one(toy_stage, tiny_classifier_dir, tmp_path) -> None:
+    """`run_stage(reuse=True)` is the cache both `run` and `auto` use: the stage function runs only for a folder
+    that is not finished; a killed writer's half folder is cleared first."""
+    from slimformer.envelope import run_stage
+
+    calls = []
+    stage = dataclasses.replace(toy_stage, function=lambda *args, **kwargs: calls.append(1) or copy_stage(*args))
+    output = tmp_path / "copy-abc123"
+    (tmp_path / ".tmp-copy-abc123-killed").mkdir()  # what a kill -9 mid-stage leaves
+    first = run_stage(stage, tiny_classifier_dir, output, CopyConfig(note="one"), reuse=True)
+    mtime = (output / "metrics.json").stat().st_mtime_ns
+    again = run_stage(stage, tiny_classifier_dir, output, CopyConfig(note="two"), reuse=True)
+    assert calls == [1] and again == first and first["note"] == "one"
+    assert (output / "metrics.json").stat().st_mtime_ns == mtime
+    assert not (tmp_path / ".tmp-copy-abc123-killed").exists()
+    run_stage(stage, tiny_classifier_dir, output, CopyConfig(note="three"))  # without reuse: made again
+    assert calls == [1, 1] and json.loads((output / "metrics.json").read_text())["note"] == "three"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,91 @@ class Stage:
 
 
 def run_stage(
+    stage: str | Stage,
+    source: str | Path,
+    output: str | Path,
+    config: Any = None,
+    data: Any = None,
+    teacher: str | Path | None = None,
+    reuse: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Run `stage` (a :class:`Stage`, or the name of a registered one) on the model folder `source` (or
+    ``default``) into `output`; returns the metrics it wrote to `output/metrics.json`. `extra` goes to the stage
+    function (the search's callbacks).
+
+    With `reuse`, `output` is a cache entry named by :func:`stage_key`: a finished folder (its metrics.json
+    written) is returned as it is, and one being made by another process is waited for under a file lock beside
+    it, so the pipeline and `auto`'s workers never make the same folder twice."""
+    if not reuse:
+        return _run_once(stage, source, output, config, data, teacher, **extra)
+    output = Path(output)
+    with claim_folder(output) as todo:
+        if not todo:
+            from slimformer.artifacts import read_metrics
+
+            return read_metrics(output)
+        return _run_once(stage, source, output, config, data, teacher, **extra)
+
+
+def is_finished(folder: str | Path) -> bool:
+    """True when `folder` is a finished stage folder (its metrics.json is written last, atomically)."""
+    return (Path(folder) / "metrics.json").is_file()
+
+
+@contextlib.contextmanager
+def claim_folder(folder: Path) -> Iterator[bool]:
+    """Yield True when `folder` must be made (holding its lock), False when it is already finished."""
+    import fcntl
+    import shutil
+
+    if is_finished(folder):
+        yield False
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process making the same folder: wait, then reuse it
+        try:
+            done = is_finished(folder)
+            if not done:
+                for leftover in folder.parent.glob(f".tmp-{folder.name}-*"):  # a killed writer's half folder
+                    shutil.rmtree(leftover, ignore_errors=True)
+            yield not done
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def model_key(path: Path) -> str:
+    """A content key for an input model folder: config + weight file sizes and mtimes (cheap, not a full hash)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for file in sorted(path.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()[:12]
+
+
+def stage_key(kind: str, config: Any, input_key: str, teacher: Path | None, data: Any, **extra: Any) -> str:
+    """The cache key of one stage run: its kind and options, its input's key, the teacher and the data.
+    `run` and `auto` both name stage folders by it, so a finished stage is found again and never redone."""
+    import dataclasses
+    import hashlib
+    import json
+
+    payload = {
+        "kind": kind,
+        "config": dataclasses.asdict(config),
+        "input": input_key,
+        "teacher": model_key(teacher) if teacher else None,
+        "data": data.fingerprint if data is not None else None,
+        **extra,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _run_once(
     stage: str | Stage,
     source: str | Path,
     output: str | Path,

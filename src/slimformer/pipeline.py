@@ -9,7 +9,6 @@ killed mid-way leaves only a `.tmp-*` folder, which the next run removes before 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.artifacts import atomic_output_dir, read_metrics, write_json, write_metrics
+from slimformer.envelope import is_finished, model_key, stage_key  # the cache keys: run and auto name folders by them
 from slimformer.errors import ConfigError
 
 QUICK_TRAIN_ROWS = 1500  # --quick: training rows
@@ -236,30 +236,6 @@ def _clock(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s"
 
 
-def model_key(path: Path) -> str:
-    """A content key for an input model folder: config + weight file sizes and mtimes (cheap, not a full hash)."""
-    digest = hashlib.sha256(str(path.resolve()).encode())
-    for file in sorted(path.iterdir()):
-        if file.is_file():
-            stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{int(stat.st_mtime)}".encode())
-    return digest.hexdigest()[:12]
-
-
-def stage_key(kind: str, config: Any, input_key: str, teacher: Path | None, data: Any, **extra: Any) -> str:
-    """The cache key of one stage run: its kind and options, its input's key, the teacher and the data.
-    `run` and `auto` both name stage folders by it, so a finished stage is found again and never redone."""
-    payload = {
-        "kind": kind,
-        "config": dataclasses.asdict(config),
-        "input": input_key,
-        "teacher": model_key(teacher) if teacher else None,
-        "data": data.fingerprint if data is not None else None,
-        **extra,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _stage_key(state: RunState, stage: Stage, config: Any, extra: str = "") -> str:
     return stage_key(stage.kind, config, state.current_key, state.teacher, state.data, quick=state.quick, extra=extra)
 
@@ -285,10 +261,9 @@ def _run_model_stage(state: RunState, stage: Stage, index: int, console: Any) ->
     uses_teacher = config.needs_teacher
     key = _stage_key(state, stage, config)  # the config (hence needs_teacher) and the teacher are in the key
     folder = state.output / "stages" / f"{index:02d}-{stage.kind}-{key}"
-    cached = (folder / "metrics.json").is_file()
-    if not cached:
-        data = None if config.uses_data == "none" else state.data
-        STAGES[stage.kind].run(state.current, folder, config, data, teacher if uses_teacher else None)
+    cached = is_finished(folder)
+    data = None if config.uses_data == "none" else state.data
+    STAGES[stage.kind].run(state.current, folder, config, data, teacher if uses_teacher else None, reuse=True)
     model_folder = folder / config.model_subdir
     state.current = model_folder
     state.current_key = key

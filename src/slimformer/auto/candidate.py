@@ -6,16 +6,12 @@ The chain is: K evenly spaced teacher layers → structured slicing of heads and
 → distillation from the teacher's cached logits → vocabulary clustering → export → optimize → quantize. The
 screen runs the same chain without the distillation: latency and size depend on the shape, not the weights,
 so a shape that cannot meet the budget is dropped before any training is spent on it. Every step is cached
-in the shared work folder under a key of its options and input (:func:`slimformer.pipeline.stage_key`), behind
+in the shared work folder under a key of its options and input (:func:`slimformer.envelope.stage_key`), behind
 a file lock, so trials and workers reuse each other's finished steps and never run one twice at once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,46 +85,28 @@ class StageCache:
 
     def run(self, kind: str, source: tuple[Path, str], config: Any, data: Any, **kwargs: Any) -> tuple[Path, str]:
         """Stage `kind` on `source` (its folder and cache key); returns the output model folder and its key."""
-        from slimformer.pipeline import stage_key
+        from slimformer.envelope import stage_key
         from slimformer.stages import STAGES
 
         teacher = self.teacher if config.needs_teacher else None
         key = stage_key(kind, config, source[1], teacher, data)
         folder = self.root / f"{kind}-{key}"
-        with self._claim(folder) as todo:
-            if todo:
-                STAGES[kind].run(source[0], folder, config, data, teacher, **kwargs)
+        STAGES[kind].run(source[0], folder, config, data, teacher, reuse=True, **kwargs)  # a finished one is reused
         return folder / config.model_subdir, key
 
     def student(self, layers: int, teacher_key: str) -> tuple[Path, str]:
         """K evenly spaced layers of the teacher, untrained (the start of every chain of that depth)."""
         from slimformer.artifacts import write_metrics
+        from slimformer.envelope import claim_folder
         from slimformer.students import student_from_teacher
 
         key = f"{teacher_key}-L{layers}"
         folder = self.root / f"student-{key}"
-        with self._claim(folder) as todo:
+        with claim_folder(folder) as todo:
             if todo:
                 kept = student_from_teacher(self.teacher, layers, folder)
                 write_metrics(folder, {"stage": "student", "teacher": str(self.teacher), "layers_kept": kept})
         return folder, key
-
-    @contextlib.contextmanager
-    def _claim(self, folder: Path) -> Iterator[bool]:
-        """Yield True when `folder` must be made (holding its lock), False when it is already finished."""
-        if (folder / "metrics.json").is_file():
-            yield False
-            return
-        with open(self.root / f".{folder.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker making the same folder: wait, then reuse it
-            try:
-                done = (folder / "metrics.json").is_file()
-                if not done:
-                    for leftover in self.root.glob(f".tmp-{folder.name}-*"):  # a killed writer's half folder
-                        shutil.rmtree(leftover, ignore_errors=True)
-                yield not done
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def build_chain(

@@ -121,10 +121,10 @@ def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
 
 def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) -> Path:
     """The fine-tuned teacher: `model` itself when its head has the data's labels, else fine-tuned (cached)."""
+    from slimformer.envelope import model_key, stage_key
     from slimformer.finetune import finetune
     from slimformer.models import head_covers, resolve_model_path
     from slimformer.pipeline import build_config as build_recipe_config
-    from slimformer.pipeline import model_key, stage_key
 
     path = resolve_model_path(model)
     if head_covers(path, splits.labels):
@@ -278,7 +278,7 @@ def _work(
 ) -> None:
     """One worker: join the study and run trials until it holds enough."""
     from slimformer.auto.study import Objective, open_study, run_worker
-    from slimformer.pipeline import model_key
+    from slimformer.envelope import model_key
 
     # a different seed per worker (and per resumption), else workers joining at once sample the same points
     joined = os.getpid() if config.storage else 0  # processes started apart on other machines
