@@ -294,8 +294,9 @@ def test_the_screen_drops_a_shape_only_when_its_fastest_plausible_speed_misses()
 
 
 def test_under_a_cpu_hog_a_shape_as_fast_as_the_budget_is_kept(tmp_path) -> None:
-    """The screen times shape and teacher turn about: a process spinning on a core slows both, so a model timed
-    against itself keeps a speed-up interval around 1 and a budget of 1x keeps it."""
+    """The screen times shape and teacher turn about: a process spinning on a core slows both alike when they
+    run at the same thread count, so a model timed against itself keeps a speed-up near 1 and a budget of 1x keeps
+    it. (A 2-thread teacher against a 1-thread candidate is another matter: BENCHMARKS.md, "slimformer auto".)"""
     import subprocess
     import sys
     from pathlib import Path
@@ -305,14 +306,15 @@ def test_under_a_cpu_hog_a_shape_as_fast_as_the_budget_is_kept(tmp_path) -> None
     from slimformer.predictor import load
 
     folder = Path(__file__).resolve().parent / "data" / "tiny_onnx"
-    texts = ["what is my balance", "book a flight to paris", "translate hello", "set an alarm"] * 25
+    texts = ["what is my balance", "book a flight to paris", "translate hello", "set an alarm"] * 50
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         screen = summarise_screen(measure(folder, texts, 1, load(folder, threads=1)))
     finally:
         hog.kill()
         hog.wait()
-    assert screen["speedup_low"] <= 1.0 <= screen["speedup_high"] * 1.15
+    # the same model on both sides: the ratio stays near 1 (both slowed alike; a 0.2 ms model is noisy per call)
+    assert 0.67 < screen["speedup"] < 1.5 and screen["speedup_low"] <= screen["speedup"] <= screen["speedup_high"]
     assert screen_verdict(screen, AutoConfig(min_speedup=1.0)) is None
 
 
