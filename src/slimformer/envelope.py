@@ -62,15 +62,13 @@ def run_stage(
     With `reuse`, `output` is a cache entry named by :func:`stage_key`: a finished folder (its metrics.json
     written) is returned as it is, and one being made by another process is waited for under a file lock beside
     it, so the pipeline and `auto`'s workers never make the same folder twice."""
-    if not reuse:
-        return _run_once(stage, source, output, config, data, teacher, **extra)
     output = Path(output)
-    with claim_folder(output) as todo:
+    with claim_folder(output) if reuse else contextlib.nullcontext(True) as todo:
         if not todo:
             from slimformer.artifacts import read_metrics
 
             return read_metrics(output)
-        return _run_once(stage, source, output, config, data, teacher, **extra)
+        return _build(stage, source, output, config, data, teacher, extra)
 
 
 def is_finished(folder: str | Path) -> bool:
@@ -130,18 +128,10 @@ def stage_key(kind: str, config: Any, input_key: str, teacher: Path | None, data
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _run_once(
-    stage: str | Stage,
-    source: str | Path,
-    output: str | Path,
-    config: Any = None,
-    data: Any = None,
-    teacher: str | Path | None = None,
-    **extra: Any,
+def _build(
+    stage: str | Stage, source: str | Path, output: Path, config: Any, data: Any, teacher: Any, extra: dict
 ) -> dict[str, Any]:
-    """Run `stage` (a :class:`Stage`, or the name of a registered one) on the model folder `source` (or
-    ``default``) into `output`; returns the metrics it wrote to `output/metrics.json`. `extra` goes to the stage
-    function (the search's callbacks)."""
+    """run_stage's work once it is known the folder must be made (see :func:`run_stage`)."""
     from slimformer.artifacts import atomic_output_dir, check_output_dir, write_metrics, write_session
     from slimformer.errors import ConfigError
     from slimformer.families import preflight
