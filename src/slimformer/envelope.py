@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slimformer.artifacts import StageResult
+from slimformer.artifacts import METRICS_FILE, StageResult
 
 
 @dataclass(frozen=True)
@@ -31,13 +31,10 @@ class Stage:
 
     name: str
     config: type
-    function: Callable[..., StageResult]  # build(source, folder, config, data, teacher, **extra)
+    # build(source, folder, config, data, teacher, **extra); it imports torch and the like inside, so the CLI
+    # starts without them
+    function: Callable[..., StageResult]
     summary: str  # one line for `--help`
-
-    @property
-    def build(self) -> Callable[..., StageResult]:
-        """The stage function (it imports torch and the like inside, so the CLI starts without them)."""
-        return self.function
 
     @property
     def run(self) -> Callable[..., dict[str, Any]]:
@@ -73,7 +70,7 @@ def run_stage(
 
 def is_finished(folder: str | Path) -> bool:
     """True when `folder` is a finished stage folder (its metrics.json is written last, atomically)."""
-    return (Path(folder) / "metrics.json").is_file()
+    return (Path(folder) / METRICS_FILE).is_file()
 
 
 @contextlib.contextmanager
@@ -155,7 +152,7 @@ def _build(
     output = check_output_dir(output)
     in_place = contextlib.nullcontext(output) if config.writes_in_place else atomic_output_dir(output)
     with in_place as folder:
-        result = stage.build(source_path, folder, config, data, teacher_path, **extra)
+        result = stage.function(source_path, folder, config, data, teacher_path, **extra)
         session = write_session(folder, result.session) if result.session is not None else None
         if result.session is not None and result.thread_queries and result.session.threads is None:
             from slimformer.threads import TUNE_QUERIES, tune_threads

@@ -282,7 +282,7 @@ def _finetune_teacher(state: RunState, stage: Stage, index: int, console: Any) -
     config = _stage_config(state, stage)
     key = _stage_key(state, stage, config)
     folder = state.output / "stages" / f"{index:02d}-{stage.kind}-{key}"
-    cached = (folder / "metrics.json").is_file()
+    cached = is_finished(folder)
     if not cached:
         finetune(state.current, folder, config, state.data)
     state.current, state.current_key, state.teacher = folder, key, folder
@@ -307,7 +307,7 @@ def _benchmark(state: RunState, stage: Stage, index: int, console: Any, models: 
     config = _stage_config(state, stage)
     key = _stage_key(state, stage, config, extra=",".join(str(v.path) for v in models))
     folder = state.output / "stages" / f"{index:02d}-{stage.kind}-{key}"
-    cached = (folder / "metrics.json").is_file()
+    cached = is_finished(folder)
     if not cached:
         with atomic_output_dir(folder) as tmp:
             report = benchmark_models([v.path for v in models], state.data, config)
