@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,10 +55,7 @@ def paired_drop_interval(
     if reference.shape != candidate.shape or not len(reference):
         raise ValueError("a paired comparison needs both models' results on the same, non-empty rows")
     difference = 100 * (reference - candidate)  # per row: +100 the reference alone is right, -100 the candidate
-    rng = np.random.default_rng(seed)
-    drops = difference[rng.integers(0, len(difference), size=(resamples, len(difference)))].mean(axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(drops, [tail, 100 - tail])
+    low, high, drops = bootstrap_interval(difference, np.mean, confidence, resamples, seed)
     return {
         "drop_points": round(float(difference.mean()), 3),
         "low": round(float(low), 3),
@@ -65,3 +63,16 @@ def paired_drop_interval(
         "p_within_tolerance": round(float((drops <= tolerance_points).mean()), 3),
         "rows": len(difference),
     }
+
+
+def bootstrap_interval(
+    values: np.ndarray, statistic: Any, confidence: float = 0.9, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, np.ndarray]:
+    """A two-sided `confidence` percentile bootstrap interval of `statistic` (a numpy reduction taking `axis`,
+    e.g. np.mean or np.median) over `values`, seeded; also returns the resampled statistics."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    samples = statistic(values[rng.integers(0, len(values), size=(resamples, len(values)))], axis=1)
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(samples, [tail, 100 - tail])
+    return float(low), float(high), samples

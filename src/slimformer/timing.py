@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from slimformer.metrics import bootstrap_interval
+
 # a warm-up lasts at least this long: after idling, these shared hosts run the first tens of ms of work slower
 WARMUP_MIN_S = 0.05
 # after its timed calls a model's thread pools keep spinning (ONNX Runtime's workers for ~40 ms on AMD EPYC): wait
@@ -130,10 +132,7 @@ def speedup_interval(
     )
     if not len(ratios):
         raise ValueError("no round has timings of both models")
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(ratios, size=(2000, len(ratios)), replace=True), axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(medians, [tail, 100 - tail])
+    low, high, _ = bootstrap_interval(ratios, np.median, confidence, seed=seed)
     return {
         "speedup": round(float(np.median(ratios)), 3),
         "low": round(float(low), 3),
