@@ -69,9 +69,10 @@ def check_output_dir(output: str | Path) -> Path:
 
 
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Write `payload` as indented JSON (atomically: temp file + rename)."""
+    """Write `payload` as indented JSON (atomically: temp file + rename; each process its own temp file, so
+    processes writing the same file at once never mix their bytes: the last rename wins)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
     tmp.replace(path)
     return path

@@ -220,9 +220,11 @@ def _screen_data(data: Any) -> Any:
     return _SCREEN_DATA[data.fingerprint]
 
 
-def measure(folder: Path, texts: list[str], threads: int | None, reference: Any = None) -> dict[str, Any]:
+def measure(
+    folder: Path, texts: list[str], threads: int | None, reference: Any = None, rounds: int = MEASURE_ROUNDS
+) -> dict[str, Any]:
     """Batch-1 p50 (ms, tokenization included) at `threads` over `texts`, and weight files in MB. With a
-    `reference` predictor (the teacher), the two take turns over MEASURE_ROUNDS slices of `texts`
+    `reference` predictor (the teacher), the two take turns over `rounds` slices of `texts`
     (slimformer.timing), so background load hits both alike: its p50 from the same turns is returned as
     `reference_p50_ms`, and the speed-up as the median of the per-round ratios with a 90 % interval."""
     from slimformer.artifacts import weights_size_bytes
@@ -242,12 +244,12 @@ def measure(folder: Path, texts: list[str], threads: int | None, reference: Any 
     timers = {"candidate": predictor_timer(predictor)}
     if reference is not None:
         timers["reference"] = predictor_timer(reference)
-    rounds = interleaved_latencies_ms(timers, split_rounds(texts, MEASURE_ROUNDS if reference else 1), warmup=3)
+    timings = interleaved_latencies_ms(timers, split_rounds(texts, rounds if reference else 1), warmup=3)
     result: dict[str, Any] = {
-        "p50_ms": median_ms(flat(rounds["candidate"])),
+        "p50_ms": median_ms(flat(timings["candidate"])),
         "size_mb": round(weights_size_bytes(folder) / 1e6, 3),
     }
     if reference is not None:
-        result["reference_p50_ms"] = median_ms(flat(rounds["reference"]))
-        result["speedup_interval"] = speedup_interval(rounds["reference"], rounds["candidate"])
+        result["reference_p50_ms"] = median_ms(flat(timings["reference"]))
+        result["speedup_interval"] = speedup_interval(timings["reference"], timings["candidate"])
     return result

@@ -50,15 +50,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     output.mkdir(parents=True, exist_ok=True)
     work = Path(config.work_dir) if config.work_dir else output / "work"
     splits = load_splits(data, config, quick)
-    rows = len(splits.validation)
-    say(
-        f"validation: {rows} rows (one row = {100 / rows:.2f} points)"
-        + (
-            "; small: gaps under a point are noise (a dataset without a validation split: --validation-fraction)"
-            if rows < SMALL_VALIDATION_ROWS
-            else ""
-        )
-    )
+    say(f"validation: {len(splits.validation)} rows." + small_validation_note(len(splits.validation)))
     warn_if_busy()
     teacher = ensure_teacher(model, splits, work, quick, config.seed)
     _preflight(teacher, config)
@@ -121,7 +113,7 @@ def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
 
 def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) -> Path:
     """The fine-tuned teacher: `model` itself when its head has the data's labels, else fine-tuned (cached)."""
-    from slimformer.envelope import model_key, stage_key
+    from slimformer.envelope import is_finished, model_key, stage_key
     from slimformer.finetune import finetune
     from slimformer.models import head_covers, resolve_model_path
     from slimformer.pipeline import build_config as build_recipe_config
@@ -132,7 +124,7 @@ def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) 
     config = dataclasses.replace(build_recipe_config(_recipe_stage("finetune-teacher")), seed=seed)  # as `run` does
     config = config.quick() if quick else config
     folder = work / f"teacher-{stage_key('finetune', config, model_key(path), None, splits)}"
-    if not (folder / "metrics.json").is_file():
+    if not is_finished(folder):
         say(f"{path} has no head for these {len(splits.labels)} labels: fine-tuning it first")
         finetune(path, folder, config, splits)
     return folder
@@ -179,10 +171,11 @@ PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto 
 def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any]) -> None:
     """Record a finished study's Pareto front (its trials' parameters) in WORK/pareto.json."""
     from slimformer.artifacts import write_json
+    from slimformer.auto.study import read_json_cache
     from slimformer.distillation import model_files_hash
 
     path = work / PARETO_FILE
-    fronts = _read_fronts(path)
+    fronts = read_json_cache(path)
     fronts[study_name] = {"teacher": model_files_hash(teacher), "params": [dict(t.params) for t in front]}
     work.mkdir(parents=True, exist_ok=True)
     write_json(path, fronts)
@@ -191,11 +184,12 @@ def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any])
 def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoConfig) -> list[dict[str, Any]]:
     """The Pareto fronts of earlier studies of the same teacher in the work folder, as trial parameters of this
     study's space (values outside it left to the sampler), without repeats: a new study starts from them."""
+    from slimformer.auto.study import read_json_cache
     from slimformer.distillation import model_files_hash
 
     teacher_hash = model_files_hash(teacher)
     seen: list[dict[str, Any]] = [recipe_params(config)]
-    for name, entry in _read_fronts(work / PARETO_FILE).items():
+    for name, entry in read_json_cache(work / PARETO_FILE).items():
         if name == study_name or entry.get("teacher") != teacher_hash:
             continue
         for params in entry.get("params", []):
@@ -226,16 +220,6 @@ def within_space(params: dict[str, Any], config: AutoConfig) -> dict[str, Any]:
     }
     keep = {k: v for k, v in params.items() if v is not None and (choices.get(k) is None or v in choices[k])}
     return {k: v for k, v in keep.items() if k not in ranges or ranges[k][0] <= v <= ranges[k][1]}
-
-
-def _read_fronts(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _preflight(teacher: Path, config: AutoConfig) -> None:
@@ -355,8 +339,12 @@ def write_progress(study: Any, path: Path) -> None:
     from slimformer.auto.select import trial_rows
 
     rows = trial_rows(study)
-    counts = {state: sum(r["state"] == state for r in rows) for state in sorted({r["state"] for r in rows})}
-    write_json(path, {"running": True, "study": study.study_name, "trials": counts, "trial_table": rows})
+    write_json(path, {"running": True, "study": study.study_name, "trials": state_counts(rows), "trial_table": rows})
+
+
+def state_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many trial rows are in each state ("complete", "screened out", ...)."""
+    return {state: sum(row["state"] == state for row in rows) for state in sorted({row["state"] for row in rows})}
 
 
 def finish(
@@ -385,7 +373,7 @@ def finish(
         if pick is None
         else {"trial": pick.number, "params": pick.params, "folder": pick.user_attrs["folder"]},
         "pareto_front": [t.number for t in selection.front],
-        "trials": {state: sum(t["state"] == state for t in trials) for state in sorted({t["state"] for t in trials})},
+        "trials": state_counts(trials),
         "trained_per_hour": trained_per_hour(study),
         "seconds_spent": time_spent(study),
         "trial_table": trials,
@@ -434,11 +422,14 @@ def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoCon
     return bench, rows, pick_row, verdict(pick_row, teacher_row, config)
 
 
-def _small_split(rows: int) -> str:
-    """A warning when validation is too small to separate candidates a point apart."""
+def small_validation_note(rows: int) -> str:
+    """A warning when validation is too small to separate candidates a point apart ("" when it is not)."""
     if rows >= SMALL_VALIDATION_ROWS:
         return ""
-    return f" Validation is small ({rows} rows: one row is {100 / rows:.2f} points), so gaps under a point are noise."
+    return (
+        f" Validation is small ({rows} rows: one row is {100 / rows:.2f} points), so gaps under a point are noise"
+        " (a dataset without a validation split: --validation-fraction)."
+    )
 
 
 def _notes(selection: Any, config: AutoConfig) -> list[str]:
@@ -458,7 +449,7 @@ def _notes(selection: Any, config: AutoConfig) -> list[str]:
             f"Validation: {interval['rows']} rows; the pick's drop against the teacher is "
             f"{interval['drop_points']:+.2f} points (90 % paired-bootstrap interval {interval['low']:+.2f}.."
             f"{interval['high']:+.2f}); within the {config.max_accuracy_drop:g}-point tolerance with "
-            f"{100 * interval['p_within_tolerance']:.0f} % confidence." + _small_split(interval["rows"])
+            f"{100 * interval['p_within_tolerance']:.0f} % confidence." + small_validation_note(interval["rows"])
         )
     if selection.pick is None and selection.closest:
         closest = ", ".join(

@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimformer.auto.candidate import StageCache, build_chain, measure, suggest_shape, suggest_training
+from slimformer.auto.candidate import (
+    MEASURE_ROUNDS,
+    StageCache,
+    build_chain,
+    measure,
+    suggest_shape,
+    suggest_training,
+)
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import SlimformerError
 from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR, fail_stale_trials
@@ -160,7 +167,6 @@ def summarise_screen(measured: dict[str, Any]) -> dict[str, Any]:
         "speedup_high": interval["high"],
         "optimistic_p50_ms": round(teacher_p50 / interval["high"], 4),
         "rounds": interval["rounds"],
-        **({"pooled": True} if measured.get("pooled") else {}),
     }
 
 
@@ -186,26 +192,8 @@ def screen_verdict(screen: dict[str, Any], config: AutoConfig, borderline: bool 
 def size_misses(screen: dict[str, Any], config: AutoConfig) -> bool:
     """True when the shape's size alone misses a size budget by more than the margin (sizes do not move with
     load, so no re-timing or exemption can help)."""
-    return config.max_size_mb is not None and screen["size_mb"] / config.max_size_mb - 1 > config.screen_margin - 1
-
-
-def pool_measurements(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """Two screen measurements of one shape as one: medians averaged, the speed-up intervals' rounds pooled by
-    widening to both ends (conservative: the optimistic end is the larger of the two)."""
-    a, b = first["speedup_interval"], second["speedup_interval"]
-    return {
-        "p50_ms": round((first["p50_ms"] + second["p50_ms"]) / 2, 4),
-        "size_mb": first["size_mb"],
-        "reference_p50_ms": round((first["reference_p50_ms"] + second["reference_p50_ms"]) / 2, 4),
-        "speedup_interval": {
-            "speedup": round((a["speedup"] + b["speedup"]) / 2, 3),
-            "low": min(a["low"], b["low"]),
-            "high": max(a["high"], b["high"]),
-            "rounds": a["rounds"] + b["rounds"],
-            "confidence": a["confidence"],
-        },
-        "pooled": True,
-    }
+    over = violations(screen["optimistic_p50_ms"], screen["size_mb"], None, screen["teacher_p50_ms"], config)
+    return over.get("size_mb", 0.0) > config.screen_margin - 1
 
 
 class ScreenMemory:
@@ -223,23 +211,27 @@ class ScreenMemory:
 
         return self.prefix + "|" + json.dumps(dataclasses.asdict(shape), sort_keys=True)
 
-    def _read(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-
     def get(self, shape: Any) -> dict[str, Any] | None:
-        found = self._read().get(self._key(shape))
+        found = read_json_cache(self.path).get(self._key(shape))
         return {**found, "remembered": True} if found else None
 
     def put(self, shape: Any, screen: dict[str, Any]) -> None:
-        memory = self._read()
+        from slimformer.artifacts import write_json
+
+        memory = read_json_cache(self.path)
         memory[self._key(shape)] = screen
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # each worker its own temp file
-        tmp.write_text(json.dumps(memory, indent=1) + "\n")
-        tmp.replace(self.path)  # atomic; two workers at once: the last one's entries win, the other's are re-timed
+        write_json(self.path, memory)  # atomic; two workers at once: the last one's entries win, the other's re-timed
+
+
+def read_json_cache(path: Path) -> dict[str, Any]:
+    """A JSON object the work folder keeps between studies (screens, Pareto fronts); {} when absent or unreadable:
+    a cache that cannot be read is measured again, not an error."""
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 class Objective:
@@ -318,18 +310,17 @@ class Objective:
 
     def _screen(self, shape: Any) -> dict[str, Any]:
         """The untrained shape timed against the teacher (remembered per CPU in the work folder, so a later
-        study pays nothing for it); a borderline shape is timed a second time and the rounds pooled."""
+        study pays nothing for it); a borderline shape is timed again over twice the queries and rounds."""
         remembered = self.screens.get(shape)
         if remembered is not None:
             return remembered
         chain = build_chain(self.cache, shape, None, self.data, self.config, self.teacher_key)
-        screen = measure(chain, self.texts, shape.threads, self.reference.predictor)
-        if screen_verdict(summarise_screen(screen), self.config, borderline=True) == BORDERLINE:
-            again = measure(chain, self.texts, shape.threads, self.reference.predictor)
-            screen = pool_measurements(screen, again)
-        summary = summarise_screen(screen)
-        self.screens.put(shape, summary)
-        return summary
+        screen = summarise_screen(measure(chain, self.texts, shape.threads, self.reference.predictor))
+        if screen_verdict(screen, self.config, borderline=True) == BORDERLINE:
+            longer = measure(chain, self.texts * 2, shape.threads, self.reference.predictor, 2 * MEASURE_ROUNDS)
+            screen = summarise_screen(longer)
+        self.screens.put(shape, screen)
+        return screen
 
     def _score(self, trial: optuna.Trial, folder: Path, shape: Any) -> float:
         from slimformer.artifacts import read_metrics
