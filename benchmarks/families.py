@@ -44,18 +44,13 @@ def base_config(family: str, tokenizer: Any, labels: list[str]) -> Any:
     """The family's config at its base size (BASE_SHAPES), numbering the labels in dataset order."""
     from transformers import AutoConfig
 
+    from slimformer.tokenizer_kinds import family_settings, vocabulary_settings
+
     settings: dict[str, Any] = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
+        **vocabulary_settings(tokenizer, labels),
         "max_position_embeddings": 128 if family == "distilbert" else 130,
         **BASE_SHAPES[family],
     }
-    from slimformer.tokenizer_kinds import family_settings
-
     embedding_size = 128 if family == "albert" else 768
     settings.update(family_settings(family, tokenizer, embedding_size))
     return AutoConfig.for_model(family, **settings)

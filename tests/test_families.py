@@ -51,14 +51,9 @@ def build_config(recipe: Recipe, tokenizer: Any, labels: list[str]) -> Any:
     """A tiny config of the family (hidden 32, 4 heads, 4 layers) numbering the labels in dataset order."""
     from transformers import AutoConfig
 
-    ids = {
-        "vocab_size": len(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
-        "id2label": dict(enumerate(labels)),
-        "label2id": {label: i for i, label in enumerate(labels)},
-    }
+    from slimformer.tokenizer_kinds import family_settings, vocabulary_settings
+
+    ids = vocabulary_settings(tokenizer, labels)
     shape = {
         "hidden_size": HIDDEN,
         "num_attention_heads": HEADS,
@@ -70,8 +65,6 @@ def build_config(recipe: Recipe, tokenizer: Any, labels: list[str]) -> Any:
     if family == "distilbert":
         shape = {"dim": HIDDEN, "n_heads": HEADS, "hidden_dim": INTERMEDIATE, "n_layers": TEACHER_LAYERS}
         shape["max_position_embeddings"] = 128
-    from slimformer.tokenizer_kinds import family_settings
-
     shape.update(family_settings(family, tokenizer, 16))  # ELECTRA-small's embeddings are narrower too
     return AutoConfig.for_model(family, **shape, **ids)
 

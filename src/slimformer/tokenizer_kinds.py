@@ -68,6 +68,19 @@ def train_tokenizer(kind: str, specials: tuple[str, ...], pair_style: str, texts
     return tokenizer
 
 
+def vocabulary_settings(tokenizer: Any, labels: list[str]) -> dict[str, Any]:
+    """Config settings that follow the tokenizer and the labels: vocabulary size, special token ids, the label
+    maps numbered in dataset order."""
+    return {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
 def family_settings(family: str, tokenizer: Any, embedding_size: int) -> dict[str, Any]:
     """Config settings particular to `family` beyond the shape (`embedding_size`: ELECTRA's and ALBERT's
     factorised embeddings), for `transformers.AutoConfig.for_model(family, **shape, **settings)`."""
