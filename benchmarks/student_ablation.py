@@ -47,6 +47,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "attention+mask+mix": {"attention_weight": 1.0, "augment": "mask,mix"},
     "mix-6ep": {"augment": "mix", "epochs": 6.0},
     "mask+mix": {"augment": "mask,mix"},
+    # how much transfer data: more augmented copies of every training text, and more weight on the teacher
+    "mask+mix-x2": {"augment": "mask,mix", "augment_copies": 2},
+    "mask+mix-x4": {"augment": "mask,mix", "augment_copies": 4},
+    "all-x2": {"augment": "mask,delete,swap,mix", "augment_copies": 2},
+    "mask+mix-alpha0.3": {"augment": "mask,mix", "alpha": 0.3},
 }
 COLUMNS = ("accuracy", "in_scope_accuracy", "oos_recall")
 
