@@ -3,7 +3,7 @@ at each family's real base size (latency does not depend on the weights; the voc
 tokenizer is trained on here, which changes file size, not latency).
 
 Per family: fp32 and INT8 (dynamic) latency of the optimized ONNX graph, before and after structured pruning
-(half the heads where the family allows it, half the FFN neurons), batch 1, the CLINC slice's validation
+(half the heads, half the FFN neurons), batch 1, the CLINC slice's validation
 queries, `--threads` intra-op threads. Run from the repository root:
 
     .venv/bin/python benchmarks/families.py --data CSV_FOLDER --families bert distilbert --out families.json
@@ -96,16 +96,14 @@ def latency_ms(onnx_dir: Path, texts: list[str], threads: int, repeats: int) -> 
 
 def measure(family: str, root: Path, data: Any, threads: int, repeats: int) -> dict[str, Any]:
     from slimformer.data import column
-    from slimformer.families import family_for_model_type
     from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
     from slimformer.prune.stage import PruneConfig, prune
 
     texts = column(data.validation, "text")[:16]
     teacher = build_base_classifier(root / "teacher", family, column(data.train, "text"), data.labels)
-    heads = 0.0 if family_for_model_type(family).head_pruning else 0.5  # MPNet: FFN neurons only
-    pruning = PruneConfig(method="structured", heads_fraction=heads, ffn_fraction=0.5, epochs=0, max_length=64)
+    pruning = PruneConfig(method="structured", heads_fraction=0.5, ffn_fraction=0.5, epochs=0, max_length=64)
     prune(teacher, root / "pruned", pruning, data)
-    result: dict[str, Any] = {"family": family, "heads_removed": heads, "ffn_removed": 0.5}
+    result: dict[str, Any] = {"family": family, "heads_removed": 0.5, "ffn_removed": 0.5}
     for name, source in (("base", teacher), ("pruned", root / "pruned")):
         export_onnx(source, root / f"{name}-onnx", ExportConfig(max_length=64, parity_examples=4), data)
         optimized = optimize_onnx(root / f"{name}-onnx", root / f"{name}-opt", OptimizeConfig(max_length=64))

@@ -88,11 +88,11 @@ def build_classifier(folder: Path, family: str, texts: list[str], labels: list[s
 
 
 FAMILIES = tuple(RECIPES)
-HEADLESS = {"mpnet"}  # families whose heads preflight refuses to remove (FFN pruning only)
-# Attention / EmbedLayerNormalization fusions onnxruntime 1.32 makes on the 2-layer pruned student
-ATTENTION_FUSIONS = {"bert": 2, "distilbert": 2, "roberta": 2, "xlm-roberta": 2, "electra": 2, "albert": 1}
+# Attention / EmbedLayerNormalization fusions on the 2-layer pruned student: onnxruntime 1.32's, plus slimformer's
+# biased-attention rewrite (MultiHeadAttention) for MPNet and for the one ALBERT layer onnxruntime leaves unfused
+ATTENTION_FUSIONS = {"bert": 2, "distilbert": 2, "roberta": 2, "xlm-roberta": 2, "electra": 2, "albert": 2, "mpnet": 2}
 EMBEDDING_FUSIONS = {"bert": 1, "distilbert": 1, "electra": 1}
-NO_ORT_ATTENTION = {"mpnet", "deberta-v2", "modernbert"}
+NO_ORT_ATTENTION = {"deberta-v2", "modernbert"}
 
 
 @pytest.fixture(scope="session")
@@ -125,13 +125,12 @@ def stage_runs(tmp_path_factory: pytest.TempPathFactory, teachers: dict[str, Pat
         if family in _RUNS:
             return _RUNS[family]
         root = tmp_path_factory.mktemp(f"run_{family}")
-        heads = 0.0 if family in HEADLESS else 0.5
         steps = [
             ("distill", distill, DistillConfig(student_layers=2, epochs=1, max_length=32)),
             (
                 "structured",
                 prune,
-                PruneConfig(method="structured", heads_fraction=heads, ffn_fraction=0.5, epochs=0, max_length=32),
+                PruneConfig(method="structured", heads_fraction=0.5, ffn_fraction=0.5, epochs=0, max_length=32),
             ),
             ("vocab", prune, PruneConfig(method="vocab", vocab_clusters=8, max_length=32)),
             ("export", export_onnx, ExportConfig(max_length=32)),
@@ -163,12 +162,11 @@ def test_family_runs_through_every_stage(family: str, stage_runs: Any) -> None:
     structured = runs["structured"]["structured"]
     assert (structured["intermediate_size_before"], structured["intermediate_size_after"]) == (64, 32)
     pruned = read_config(folders["structured"])
-    if family in HEADLESS:
-        assert "heads_after" not in structured and pruned["model_type"] == family
-    else:
-        assert (structured["heads_before"], structured["heads_after"], structured["head_size"]) == (4, 2, 8)
-        assert pruned["model_type"] in (f"slim-{family}", "slimbert")
-        assert pruned["attention_head_size"] == 8
+    assert (structured["heads_before"], structured["heads_after"], structured["head_size"]) == (4, 2, 8)
+    assert pruned["model_type"] in (f"slim-{family}", "slimbert")
+    assert pruned["attention_head_size"] == 8
+    if family == "mpnet":  # one relative-position bias table for all layers: the same heads go from each
+        assert len({tuple(heads) for heads in structured["kept_heads"]}) == 1
     assert structured["parameters_after"] < structured["parameters_before"]
     assert load_classifier(folders["structured"]).num_parameters() == structured["parameters_after"]
 
@@ -215,26 +213,34 @@ def test_slicing_units_equals_zeroing_their_output_columns(
 
     import torch
 
+    from slimformer.families import family_of
     from slimformer.models import load_classifier, load_tokenizer
-    from slimformer.prune.structured import as_slim_model, layer_units, prune_units, unit_importance
+    from slimformer.prune.structured import as_slim_model, layer_units, prune_units, unit_importance, units_to_keep
 
     model, tokenizer = load_classifier(teachers[family]), load_tokenizer(teachers[family])
     texts = list(slice_data.validation["text"])[:6]
-    kinds = ("ffn",) if family in HEADLESS else ("ffn", "heads")
+    kinds = ("ffn", "heads")
     importance = unit_importance(model, "magnitude", kinds=kinds)
     masked = copy.deepcopy(model)
+    keep = {
+        kind: units_to_keep(family_of(model), kind, len(importance[kind][0]) // 2, importance[kind]) for kind in kinds
+    }
+    if family == "mpnet":  # the same heads in every layer: the most important summed over the layers
+        common = torch.topk(sum(importance["heads"]), 2).indices
+        assert all(set(kept.tolist()) == set(common.tolist()) for kept in keep["heads"])
+        table = model.mpnet.encoder.relative_attention_bias.weight[:, torch.sort(common).values].clone()
     with torch.no_grad():
         for kind in kinds:
-            for unit, score in zip(layer_units(masked, kind), importance[kind], strict=True):
-                kept = torch.topk(score, len(score) // 2).indices
+            for unit, score, kept in zip(layer_units(masked, kind), importance[kind], keep[kind], strict=True):
                 dropped = torch.ones(len(score), dtype=torch.bool)
                 dropped[kept] = False
                 columns = dropped.repeat_interleave(unit.width)
                 unit.output.weight[:, columns] = 0
     for kind in kinds:
         prune_units(model, kind, 0.5, importance[kind])
-    if "heads" in kinds:
-        model = as_slim_model(model)
+    model = as_slim_model(model)
+    if family == "mpnet":
+        assert torch.equal(model.mpnet.encoder.relative_attention_bias.weight, table)
     expected = _logits(masked, tokenizer, texts)
     assert torch.allclose(_logits(model, tokenizer, texts), expected, atol=1e-5)
     model.save_pretrained(tmp_path)
@@ -267,12 +273,8 @@ def test_preflight_refuses_with_one_line_reasons(teachers: dict[str, Path], tmp_
     from slimformer.prune.stage import PruneConfig
 
     heads = PruneConfig(method="structured", heads_fraction=0.5, ffn_fraction=0.5)
-    reason = preflight(teachers["mpnet"], "prune", heads)
-    assert reason.startswith("attention heads of mpnet cannot be removed: MPNet adds one relative-position bias")
-    assert preflight(teachers["mpnet"], "prune", PruneConfig(method="structured", ffn_fraction=0.5)) is None
     for family in FAMILIES:
-        if family not in HEADLESS:
-            assert preflight(teachers[family], "prune", heads) is None
+        assert preflight(teachers[family], "prune", heads) is None
         assert preflight(teachers[family], "distill", None) is None
 
     split = PruneConfig(method="vocab", vocab_unseen="split")
@@ -286,6 +288,56 @@ def test_preflight_refuses_with_one_line_reasons(teachers: dict[str, Path], tmp_
     reason = preflight(tmp_path, "export", None)
     assert reason.startswith("model type 'gpt2' is not a supported encoder family (supported: bert, roberta")
     assert "\n" not in reason
+
+
+def test_mpnet_attention_is_fused_exactly(teachers: dict[str, Path], slice_data: Any, tmp_path: Path) -> None:
+    """ONNX Runtime fuses no MPNet attention (its scores get a relative-position bias); the biased-attention
+    rewrite makes each layer one MultiHeadAttention node that computes PyTorch's logits, INT8 included."""
+    import collections
+
+    import numpy as np
+    import onnx
+    import torch
+
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
+    from slimformer.predictor import load
+
+    model, tokenizer = load_classifier(teachers["mpnet"]).eval(), load_tokenizer(teachers["mpnet"])
+    texts = list(slice_data.test["text"])[:24]  # batches of 8 with padding: the mask is summed into the bias
+    inputs = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    table = model.mpnet.encoder.relative_attention_bias.weight
+    with torch.no_grad():
+        torch.manual_seed(0)
+        table.normal_(0, 2.0)  # a bias that matters: without it the logits move by far more than the tolerance
+        expected = model(**inputs).logits.numpy()
+        saved = table.clone()
+        table.zero_()
+        assert np.abs(model(**inputs).logits.numpy() - expected).max() > 1e-2
+        table.copy_(saved)
+    teacher = tmp_path / "teacher"
+    model.save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    export_onnx(teacher, tmp_path / "export", ExportConfig(max_length=32, parity_examples=4), slice_data)
+    ops = {}
+    for fused in (False, True):
+        folder = tmp_path / ("fused" if fused else "unfused")
+        metrics = optimize_onnx(tmp_path / "export", folder, OptimizeConfig(max_length=32, biased_attention=fused))
+        assert metrics["attention_fused_layers"] == (TEACHER_LAYERS if fused else 0)
+        ops[fused] = collections.Counter(node.op_type for node in onnx.load(str(folder / "model.onnx")).graph.node)
+    assert ops[False]["Softmax"] == TEACHER_LAYERS and ops[False]["MultiHeadAttention"] == 0
+    assert ops[True]["Softmax"] == 0 and ops[True]["MultiHeadAttention"] == TEACHER_LAYERS
+
+    fused = load(tmp_path / "fused", threads=1).predict_logits(texts, 8)
+    assert np.abs(fused - expected).max() < 1e-4
+    quantize(tmp_path / "fused", tmp_path / "int8", QuantizeConfig(method="dynamic", max_length=32), slice_data)
+    int8_ops = collections.Counter(node.op_type for node in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node)
+    assert int8_ops["MultiHeadAttention"] == TEACHER_LAYERS and int8_ops["MatMulInteger"] >= 4 * TEACHER_LAYERS
+    int8 = load(tmp_path / "int8", threads=1).predict_logits(texts, 8)
+    unfused_int8 = tmp_path / "unfused-int8"
+    quantize(tmp_path / "unfused", unfused_int8, QuantizeConfig(method="dynamic", max_length=32), slice_data)
+    reference = load(unfused_int8, threads=1).predict_logits(texts, 8)
+    assert np.abs(int8 - reference).max() < 0.05 * np.abs(reference).max()
 
 
 def test_split_vocabulary_pruning_refuses_non_wordpiece(teachers: dict[str, Path], tmp_path: Path) -> None:

@@ -320,7 +320,7 @@ def test_optimize_without_rewrites_gives_the_same_logits(optimized_dir: Path, ex
     from slimformer.onnx import OptimizeConfig, optimize_onnx
 
     plain = exported_dir.parent / "opt-fused"
-    config = OptimizeConfig(threads=1, first_token_tail=False, split_skip_layernorm=False)
+    config = OptimizeConfig(threads=1, first_token_tail=False, split_skip_layernorm=False, biased_attention=False)
     assert optimize_onnx(exported_dir, plain, config)["rewrites"] == {}
     assert _ops(plain / "model.onnx").count("SkipLayerNormalization") == 4
     texts = column(clinc_slice.test, "text")

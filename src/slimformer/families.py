@@ -17,9 +17,9 @@ classes made by one factory in :mod:`slimformer.slimmodels`): the config subclas
 the model subclass builds the family's own model at full width and then narrows every attention module with
 the same slicing code pruning used (driven by this table). Adding a family is one table row, not a package,
 and the forward pass always stays the family's own (its fused-attention export path included).
-Families whose heads cannot be removed this way refuse `heads_fraction > 0` in :func:`preflight` with the
-reason (MPNet: one relative-position bias table shared by all layers, indexed by head); their FFN neurons
-are still pruned.
+A family whose layers share one table indexed by head (MPNet's relative-position bias, `shared_head_table`)
+has the same heads removed from every layer, ranked by their importance summed over the layers, and the
+table's columns sliced to match.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class Family:
     extra_head_inputs: tuple[str, ...] = ()  # in `attention`: more Linears projecting per head, when present
     head_size_config_field: str | None = None  # a config field other code reads the head size from
     shared_layers: bool = False  # ALBERT: one layer's weights repeated over the depth
-    head_pruning: str | None = None  # None: heads can be removed; else why not
+    shared_head_table: str | None = None  # from the classifier's root: an Embedding with a column per head that
+    # every layer reads (MPNet's relative-position bias): the same heads go from every layer, columns sliced
     ort_model_type: str = "bert"  # onnxruntime.transformers.optimizer model type
     attention_fusion: str | None = None  # None: ORT fuses the attention; else why it does not
     embedding_fusion: str | None = None  # None: ORT fuses EmbedLayerNormalization; else why it does not
@@ -136,13 +137,10 @@ FAMILIES: tuple[Family, ...] = (
         attention="attention.attn",
         qkv=("q", "k", "v"),
         attention_out="attention.attn.o",
-        head_pruning=(
-            "MPNet adds one relative-position bias table, shared by all layers and indexed by head, to every "
-            "layer's attention scores; removing different heads per layer would need a bias per layer"
-        ),
+        shared_head_table="mpnet.encoder.relative_attention_bias",
         attention_fusion=(
             "not available in onnxruntime for mpnet: its attention adds a relative-position bias, which the "
-            "BERT Attention pattern does not match (the graph runs unfused MatMul/Softmax attention)"
+            "BERT Attention pattern does not match; optimize's --biased-attention rewrite fuses it"
         ),
         embedding_fusion=UNMATCHED_EMBEDDINGS.format("MPNet's embeddings (no token types, RoBERTa-style positions)"),
     ),
@@ -258,8 +256,6 @@ def preflight(model_dir: Path, stage: str, config: Any) -> str | None:
             f"(supported: {', '.join(supported_model_types())})"
         )
     method = getattr(config, "method", None) if stage == "prune" else None
-    if method == "structured" and getattr(config, "heads_fraction", 0) and family.head_pruning:
-        return f"attention heads of {family.name} cannot be removed: {family.head_pruning} (FFN pruning works)"
     if method == "vocab" and getattr(config, "vocab_unseen", "cluster") == "split":
         tokenizer_type = _tokenizer_model_type(Path(model_dir))
         if tokenizer_type not in (None, "WordPiece"):

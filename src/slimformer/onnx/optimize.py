@@ -62,6 +62,9 @@ class OptimizeConfig(StageConfig):
     split_skip_layernorm: bool = option(
         True, "Rewrite fused SkipLayerNormalization as Add + LayerNormalization (ORT's CPU kernel is slower)"
     )
+    biased_attention: bool = option(
+        True, "Fuse attention with an additive score bias ORT cannot fuse (MPNet) into MultiHeadAttention nodes"
+    )
     max_length: int | None = option(None, "Truncation saved in session.json (default: the source's, else 128).")
     threads: int | None = option(None, THREADS_HELP)
     graph_optimization_level: str = option("all", "ONNX Runtime session level saved in session.json.")
@@ -119,13 +122,16 @@ def optimize_folder(
     optimize_seconds = time.perf_counter() - started
     embedding_rows = compact_embedding_rows(folder / ONNX_FILE, folder / ONNX_FILE)
     copy_model_files(source, folder)
-    rewrites, check = _rewrite_checked(source, folder, config)
+    rewrites, check = _rewrite_checked(source, folder, config, num_heads)
     if check["max_abs_logit_diff"] > config.parity_tolerance:
         raise ModelError(
             f"the optimized graph drifts from {source}: max |logit difference| "
             f"{check['max_abs_logit_diff']:.2e} > {config.parity_tolerance:.0e}; try a lower --level"
         )
     layers = shape["num_layers"]
+    rewritten = rewrites.get("biased_attention", {})
+    if rewritten.get("applied"):  # slimformer's own fusion (MPNet): counted like ORT's
+        fusions["MultiHeadAttention"] = fusions.get("MultiHeadAttention", 0) + rewritten["nodes"]
     attention_fused = fusions.get("Attention", 0) + fusions.get("MultiHeadAttention", 0)
     notes = fusion_notes(shape["model_type"], fusions, layers)
     problems += notes.pop("problems")
@@ -236,14 +242,18 @@ def _run_optimizer(
     return dict(optimized.get_fused_operator_statistics())
 
 
-def _rewrite_checked(source: Path, folder: Path, config: OptimizeConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+def _rewrite_checked(
+    source: Path, folder: Path, config: OptimizeConfig, num_heads: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The rewrites (slimformer.onnx.rewrites) on the fused graph, and parity with the input graph; rewrites
     that break parity (or the graph) are dropped, with the reason."""
     from slimformer.onnx.rewrites import rewrite_graph
 
     path = folder / ONNX_FILE
     fused = path.read_bytes()
-    rewrites = rewrite_graph(str(path), config.first_token_tail, config.split_skip_layernorm)
+    rewrites = rewrite_graph(
+        str(path), config.first_token_tail, config.split_skip_layernorm, config.biased_attention, num_heads
+    )
     if not any(report["applied"] for report in rewrites.values()):
         return rewrites, _parity_with_input(source, folder, config)
     try:

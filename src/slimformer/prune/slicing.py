@@ -40,3 +40,14 @@ def slice_layer_heads(layer: nn.Module, family: Family, heads: torch.Tensor, hea
         setattr(attention, family.head_count_attr, len(heads))
     if hasattr(attention, "all_head_size"):
         attention.all_head_size = len(heads) * head_size
+
+
+def slice_shared_head_table(root: nn.Module, path: str, heads: torch.Tensor) -> None:
+    """Keep the columns `heads` of the Embedding at `path` under `root`: a table every layer indexes by head
+    (MPNet's relative-position bias), sliced when the same heads go from every layer."""
+    parent_path, _, name = path.rpartition(".")
+    parent = submodule(root, parent_path)
+    table = getattr(parent, name)
+    sliced = nn.Embedding(table.num_embeddings, len(heads), dtype=table.weight.dtype, device=table.weight.device)
+    sliced.weight.data.copy_(table.weight.data[:, torch.sort(heads).values])
+    setattr(parent, name, sliced)

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimformer.errors import ConfigError, ModelError
+from slimformer.errors import ConfigError
 from slimformer.families import Family, encoder_layers, family_of, submodule
-from slimformer.prune.slicing import replace_linear, slice_layer_heads, unit_index
+from slimformer.prune.slicing import replace_linear, slice_layer_heads, slice_shared_head_table, unit_index
 
 IMPORTANCE_METHODS = ("magnitude", "gradient", "movement")
 UNIT_KINDS = ("ffn", "heads")
@@ -58,8 +58,6 @@ def layer_units(model: nn.Module, kind: str) -> list[LayerUnits]:
     family, layers = _encoder_layers(model)
     if kind == "ffn":
         return [LayerUnits([first], second, 1, family.ffn_chunks) for first, second in ffn_blocks(model)]
-    if family.head_pruning:
-        raise ModelError(f"attention heads of {family.name} cannot be removed: {family.head_pruning}")
     units = []
     for layer in layers:
         attention = submodule(layer, family.attention)
@@ -151,7 +149,8 @@ def slice_ffn(model: nn.Module, keep: list[torch.Tensor]) -> None:
 @torch.no_grad()
 def slice_heads(model: nn.Module, keep: list[torch.Tensor]) -> None:
     """Keep only the attention heads `keep[layer]` (same count in every layer): the query/key/value rows and
-    the output projection's columns of the other heads are cut out. Sets config.num_attention_heads and
+    the output projection's columns of the other heads are cut out (and the columns of a table all layers share,
+    which needs the same heads in every layer). Sets config.num_attention_heads and
     config.attention_head_size (save the model with :func:`as_slim_model`)."""
     counts = {len(k) for k in keep}
     if len(counts) != 1 or min(counts) < 1:
@@ -159,6 +158,10 @@ def slice_heads(model: nn.Module, keep: list[torch.Tensor]) -> None:
     family, layers = _encoder_layers(model)
     units = layer_units(model, "heads")
     head_size = units[0].width
+    if family.shared_head_table:
+        if any(not torch.equal(torch.sort(k).values, torch.sort(keep[0]).values) for k in keep):
+            raise ValueError(f"{family.name}'s layers share one table indexed by head: keep the same heads in each")
+        slice_shared_head_table(model, family.shared_head_table, keep[0])
     for layer, heads, unit in zip(layers, keep, units, strict=True):
         slice_layer_heads(layer, family, heads, head_size, unit.count)
     model.config.num_attention_heads = counts.pop()
@@ -195,6 +198,15 @@ def as_slim_model(model: nn.Module) -> nn.Module:
 as_slim_bert = as_slim_model  # the earlier name (BERT only), kept for callers
 
 
+def units_to_keep(family: Family, kind: str, kept: int, importance: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The `kept` most important units of each layer; for heads of a family whose layers share a table indexed
+    by head (MPNet), the same heads in every layer: the most important by their importance summed over layers."""
+    if kind == "heads" and family.shared_head_table:
+        common = torch.topk(torch.stack(importance).sum(dim=0), kept).indices
+        return [common.clone() for _ in importance]
+    return [torch.topk(score, kept).indices for score in importance]
+
+
 def prune_units(model: nn.Module, kind: str, fraction: float, importance: list[torch.Tensor]) -> dict[str, Any]:
     """Remove `fraction` of the FFN neurons or heads (`kind`) of every layer, least important first (at least
     one unit stays). Returns a summary of the sizes before and after."""
@@ -202,7 +214,7 @@ def prune_units(model: nn.Module, kind: str, fraction: float, importance: list[t
         raise ConfigError(f"{'FFN' if kind == 'ffn' else 'heads'} fraction must be in [0, 1), got {fraction}")
     size = len(importance[0])
     kept = max(1, size - round(fraction * size))
-    keep = [torch.topk(score, kept).indices for score in importance]
+    keep = units_to_keep(family_of(model), kind, kept, importance)
     if kind == "ffn":
         slice_ffn(model, keep)
         return {"intermediate_size_before": size, "intermediate_size_after": kept}

@@ -66,12 +66,14 @@ def slim_classes(family: Family) -> tuple[type, type]:
 def _narrow_attention(model: Any, family: Family, heads: int, head_size: int) -> None:
     import torch
 
-    from slimformer.prune.slicing import slice_layer_heads
+    from slimformer.prune.slicing import slice_layer_heads, slice_shared_head_table
 
     full = model.config.hidden_size // head_size
     if heads >= full:
         return
     with torch.no_grad():
+        if family.shared_head_table:
+            slice_shared_head_table(model, family.shared_head_table, torch.arange(heads))
         for layer in encoder_layers(model):
             slice_layer_heads(layer, family, torch.arange(heads), head_size, full)
 
@@ -86,8 +88,8 @@ def register_slim_families(with_models: bool = True) -> None:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     for family in FAMILIES:
-        if family.name == "bert" or family.head_pruning:
-            continue  # BERT has SlimBERT; a family whose heads cannot be removed needs no slim type
+        if family.name == "bert":
+            continue  # BERT has SlimBERT
         config_class = slim_config_class(family)
         if (family.name, False) not in _REGISTERED:
             AutoConfig.register(config_class.model_type, config_class)
