@@ -300,6 +300,10 @@ def fuse_biased_attention(model: onnx.ModelProto, num_heads: int) -> RewriteRepo
             rebuilt.append(node)
     del model.graph.node[:]
     model.graph.node.extend(rebuilt)
+    used = {name for node in rebuilt for name in node.input} | {output.name for output in model.graph.output}
+    kept = [tensor for tensor in model.graph.initializer if tensor.name in used]  # the shapes of removed Reshapes
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
     if not any(entry.domain == MS_DOMAIN for entry in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return RewriteReport(True, nodes=fused)

