@@ -233,6 +233,30 @@ def test_auto_keeps_the_more_accurate_when_no_candidate_fits(optimized_dir: Path
     assert all(entry["accuracy_aware_fits"] is False for entry in candidates.values())
 
 
+def test_auto_skips_a_candidate_that_cannot_be_built(
+    optimized_dir: Path, clinc_slice, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph static quantization cannot type (ORT's symbolic shape inference gives up on some) still gets the
+    dynamic candidates, and the report says which were skipped and why."""
+    from slimformer.errors import ModelError
+    from slimformer.onnx import QuantizeConfig, quantize, static
+
+    calls = []
+
+    def untypable(model: Path, output: Path) -> Path:
+        calls.append(model)
+        raise ModelError(f"shape inference for static quantization failed on {model}: Incomplete")
+
+    monkeypatch.setattr(static, "with_inferred_shapes", untypable)
+    config = QuantizeConfig(method="auto", threads=1, calibration_samples=32, latency_samples=40)
+    with pytest.warns(UserWarning, match="quantize auto: static skipped: shape inference"):
+        metrics = quantize(optimized_dir, tmp_path / "int8", config, clinc_slice)
+    assert set(metrics["auto"]["candidates"]) == {"dynamic", "dynamic per-tensor"}
+    assert set(metrics["auto"]["skipped"]) == {"static", "static per-tensor"}
+    assert metrics["auto"]["kept"] in metrics["auto"]["candidates"]
+    assert len(calls) == 1  # the failure is remembered, not met again for the per-tensor candidate
+
+
 def test_auto_rule() -> None:
     from slimformer.onnx.quantize_select import choose
 

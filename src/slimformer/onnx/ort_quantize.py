@@ -128,6 +128,7 @@ class Int8Job:
         self.reference_logits = self.evaluation.logits(self.fp32_model)
         self.reference_accuracy = self.evaluation.accuracy(self.reference_logits)
         self._static_input: Path | None = None
+        self._static_failure: ModelError | None = None
         self.calibration: dict[str, Any] | None = None
 
     def quantize_graph(
@@ -150,14 +151,20 @@ class Int8Job:
         from slimformer.onnx.static import calibration_data, static_graph, with_inferred_shapes
 
         config = self.config
+        if self._static_input is None:
+            if self._static_failure is not None:  # shape inference failed once: it fails again
+                raise self._static_failure
+            try:
+                with quiet():
+                    self._static_input = with_inferred_shapes(self.fp32_model, self.work / "shape-inferred.onnx")
+            except ModelError as exc:
+                self._static_failure = exc
+                raise
         if self.calibration is None:
             assert self.data is not None  # validate() checked
             self.calibration = calibration_data(
                 self.tokenizer, self.data, config.calibration_samples, config.max_length, config.seed, self.work
             )
-            with quiet():
-                self._static_input = with_inferred_shapes(self.fp32_model, self.work / "shape-inferred.onnx")
-        assert self._static_input is not None
         settings: dict[str, Any] = {  # quantize_graph always passes per_channel
             "quant_format": config.quant_format,
             "dynamic_attention": config.dynamic_attention,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import StageResult
+from slimformer.errors import ModelError
 from slimformer.onnx.runtime import parity
 
 if TYPE_CHECKING:
@@ -57,7 +58,17 @@ def quantize_auto(job: Int8Job, folder: Path) -> StageResult:
     from slimformer.timing import latency_summary
 
     config = job.config
-    built = [job.build(method, per_channel) for per_channel in weight_scales(config) for method in AUTO_METHODS]
+    built, skipped = [], {}
+    for per_channel in weight_scales(config):
+        for method in AUTO_METHODS:
+            try:
+                built.append(job.build(method, per_channel))
+            except ModelError as exc:  # e.g. a graph ORT's symbolic shape inference cannot type (static only)
+                skipped[method if per_channel else f"{method} per-tensor"] = str(exc)
+    if not built:
+        raise ModelError(f"no INT8 candidate could be built: {next(iter(skipped.values()))}")
+    for name, reason in skipped.items():
+        warnings.warn(f"quantize auto: {name} skipped: {reason}", stacklevel=2)
     graphs = {graph.name: graph for graph in built}
     candidates = {name: score_candidate(job, graph) for name, graph in graphs.items()}
     threads = config.threads or default_threads()
@@ -75,6 +86,7 @@ def quantize_auto(job: Int8Job, folder: Path) -> StageResult:
         "tolerance_from": "max_accuracy_drop" if given else "default",
         "reference_accuracy": job.reference_accuracy,
         "candidates": candidates,
+        "skipped": skipped,  # candidates that could not be built, and why
         "latency": {
             "texts": "validation split",
             "queries": len(timings[kept]),
