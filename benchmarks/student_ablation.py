@@ -57,7 +57,7 @@ COLUMNS = ("accuracy", "in_scope_accuracy", "oos_recall")
 
 
 def run_variant(name: str, seed: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
-    folder = args.work / f"L{args.layers}-{name}-seed{seed}"
+    folder = args.work / f"L{args.layers}{args.label}-{name}-seed{seed}"
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())
     options = {**RECIPE, **VARIANTS[name], "student_layers": args.layers, "seed": seed}
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--data", default="clinc150")
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--label", default="", help="added to the folder names: another --source (e.g. -unsliced)")
     args = parser.parse_args()
     data = load_data(args.data)
     teacher_test = json.loads((args.teacher / "metrics.json").read_text()).get("test", {})
@@ -109,8 +110,8 @@ def main() -> None:
         )
         print(lines[-1], flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    (args.work / f"ablation-L{args.layers}.json").write_text(json.dumps(rows, indent=2))
-    (args.work / f"ablation-L{args.layers}.md").write_text("\n".join(lines) + "\n")
+    (args.work / f"ablation-L{args.layers}{args.label}.json").write_text(json.dumps(rows, indent=2))
+    (args.work / f"ablation-L{args.layers}{args.label}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
