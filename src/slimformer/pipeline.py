@@ -172,11 +172,18 @@ class RunState:
     stage_log: list[dict[str, Any]] = field(default_factory=list)
 
 
+def recipe_data(recipe: Recipe, quick: bool = False) -> Any:
+    """The recipe's dataset (its seed orders any carving), cut to the `--quick` subset when asked."""
+    from slimformer.data import load_data
+
+    data = load_data(recipe.data, recipe.data_dir, recipe.text_column, recipe.label_column, seed=recipe.seed)
+    return data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=recipe.seed) if quick else data
+
+
 def run_recipe(recipe: Recipe, output: str | Path, quick: bool = False) -> dict[str, Any]:
     """Run every stage of `recipe` into `output`, reusing finished stages. Returns the run summary."""
     from rich.console import Console
 
-    from slimformer.data import load_data
     from slimformer.models import resolve_model_path
 
     console = Console()
@@ -184,9 +191,7 @@ def run_recipe(recipe: Recipe, output: str | Path, quick: bool = False) -> dict[
     (output / "stages").mkdir(parents=True, exist_ok=True)
     for leftover in (output / "stages").glob(".tmp-*"):  # a stage killed mid-way: redo it
         shutil.rmtree(leftover, ignore_errors=True)
-    data = load_data(recipe.data, recipe.data_dir, recipe.text_column, recipe.label_column, seed=recipe.seed)
-    if quick:
-        data = data.subset(QUICK_TRAIN_ROWS, QUICK_EVAL_ROWS, seed=recipe.seed)
+    data = recipe_data(recipe, quick)
     model = resolve_model_path(recipe.model)
     _preflight(recipe, model)
     state = RunState(output=output, data=data, recipe=recipe, quick=quick, current=model)

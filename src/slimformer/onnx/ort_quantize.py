@@ -85,8 +85,12 @@ class Int8Graph:
 
     @property
     def name(self) -> str:
-        """How `auto` names this candidate: the method, and "per-tensor" when its weights have one scale each."""
-        return self.method if self.per_channel else f"{self.method} per-tensor"
+        return candidate_name(self.method, self.per_channel)
+
+
+def candidate_name(method: str, per_channel: bool) -> str:
+    """How `auto` names a candidate: the method, and "per-tensor" when its weights have one scale each."""
+    return method if per_channel else f"{method} per-tensor"
 
 
 def op_types(

@@ -54,6 +54,7 @@ def quantize_auto(job: Int8Job, folder: Path) -> StageResult:
     """Build every candidate, score and time them, write the kept one into `folder`; its metrics hold an
     ``auto`` block with each candidate's accuracy and latency, the CPU, the rule and the reason."""
     from slimformer.cpu import cpu_model, default_threads, isa_summary
+    from slimformer.onnx.ort_quantize import candidate_name
     from slimformer.onnx.quantize import AUTO_TOLERANCE_POINTS
     from slimformer.timing import latency_summary
 
@@ -64,7 +65,7 @@ def quantize_auto(job: Int8Job, folder: Path) -> StageResult:
             try:
                 built.append(job.build(method, per_channel))
             except ModelError as exc:  # e.g. a graph ORT's symbolic shape inference cannot type (static only)
-                skipped[method if per_channel else f"{method} per-tensor"] = str(exc)
+                skipped[candidate_name(method, per_channel)] = str(exc)
     if not built:
         raise ModelError(f"no INT8 candidate could be built: {next(iter(skipped.values()))}")
     for name, reason in skipped.items():

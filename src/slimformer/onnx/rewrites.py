@@ -243,6 +243,7 @@ def fuse_biased_attention(model: onnx.ModelProto, num_heads: int) -> RewriteRepo
     biases: dict[tuple[str, ...], str] = {}
     fused = 0
     nodes = list(model.graph.node)
+    positions = {id(node): index for index, node in enumerate(nodes)}
     for softmax in nodes:
         if softmax.op_type != "Softmax" or _attribute(softmax, "axis", -1) not in (-1, 3):
             continue
@@ -267,7 +268,7 @@ def fuse_biased_attention(model: onnx.ModelProto, num_heads: int) -> RewriteRepo
         if len(reshapes) != 1 or reshapes[0].op_type != "Reshape":
             continue
         group = [*query[1], *key[1], *value[1], matmul_qk, *between, softmax, matmul_pv, transpose, reshapes[0]]
-        position = min(nodes.index(node) for node in group)
+        position = min(positions[id(node)] for node in group)
         new_nodes = []
         bias = biases.get(tuple(sorted(terms)))
         if bias is None:
