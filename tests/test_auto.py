@@ -197,8 +197,8 @@ def test_two_workers_on_postgres_one_killed_mid_trial(tiny4, clinc_slice_dir, tm
         except KeyError:
             continue
         for trial in running:
-            # training has begun once the last training parameter is suggested (right after the screen)
-            training = "screen" in trial.user_attrs and "learning_rate" in trial.params
+            # training has begun once the last training parameter is suggested (suggest_training's `augment`)
+            training = "screen" in trial.user_attrs and "augment" in trial.params
             if trial.user_attrs.get("worker", "").endswith(f":{victim.pid}") and training:
                 victim.send_signal(signal.SIGKILL)
                 killed = trial.number
@@ -209,7 +209,8 @@ def test_two_workers_on_postgres_one_killed_mid_trial(tiny4, clinc_slice_dir, tm
     assert trained_count(trials) == 4  # exactly the trials asked for
     assert trials[killed].state.name == "FAIL"
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
-    assert len(retries) == 1 and retries[0].params == trials[killed].params
+    assert len(retries) == 1  # the retry runs the killed trial's parameters (any it had not drawn yet are new)
+    assert {name: retries[0].params[name] for name in trials[killed].params} == trials[killed].params
     complete = [json.dumps(t.params, sort_keys=True) for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == len(set(complete))  # no trial ran twice
     workers = {t.user_attrs.get("worker") for t in trials if t.state.name == "COMPLETE"}

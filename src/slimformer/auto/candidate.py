@@ -71,7 +71,7 @@ def suggest_training(trial: Any, config: AutoConfig) -> Training:
         **suggest_distillation(trial, config),
         attention_weight=trial.suggest_categorical("attention_weight", list(config.attention_weights)),
         hidden_weight=trial.suggest_categorical("hidden_weight", list(config.hidden_weights)),
-        augment=trial.suggest_categorical("augment", list(config.augment_choices)),
+        augment=trial.suggest_categorical("augment", list(config.augment_choices)),  # drawn last
     )
 
 
