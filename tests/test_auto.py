@@ -246,8 +246,8 @@ def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, c
         AutoConfig(min_speedup=2, augment_choices=("paraphrase",)).validate()
 
     shape = Shape(0, 0.0, 0.0, 0, "dynamic", True, 1)
-    cache = StageCache(tmp_path / "work", tiny4)
-    folder = build_chain(cache, shape, training, clinc_slice, config, "t")
+    cache = StageCache(tmp_path / "work", tiny4, "t")
+    folder = build_chain(cache, shape, training, clinc_slice, config)
     metrics = read_metrics(folder)
     assert metrics["stage"] == "quantize" and Path(metrics["source_model"]).name.startswith("export-")
     assert read_metrics(Path(metrics["source_model"]))["source_model"].rsplit("/", 1)[-1].startswith("static-")
@@ -466,10 +466,11 @@ def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4
     remember_front(tmp_path, tiny4, "study-12x", front)
     remember_front(tmp_path, tiny_classifier_dir, "other-teacher", [SimpleNamespace(params={**inside, "epochs": 5})])
     remember_front(tmp_path, tiny4, "study-recipe", [SimpleNamespace(params=recipe_params(config))])
+    remember_front(tmp_path, tiny4, "other-base", [SimpleNamespace(params={**inside, "epochs": 6})], "default")
 
     warm = warm_start_params(tmp_path, tiny4, "study-25x", config)
     # the 12x front's trial inside the space, once; the 4-layer one keeps only what fits (the sampler picks depth);
-    # nothing from another teacher; not the recipe's choices (the baseline is enqueued anyway)
+    # nothing from another teacher or another --student; not the recipe's choices (the baseline is enqueued anyway)
     assert warm[0] == inside
     assert warm[1] == {k: v for k, v in outside.items() if k != "layers"}
     assert len(warm) == 2
@@ -485,3 +486,32 @@ def test_a_busy_machine_is_reported_before_the_study(monkeypatch, capsys) -> Non
     monkeypatch.setattr(run.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
     run.warn_if_busy()
     assert "warning" not in capsys.readouterr().err
+
+
+def test_students_start_from_another_model_with_its_own_tokenizer(tiny4, clinc_slice, clinc_slice_dir, tmp_path):
+    """--student: a headless 2-layer body with another vocabulary is distilled from the teacher once at full
+    depth, then every trial's student is made of its layers (depths 1..2) and keeps its tokenizer."""
+    from slimformer.data import column
+    from slimformer.models import load_tokenizer
+
+    texts = column(clinc_slice.train, "text")
+    base = build_tiny_bert(tmp_path / "base", texts[: len(texts) // 3], None, layers=2, seed=1)
+    assert load_tokenizer(base).get_vocab() != load_tokenizer(tiny4).get_vocab()
+    output = tmp_path / "auto"
+    args = ["auto", "--model", str(tiny4), "--data", str(clinc_slice_dir), "--output", str(output), *TINY]
+    args += ["--student", str(base), "--min-speedup", "1.0", "--max-accuracy-drop", "100", "--vocab-clusters", "0"]
+    code, err = cli(*args, "--hidden-weights", "0", "--hidden-weights", "0.5")
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: --student {base} has another tokenizer")
+    assert not (output / "work").exists()  # refused before any work
+
+    code, err = cli(*args, "--trials", "2")
+    assert code == 0, err
+    stages = output / "work" / "stages"
+    distilled = {d: json.loads((d / "metrics.json").read_text()) for d in stages.glob("distill-*")}
+    full_depth = [d for d, metrics in distilled.items() if metrics["student"] == str(base)]
+    assert len(full_depth) == 1 and distilled[full_depth[0]]["validation"]  # the base learnt the labels once
+    trials = [t for t in study_trials(output) if t.state.name == "COMPLETE"]
+    assert trials and all(t.params["layers"] in (1, 2) for t in trials)
+    starts = {json.loads((d / "metrics.json").read_text())["teacher"] for d in stages.glob("student-*")}
+    assert starts == {str(full_depth[0])}  # every student is made of the distilled base's layers
+    assert load_tokenizer(output / "model").get_vocab() == load_tokenizer(base).get_vocab()

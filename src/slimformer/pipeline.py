@@ -81,6 +81,12 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
     return recipe
 
 
+def recipe_stage(kind: str, method: str | None = None) -> Any:
+    """The packaged recipe's first stage of `kind` (and `method`), or None."""
+    stages = [s for s in load_recipe().stages if s.kind == kind and method in (None, s.options.get("method"))]
+    return stages[0] if stages else None
+
+
 def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     """Validate a recipe mapping: known keys, known stages, options that their config dataclass accepts."""
     if not isinstance(raw, dict):

@@ -12,7 +12,8 @@ a file lock, so trials and workers reuse each other's finished steps and never r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,10 @@ class Training:
     augment: str = ""  # transfer data (slimformer.transfer)
 
 
-def suggest_shape(trial: Any, config: AutoConfig, teacher_layers: int, cores: int) -> Shape:
-    """The shape part of the search space (suggested first: it is screened before training is sampled)."""
-    layers = config.layers_choices or tuple(range(1, max(teacher_layers, 2)))
+def suggest_shape(trial: Any, config: AutoConfig, max_layers: int, cores: int) -> Shape:
+    """The shape part of the search space (suggested first: it is screened before training is sampled).
+    `max_layers`: the deepest student by default (see :meth:`StageCache.max_layers`)."""
+    layers = config.layers_choices or tuple(range(1, max_layers + 1))
     threads = config.threads or tuple(range(1, cores + 1))
     shape = {
         "layers": trial.suggest_categorical("layers", list(layers)),
@@ -76,11 +78,15 @@ def suggest_training(trial: Any, config: AutoConfig) -> Training:
 
 
 class StageCache:
-    """Runs registered stages into `root/<stage>-<key>/`, reusing any finished folder (one writer per key)."""
+    """Runs registered stages into `root/<stage>-<key>/`, reusing any finished folder (one writer per key).
+    Students start from the layers of `base` (folder, cache key): the teacher unless :func:`student_base` set
+    another model (`--student`)."""
 
-    def __init__(self, root: Path, teacher: Path) -> None:
+    def __init__(self, root: Path, teacher: Path, teacher_key: str) -> None:
         self.root = root
         self.teacher = teacher
+        self.teacher_key = teacher_key
+        self.base = (teacher, teacher_key)
         root.mkdir(parents=True, exist_ok=True)
 
     def run(self, kind: str, source: tuple[Path, str], config: Any, data: Any, **kwargs: Any) -> tuple[Path, str]:
@@ -94,19 +100,59 @@ class StageCache:
         STAGES[kind].run(source[0], folder, config, data, teacher, reuse=True, **kwargs)  # a finished one is reused
         return folder / config.model_subdir, key
 
-    def student(self, layers: int, teacher_key: str) -> tuple[Path, str]:
-        """K evenly spaced layers of the teacher, untrained (the start of every chain of that depth)."""
+    def max_layers(self) -> int:
+        """The deepest student searched by default: the teacher's depth - 1, or all of another base's layers."""
+        from slimformer.families import family_for_model_type, model_type_of
+
+        base = self.base[0]
+        family = family_for_model_type(model_type_of(base))
+        depth = int(json.loads((base / "config.json").read_text())[family.depth_fields[0]])
+        return max(depth - 1, 1) if base == self.teacher else depth
+
+    def student(self, layers: int) -> tuple[Path, str]:
+        """K evenly spaced layers of the base, untrained (the start of every chain of that depth)."""
         from slimformer.artifacts import write_metrics
         from slimformer.envelope import claim_folder
         from slimformer.students import student_from_teacher
 
-        key = f"{teacher_key}-L{layers}"
+        base, base_key = self.base
+        key = f"{base_key}-L{layers}"
         folder = self.root / f"student-{key}"
         with claim_folder(folder) as todo:
             if todo:
-                kept = student_from_teacher(self.teacher, layers, folder)
-                write_metrics(folder, {"stage": "student", "teacher": str(self.teacher), "layers_kept": kept})
+                kept = student_from_teacher(base, layers, folder)
+                write_metrics(folder, {"stage": "student", "teacher": str(base), "layers_kept": kept})
         return folder, key
+
+
+def student_base(cache: StageCache, config: AutoConfig, data: Any) -> tuple[Path, str]:
+    """The model whose layers every student starts from, with its cache key: the teacher, or `--student`. A
+    `--student` without a head for the data's labels is first distilled from the teacher at full depth with
+    the packaged recipe's distillation settings (once per work folder), as `make book`'s MiniLM chain does."""
+    from slimformer.envelope import model_key
+    from slimformer.models import head_covers, resolve_model_path
+    from slimformer.pipeline import build_config, recipe_stage
+
+    if config.student is None:
+        return cache.teacher, cache.teacher_key
+    path = resolve_model_path(config.student)
+    if head_covers(path, data.labels):
+        return path, model_key(path)
+    recipe = build_config(recipe_stage("distill"))
+    low, high = config.epochs_range
+    distill = replace(
+        recipe,
+        student=str(path),
+        student_layers=None,
+        epochs=float(min(max(recipe.epochs, low), high)),
+        batch_size=config.batch_size,
+        precision=config.precision,
+        cache_dir=str(cache.root / "teacher-logits"),
+        max_eval_samples=config.max_eval_samples,
+        max_length=config.max_length,
+        seed=config.seed,
+    )
+    return cache.run("distill", (path, model_key(path)), distill, data)
 
 
 def build_chain(
@@ -115,7 +161,6 @@ def build_chain(
     training: Training | None,
     data: Any,
     config: AutoConfig,
-    teacher_key: str,
     callbacks: tuple = (),
 ) -> Path:
     """The candidate's INT8 ONNX folder: trained when `training` is given, else the untrained screen."""
@@ -129,11 +174,11 @@ def build_chain(
     stage_data = data if training else screen_data  # what the stages after the slicing score on
     common = {"max_length": config.max_length, "seed": config.seed}
     if shape.layers == 0:
-        current = _static_student(cache, training, data, config, teacher_key)
+        current = _static_student(cache, training, data, config)
         export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
         current = cache.run("export", current, export, stage_data)
         return cache.run("quantize", current, _quantize_config(shape, config, eval_rows), stage_data)[0]
-    current = cache.student(shape.layers, teacher_key)
+    current = cache.student(shape.layers)
     if shape.heads_fraction or shape.ffn_fraction:
         prune = PruneConfig(
             method="structured",
@@ -184,9 +229,7 @@ def _quantize_config(shape: Shape, config: AutoConfig, eval_rows: int | None) ->
     )
 
 
-def _static_student(
-    cache: StageCache, training: Training | None, data: Any, config: AutoConfig, teacher_key: str
-) -> tuple[Path, str]:
+def _static_student(cache: StageCache, training: Training | None, data: Any, config: AutoConfig) -> tuple[Path, str]:
     """Depth 0: the static student (slimformer static) of the teacher; the screen trains it one epoch (its
     latency and size do not depend on the weights), a trial with the trial's alpha, T, epochs and transfer data."""
     from slimformer.static_student import StaticConfig
@@ -207,7 +250,7 @@ def _static_student(
         precision=config.precision,
         **options,
     )
-    return cache.run("static", (cache.teacher, teacher_key), static, data)
+    return cache.run("static", (cache.teacher, cache.teacher_key), static, data)
 
 
 _SCREEN_DATA: dict[str, Any] = {}

@@ -42,8 +42,16 @@ class AutoConfig(DistillRanges, StageConfig):
     )
     heartbeat_seconds: int = option(30, "Workers beat this often; a trial silent for 3 beats is failed and run again.")
     # the search space
+    student: str | None = option(
+        None,
+        "Model whose layers the students start from (default: the teacher's own; 'default' = the packaged "
+        "MiniLM-L6). One without a head for the data is first distilled from the teacher at full depth (cached). "
+        "With another tokenizer, students learn from the teacher's logits alone.",
+    )
     layers_choices: tuple[int, ...] | None = option(
-        None, "Student depths (default: 1 .. teacher depth - 1); 0 = the static student (slimformer static)."
+        None,
+        "Student depths (default: 1 .. teacher depth - 1, or 1 .. --student's depth); 0 = the static student "
+        "(slimformer static).",
     )
     heads_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5), "Fractions of attention heads removed per layer.")
     ffn_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75), "Fractions of FFN neurons removed per layer.")

@@ -117,11 +117,12 @@ def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) 
     from slimformer.finetune import finetune
     from slimformer.models import head_covers, resolve_model_path
     from slimformer.pipeline import build_config as build_recipe_config
+    from slimformer.pipeline import recipe_stage
 
     path = resolve_model_path(model)
     if head_covers(path, splits.labels):
         return path
-    config = dataclasses.replace(build_recipe_config(_recipe_stage("finetune-teacher")), seed=seed)  # as `run` does
+    config = dataclasses.replace(build_recipe_config(recipe_stage("finetune-teacher")), seed=seed)  # as `run` does
     config = config.quick() if quick else config
     folder = work / f"teacher-{stage_key('finetune', config, model_key(path), None, splits)}"
     if not is_finished(folder):
@@ -130,22 +131,16 @@ def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) 
     return folder
 
 
-def _recipe_stage(kind: str, method: str | None = None) -> Any:
-    from slimformer.pipeline import load_recipe
-
-    stages = [s for s in load_recipe().stages if s.kind == kind and method in (None, s.options.get("method"))]
-    return stages[0] if stages else None
-
-
 def recipe_params(config: AutoConfig) -> dict[str, Any]:
     """The packaged recipe's shape and distillation settings as trial parameters (those inside the space)."""
     from slimformer.cpu import default_threads
+    from slimformer.pipeline import recipe_stage
 
-    distill = _recipe_stage("distill").options
-    vocab = _recipe_stage("prune", "vocab")
-    sliced = _recipe_stage("prune", "structured")
+    distill = recipe_stage("distill").options
+    vocab = recipe_stage("prune", "vocab")
+    sliced = recipe_stage("prune", "structured")
     sliced = sliced.options if sliced else {}
-    quantize = _recipe_stage("quantize")
+    quantize = recipe_stage("quantize")
     params = {
         "layers": distill.get("student_layers"),
         "heads_fraction": sliced.get("heads_fraction", 0.0),
@@ -168,29 +163,31 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
 PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto front, for warm starts
 
 
-def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any]) -> None:
-    """Record a finished study's Pareto front (its trials' parameters) in WORK/pareto.json."""
+def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any], student: str | None = None) -> None:
+    """Record a finished study's Pareto front (its trials' parameters and `--student`) in WORK/pareto.json."""
     from slimformer.artifacts import write_json
     from slimformer.auto.study import read_json_cache
     from slimformer.distillation import model_files_hash
 
     path = work / PARETO_FILE
     fronts = read_json_cache(path)
-    fronts[study_name] = {"teacher": model_files_hash(teacher), "params": [dict(t.params) for t in front]}
+    params = [dict(t.params) for t in front]
+    fronts[study_name] = {"teacher": model_files_hash(teacher), "student": student, "params": params}
     work.mkdir(parents=True, exist_ok=True)
     write_json(path, fronts)
 
 
 def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoConfig) -> list[dict[str, Any]]:
-    """The Pareto fronts of earlier studies of the same teacher in the work folder, as trial parameters of this
-    study's space (values outside it left to the sampler), without repeats: a new study starts from them."""
+    """The Pareto fronts of earlier studies of the same teacher and `--student` in the work folder, as trial
+    parameters of this study's space (values outside it left to the sampler), without repeats: a new study
+    starts from them."""
     from slimformer.auto.study import read_json_cache
     from slimformer.distillation import model_files_hash
 
     teacher_hash = model_files_hash(teacher)
     seen: list[dict[str, Any]] = [recipe_params(config)]
     for name, entry in read_json_cache(work / PARETO_FILE).items():
-        if name == study_name or entry.get("teacher") != teacher_hash:
+        if name == study_name or entry.get("teacher") != teacher_hash or entry.get("student") != config.student:
             continue
         for params in entry.get("params", []):
             kept = within_space(params, config)
@@ -223,15 +220,22 @@ def within_space(params: dict[str, Any], config: AutoConfig) -> dict[str, Any]:
 
 
 def _preflight(teacher: Path, config: AutoConfig) -> None:
+    """One-line errors before any work: a space the students' base cannot take."""
     from slimformer.families import preflight
+    from slimformer.models import load_tokenizer, resolve_model_path
     from slimformer.prune.stage import PruneConfig
 
+    base = resolve_model_path(config.student) if config.student else teacher
     if max(config.heads_fractions) > 0:
-        reason = preflight(
-            teacher, "prune", PruneConfig(method="structured", heads_fraction=max(config.heads_fractions))
-        )
+        reason = preflight(base, "prune", PruneConfig(method="structured", heads_fraction=max(config.heads_fractions)))
         if reason:
             raise ConfigError(f"{reason}: search --heads-fractions 0 only")
+    layer_losses = max(config.hidden_weights) > 0 or max(config.attention_weights) > 0
+    if layer_losses and base != teacher and load_tokenizer(base).get_vocab() != load_tokenizer(teacher).get_vocab():
+        raise ConfigError(
+            f"--student {config.student} has another tokenizer than the teacher, and layer losses compare the two "
+            "token by token: search --hidden-weights 0 --attention-weights 0"
+        )
 
 
 def study_name(teacher: Path, splits: Any, config: AutoConfig) -> str:
@@ -358,7 +362,7 @@ def finish(
 
     selection = select(study, config)
     if work is not None and selection.front:
-        remember_front(work, teacher, study.study_name, selection.front)
+        remember_front(work, teacher, study.study_name, selection.front, config.student)
     trials = trial_rows(study)
     if not trials:
         raise BudgetNotMet(f"study {study.study_name} holds no trial; run without --time-budget or with more time")

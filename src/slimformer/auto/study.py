@@ -27,6 +27,7 @@ from slimformer.auto.candidate import (
     StageCache,
     build_chain,
     measure,
+    student_base,
     suggest_shape,
     suggest_training,
 )
@@ -240,13 +241,11 @@ class Objective:
     def __init__(self, teacher: Path, teacher_key: str, data: Any, work: Path, config: AutoConfig) -> None:
         from slimformer.cpu import default_threads
         from slimformer.data import column
-        from slimformer.families import family_for_model_type, model_type_of
 
         self.teacher, self.teacher_key, self.data, self.config = teacher, teacher_key, data, config
-        self.cache = StageCache(work / "stages", teacher)
+        self.cache = StageCache(work / "stages", teacher, teacher_key)
+        self.cache.base = student_base(self.cache, config, data)
         self.texts = column(data.validation, "text")[: config.latency_queries]
-        family = family_for_model_type(model_type_of(teacher))
-        self.teacher_layers = int(json.loads((teacher / "config.json").read_text())[family.depth_fields[0]])
         self.cores = default_threads()
         self.reference = Reference(teacher, data)
         self.screens = ScreenMemory(work / SCREEN_MEMORY_FILE, self.teacher_key)
@@ -268,7 +267,7 @@ class Objective:
         self._refuse_surplus(trial)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("teacher_validation_accuracy", self.reference.accuracy)
-        shape = suggest_shape(trial, self.config, self.teacher_layers, self.cores)
+        shape = suggest_shape(trial, self.config, self.cache.max_layers(), self.cores)
         seconds: dict[str, float] = {}  # where this trial's time went (auto.json sums it over the study)
         try:
             return self._screen_train_score(trial, shape, seconds)
@@ -298,9 +297,7 @@ class Objective:
 
         started = time.perf_counter()
         try:
-            folder = build_chain(
-                self.cache, shape, training, self.data, self.config, self.teacher_key, (OptunaPruningCallback(trial),)
-            )
+            folder = build_chain(self.cache, shape, training, self.data, self.config, (OptunaPruningCallback(trial),))
         finally:
             seconds["training"] = time.perf_counter() - started  # the chain: distillation and the stages after it
         started = time.perf_counter()
@@ -314,7 +311,7 @@ class Objective:
         remembered = self.screens.get(shape)
         if remembered is not None:
             return remembered
-        chain = build_chain(self.cache, shape, None, self.data, self.config, self.teacher_key)
+        chain = build_chain(self.cache, shape, None, self.data, self.config)
         screen = summarise_screen(measure(chain, self.texts, shape.threads, self.reference.predictor))
         if screen_verdict(screen, self.config, borderline=True) == BORDERLINE:
             longer = measure(chain, self.texts * 2, shape.threads, self.reference.predictor, 2 * MEASURE_ROUNDS)
