@@ -109,6 +109,17 @@ def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_pat
         "accuracy"
     ] == pytest.approx(row["accuracy"])
     assert "## Budget (slimformer auto)" in (output / "model" / "README.md").read_text()
+    # the verdict's confidence: the pick's drop against the teacher, paired on the same test rows
+    from slimformer.evaluation import correct_rows
+    from slimformer.metrics import paired_drop_interval
+
+    data = load_slice(clinc_slice_dir)
+    paired = paired_drop_interval(
+        correct_rows(load(tiny4), data.test, data), correct_rows(predictor, data.test, data), 100
+    )
+    assert row["drop_interval"] == paired and summary["verdict"]["confidence"] == paired["p_within_tolerance"]
+    assert paired["drop_points"] == pytest.approx(100 * (summary["final_benchmark"][0]["accuracy"] - row["accuracy"]))
+    assert f"Test: {paired['rows']} rows; the pick's drop" in report_md and "confidence)" in lines[2]
 
 
 def load_slice(folder: Path):

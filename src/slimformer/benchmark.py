@@ -86,8 +86,12 @@ class BenchmarkConfig(StageConfig):
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
 
 
-def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfig | None = None) -> dict[str, Any]:
-    """Benchmark every model folder on `data` (a DataSplits). Returns ``{"environment": ..., "results": [...]}``."""
+def benchmark_models(
+    models: list[str | Path], data: Any, config: BenchmarkConfig | None = None, keep_rows: bool = False
+) -> dict[str, Any]:
+    """Benchmark every model folder on `data` (a DataSplits). Returns ``{"environment": ..., "results": [...]}``;
+    with `keep_rows`, each result also holds `correct_rows` (per evaluated row, whether the model got it right),
+    for paired comparisons (:func:`slimformer.metrics.paired_drop_interval`)."""
     from slimformer.cpu import default_threads
     from slimformer.data import column
 
@@ -106,6 +110,7 @@ def benchmark_models(models: list[str | Path], data: Any, config: BenchmarkConfi
         "oos_label_id": data.oos_label_id,
         "threads": config.threads,  # None: each model runs as its session.json says (as it is served)
         "config": asdict(config),
+        "keep_rows": keep_rows,
     }
     names = display_names([str(m) for m in models])
     with contextlib.ExitStack() as stack:
@@ -171,9 +176,11 @@ def prepare_model(path: str, job: dict[str, Any]) -> dict[str, Any]:
     for text in texts[: config["warmup"]]:
         predictor.predict([text])
     folder = resolve_model_path(path)
+    rows = {"correct_rows": (predicted == np.asarray(job["label_ids"])).tolist()} if job.get("keep_rows") else {}
     return {
         "backend": predictor.backend,
         **quality,
+        **rows,
         "throughput_per_s": round(len(texts) / batch_seconds, 1),
         "throughput_batch_size": batch,
         "size_mb": round(weights_size_bytes(folder) / 1e6, 2),

@@ -15,6 +15,7 @@ from slimformer.report import TABLE_COLUMNS
 # each finalist meets the budget on test
 FINAL_COLUMNS = [
     *(column for column in TABLE_COLUMNS if column[0] not in ("backend", "throughput_per_s", "peak_rss_mb")),
+    ("test_drop_interval", "drop 90 % interval (test)", "{}"),
     ("meets", "meets budget (test)", "{}"),
 ]
 TRIAL_COLUMNS = [
@@ -46,6 +47,8 @@ def headline(
     if final is None:
         return f"**No candidate met the budget ({config.budget_text}) on validation** · the closest are below"
     met = "met on validation and test" if verdict["met"] else "met on validation, NOT on test"
+    if "confidence" in verdict:
+        met += f" (test drop within the tolerance with {100 * verdict['confidence']:.0f} % confidence)"
     teacher = next(r for r in rows if r["model"] == "teacher")
     return run_headline([teacher, final], budget=f"budget {config.budget_text}: {met}")
 
@@ -194,6 +197,11 @@ def model_card_section(summary: dict[str, Any]) -> str:
         "",
         f"- budget: {summary['budget']}",
         f"- met: {'yes' if verdict['met'] else 'NO'} on test ({checks}); chosen on validation only, test scored once",
+        *(
+            [f"- confidence that the test drop is within the tolerance: {100 * verdict['confidence']:.0f} %"]
+            if "confidence" in verdict
+            else []
+        ),
         f"- trial {summary['pick']['trial']}: {summary['pick']['params']}",
         "",
     ]

@@ -381,7 +381,7 @@ def finish(
         "trained_per_hour": trained_per_hour(study),
         "seconds_spent": time_spent(study),
         "trial_table": trials,
-        "notes": _notes(selection, config),
+        "notes": _notes(selection, config, pick_row),
         "final_benchmark": rows,
         "environment": bench["environment"] if bench else None,
     }
@@ -410,7 +410,8 @@ def finish(
 
 def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoConfig) -> tuple:
     """The benchmark of teacher + finalists on test, its rows, the pick's row and the verdict on the budget."""
-    from slimformer.auto.select import final_benchmark, verdict
+    from slimformer.auto.select import final_benchmark, interval_text, verdict
+    from slimformer.auto.study import DROP_INTERVAL
     from slimformer.report import comparison_rows
 
     if not selection.complete:
@@ -419,7 +420,9 @@ def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoCon
     rows = comparison_rows(bench)
     teacher_row = rows[0]
     teacher_row["meets"] = "(reference)"
-    for row in rows[1:]:
+    for row, result in zip(rows[1:], bench["results"][1:], strict=True):
+        row[DROP_INTERVAL] = result[DROP_INTERVAL]  # paired, on the test rows
+        row["test_drop_interval"] = interval_text(result[DROP_INTERVAL])
         row["meets"] = "yes" if verdict(row, teacher_row, config)["met"] else "no"
     name = f"trial-{selection.pick.number}" if selection.pick is not None else None
     pick_row = next((r for r in rows[1:] if r["model"] == name), None)
@@ -436,7 +439,17 @@ def small_validation_note(rows: int) -> str:
     )
 
 
-def _notes(selection: Any, config: AutoConfig) -> list[str]:
+def drop_text(interval: dict[str, Any], config: AutoConfig) -> str:
+    """A paired drop interval in words: rows, drop, 90 % interval, confidence it is within the tolerance."""
+    return (
+        f"{interval['rows']} rows; the pick's drop against the teacher is {interval['drop_points']:+.2f} points "
+        f"(90 % paired-bootstrap interval {interval['low']:+.2f}..{interval['high']:+.2f}); within the "
+        f"{config.max_accuracy_drop:g}-point tolerance with {100 * interval['p_within_tolerance']:.0f} % confidence."
+    )
+
+
+def _notes(selection: Any, config: AutoConfig, pick_row: dict[str, Any] | None = None) -> list[str]:
+    """The report's notes: how the pick was chosen, and its drop interval on validation and on test."""
     from slimformer.auto.study import DROP_INTERVAL
 
     notes = [
@@ -449,12 +462,9 @@ def _notes(selection: Any, config: AutoConfig) -> list[str]:
         notes.append(selection.why[0].upper() + selection.why[1:] + ".")
     if selection.pick is not None and DROP_INTERVAL in selection.pick.user_attrs:
         interval = selection.pick.user_attrs[DROP_INTERVAL]
-        notes.append(
-            f"Validation: {interval['rows']} rows; the pick's drop against the teacher is "
-            f"{interval['drop_points']:+.2f} points (90 % paired-bootstrap interval {interval['low']:+.2f}.."
-            f"{interval['high']:+.2f}); within the {config.max_accuracy_drop:g}-point tolerance with "
-            f"{100 * interval['p_within_tolerance']:.0f} % confidence." + small_validation_note(interval["rows"])
-        )
+        notes.append(f"Validation: {drop_text(interval, config)}" + small_validation_note(interval["rows"]))
+    if pick_row is not None and pick_row.get(DROP_INTERVAL):
+        notes.append(f"Test: {drop_text(pick_row[DROP_INTERVAL], config)}")
     if selection.pick is None and selection.closest:
         closest = ", ".join(
             f"trial {t.number} (constraints {t.user_attrs['constraints']})" for t in selection.closest[:3]

@@ -91,7 +91,7 @@ def prefer_faster_among_ties(meets: list[Any]) -> tuple[Any | None, str]:
     )
 
 
-def _interval_text(interval: dict[str, Any] | None) -> str:
+def interval_text(interval: dict[str, Any] | None) -> str:
     return f"{interval['low']:+.2f}..{interval['high']:+.2f}" if interval else ""
 
 
@@ -103,16 +103,21 @@ def _overlaps(interval: dict[str, Any] | None, best: dict[str, Any]) -> bool:
 def final_benchmark(teacher: Path, selection: Selection, data: Any, config: AutoConfig) -> dict[str, Any]:
     """Teacher and finalists side by side on the test split, in the benchmark's interleaved rounds."""
     from slimformer.benchmark import BenchmarkConfig, benchmark_models
+    from slimformer.metrics import paired_drop_interval
 
     finalists = selection.finalists[: config.final_candidates]
     bench = BenchmarkConfig(latency_samples=max(config.latency_queries, 200), split="test", rounds=5)
-    report = benchmark_models([teacher, *(Path(t.user_attrs["folder"]) for t in finalists)], data, bench)
+    models = [teacher, *(Path(t.user_attrs["folder"]) for t in finalists)]
+    report = benchmark_models(models, data, bench, keep_rows=True)
+    teacher_correct = report["results"][0].pop("correct_rows")
     report["results"][0]["model"] = "teacher"
     report["results"][0]["stage"] = "teacher"
     for result, trial in zip(report["results"][1:], finalists, strict=True):
         result["model"] = f"trial-{trial.number}"
         result["stage"] = "auto"
         result["trial"] = trial.number
+        correct = result.pop("correct_rows")  # the same test rows as the teacher's: a paired interval
+        result[DROP_INTERVAL] = paired_drop_interval(teacher_correct, correct, config.max_accuracy_drop)
     return report
 
 
@@ -125,7 +130,10 @@ def verdict(row: dict[str, Any] | None, teacher_row: dict[str, Any], config: Aut
     drop = 100 * (teacher_row["accuracy"] - row["accuracy"])
     over = violations(row["p50_ms"], row["size_mb"], drop, teacher_row["p50_ms"], config)
     checks = {name: value <= 0 for name, value in over.items()}
-    return {"met": all(checks.values()), "checks": checks}
+    outcome: dict[str, Any] = {"met": all(checks.values()), "checks": checks}
+    if row.get(DROP_INTERVAL):  # how sure the test rows make the accuracy check
+        outcome["confidence"] = row[DROP_INTERVAL]["p_within_tolerance"]
+    return outcome
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
@@ -143,7 +151,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "params": dict(t.params),
                 "validation_accuracy": t.value if t.state.name == "COMPLETE" else None,  # pruned: a mid-run value
                 "accuracy_drop_points": attrs.get("accuracy_drop_points"),
-                "drop_interval": _interval_text(attrs.get(DROP_INTERVAL)),
+                "drop_interval": interval_text(attrs.get(DROP_INTERVAL)),
                 "validation_in_scope": attrs.get("validation_in_scope"),
                 "validation_oos_recall": attrs.get("validation_oos_recall"),
                 "p50_ms": attrs.get("p50_ms", (attrs.get("screen") or {}).get("p50_ms")),
