@@ -2,8 +2,9 @@
 
 Takes the trained candidates of a finished study (their latency does not depend on the weights, so they stand for
 the untrained shapes the screen times) and times each against the teacher exactly as the screen does
-(:func:`slimformer.auto.candidate.measure`: turn about, 5 rounds, the median of round ratios with a 90 %
-interval), first on a quiet machine, then with a background process spinning on one core. For each budget it
+(:func:`slimformer.auto.candidate.measure`: turn about, 5 rounds, the teacher at the candidate's thread count and
+its thread scaling timed once on the quiet machine, the median of round ratios with a 90 % interval), first on a
+quiet machine, then with a background process spinning on one core. For each budget it
 prints the screen's verdict both times: kept, or dropped (even the interval's fast end misses by the margin).
 
     .venv/bin/python benchmarks/screen_under_load.py --study runs/auto12 \\
@@ -16,15 +17,15 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from slimformer.auto.candidate import measure
+from slimformer.auto.candidate import SCALING_FILE, TeacherClock, measure
 from slimformer.auto.config import AutoConfig
 from slimformer.auto.study import screen_verdict, summarise_screen
 from slimformer.cpu import cpu_model
 from slimformer.data import column, load_data
-from slimformer.predictor import load
 
 
 def candidates(study_dir: Path) -> list[dict[str, Any]]:
@@ -42,7 +43,7 @@ def candidates(study_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
-def screens(rows: list[dict[str, Any]], teacher: Any, texts: list[str]) -> dict[int, dict[str, Any]]:
+def screens(rows: list[dict[str, Any]], teacher: TeacherClock, texts: list[str]) -> dict[int, dict[str, Any]]:
     return {
         row["trial"]: summarise_screen(measure(Path(row["folder"]), texts, row["threads"], teacher)) for row in rows
     }
@@ -58,7 +59,9 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = column(load_data("clinc150").validation, "text")[: args.queries]
-    teacher = load(args.teacher)
+    # the teacher's thread scaling is timed on the quiet machine and remembered, as in a study's work folder
+    memory = Path(tempfile.mkdtemp()) / SCALING_FILE
+    teacher = TeacherClock(args.teacher, "teacher", memory)
     rows = candidates(args.study)
     quiet = screens(rows, teacher, texts)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core busy, as another job would be
@@ -69,13 +72,12 @@ def main() -> None:
         hog.wait()
 
     lines = [
-        f"CPU: {cpu_model()}; {len(texts)} validation queries, 5 rounds turn about with the teacher; loaded = one core"
-        " spinning in another process",
+        f"CPU: {cpu_model()}; {len(texts)} validation queries, 5 rounds turn about with the teacher at the "
+        "candidate's thread count; loaded = one core spinning in another process",
         "",
-        "| trial | quiet: speed-up (90 % interval) | loaded: speed-up (90 % interval) | "
-        + " | ".join(f"{b:g}x: quiet / loaded" for b in args.budgets)
-        + " |",
-        "|---|---|---|" + "---|" * len(args.budgets),
+        "| trial | threads | quiet: speed-up (90 % interval) | loaded: speed-up (90 % interval) "
+        "| others' CPU, loaded | " + " | ".join(f"{b:g}x: quiet / loaded" for b in args.budgets) + " |",
+        "|---|---|---|---|---|" + "---|" * len(args.budgets),
     ]
     for row in rows:
         q, lo = quiet[row["trial"]], loaded[row["trial"]]
@@ -83,10 +85,11 @@ def main() -> None:
         for budget in args.budgets:
             config = AutoConfig(min_speedup=budget)
             verdicts.append(" / ".join("dropped" if screen_verdict(s, config) else "kept" for s in (q, lo)))
-        lines.append(
-            f"| {row['trial']} | {q['speedup']:.1f}x ({q['speedup_low']:.1f}-{q['speedup_high']:.1f}) | "
-            f"{lo['speedup']:.1f}x ({lo['speedup_low']:.1f}-{lo['speedup_high']:.1f}) | " + " | ".join(verdicts) + " |"
-        )
+        quiet_text = f"{q['speedup']:.1f}x ({q['speedup_low']:.1f}-{q['speedup_high']:.1f})"
+        loaded_text = f"{lo['speedup']:.1f}x ({lo['speedup_low']:.1f}-{lo['speedup_high']:.1f})"
+        others = f"{100 * (lo['others_cpu'] or 0):.0f} %"
+        cells = [str(row["trial"]), str(row["threads"]), quiet_text, loaded_text, others, *verdicts]
+        lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps({"quiet": quiet, "loaded": loaded, "rows": rows}, indent=2))

@@ -305,29 +305,71 @@ def test_the_screen_drops_a_shape_only_when_its_fastest_plausible_speed_misses()
     assert screen_verdict(_screen(20.0, 19.0, 21.0, size_mb=6.5), size_config, borderline=True) != BORDERLINE
 
 
+TINY_ONNX = Path(__file__).resolve().parent / "data" / "tiny_onnx"
+QUERIES = ["what is my balance", "book a flight to paris", "translate hello", "set an alarm"] * 50
+
+
+def cpu_hog() -> subprocess.Popen:
+    """Another process spinning on one core, as a test suite or a second job would."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
 def test_under_a_cpu_hog_a_shape_as_fast_as_the_budget_is_kept(tmp_path) -> None:
     """The screen times shape and teacher turn about: a process spinning on a core slows both alike when they
     run at the same thread count, so a model timed against itself keeps a speed-up near 1 and a budget of 1x keeps
     it. (A 2-thread teacher against a 1-thread candidate is another matter: BENCHMARKS.md, "slimformer auto".)"""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from slimformer.auto.candidate import measure
+    from slimformer.auto.candidate import TeacherClock, measure
     from slimformer.auto.study import screen_verdict, summarise_screen
-    from slimformer.predictor import load
 
-    folder = Path(__file__).resolve().parent / "data" / "tiny_onnx"
-    texts = ["what is my balance", "book a flight to paris", "translate hello", "set an alarm"] * 50
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    hog = cpu_hog()
     try:
-        screen = summarise_screen(measure(folder, texts, 1, load(folder, threads=1)))
+        screen = summarise_screen(measure(TINY_ONNX, QUERIES, 1, TeacherClock(TINY_ONNX, "tiny", threads=1)))
     finally:
         hog.kill()
         hog.wait()
     # the same model on both sides: the ratio stays near 1 (both slowed alike; a 0.2 ms model is noisy per call)
     assert 0.67 < screen["speedup"] < 1.5 and screen["speedup_low"] <= screen["speedup"] <= screen["speedup_high"]
     assert screen_verdict(screen, AutoConfig(min_speedup=1.0)) is None
+
+
+def test_other_processes_load_is_measured() -> None:
+    from slimformer.timing import OtherLoad
+
+    hog = cpu_hog()
+    try:
+        time.sleep(0.3)  # the hog is running
+        with OtherLoad() as load:
+            time.sleep(1.0)
+    finally:
+        hog.kill()
+        hog.wait()
+    cores = os.cpu_count() or 1
+    assert load.share is not None and 0.6 / cores <= load.share <= 1.0  # one core of `cores` busy elsewhere
+
+
+def test_a_loaded_machine_times_the_teacher_at_the_candidates_threads(tmp_path) -> None:
+    """A 2-thread teacher against a 1-thread candidate under a CPU hog: the teacher is timed at 1 thread too (both
+    on the free core) and its thread scaling comes from the work folder's memory (timed when the machine was
+    quiet), so the speed-up is the remembered scaling times a same-model ratio near 1, not the hog's 2-3x."""
+    from slimformer.auto.candidate import SCALING_FILE, TeacherClock, measure
+    from slimformer.cpu import cpu_model
+
+    memory = tmp_path / SCALING_FILE
+    memory.write_text(json.dumps({f"{cpu_model()}|tiny|2->1": {"factor": 0.8, "others_cpu": 0.01}}))
+    clock = TeacherClock(TINY_ONNX, "tiny", memory, threads=2)
+    hog = cpu_hog()
+    try:
+        measured = measure(TINY_ONNX, QUERIES, 1, clock)
+        fresh = TeacherClock(TINY_ONNX, "other", memory, threads=2).scaling(1, QUERIES)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert measured["teacher_scaling"] == {"threads_timed": 1, "factor": 0.8, "others_cpu": 0.01, "remembered": True}
+    assert 0.8 * 0.67 < measured["speedup_interval"]["speedup"] < 0.8 * 1.5
+    assert measured["others_cpu"] >= 0.6 / (os.cpu_count() or 1)
+    # a scaling timed under the hog is used (the least loaded of its tries) but never remembered
+    assert fresh["remembered"] is False and fresh["others_cpu"] >= 0.1
+    assert list(json.loads(memory.read_text())) == [f"{cpu_model()}|tiny|2->1"]
 
 
 def test_screens_are_remembered_per_cpu_and_teacher(tmp_path) -> None:

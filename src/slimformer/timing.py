@@ -83,6 +83,44 @@ def predictor_timer(predictor: Any) -> RoundTimer:
     return lambda queries, warmup: batch1_latencies_ms(predictor, queries, warmup)
 
 
+class OtherLoad:
+    """While a block runs, the CPU time other processes (and the hypervisor: steal) took, as a share of all cores
+    (`share`: 0 = this process had the machine to itself, 0.5 = one of 2 cores busy elsewhere; None where
+    /proc/stat is missing). Taking turns cancels load that comes and goes; this tells a steady load apart."""
+
+    share: float | None = None
+
+    def __enter__(self) -> OtherLoad:
+        self._start = (_busy_cpu_seconds(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        busy, own, wall = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        if busy is None or self._start[0] is None or wall <= self._start[2]:
+            return
+        others = (busy - self._start[0]) - (own - self._start[1])
+        self.share = round(min(1.0, max(0.0, others / ((wall - self._start[2]) * _cpus()))), 3)
+
+
+def _busy_cpu_seconds() -> float | None:
+    """Seconds every CPU of the machine spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    import os
+    from pathlib import Path
+
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
 def interleaved_latencies_ms(
     timers: dict[Any, RoundTimer], rounds: list[list[str]], warmup: int = ROUND_WARMUP
 ) -> dict[Any, list[list[float]]]:

@@ -263,16 +263,108 @@ def _screen_data(data: Any) -> Any:
     return _SCREEN_DATA[data.fingerprint]
 
 
+QUIET_SHARE = 0.1  # other processes using under this share of all cores: the machine counts as quiet
+SCALING_TRIES = 3  # tries at timing the teacher's thread scaling on a quiet machine before using a loaded one
+SCALING_FILE = "teacher_threads.json"  # in the work folder: the teacher's quiet thread scaling, per CPU
+
+
+class TeacherClock:
+    """The teacher as the yardstick of every speed-up, timed at the candidate's thread count so that both meet the
+    same contention: a steady load on one of 2 cores slows a 2-thread teacher 2-3x and a 1-thread candidate hardly
+    at all, but at one thread each both run on the free core. The teacher's quiet thread scaling (its p50 at its
+    own thread count over its p50 at the candidate's) converts the ratio back to the budget's terms. It is timed
+    once per CPU, teacher and thread count while other processes leave the CPU alone (`QUIET_SHARE`), and
+    remembered in `memory` (the work folder's teacher_threads.json), so a loaded machine later reuses it."""
+
+    def __init__(self, teacher: Path, teacher_key: str, memory: Path | None = None, threads: int | None = None) -> None:
+        from slimformer.cpu import cpu_model
+        from slimformer.predictor import load
+
+        self.teacher = teacher
+        self.predictor = load(teacher, threads=threads)  # its own thread count: saved, else all cores
+        self.threads = int(self.predictor.threads)
+        self.memory = memory
+        self.prefix = f"{cpu_model()}|{teacher_key}|{self.threads}"
+        self._sessions: dict[int, Any] = {}
+
+    def timer(self, threads: int) -> Any:
+        """A round timer of the teacher at `threads` (PyTorch: torch's thread count for the round; ONNX: its own
+        session)."""
+        from slimformer.timing import batch1_latencies_ms, predictor_timer
+
+        if threads == self.threads:
+            return predictor_timer(self.predictor)
+        if self.predictor.backend != "pytorch":
+            from slimformer.predictor import load
+
+            return predictor_timer(self._sessions.setdefault(threads, load(self.teacher, threads=threads)))
+
+        def timed_at(queries: list[str], warmup: int) -> list[float]:
+            import torch
+
+            torch.set_num_threads(threads)
+            try:
+                return batch1_latencies_ms(self.predictor, queries, warmup)
+            finally:
+                torch.set_num_threads(self.threads)
+
+        return timed_at
+
+    def scaling(self, threads: int, texts: list[str]) -> dict[str, Any]:
+        """The teacher's p50 at its own thread count over its p50 at `threads`, timed turn about on `texts`:
+        remembered, else timed (up to SCALING_TRIES times until the machine is quiet; remembered only then)."""
+        from slimformer.auto.study import read_json_cache
+        from slimformer.timing import OtherLoad, flat, interleaved_latencies_ms, median_ms, split_rounds
+
+        if threads == self.threads:
+            return {"factor": 1.0, "others_cpu": None, "remembered": False}
+        key = f"{self.prefix}->{threads}"
+        found = read_json_cache(self.memory).get(key) if self.memory else None
+        if found:
+            return {**found, "remembered": True}
+        timers = {"own": self.timer(self.threads), "candidate": self.timer(threads)}
+        best: dict[str, Any] = {}
+        for _ in range(SCALING_TRIES):
+            with OtherLoad() as load:
+                timings = interleaved_latencies_ms(timers, split_rounds(texts, MEASURE_ROUNDS), warmup=3)
+            factor = median_ms(flat(timings["own"])) / median_ms(flat(timings["candidate"]))
+            measured = {"factor": round(factor, 4), "others_cpu": load.share}
+            if not best or (load.share or 0.0) < (best["others_cpu"] or 0.0):
+                best = measured
+            if load.share is not None and load.share < QUIET_SHARE:
+                self._remember(key, best)
+                break
+        return {**best, "remembered": False}
+
+    def _remember(self, key: str, scaling: dict[str, Any]) -> None:
+        from slimformer.artifacts import write_json
+        from slimformer.auto.study import read_json_cache
+
+        if self.memory is None:
+            return
+        memory = read_json_cache(self.memory)
+        memory[key] = scaling
+        self.memory.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.memory, memory)
+
+
 def measure(
-    folder: Path, texts: list[str], threads: int | None, reference: Any = None, rounds: int = MEASURE_ROUNDS
+    folder: Path,
+    texts: list[str],
+    threads: int | None,
+    reference: TeacherClock | None = None,
+    rounds: int = MEASURE_ROUNDS,
 ) -> dict[str, Any]:
     """Batch-1 p50 (ms, tokenization included) at `threads` over `texts`, and weight files in MB. With a
-    `reference` predictor (the teacher), the two take turns over `rounds` slices of `texts`
-    (slimformer.timing), so background load hits both alike: its p50 from the same turns is returned as
-    `reference_p50_ms`, and the speed-up as the median of the per-round ratios with a 90 % interval."""
+    `reference` (the teacher), the two take turns over `rounds` slices of `texts` (slimformer.timing), the
+    teacher at the candidate's thread count, so load hits both alike; the teacher's quiet thread scaling
+    (:class:`TeacherClock`) turns that into the speed-up over the teacher at its own thread count: returned as
+    the median of the per-round ratios with a 90 % interval, with the teacher's p50 (`reference_p50_ms`), the
+    scaling used, and the share of the CPU other processes took meanwhile (`others_cpu`)."""
     from slimformer.artifacts import weights_size_bytes
     from slimformer.predictor import load
     from slimformer.timing import (
+        OtherLoad,
         batch1_latencies_ms,
         flat,
         interleaved_latencies_ms,
@@ -286,13 +378,22 @@ def measure(
     batch1_latencies_ms(predictor, texts[:10], warmup=0)
     timers = {"candidate": predictor_timer(predictor)}
     if reference is not None:
-        timers["reference"] = predictor_timer(reference)
-    timings = interleaved_latencies_ms(timers, split_rounds(texts, rounds if reference else 1), warmup=3)
+        timers["reference"] = reference.timer(int(predictor.threads))
+    with OtherLoad() as other:
+        timings = interleaved_latencies_ms(timers, split_rounds(texts, rounds if reference else 1), warmup=3)
     result: dict[str, Any] = {
         "p50_ms": median_ms(flat(timings["candidate"])),
         "size_mb": round(weights_size_bytes(folder) / 1e6, 3),
+        "others_cpu": other.share,
     }
     if reference is not None:
-        result["reference_p50_ms"] = median_ms(flat(timings["reference"]))
-        result["speedup_interval"] = speedup_interval(timings["reference"], timings["candidate"])
+        scaling = reference.scaling(int(predictor.threads), texts)
+        factor = scaling["factor"]
+        interval = speedup_interval(timings["reference"], timings["candidate"])
+        result["reference_p50_ms"] = round(median_ms(flat(timings["reference"])) * factor, 4)
+        result["speedup_interval"] = {
+            **interval,
+            **{k: round(interval[k] * factor, 3) for k in ("speedup", "low", "high")},
+        }
+        result["teacher_scaling"] = {"threads_timed": int(predictor.threads), **scaling}
     return result

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.candidate import (
     MEASURE_ROUNDS,
+    QUIET_SHARE,
     StageCache,
     build_chain,
     measure,
@@ -121,15 +122,15 @@ def trained(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 class Reference:
-    """The teacher, loaded once per worker: its validation accuracy, and the predictor every candidate is timed
+    """The teacher, loaded once per worker: its validation accuracy, and the clock every candidate is timed
     against, turn about, on the same queries (so a speed-up is measured side by side)."""
 
-    def __init__(self, teacher: Path, data: Any) -> None:
+    def __init__(self, teacher: Path, teacher_key: str, data: Any, work: Path | None = None) -> None:
+        from slimformer.auto.candidate import SCALING_FILE, TeacherClock
         from slimformer.evaluation import correct_rows
-        from slimformer.predictor import load
 
-        self.predictor = load(teacher)
-        self.correct = correct_rows(self.predictor, data.validation, data)  # per row, for paired comparisons
+        self.clock = TeacherClock(teacher, teacher_key, work / SCALING_FILE if work else None)
+        self.correct = correct_rows(self.clock.predictor, data.validation, data)  # per row, for paired comparisons
         self.accuracy = float(self.correct.mean())
 
 
@@ -168,6 +169,8 @@ def summarise_screen(measured: dict[str, Any]) -> dict[str, Any]:
         "speedup_high": interval["high"],
         "optimistic_p50_ms": round(teacher_p50 / interval["high"], 4),
         "rounds": interval["rounds"],
+        "teacher_scaling": measured["teacher_scaling"]["factor"],
+        "others_cpu": measured.get("others_cpu"),
     }
 
 
@@ -247,7 +250,7 @@ class Objective:
         self.cache.base = student_base(self.cache, config, data)
         self.texts = column(data.validation, "text")[: config.latency_queries]
         self.cores = default_threads()
-        self.reference = Reference(teacher, data)
+        self.reference = Reference(teacher, teacher_key, data, work)
         self.screens = ScreenMemory(work / SCREEN_MEMORY_FILE, self.teacher_key)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -312,9 +315,9 @@ class Objective:
         if remembered is not None:
             return remembered
         chain = build_chain(self.cache, shape, None, self.data, self.config)
-        screen = summarise_screen(measure(chain, self.texts, shape.threads, self.reference.predictor))
+        screen = summarise_screen(measure(chain, self.texts, shape.threads, self.reference.clock))
         if screen_verdict(screen, self.config, borderline=True) == BORDERLINE:
-            longer = measure(chain, self.texts * 2, shape.threads, self.reference.predictor, 2 * MEASURE_ROUNDS)
+            longer = measure(chain, self.texts * 2, shape.threads, self.reference.clock, 2 * MEASURE_ROUNDS)
             screen = summarise_screen(longer)
         self.screens.put(shape, screen)
         return screen
@@ -330,7 +333,7 @@ class Objective:
         # per kind as well: validation and test may differ in composition (CLINC150: 3 % against 18 % OOS)
         trial.set_user_attr("validation_in_scope", validation.get("in_scope_accuracy"))
         trial.set_user_attr("validation_oos_recall", validation.get("oos_recall"))
-        measured = measure(folder, self.texts, shape.threads, self.reference.predictor)
+        measured = measure(folder, self.texts, shape.threads, self.reference.clock)
         teacher_p50 = measured.pop("reference_p50_ms")
         drop = round(100 * (self.reference.accuracy - accuracy), 3)
         candidate_correct = correct_rows(load(folder, threads=shape.threads), self.data.validation, self.data)
@@ -431,6 +434,8 @@ class _Printer:
                 f"{attrs['p50_ms']:.3f} ms, {attrs['speedup']:.1f}x, {attrs['size_mb']:.1f} MB, "
                 f"{'meets' if all(v <= 0 for v in attrs.get(CONSTRAINTS, [1])) else 'misses'} the budget"
             )
+            if (attrs.get("others_cpu") or 0.0) >= QUIET_SHARE:
+                outcome += f" (timed while other processes took {100 * attrs['others_cpu']:.0f} % of the CPU)"
         else:
             why = attrs.get("error") or attrs.get(PRUNED_ATTR)
             outcome = trial.state.name.lower() + (f" ({why})" if why else "")
