@@ -459,6 +459,29 @@ def test_a_small_student_is_judged_by_its_own_depth_not_stopped_by_larger_ones()
     assert pruner.prune(study, _curve_trial(1, [0.45, 0.60], epochs=3, done=False)) is False
 
 
+def test_successive_halving_keeps_the_top_third_of_a_depth_at_epoch_two() -> None:
+    import optuna
+
+    from slimformer.auto.study import BudgetPruner
+
+    study = optuna.create_study(direction="maximize")
+    for curve in ([0.80, 0.90, 0.93], [0.82, 0.91, 0.94]):  # two 3-layer students, finished
+        study.add_trial(_curve_trial(3, curve))
+    study.add_trial(_curve_trial(1, [0.30, 0.40, 0.45]))  # a finished 1-layer one, far below
+    pruner = BudgetPruner(halving=3)
+    # a third 3-layer student at epoch 2: 3 of its depth reached epoch 2, the top 1 goes on
+    assert pruner.prune(study, _curve_trial(3, [0.85, 0.92], epochs=4, done=False)) is False
+    assert pruner.prune(study, _curve_trial(3, [0.70, 0.89], epochs=4, done=False)) is True
+    assert pruner.reason == "ranks 3 of the 3 trials of depth 3 at epoch 2; successive halving keeps the top 1/3"
+    # a 1-layer student far below the 3-layer ones is compared with its own depth only (2 trials: too few)
+    assert pruner.prune(study, _curve_trial(1, [0.20, 0.35], epochs=4, done=False)) is False
+    # not between rungs (epoch 3; the next rung is 6), and never with halving off
+    assert pruner.prune(study, _curve_trial(3, [0.70, 0.80, 0.85], epochs=6, done=False)) is False
+    assert BudgetPruner(halving=0).prune(study, _curve_trial(3, [0.70, 0.89], epochs=4, done=False)) is False
+    with pytest.raises(ConfigError, match="halving keeps the top 1/N"):
+        AutoConfig(min_speedup=2, halving=1).validate()
+
+
 def test_the_pick_prefers_the_faster_of_two_candidates_validation_cannot_tell_apart() -> None:
     from types import SimpleNamespace
 

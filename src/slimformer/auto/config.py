@@ -70,6 +70,11 @@ class AutoConfig(DistillRanges, StageConfig):
         ("", "mix"), "Transfer data tried: '' (none) or augmentations such as 'mix' or 'mask,mix' (slimformer distill)."
     )
     # measuring
+    halving: int = option(
+        3,
+        "Successive halving within a depth: at epochs 2, 2N, ... a trial goes on only while its validation accuracy "
+        "ranks in the top 1/N of the trials of its depth that reached that epoch (once N have); 0 = off.",
+    )
     latency_queries: int = option(200, "Validation queries timed at batch 1 per candidate.")
     screen_margin: float = option(
         1.15, "A shape is screened out only when even its fastest plausible p50 misses the budget by this factor."
@@ -141,6 +146,8 @@ class AutoConfig(DistillRanges, StageConfig):
         self.validate_ranges()
         if not 0 < self.validation_fraction < 0.5:
             raise ConfigError(f"validation fraction must be in (0, 0.5), got {self.validation_fraction}")
+        if self.halving == 1 or self.halving < 0:
+            raise ConfigError(f"halving keeps the top 1/N: N must be >= 2, or 0 for off; got {self.halving}")
         if self.screen_margin < 1:
             raise ConfigError(f"screen margin must be >= 1, got {self.screen_margin}")
 

@@ -258,6 +258,7 @@ RUN_ONLY_FIELDS = {
     "work_dir",
     "heartbeat_seconds",
     "final_candidates",
+    "halving",
 }
 
 

@@ -66,7 +66,7 @@ def open_study(url: str, name: str, config: AutoConfig, seed_offset: int = 0) ->
         name,
         seed=config.seed + seed_offset,
         heartbeat_seconds=config.heartbeat_seconds,
-        pruner=BudgetPruner(),
+        pruner=BudgetPruner(halving=config.halving),
     )
 
 
@@ -74,24 +74,48 @@ TARGET_ATTR = "target_accuracy"  # user attribute: the validation accuracy a tri
 
 
 class BudgetPruner:
-    """An Optuna pruner that stops a trial only when its validation curve cannot reach the teacher's accuracy
-    minus the tolerance (the trial's `target_accuracy`), judged against finished trials of the same depth that
-    trained at least as many epochs: it is stopped when even the largest rise any of them made from this epoch
-    to its end (plus SLACK) would leave it short. A small student is never compared with larger ones, and with
-    no such trial yet nothing is stopped."""
+    """An Optuna pruner that judges a trial only against trials of its own depth, by two rules:
+
+    - **The budget:** it is stopped when its validation curve cannot reach the teacher's accuracy minus the
+      tolerance (the trial's `target_accuracy`), judged against finished trials of its depth that trained at least
+      as many epochs: even the largest rise any of them made from this epoch to its end (plus SLACK) would leave
+      it short.
+    - **Successive halving** (`halving` = N, 0 = off): at the rungs, epochs 2, 2N, 2N², ..., it goes on only while
+      its validation accuracy ranks in the top 1/N of the trials of its depth that reached that epoch, once N of
+      them have; so more shapes get trained in the same wall clock.
+
+    A small student is never compared with larger ones, and with no such trial yet nothing is stopped. `reason`
+    says why the last trial was stopped."""
 
     SLACK = 0.005  # half a point of accuracy the curve may beat its peers by
+    FIRST_RUNG = 2  # the first epoch successive halving compares trials at
     reason = "cannot reach the teacher's accuracy minus the tolerance, judged by finished trials of its depth"
 
-    def __init__(self, warmup_epochs: int = 1) -> None:
+    def __init__(self, warmup_epochs: int = 1, halving: int = 0) -> None:
         self.warmup_epochs = warmup_epochs
+        self.halving = halving
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        if self._cannot_reach_target(study, trial, step):
+            self.reason = BudgetPruner.reason
+            return True
+        rank = self._halving_rank(study, trial, step)
+        if rank is None:
+            return False
+        self.reason = (
+            f"ranks {rank[0]} of the {rank[1]} trials of depth {trial.params.get('layers')} at epoch {step}; "
+            f"successive halving keeps the top 1/{self.halving}"
+        )
+        return True
+
+    def _cannot_reach_target(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, step: int) -> bool:
         from optuna.trial import TrialState
 
-        step = trial.last_step
         target = trial.user_attrs.get(TARGET_ATTR)
-        if step is None or step <= self.warmup_epochs or target is None:
+        if step <= self.warmup_epochs or target is None:
             return False
         epochs = trial.params.get("epochs", step)
         peers = [
@@ -105,6 +129,30 @@ class BudgetPruner:
             return False
         rise = max(max(t.intermediate_values.values()) - t.intermediate_values[step] for t in peers)
         return trial.intermediate_values[step] + max(rise, 0.0) + self.SLACK < target
+
+    def _halving_rank(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, step: int) -> tuple[int, int] | None:
+        """(its rank, how many) when successive halving stops the trial at this epoch, else None."""
+        if self.halving < 2 or not self._is_rung(step):
+            return None
+        values = [
+            t.intermediate_values[step]
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number
+            and t.params.get("layers") == trial.params.get("layers")
+            and step in t.intermediate_values
+        ]
+        if len(values) + 1 < self.halving:
+            return None
+        ours = trial.intermediate_values[step]
+        rank = 1 + sum(value > ours for value in values)
+        kept = max(1, (len(values) + 1) // self.halving)
+        return (rank, len(values) + 1) if rank > kept else None
+
+    def _is_rung(self, step: int) -> bool:
+        rung = self.FIRST_RUNG
+        while rung < step:
+            rung *= self.halving
+        return rung == step
 
 
 def set_constraints(trial: optuna.Trial, values: list[float]) -> None:
