@@ -68,6 +68,16 @@ def check_output_dir(output: str | Path) -> Path:
     return output
 
 
+def read_json_cache(path: Path) -> dict[str, Any]:
+    """A JSON object a work folder keeps between runs (screens, thread scaling, Pareto fronts); {} when absent or unreadable:
+    a cache that cannot be read is measured again, not an error."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write `payload` as indented JSON (atomically: temp file + rename; each process its own temp file, so
     processes writing the same file at once never mix their bytes: the last rename wins)."""

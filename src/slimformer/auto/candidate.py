@@ -313,7 +313,7 @@ class TeacherClock:
     def scaling(self, threads: int, texts: list[str]) -> dict[str, Any]:
         """The teacher's p50 at its own thread count over its p50 at `threads`, timed turn about on `texts`:
         remembered, else timed (up to SCALING_TRIES times until the machine is quiet; remembered only then)."""
-        from slimformer.auto.study import read_json_cache
+        from slimformer.artifacts import read_json_cache
         from slimformer.timing import OtherLoad, flat, interleaved_latencies_ms, median_ms, split_rounds
 
         if threads == self.threads:
@@ -337,8 +337,7 @@ class TeacherClock:
         return {**best, "remembered": False}
 
     def _remember(self, key: str, scaling: dict[str, Any]) -> None:
-        from slimformer.artifacts import write_json
-        from slimformer.auto.study import read_json_cache
+        from slimformer.artifacts import read_json_cache, write_json
 
         if self.memory is None:
             return

@@ -165,8 +165,7 @@ PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto 
 
 def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any], student: str | None = None) -> None:
     """Record a finished study's Pareto front (its trials' parameters and `--student`) in WORK/pareto.json."""
-    from slimformer.artifacts import write_json
-    from slimformer.auto.study import read_json_cache
+    from slimformer.artifacts import read_json_cache, write_json
     from slimformer.distillation import model_files_hash
 
     path = work / PARETO_FILE
@@ -181,7 +180,7 @@ def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoCo
     """The Pareto fronts of earlier studies of the same teacher and `--student` in the work folder, as trial
     parameters of this study's space (values outside it left to the sampler), without repeats: a new study
     starts from them."""
-    from slimformer.auto.study import read_json_cache
+    from slimformer.artifacts import read_json_cache
     from slimformer.distillation import model_files_hash
 
     teacher_hash = model_files_hash(teacher)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from slimformer.artifacts import read_json_cache
 from slimformer.auto.candidate import (
     MEASURE_ROUNDS,
     QUIET_SHARE,
@@ -274,16 +275,6 @@ class ScreenMemory:
         memory[self._key(shape)] = screen
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json(self.path, memory)  # atomic; two workers at once: the last one's entries win, the other's re-timed
-
-
-def read_json_cache(path: Path) -> dict[str, Any]:
-    """A JSON object the work folder keeps between studies (screens, Pareto fronts); {} when absent or unreadable:
-    a cache that cannot be read is measured again, not an error."""
-    try:
-        loaded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 class Objective:
