@@ -69,8 +69,8 @@ def check_output_dir(output: str | Path) -> Path:
 
 
 def read_json_cache(path: Path) -> dict[str, Any]:
-    """A JSON object a work folder keeps between runs (screens, thread scaling, Pareto fronts); {} when absent or unreadable:
-    a cache that cannot be read is measured again, not an error."""
+    """A JSON object a work folder keeps between runs (screens, thread scaling, Pareto fronts); {} when absent or
+    unreadable: a cache that cannot be read is measured again, not an error."""
     try:
         loaded = json.loads(Path(path).read_text())
     except (OSError, ValueError):
