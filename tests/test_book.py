@@ -90,6 +90,7 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
     output = tmp_path / "book"
     command = [sys.executable, str(BOOK), "--model", str(base), "--data", str(clinc_slice_dir)]
     command += ["--student", str(student_base), "--output", str(output), "--quick", "--minilm-layers", "2", "3"]
+    command += ["--auto-speedup", "1.0", "--auto-drop", "100", "--auto-trials", "2"]
     env = {**os.environ, "SLIMFORMER_CACHE_DIR": str(tmp_path / "cache"), "SLIMFORMER_NO_PROGRESS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -101,9 +102,11 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
         "3 of its own layers, INT8",
         "MiniLM-L6 → 2 layers, INT8",
         "MiniLM-L6 → 3 layers, INT8",
+        f"auto (1x, 100 points): {auto_shape(output)}",
     ]
-    assert [row["backend"] for row in rows] == ["pytorch", "pytorch", "onnxruntime", "onnxruntime", "onnxruntime"]
-    assert len({row["path"] for row in rows}) == 5 and all(0 <= row["accuracy"] <= 1 for row in rows)
+    assert [row["backend"] for row in rows] == ["pytorch", "pytorch", *["onnxruntime"] * 4]
+    assert len({row["path"] for row in rows}) == 6 and all(0 <= row["accuracy"] <= 1 for row in rows)
+    assert rows[-1]["path"] == str(output / "auto" / "model")
     assert report["data"]["rows"] == len(clinc_slice.test)
     teacher = json.loads((Path(rows[0]["path"]) / "metrics.json").read_text())
     assert teacher["stage"] == "finetune"  # the base MPNet was fine-tuned first
@@ -114,12 +117,28 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
     assert student["student"] == str(student_base)
     # the second depth reused the first's MiniLM distillation and slice, and its own student has 3 layers
     assert [step["cached"] for step in minilm[1]["stages"][:3]] == [True, True, True]
+    # auto searched students made of chain 2's distilled MiniLM (the third kind of student)
+    starts = {
+        json.loads((d / "metrics.json").read_text())["teacher"] for d in (output / "auto").glob("work/stages/student-*")
+    }
+    assert starts == {minilm[0]["variants"][1]["path"]}
     assert json.loads((Path(minilm[1]["final_model"]) / "config.json").read_text())["num_hidden_layers"] == 3
     table = (output / "book.md").read_text()
     assert "| book: BERT-base teacher (PyTorch) | 0.867 |" in table and "| 9.24 | 5.9x | 64 | 6.5x |" in table
 
+    auto_summary = (output / "auto" / "auto.json").read_text()
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert rerun.returncode == 0 and rerun.stdout.count("reused cached result") >= 10  # both chains cached
+    assert (output / "auto" / "auto.json").read_text() == auto_summary  # the finished study reused as it is
+
+
+def auto_shape(output: Path) -> str:
+    params = json.loads((output / "auto" / "auto.json").read_text())["pick"]["params"]
+    vocabulary = params["vocab_clusters"] or "all"
+    return (
+        f"{params['layers']} layers, heads −{100 * params['heads_fraction']:.0f} %, FFN −{100 * params['ffn_fraction']:.0f} %, "
+        f"vocabulary {vocabulary}, {params['quantization']} INT8"
+    )
 
 
 def test_book_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:

@@ -9,7 +9,10 @@ beside the book's own figures (issue 27).
 3. Chain 2 (`minilm.yaml`): the packaged MiniLM-L6 distilled from the teacher across tokenizers, then shrunk to
    each of `--minilm-layers` (3, 4, 6) layers; the depths share the chain's first three steps.
 4. The book's own method on the same teacher: PyTorch dynamic INT8 (`quantize --method torch-dynamic`).
-5. One side-by-side benchmark of the teacher and every final model, written to OUTPUT/book.md and book.json
+5. `slimformer auto` with the teacher: the smallest MiniLM student that keeps its accuracy, searched from chain 2's
+   distilled MiniLM (`--student`) at `--auto-speedup` (100x) and 0.5 points (`--auto-trials`, 0 = skip; a
+   finished study in OUTPUT/auto is reused). Its pick joins the table; with none, the table says so.
+6. One side-by-side benchmark of the teacher and every final model, written to OUTPUT/book.md and book.json
    with the chapter's published rows for reference.
 
     .venv/bin/python benchmarks/book/book.py --output book          # what `make book` runs
@@ -131,6 +134,38 @@ def run_chain(
     return run_recipe(book_recipe(recipe_file, model, args, overrides), output, quick=args.quick)
 
 
+def run_auto(teacher: Path, student: Path, args: argparse.Namespace) -> Path | None:
+    """`slimformer auto` on the teacher, its students made of `student`'s layers, into OUTPUT/auto (a finished
+    study there is reused); its model folder, or None when no candidate met the budget on validation."""
+    from slimformer.auto.config import AutoConfig
+    from slimformer.auto.run import BudgetNotMet, DataSpec, auto
+
+    output = args.output / "auto"
+    summary = json.loads((output / "auto.json").read_text()) if (output / "auto.json").is_file() else {}
+    if "verdict" not in summary:  # not finished yet
+        config = AutoConfig(
+            min_speedup=args.auto_speedup,
+            max_accuracy_drop=args.auto_drop,
+            student=str(student),
+            trials=args.auto_trials,
+        )
+        try:
+            auto(str(teacher), output, config, DataSpec(name=args.data), quick=args.quick)
+        except BudgetNotMet as exc:  # the report says what was found; the book table says so
+            print(f"slimformer auto: {exc}", flush=True)
+    return output / "model" if (output / "model").is_dir() else None
+
+
+def picked_shape(args: argparse.Namespace) -> str:
+    """auto's pick in words: depth, heads and FFN removed, vocabulary, INT8 method."""
+    params = json.loads((args.output / "auto" / "auto.json").read_text())["pick"]["params"]
+    return (
+        f"{params['layers']} layers, heads −{100 * params['heads_fraction']:.0f} %, "
+        f"FFN −{100 * params['ffn_fraction']:.0f} %, vocabulary {params['vocab_clusters'] or 'all'}, "
+        f"{params['quantization']} INT8"
+    )
+
+
 def share_first_steps(source_run: Path, run: Path, steps: int) -> None:
     """Copy the first `steps` finished stage folders of `source_run` into `run` (its cache): chains that differ
     only after them reuse them, since a stage folder is named by its options and inputs."""
@@ -184,6 +219,9 @@ def main() -> None:
     parser.add_argument("--data", default="clinc150")
     parser.add_argument("--quick", action="store_true", help="a subset, 1 epoch per stage (the tests)")
     parser.add_argument("--latency-samples", type=int, default=500)
+    parser.add_argument("--auto-speedup", type=float, default=100.0, help="auto's budget: times lower p50")
+    parser.add_argument("--auto-drop", type=float, default=0.5, help="auto's accuracy tolerance (points)")
+    parser.add_argument("--auto-trials", type=int, default=12, help="auto's trained trials (0: no auto step)")
     args = parser.parse_args()
 
     from slimformer.benchmark import BenchmarkConfig, benchmark_models
@@ -210,6 +248,8 @@ def main() -> None:
         dynamic = args.output / "book-torch-dynamic"
         STAGES["quantize"].run(teacher, dynamic, QuantizeConfig(method="torch-dynamic"), data, reuse=True)
         models = [teacher, dynamic, Path(layers["final_model"]), *(Path(run["final_model"]) for run in minilm)]
+        picked = run_auto(teacher, Path(minilm[0]["variants"][1]["path"]), args) if args.auto_trials else None
+        models += [picked] if picked else []
         samples = min(args.latency_samples, 100) if args.quick else args.latency_samples
         config = BenchmarkConfig(latency_samples=samples, rounds=10, isolate=not args.quick)
         report = benchmark_models(models, data, config)
@@ -218,9 +258,13 @@ def main() -> None:
         sys.exit(2)
     names = ["MPNet-base teacher (PyTorch)", "book's method: PyTorch dynamic INT8", "3 of its own layers, INT8"]
     names += [f"MiniLM-L6 → {depth} layers, INT8" for depth in args.minilm_layers]
+    if picked:
+        names.append(f"auto ({args.auto_speedup:g}x, {args.auto_drop:g} points): {picked_shape(args)}")
     for row, name in zip(report["results"], names, strict=True):
         row["model"] = name
     table = book_table(report)
+    if args.auto_trials and not picked:
+        table += f"\n`slimformer auto` found no student within its budget: see {args.output / 'auto' / 'report.md'}.\n"
     (args.output / "book.json").write_text(json.dumps(report, indent=2))
     (args.output / "book.md").write_text("# make book: MPNet-base on CLINC150\n\n" + table)
     print(table)

@@ -164,7 +164,8 @@ PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto 
 
 
 def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any], student: str | None = None) -> None:
-    """Record a finished study's Pareto front (its trials' parameters and `--student`) in WORK/pareto.json."""
+    """Record a finished study's Pareto front (its trials' parameters and `--student`'s identity) in
+    WORK/pareto.json."""
     from slimformer.artifacts import read_json_cache, write_json
     from slimformer.distillation import model_files_hash
 
@@ -183,10 +184,10 @@ def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoCo
     from slimformer.artifacts import read_json_cache
     from slimformer.distillation import model_files_hash
 
-    teacher_hash = model_files_hash(teacher)
+    teacher_hash, student = model_files_hash(teacher), student_identity(config)
     seen: list[dict[str, Any]] = [recipe_params(config)]
     for name, entry in read_json_cache(work / PARETO_FILE).items():
-        if name == study_name or entry.get("teacher") != teacher_hash or entry.get("student") != config.student:
+        if name == study_name or entry.get("teacher") != teacher_hash or entry.get("student") != student:
             continue
         for params in entry.get("params", []):
             kept = within_space(params, config)
@@ -237,11 +238,22 @@ def _preflight(teacher: Path, config: AutoConfig) -> None:
         )
 
 
+def student_identity(config: AutoConfig) -> str | None:
+    """`--student` by the hash of its files (None without one): the same model wherever its folder lies."""
+    from slimformer.distillation import model_files_hash
+    from slimformer.models import resolve_model_path
+
+    return model_files_hash(resolve_model_path(config.student)) if config.student is not None else None
+
+
 def study_name(teacher: Path, splits: Any, config: AutoConfig) -> str:
-    """Same teacher, data, budget and space: the same study (a re-run resumes it)."""
+    """Same teacher, data, budget, space and `--student` (by content, wherever its folder is): the same study (a
+    re-run resumes it)."""
     from slimformer.distillation import model_files_hash
 
     space = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY_FIELDS}
+    if config.student is not None:
+        space["student"] = student_identity(config)
     digest = hashlib.sha256(json.dumps(space, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"auto-{model_files_hash(teacher)[:10]}-{splits.fingerprint[:10]}-{digest}"
 
@@ -362,7 +374,7 @@ def finish(
 
     selection = select(study, config)
     if work is not None and selection.front:
-        remember_front(work, teacher, study.study_name, selection.front, config.student)
+        remember_front(work, teacher, study.study_name, selection.front, student_identity(config))
     trials = trial_rows(study)
     if not trials:
         raise BudgetNotMet(f"study {study.study_name} holds no trial; run without --time-budget or with more time")
