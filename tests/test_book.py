@@ -134,10 +134,11 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
 
 def auto_shape(output: Path) -> str:
     params = json.loads((output / "auto" / "auto.json").read_text())["pick"]["params"]
+    heads, ffn = 100 * params["heads_fraction"], 100 * params["ffn_fraction"]
     vocabulary = params["vocab_clusters"] or "all"
     return (
-        f"{params['layers']} layers, heads −{100 * params['heads_fraction']:.0f} %, FFN −{100 * params['ffn_fraction']:.0f} %, "
-        f"vocabulary {vocabulary}, {params['quantization']} INT8"
+        f"{params['layers']} layers, heads −{heads:.0f} %, FFN −{ffn:.0f} %, vocabulary {vocabulary}, "
+        f"{params['quantization']} INT8"
     )
 
 
