@@ -473,6 +473,9 @@ def test_successive_halving_keeps_the_top_third_of_a_depth_at_epoch_two() -> Non
     assert pruner.prune(study, _curve_trial(3, [0.85, 0.92], epochs=4, done=False)) is False
     assert pruner.prune(study, _curve_trial(3, [0.70, 0.89], epochs=4, done=False)) is True
     assert pruner.reason == "ranks 3 of the 3 trials of depth 3 at epoch 2; successive halving keeps the top 1/3"
+    # a trial at its last epoch is not judged (stopping it saves nothing), and is no peer at that epoch either
+    assert pruner.prune(study, _curve_trial(3, [0.70, 0.89], epochs=2, done=False)) is False
+    study.add_trial(_curve_trial(1, [0.10, 0.20]))  # a 2-epoch 1-layer student: finished at epoch 2
     # a 1-layer student far below the 3-layer ones is compared with its own depth only (2 trials: too few)
     assert pruner.prune(study, _curve_trial(1, [0.20, 0.35], epochs=4, done=False)) is False
     # not between rungs (epoch 3; the next rung is 6), and never with halving off

@@ -82,8 +82,8 @@ class BudgetPruner:
       as many epochs: even the largest rise any of them made from this epoch to its end (plus SLACK) would leave
       it short.
     - **Successive halving** (`halving` = N, 0 = off): at the rungs, epochs 2, 2N, 2N², ..., it goes on only while
-      its validation accuracy ranks in the top 1/N of the trials of its depth that reached that epoch, once N of
-      them have; so more shapes get trained in the same wall clock.
+      its validation accuracy ranks in the top 1/N of the trials of its depth that reached that epoch with epochs
+      still to go, once N of them have; so more shapes get trained in the same wall clock.
 
     A small student is never compared with larger ones, and with no such trial yet nothing is stopped. `reason`
     says why the last trial was stopped."""
@@ -132,14 +132,17 @@ class BudgetPruner:
         return trial.intermediate_values[step] + max(rise, 0.0) + self.SLACK < target
 
     def _halving_rank(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, step: int) -> tuple[int, int] | None:
-        """(its rank, how many) when successive halving stops the trial at this epoch, else None."""
-        if self.halving < 2 or not self._is_rung(step):
+        """(its rank, how many) when successive halving stops the trial at this epoch, else None. Only trials with
+        epochs still to go are compared (one at its last epoch has decayed its learning rate, and stopping it
+        saves nothing)."""
+        if self.halving < 2 or not self._is_rung(step) or trial.params.get("epochs", step + 1) <= step:
             return None
         values = [
             t.intermediate_values[step]
             for t in study.get_trials(deepcopy=False)
             if t.number != trial.number
             and t.params.get("layers") == trial.params.get("layers")
+            and t.params.get("epochs", step + 1) > step
             and step in t.intermediate_values
         ]
         if len(values) + 1 < self.halving:
