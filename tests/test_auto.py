@@ -555,16 +555,20 @@ def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4
     assert len(warm) == 2
 
 
-def test_a_busy_machine_is_reported_before_the_study(monkeypatch, capsys) -> None:
+def test_a_busy_machine_is_reported_before_the_study(capsys) -> None:
     from slimformer.auto import run
 
-    monkeypatch.setattr(run.os, "getloadavg", lambda: (3.0, 2.0, 1.0))
-    monkeypatch.setattr("slimformer.cpu.default_threads", lambda: 2)
-    assert run.warn_if_busy() == 3.0
-    assert "load average 3.0 on 2 cores" in capsys.readouterr().err
-    monkeypatch.setattr(run.os, "getloadavg", lambda: (0.4, 0.4, 0.4))
-    run.warn_if_busy()
-    assert "warning" not in capsys.readouterr().err
+    hog = cpu_hog()
+    try:
+        time.sleep(0.3)
+        share = run.warn_if_busy("as the study starts")
+    finally:
+        hog.kill()
+        hog.wait()
+    assert share is not None and share >= 0.6 / (os.cpu_count() or 1)
+    assert f"warning: other processes are taking {100 * share:.0f} % of the CPU as the study starts" in (
+        capsys.readouterr().err
+    )
 
 
 def test_students_start_from_another_model_with_its_own_tokenizer(tiny4, clinc_slice, clinc_slice_dir, tmp_path):

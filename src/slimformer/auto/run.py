@@ -13,6 +13,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     work = Path(config.work_dir) if config.work_dir else output / "work"
     splits = load_splits(data, config, quick)
     say(f"validation: {len(splits.validation)} rows." + small_validation_note(len(splits.validation)))
-    warn_if_busy()
+    warn_if_busy("as the study starts")
     teacher = ensure_teacher(model, splits, work, quick, config.seed)
     _preflight(teacher, config)
     url = config.storage or f"sqlite:///{output.resolve() / 'study.db'}"
@@ -74,22 +75,25 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     return finish(study, teacher, splits, output, config, work)
 
 
-BUSY_LOAD = 0.5  # a 1-minute load average above this share of the cores means other work is running
+BUSY_PROBE_S = 1.0  # seconds of other processes' CPU use looked at before the study and before the final benchmark
 
 
-def warn_if_busy() -> float:
-    """Say so when other processes keep the CPU busy as the study starts (returns the 1-minute load average): a
-    steady load on one core slows a multi-threaded teacher far more than a 1-thread candidate, so the speed-ups
-    measured then are optimistic (BENCHMARKS.md, "slimformer auto")."""
-    from slimformer.cpu import default_threads
+def warn_if_busy(when: str) -> float | None:
+    """Say so when other processes keep the CPU busy `when` (returns their share of the CPU over BUSY_PROBE_S,
+    None where it cannot be read). The search's screens and trials time the teacher at the candidate's thread
+    count and cope; the final benchmark times each model as it is deployed, where a steady load on one core slows
+    a multi-threaded teacher far more than a 1-thread candidate (BENCHMARKS.md, "slimformer auto")."""
+    from slimformer.auto.candidate import QUIET_SHARE
+    from slimformer.timing import OtherLoad
 
-    load = os.getloadavg()[0]
-    if load > BUSY_LOAD * default_threads():
+    with OtherLoad() as other:
+        time.sleep(BUSY_PROBE_S)
+    if other.share is not None and other.share >= QUIET_SHARE:
         say(
-            f"warning: load average {load:.1f} on {default_threads()} cores: other processes are running, and "
-            "speed-ups measured while they do come out optimistic; run the study on a quiet machine"
+            f"warning: other processes are taking {100 * other.share:.0f} % of the CPU {when}: the side-by-side "
+            "speed-ups measured while they do come out optimistic; run on a quiet machine"
         )
-    return load
+    return other.share
 
 
 def load_splits(spec: DataSpec, config: AutoConfig, quick: bool) -> Any:
@@ -370,6 +374,7 @@ def finish(
     the Pareto front is remembered in `work` for later studies' warm start."""
     from slimformer.artifacts import write_json
     from slimformer.auto import report
+    from slimformer.auto.candidate import QUIET_SHARE
     from slimformer.auto.select import select, trial_rows
 
     selection = select(study, config)
@@ -397,6 +402,12 @@ def finish(
         "final_benchmark": rows,
         "environment": bench["environment"] if bench else None,
     }
+    busy = (bench or {}).get("environment", {}).get("others_cpu_before")
+    if busy is not None and busy >= QUIET_SHARE:
+        summary["notes"].append(
+            f"Other processes took {100 * busy:.0f} % of the CPU as the final benchmark started: its speed-ups of "
+            "candidates at fewer threads than the teacher may be optimistic."
+        )
     spent = ", ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in summary["seconds_spent"].items())
     if spent:
         per_hour = summary["trained_per_hour"]
@@ -428,7 +439,9 @@ def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoCon
 
     if not selection.complete:
         return None, [], None, verdict(None, {}, config)
+    busy = warn_if_busy("before the final benchmark")
     bench = final_benchmark(teacher, selection, splits, config)
+    bench["environment"]["others_cpu_before"] = busy
     rows = comparison_rows(bench)
     teacher_row = rows[0]
     teacher_row["meets"] = "(reference)"
