@@ -145,14 +145,22 @@ def student_base(cache: StageCache, config: AutoConfig, data: Any) -> tuple[Path
         student=str(path),
         student_layers=None,
         epochs=float(min(max(recipe.epochs, low), high)),
-        batch_size=config.batch_size,
-        precision=config.precision,
-        cache_dir=str(cache.root / "teacher-logits"),
-        max_eval_samples=config.max_eval_samples,
-        max_length=config.max_length,
-        seed=config.seed,
+        **distill_settings(cache, config),
     )
     return cache.run("distill", (path, model_key(path)), distill, data)
+
+
+def distill_settings(cache: StageCache, config: AutoConfig) -> dict[str, Any]:
+    """How every distillation of a study runs, its training choices aside: the teacher logits cached in the
+    work folder."""
+    return {
+        "batch_size": config.batch_size,
+        "precision": config.precision,
+        "cache_dir": str(cache.root / "teacher-logits"),
+        "max_eval_samples": config.max_eval_samples,
+        "max_length": config.max_length,
+        "seed": config.seed,
+    }
 
 
 def build_chain(
@@ -196,14 +204,10 @@ def build_chain(
             temperature=training.temperature,
             epochs=float(training.epochs),
             learning_rate=training.learning_rate,
-            batch_size=config.batch_size,
-            precision=config.precision,
-            cache_dir=str(cache.root / "teacher-logits"),
-            max_eval_samples=config.max_eval_samples,
             attention_weight=training.attention_weight,
             hidden_weight=training.hidden_weight,
             augment=training.augment,
-            **common,
+            **distill_settings(cache, config),
         )
         current = cache.run("distill", current, distill, data, callbacks=callbacks)
     if shape.vocab_clusters:
