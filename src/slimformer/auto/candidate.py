@@ -290,6 +290,7 @@ class TeacherClock:
         self.memory = memory
         self.prefix = f"{cpu_model()}|{teacher_key}|{self.threads}"
         self._sessions: dict[int, Any] = {}
+        self._loaded_scaling: dict[int, dict[str, Any]] = {}  # timed under load: kept for this process only
 
     def timer(self, threads: int) -> Any:
         """A round timer of the teacher at `threads` (PyTorch: torch's thread count for the round; ONNX: its own
@@ -316,7 +317,8 @@ class TeacherClock:
 
     def scaling(self, threads: int, texts: list[str]) -> dict[str, Any]:
         """The teacher's p50 at its own thread count over its p50 at `threads`, timed turn about on `texts`:
-        remembered, else timed (up to SCALING_TRIES times until the machine is quiet; remembered only then)."""
+        remembered, else timed (up to SCALING_TRIES times until the machine is quiet; remembered only then, and
+        under load kept for this process, not timed again)."""
         from slimformer.artifacts import read_json_cache
         from slimformer.timing import OtherLoad, flat, interleaved_latencies_ms, median_ms, split_rounds
 
@@ -326,6 +328,8 @@ class TeacherClock:
         found = read_json_cache(self.memory).get(key) if self.memory else None
         if found:
             return {**found, "remembered": True}
+        if threads in self._loaded_scaling:
+            return self._loaded_scaling[threads]
         timers = {"own": self.timer(self.threads), "candidate": self.timer(threads)}
         best: dict[str, Any] = {}
         for _ in range(SCALING_TRIES):
@@ -337,8 +341,9 @@ class TeacherClock:
                 best = measured
             if load.share is not None and load.share < QUIET_SHARE:
                 self._remember(key, best)
-                break
-        return {**best, "remembered": False}
+                return {**best, "remembered": False}
+        self._loaded_scaling[threads] = {**best, "remembered": False}
+        return self._loaded_scaling[threads]
 
     def _remember(self, key: str, scaling: dict[str, Any]) -> None:
         from slimformer.artifacts import read_json_cache, write_json
