@@ -80,6 +80,7 @@ def test_auto_meets_a_budget_reports_and_deploys(tiny4, clinc_slice_dir, tmp_pat
     assert summary["verdict"]["met"] is True
     # auto.json lists every trial (written after each one while the study ran): one row per study trial
     assert [row["trial"] for row in summary["trial_table"]] == [t.number for t in trials]
+    assert [row["baseline"] for row in summary["trial_table"]] == [True] + [False] * (len(trials) - 1)  # the recipe
     assert {row["state"] for row in summary["trial_table"]} <= {"complete", "pruned", "screened out", "fail"}
     assert summary["trained_per_hour"] > 0
     assert set(summary["seconds_spent"]) == {"screening", "training", "timing"}

@@ -91,6 +91,19 @@ def write_pareto_plot(
                 xytext=(6, -10),
                 fontsize=8,
             )
+        recipe = [t for t in done if t.get("baseline")]
+        if recipe:  # the enqueued first trial: the packaged recipe's choices, trained in this study
+            ax.scatter(
+                [recipe[0]["p50_ms"]],
+                [100 * recipe[0]["validation_accuracy"]],
+                marker="D",
+                s=90,
+                facecolors="none",
+                edgecolors="tab:blue",
+                linewidths=1.5,
+                label="the packaged recipe's choices",
+                zorder=4,
+            )
         chosen = [t for t in done if t["trial"] == pick]
         if chosen:
             ax.scatter(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.config import AutoConfig
 from slimformer.auto.study import CONSTRAINTS, DROP_INTERVAL, SCREENED
-from slimformer.studies import PRUNED_ATTR
+from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -147,6 +147,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": t.number,
+                "baseline": bool(attrs.get(BASELINE_ATTR)),  # the packaged recipe's choices
                 "state": state,
                 "params": dict(t.params),
                 "validation_accuracy": t.value if t.state.name == "COMPLETE" else None,  # pruned: a mid-run value
