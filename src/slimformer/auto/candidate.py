@@ -2,8 +2,9 @@
 training (alpha, T, epochs, learning rate, intermediate-layer loss weights, transfer data), built by composing
 the registered stage functions. Depth 0 is the static student: `static` → export → quantize.
 
-The chain is: K evenly spaced teacher layers → structured slicing of heads and FFN neurons (no training yet)
-→ distillation from the teacher's cached logits → vocabulary clustering → export → optimize → quantize. The
+The chain is: K evenly spaced layers of the base (the teacher, or `--student`) → structured slicing of heads and
+FFN neurons (no training yet) → distillation from the teacher's cached logits → vocabulary clustering → export →
+optimize → quantize. The
 screen runs the same chain without the distillation: latency and size depend on the shape, not the weights,
 so a shape that cannot meet the budget is dropped before any training is spent on it. Every step is cached
 in the shared work folder under a key of its options and input (:func:`slimformer.envelope.stage_key`), behind
