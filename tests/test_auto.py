@@ -598,4 +598,9 @@ def test_students_start_from_another_model_with_its_own_tokenizer(tiny4, clinc_s
     assert trials and all(t.params["layers"] in (1, 2) for t in trials)
     starts = {json.loads((d / "metrics.json").read_text())["teacher"] for d in stages.glob("student-*")}
     assert starts == {str(full_depth[0])}  # every student is made of the distilled base's layers
+    from slimformer.envelope import model_key
+
+    # screens are remembered for this teacher and this base, apart from shapes of the teacher's own layers
+    keys = [key.split("|") for key in json.loads((output / "work" / "screens.json").read_text())]
+    assert keys and all(len(key) == 4 and key[1] == model_key(tiny4) != key[2] for key in keys)
     assert load_tokenizer(output / "model").get_vocab() == load_tokenizer(base).get_vocab()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -102,7 +103,7 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
         "3 of its own layers, INT8",
         "MiniLM-L6 → 2 layers, INT8",
         "MiniLM-L6 → 3 layers, INT8",
-        f"auto (1x, 100 points): {auto_shape(output)}",
+        f"auto (1x, 100 points): {_book_module().picked_shape(SimpleNamespace(output=output))}",
     ]
     assert [row["backend"] for row in rows] == ["pytorch", "pytorch", *["onnxruntime"] * 4]
     assert len({row["path"] for row in rows}) == 6 and all(0 <= row["accuracy"] <= 1 for row in rows)
@@ -130,16 +131,6 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
     rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert rerun.returncode == 0 and rerun.stdout.count("reused cached result") >= 10  # both chains cached
     assert (output / "auto" / "auto.json").read_text() == auto_summary  # the finished study reused as it is
-
-
-def auto_shape(output: Path) -> str:
-    params = json.loads((output / "auto" / "auto.json").read_text())["pick"]["params"]
-    heads, ffn = 100 * params["heads_fraction"], 100 * params["ffn_fraction"]
-    vocabulary = params["vocab_clusters"] or "all"
-    return (
-        f"{params['layers']} layers, heads −{heads:.0f} %, FFN −{ffn:.0f} %, vocabulary {vocabulary}, "
-        f"{params['quantization']} INT8"
-    )
 
 
 def test_book_refuses_a_missing_model_in_one_line(tmp_path: Path) -> None:

@@ -78,6 +78,15 @@ def read_json_cache(path: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def remember_json(path: Path, key: str, value: Any) -> None:
+    """Set `key` in the JSON object cache at `path` (see :func:`read_json_cache`), written atomically; two
+    processes at once: the last one's entries win, and the other's are measured again."""
+    memory = read_json_cache(path)
+    memory[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, memory)
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write `payload` as indented JSON (atomically: temp file + rename; each process its own temp file, so
     processes writing the same file at once never mix their bytes: the last rename wins)."""

@@ -320,7 +320,7 @@ class TeacherClock:
         """The teacher's p50 at its own thread count over its p50 at `threads`, timed turn about on `texts`:
         remembered, else timed (up to SCALING_TRIES times until the machine is quiet; remembered only then, and
         under load kept for this process, not timed again)."""
-        from slimformer.artifacts import read_json_cache
+        from slimformer.artifacts import read_json_cache, remember_json
         from slimformer.timing import OtherLoad, flat, interleaved_latencies_ms, median_ms, split_rounds
 
         if threads == self.threads:
@@ -341,20 +341,11 @@ class TeacherClock:
             if not best or (load.share or 0.0) < (best["others_cpu"] or 0.0):
                 best = measured
             if load.share is not None and load.share < QUIET_SHARE:
-                self._remember(key, best)
+                if self.memory:
+                    remember_json(self.memory, key, best)
                 return {**best, "remembered": False}
         self._loaded_scaling[threads] = {**best, "remembered": False}
         return self._loaded_scaling[threads]
-
-    def _remember(self, key: str, scaling: dict[str, Any]) -> None:
-        from slimformer.artifacts import read_json_cache, write_json
-
-        if self.memory is None:
-            return
-        memory = read_json_cache(self.memory)
-        memory[key] = scaling
-        self.memory.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.memory, memory)
 
 
 def measure(

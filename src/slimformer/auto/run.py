@@ -170,15 +170,12 @@ PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto 
 def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any], student: str | None = None) -> None:
     """Record a finished study's Pareto front (its trials' parameters and `--student`'s identity) in
     WORK/pareto.json."""
-    from slimformer.artifacts import read_json_cache, write_json
+    from slimformer.artifacts import remember_json
     from slimformer.distillation import model_files_hash
 
-    path = work / PARETO_FILE
-    fronts = read_json_cache(path)
     params = [dict(t.params) for t in front]
-    fronts[study_name] = {"teacher": model_files_hash(teacher), "student": student, "params": params}
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(path, fronts)
+    entry = {"teacher": model_files_hash(teacher), "student": student, "params": params}
+    remember_json(work / PARETO_FILE, study_name, entry)
 
 
 def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoConfig) -> list[dict[str, Any]]:

@@ -253,14 +253,15 @@ def size_misses(screen: dict[str, Any], config: AutoConfig) -> bool:
 
 
 class ScreenMemory:
-    """Screen measurements remembered in the work folder, by CPU, teacher and shape: a later study (or another
-    worker) on the same machine and teacher pays nothing for a shape already timed."""
+    """Screen measurements remembered in the work folder, by CPU, `models` (the teacher, and the students' base
+    when it is another model) and shape: a later study (or another worker) on the same machine and models pays
+    nothing for a shape already timed."""
 
-    def __init__(self, path: Path, teacher_key: str) -> None:
+    def __init__(self, path: Path, models: str) -> None:
         from slimformer.cpu import cpu_model
 
         self.path = path
-        self.prefix = f"{cpu_model()}|{teacher_key}"
+        self.prefix = f"{cpu_model()}|{models}"
 
     def _key(self, shape: Any) -> str:
         import dataclasses
@@ -272,12 +273,9 @@ class ScreenMemory:
         return {**found, "remembered": True} if found else None
 
     def put(self, shape: Any, screen: dict[str, Any]) -> None:
-        from slimformer.artifacts import write_json
+        from slimformer.artifacts import remember_json
 
-        memory = read_json_cache(self.path)
-        memory[self._key(shape)] = screen
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, memory)  # atomic; two workers at once: the last one's entries win, the other's re-timed
+        remember_json(self.path, self._key(shape), screen)
 
 
 class Objective:
@@ -293,7 +291,9 @@ class Objective:
         self.texts = column(data.validation, "text")[: config.latency_queries]
         self.cores = default_threads()
         self.reference = Reference(teacher, teacher_key, data, work)
-        self.screens = ScreenMemory(work / SCREEN_MEMORY_FILE, self.teacher_key)
+        base_key = self.cache.base[1]  # a shape of another base (--student) is another model
+        models = self.teacher_key if base_key == self.teacher_key else f"{self.teacher_key}|{base_key}"
+        self.screens = ScreenMemory(work / SCREEN_MEMORY_FILE, models)
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
