@@ -26,6 +26,9 @@ from slimformer.distill import DistillConfig, distill
 RECIPE = {"alpha": 0.73, "temperature": 9.0, "epochs": 3.0, "learning_rate": 2.9e-4, "precision": "auto"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "logits": {},
+    # which teacher layers the student keeps: evenly spaced from layer 1 instead of layer 0 ([1, 5], [1, 3, 5])
+    "logits-from1": {"first_kept_layer": 1},
+    "mix-from1": {"augment": "mix", "first_kept_layer": 1},
     "logits-6ep": {"epochs": 6.0},
     "logits-6ep-lr5e-4": {"epochs": 6.0, "learning_rate": 5e-4},
     # issue 24's epochs x learning-rate grid for 1-2 layers (the recipe's 3 epochs at 2.9e-4 were tuned for 3)
@@ -42,6 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "delete": {"augment": "delete"},
     "swap": {"augment": "swap"},
     "mix": {"augment": "mix"},
+    "replace": {"augment": "replace"},
+    "mix+replace": {"augment": "mix,replace"},
+    "mask+mix+replace": {"augment": "mask,mix,replace"},
+    "replace-x2": {"augment": "replace", "augment_copies": 2},
     "hidden+attention": {"hidden_weight": 1.0, "attention_weight": 1.0},
     "attention+mix": {"attention_weight": 1.0, "augment": "mix"},
     "attention+mask+mix": {"attention_weight": 1.0, "augment": "mask,mix"},

@@ -159,12 +159,23 @@ def test_evenly_spaced_layers_keep_first_and_last() -> None:
     assert evenly_spaced_layers(6, 6) == list(range(6))
     with pytest.raises(ConfigError, match="1..6"):
         evenly_spaced_layers(6, 7)
+    # from the second layer: the first moves down only where fewer than K layers follow it
+    assert evenly_spaced_layers(6, 2, first=1) == [1, 5]
+    assert evenly_spaced_layers(6, 3, first=1) == [1, 3, 5]
+    assert evenly_spaced_layers(6, 4, first=1) == [1, 2, 4, 5]
+    assert evenly_spaced_layers(12, 6, first=1) == [1, 3, 5, 7, 9, 11]
+    assert evenly_spaced_layers(6, 6, first=1) == list(range(6))
+    assert evenly_spaced_layers(6, 5, first=3) == [1, 2, 3, 4, 5]
+    assert evenly_spaced_layers(6, 1, first=1) == [5]
+    with pytest.raises(ConfigError, match="first kept layer"):
+        evenly_spaced_layers(6, 2, first=6)
 
 
 def test_student_from_teacher_keeps_the_chosen_layers_exactly(teacher_dir: Path, tmp_path: Path) -> None:
     from slimformer.models import load_classifier, read_config
     from slimformer.students import student_from_teacher
 
+    assert student_from_teacher(teacher_dir, 2, tmp_path / "from-second", first_layer=1) == [1, 3]
     kept = student_from_teacher(teacher_dir, 2, tmp_path / "student")
     assert kept == [0, 3]
     assert read_config(tmp_path / "student")["num_hidden_layers"] == 2

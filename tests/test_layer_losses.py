@@ -253,3 +253,35 @@ def test_augmentations_are_deterministic_and_do_what_they_say() -> None:
     heads = {" ".join(t.split()[: (len(t.split()) + 1) // 2]) for t in texts}
     assert mixed and all(any(m.startswith(h) for h in heads) for m in mixed)
     assert len(augment_texts(texts, ["mask", "delete"], copies=2, seed=0)) == 12
+
+
+def test_replace_draws_each_word_from_its_nearest_words_in_the_embedding_table() -> None:
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from slimformer.errors import ConfigError
+    from slimformer.transfer import augment_texts, word_neighbours
+
+    vocab = ["[PAD]", "[UNK]", "[MASK]", "flight", "flights", "plane", "pizza", "cheese", "##s", "7"]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")),
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+    )
+    table = torch.zeros(len(vocab), 3)
+    table[3:6] = torch.tensor([[1.0, 0.1, 0.0], [1.0, 0.0, 0.0], [0.9, 0.3, 0.0]])  # the flight words
+    table[6:8] = torch.tensor([[0.05, 0.0, 1.0], [0.15, 0.0, 1.0]])  # the food words
+    table[8:] = torch.tensor([1.0, 0.05, 0.0])  # a piece and a digit close to "flight": never drawn
+    neighbours = word_neighbours(tokenizer, table, ["Flight pizza 7 boston"], count=2)
+    # hand computation: flight-flights 0.995, flight-plane 0.975; pizza-cheese 0.995, pizza-flights 0.0499,
+    # pizza-flight 0.0497 ("7", "##s" and the special tokens are no words; "boston" is not in the vocabulary)
+    assert neighbours == {"flight": ["flights", "plane"], "pizza": ["cheese", "flights"]}
+    replaced = augment_texts(["flight pizza"], ["replace"], copies=20, seed=1, neighbours=neighbours)
+    assert replaced and all(len(text.split()) == 2 for text in replaced)
+    firsts, seconds = {t.split()[0] for t in replaced}, {t.split()[1] for t in replaced}
+    assert firsts <= {"flight", "flights", "plane"} and seconds <= {"pizza", "cheese", "flights"}
+    assert firsts != {"flight"} and seconds != {"pizza"}
+    with pytest.raises(ConfigError, match="needs word neighbours"):
+        augment_texts(["flight"], ["replace"])

@@ -34,6 +34,7 @@ class DistillConfig(SoftTargets, TrainingOptions):
 
     student: str | None = option(None, "Student checkpoint folder, or 'default' (the packaged MiniLM-L6 body).")
     student_layers: int | None = option(None, "Or: build the student from K evenly spaced layers of the source.")
+    first_kept_layer: int = option(0, "The K layers are evenly spaced from this source layer to the last (0: first).")
     group_by_length: bool = option(True, "Batch texts of similar length: far less padding, ~2x faster on CPU.")
     cache_dir: str | None = option(None, "Teacher-logit cache folder (default: $SLIMFORMER_CACHE_DIR or ~/.cache).")
     hidden_weight: float = option(
@@ -49,7 +50,9 @@ class DistillConfig(SoftTargets, TrainingOptions):
     unlabeled: str | None = option(
         None, "File of unlabelled in-domain texts (one a line, or a 'text' column) distilled on with teacher targets."
     )
-    augment: str = option("", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix.")
+    augment: str = option(
+        "", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix,replace."
+    )
     augment_copies: int = option(1, "Augmented texts per training text and method.")
 
     @property
@@ -61,6 +64,8 @@ class DistillConfig(SoftTargets, TrainingOptions):
             raise ConfigError("give exactly one of --student PATH|default and --student-layers K")
         if self.student_layers is not None and self.student_layers < 1:
             raise ConfigError(f"student layers must be >= 1, got {self.student_layers}")
+        if self.first_kept_layer < 0:
+            raise ConfigError(f"the first kept layer must be >= 0, got {self.first_kept_layer}")
         self.validate_soft_targets()
         for name in ("hidden_weight", "attention_weight", "embedding_weight"):
             if getattr(self, name) < 0:
@@ -131,7 +136,9 @@ def distill_student(
     kept_layers = None
     if config.student_layers is not None:
         check_classifier_fits(source, data.labels)
-        student, tokenizer, kept_layers = build_student_from_teacher(source, config.student_layers)
+        student, tokenizer, kept_layers = build_student_from_teacher(
+            source, config.student_layers, config.first_kept_layer
+        )
     else:
         student_path = resolve_model_path(config.student)
         student, tokenizer = _student_checkpoint(student_path, splits.labels)
@@ -143,7 +150,7 @@ def distill_student(
         config.temperature,
         config.cache_dir,
         layers=config.layer_losses(),
-        transfer_texts=transfer_texts(config, splits, tokenizer),
+        transfer_texts=transfer_texts(config, splits, tokenizer, student.get_input_embeddings().weight),
     )
     result = train_classifier(
         student, tokenizer, splits, config, folder / "trainer", distillation=distillation, callbacks=callbacks
@@ -165,16 +172,16 @@ def distill_student(
     return StageResult(metrics, Session(config.max_length))
 
 
-def transfer_texts(config: DistillConfig, splits: DataSplits, tokenizer: Any) -> list[str]:
-    """The unlabelled file's texts, then the augmentations of the training texts the config asks for."""
+def transfer_texts(config: DistillConfig, splits: DataSplits, tokenizer: Any, table: Any) -> list[str]:
+    """The unlabelled file's texts, then the augmentations of the training texts the config asks for (`table`:
+    the student's input embeddings, whose nearest words `replace` draws from)."""
     from slimformer.data import column
-    from slimformer.transfer import augment_texts, read_unlabeled
+    from slimformer.transfer import augment_for_model, read_unlabeled
 
     texts = read_unlabeled(config.unlabeled) if config.unlabeled else []
     if config.augment:
-        mask_token = getattr(tokenizer, "mask_token", None) or "[MASK]"
         train = column(splits.train, "text")
-        texts += augment_texts(train, config.augment.split(","), config.augment_copies, config.seed, mask_token)
+        texts += augment_for_model(train, config.augment, config.augment_copies, config.seed, tokenizer, table)
     return texts
 
 

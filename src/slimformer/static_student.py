@@ -42,7 +42,9 @@ class StaticConfig(SoftTargets, TrainingOptions):
     dims: int = option(256, "Width of the static token table after PCA (Model2Vec's default: 256).")
     sif_coefficient: float = option(1e-4, "SIF weight a / (a + p(token)), p from Zipf's law over ids (0 = off).")
     tune_table: bool = option(True, "Train the token table with the head (else the head alone learns).")
-    augment: str = option("", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix.")
+    augment: str = option(
+        "", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix,replace."
+    )
     cache_dir: str | None = option(None, "Teacher-logit cache folder (default: $SLIMFORMER_CACHE_DIR or ~/.cache).")
     epochs: float = option(10.0, "Passes over the training split (a static student's step is cheap).")
     learning_rate: float = option(3e-3, "Peak learning rate (a table and a linear head want more than a BERT).")
@@ -106,7 +108,7 @@ def static_student(
     from slimformer.models import check_classifier_fits, load_tokenizer
     from slimformer.static_model import StaticEmbeddingConfig, StaticEmbeddingForSequenceClassification
     from slimformer.training import Distillation, train_classifier
-    from slimformer.transfer import augment_texts
+    from slimformer.transfer import augment_for_model
 
     teacher_path = teacher or source
     labels = check_classifier_fits(teacher_path, data.labels)
@@ -128,9 +130,9 @@ def static_student(
         model.embeddings.weight.copy_(torch.from_numpy(built["table"]))
     model.embeddings.weight.requires_grad_(config.tune_table)
     transfer = []
-    if config.augment:
-        mask_token = tokenizer.mask_token or "[MASK]"
-        transfer = augment_texts(column(splits.train, "text"), config.augment.split(","), 1, config.seed, mask_token)
+    if config.augment:  # `replace` draws nearest words from the static table itself
+        train = column(splits.train, "text")
+        transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight)
     distillation = Distillation(
         teacher_path, config.alpha, config.temperature, config.cache_dir, transfer_texts=transfer
     )

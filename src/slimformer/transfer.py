@@ -7,20 +7,34 @@ training split with no hard label (the teacher's cached logits are their targets
   csv / json / jsonl / parquet file with a `text` column), read by :func:`read_unlabeled`;
 - augmentations of the training texts made without any outside model (:func:`augment_texts`), word-level:
   `mask` (words replaced by the tokenizer's mask token), `delete` (words dropped), `swap` (two words swapped),
-  `mix` (the first half of one utterance joined to the second half of another). Measured one by one in
-  BENCHMARKS.md ("Students that keep accuracy").
+  `mix` (the first half of one utterance joined to the second half of another), `replace` (words replaced by
+  one of their nearest words in the model's own input-embedding table, :func:`word_neighbours`: TinyBERT's
+  word replacement with the model's table standing in for GloVe). Measured one by one in BENCHMARKS.md
+  ("Students that keep accuracy").
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from slimformer.errors import ConfigError, DataError
 
-AUGMENTATIONS = ("mask", "delete", "swap", "mix")
-WORD_RATE = 0.15  # share of the words `mask` and `delete` touch (at least one)
+AUGMENTATIONS = ("mask", "delete", "swap", "mix", "replace")
+WORD_RATE = 0.15  # share of the words `mask`, `delete` and `replace` touch (at least one)
+NEIGHBOURS = 8  # `replace` draws from a word's 8 nearest words
+
+
+@dataclass(frozen=True)
+class AugmentContext:
+    """What an augmentation may use besides the words: another utterance, the mask token, word neighbours."""
+
+    partner: list[str]
+    mask_token: str = "[MASK]"
+    neighbours: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
 def _chosen(words: list[str], rng: random.Random) -> set[int]:
@@ -28,12 +42,12 @@ def _chosen(words: list[str], rng: random.Random) -> set[int]:
     return set(rng.sample(range(len(words)), min(count, len(words))))
 
 
-def mask_words(words: list[str], rng: random.Random, partner: list[str], mask_token: str) -> list[str]:
+def mask_words(words: list[str], rng: random.Random, context: AugmentContext) -> list[str]:
     chosen = _chosen(words, rng)
-    return [mask_token if i in chosen else word for i, word in enumerate(words)]
+    return [context.mask_token if i in chosen else word for i, word in enumerate(words)]
 
 
-def delete_words(words: list[str], rng: random.Random, partner: list[str], mask_token: str) -> list[str]:
+def delete_words(words: list[str], rng: random.Random, context: AugmentContext) -> list[str]:
     if len(words) < 2:
         return words
     chosen = _chosen(words, rng)
@@ -41,7 +55,7 @@ def delete_words(words: list[str], rng: random.Random, partner: list[str], mask_
     return kept or words[:1]
 
 
-def swap_words(words: list[str], rng: random.Random, partner: list[str], mask_token: str) -> list[str]:
+def swap_words(words: list[str], rng: random.Random, context: AugmentContext) -> list[str]:
     if len(words) < 2:
         return words
     i, j = rng.sample(range(len(words)), 2)
@@ -50,15 +64,25 @@ def swap_words(words: list[str], rng: random.Random, partner: list[str], mask_to
     return swapped
 
 
-def mix_utterances(words: list[str], rng: random.Random, partner: list[str], mask_token: str) -> list[str]:
-    return words[: (len(words) + 1) // 2] + partner[len(partner) // 2 :]
+def mix_utterances(words: list[str], rng: random.Random, context: AugmentContext) -> list[str]:
+    return words[: (len(words) + 1) // 2] + context.partner[len(context.partner) // 2 :]
 
 
-AUGMENTERS: dict[str, Callable[[list[str], random.Random, list[str], str], list[str]]] = {
+def replace_words(words: list[str], rng: random.Random, context: AugmentContext) -> list[str]:
+    chosen = _chosen(words, rng)
+    replaced = []
+    for i, word in enumerate(words):
+        options = context.neighbours.get(word.lower()) if i in chosen else None
+        replaced.append(rng.choice(options) if options else word)
+    return replaced
+
+
+AUGMENTERS: dict[str, Callable[[list[str], random.Random, AugmentContext], list[str]]] = {
     "mask": mask_words,
     "delete": delete_words,
     "swap": swap_words,
     "mix": mix_utterances,
+    "replace": replace_words,
 }
 
 
@@ -74,23 +98,72 @@ def parse_augmentations(value: str | Sequence[str] | None) -> list[str]:
 
 
 def augment_texts(
-    texts: Sequence[str], methods: Sequence[str], copies: int = 1, seed: int = 0, mask_token: str = "[MASK]"
+    texts: Sequence[str],
+    methods: Sequence[str],
+    copies: int = 1,
+    seed: int = 0,
+    mask_token: str = "[MASK]",
+    neighbours: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """`copies` new texts per training text and method, deterministic for a seed (so the teacher's logits over
-    them are cached like any split's). Texts an augmentation leaves unchanged are dropped."""
+    them are cached like any split's). Texts an augmentation leaves unchanged are dropped. `replace` needs
+    `neighbours` (:func:`word_neighbours`)."""
+    methods = parse_augmentations(list(methods))
+    if "replace" in methods and neighbours is None:
+        raise ConfigError("the 'replace' augmentation needs word neighbours from a model's embedding table")
     rng = random.Random(seed)
     split = [text.split() for text in texts]
     augmented: list[str] = []
-    for method in parse_augmentations(list(methods)):
+    for method in methods:
         augment = AUGMENTERS[method]
         for _ in range(copies):
             for words, text in zip(split, texts, strict=True):
                 if not words:
                     continue
-                new = " ".join(augment(words, rng, split[rng.randrange(len(split))], mask_token))
+                context = AugmentContext(split[rng.randrange(len(split))], mask_token, neighbours or {})
+                new = " ".join(augment(words, rng, context))
                 if new != text:
                     augmented.append(new)
     return augmented
+
+
+def augment_for_model(
+    texts: Sequence[str], methods: str | Sequence[str], copies: int, seed: int, tokenizer: Any, table: Any
+) -> list[str]:
+    """:func:`augment_texts` with the tokenizer's mask token and, for `replace`, the nearest words of the
+    model's input-embedding `table` (one row per token id of `tokenizer`)."""
+    methods = parse_augmentations(methods)
+    mask_token = getattr(tokenizer, "mask_token", None) or "[MASK]"
+    neighbours = word_neighbours(tokenizer, table, texts) if "replace" in methods else None
+    return augment_texts(texts, methods, copies, seed, mask_token, neighbours)
+
+
+def word_neighbours(tokenizer: Any, table: Any, texts: Sequence[str], count: int = NEIGHBOURS) -> dict[str, list[str]]:
+    """For each word of `texts` that is one whole token of the vocabulary, its `count` nearest whole-word tokens
+    by cosine similarity of the input-embedding `table` (a torch tensor, one row per token id). Whole words are
+    alphabetic tokens that are not continuation pieces (`##x`), special tokens or BERT's `[unusedN]`."""
+    import torch
+
+    vocab = tokenizer.get_vocab()
+    special = set(tokenizer.all_special_tokens)
+    words = sorted({token for token in vocab if token.isalpha() and token not in special})
+    if not words:
+        return {}
+    word_ids = torch.tensor([vocab[word] for word in words])
+    rows = torch.nn.functional.normalize(table.detach().float()[word_ids], dim=1)
+    index = {word: i for i, word in enumerate(words)}
+    asked = sorted({word.lower() for text in texts for word in text.split()} & index.keys())
+    if not asked:
+        return {}
+    neighbours = {}
+    for start in range(0, len(asked), 1024):  # 1,024 words x the vocabulary at a time
+        chunk = asked[start : start + 1024]
+        chunk_rows = torch.tensor([index[word] for word in chunk])
+        similarity = rows[chunk_rows] @ rows.T
+        similarity[torch.arange(len(chunk)), chunk_rows] = -2.0  # never the word itself
+        nearest = similarity.topk(min(count, len(words) - 1), dim=1).indices.tolist()
+        neighbours.update({word: [words[j] for j in row] for word, row in zip(chunk, nearest, strict=True)})
+    return neighbours
 
 
 def read_unlabeled(path: str | Path) -> list[str]:

@@ -2,13 +2,13 @@
 training (alpha, T, epochs, learning rate, intermediate-layer loss weights, transfer data), built by composing
 the registered stage functions. Depth 0 is the static student: `static` → export → quantize.
 
-The chain is: K evenly spaced layers of the base (the teacher, or `--student`) → structured slicing of heads and
-FFN neurons (no training yet) → distillation from the teacher's cached logits → vocabulary clustering → export →
-optimize → quantize. The
-screen runs the same chain without the distillation: latency and size depend on the shape, not the weights,
-so a shape that cannot meet the budget is dropped before any training is spent on it. Every step is cached
-in the shared work folder under a key of its options and input (:func:`slimformer.envelope.stage_key`), behind
-a file lock, so trials and workers reuse each other's finished steps and never run one twice at once.
+The chain is: K layers of the base (the teacher, or `--student`) evenly spaced from `--first-kept-layer` to
+the last → structured slicing of heads and FFN neurons (no training yet) → distillation from the teacher's
+cached logits → vocabulary clustering → export → optimize → quantize. The screen runs the same chain without
+the distillation: latency and size depend on the shape, not the weights, so a shape that cannot meet the
+budget is dropped before any training is spent on it. Every step is cached in the shared work folder under a
+key of its options and input (:func:`slimformer.envelope.stage_key`), behind a file lock, so trials and
+workers reuse each other's finished steps and never run one twice at once.
 """
 
 from __future__ import annotations
@@ -110,18 +110,19 @@ class StageCache:
         depth = int(json.loads((base / "config.json").read_text())[family.depth_fields[0]])
         return max(depth - 1, 1) if base == self.teacher else depth
 
-    def student(self, layers: int) -> tuple[Path, str]:
-        """K evenly spaced layers of the base, untrained (the start of every chain of that depth)."""
+    def student(self, layers: int, first_layer: int = 0) -> tuple[Path, str]:
+        """K layers of the base evenly spaced from `first_layer` to the last, untrained (the start of every
+        chain of that depth)."""
         from slimformer.artifacts import write_metrics
         from slimformer.envelope import claim_folder
         from slimformer.students import student_from_teacher
 
         base, base_key = self.base
-        key = f"{base_key}-L{layers}"
+        key = f"{base_key}-L{layers}" + (f"-from{first_layer}" if first_layer else "")
         folder = self.root / f"student-{key}"
         with claim_folder(folder) as todo:
             if todo:
-                kept = student_from_teacher(base, layers, folder)
+                kept = student_from_teacher(base, layers, folder, first_layer)
                 write_metrics(folder, {"stage": "student", "teacher": str(base), "layers_kept": kept})
         return folder, key
 
@@ -187,7 +188,7 @@ def build_chain(
         export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
         current = cache.run("export", current, export, stage_data)
         return cache.run("quantize", current, _quantize_config(shape, config, eval_rows), stage_data)[0]
-    current = cache.student(shape.layers)
+    current = cache.student(shape.layers, config.first_kept_layer)
     if shape.heads_fraction or shape.ffn_fraction:
         prune = PruneConfig(
             method="structured",

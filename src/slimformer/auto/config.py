@@ -53,6 +53,9 @@ class AutoConfig(DistillRanges, StageConfig):
         "Student depths (default: 1 .. teacher depth - 1, or 1 .. --student's depth); 0 = the static student "
         "(slimformer static).",
     )
+    first_kept_layer: int = option(
+        0, "Students keep K layers evenly spaced from this layer of the base to the last (slimformer distill)."
+    )
     heads_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5), "Fractions of attention heads removed per layer.")
     ffn_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75), "Fractions of FFN neurons removed per layer.")
     vocab_clusters: tuple[int, ...] = option(
@@ -123,6 +126,8 @@ class AutoConfig(DistillRanges, StageConfig):
     def _validate_space(self) -> None:
         if self.layers_choices is not None and (not self.layers_choices or min(self.layers_choices) < 0):
             raise ConfigError("layers choices must be >= 0 (0 = the static student)")
+        if self.first_kept_layer < 0:
+            raise ConfigError(f"the first kept layer must be >= 0, got {self.first_kept_layer}")
         for name in ("attention_weights", "hidden_weights"):
             if not getattr(self, name) or min(getattr(self, name)) < 0:
                 raise ConfigError(f"{name.replace('_', ' ')} must be >= 0, got {list(getattr(self, name))}")
