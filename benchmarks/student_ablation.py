@@ -29,6 +29,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # which teacher layers the student keeps: evenly spaced from layer 1 instead of layer 0 ([1, 5], [1, 3, 5])
     "logits-from1": {"first_kept_layer": 1},
     "mix-from1": {"augment": "mix", "first_kept_layer": 1},
+    "mask+mix-from1": {"augment": "mask,mix", "first_kept_layer": 1},
     "logits-6ep": {"epochs": 6.0},
     "logits-6ep-lr5e-4": {"epochs": 6.0, "learning_rate": 5e-4},
     # issue 24's epochs x learning-rate grid for 1-2 layers (the recipe's 3 epochs at 2.9e-4 were tuned for 3)

@@ -275,6 +275,7 @@ def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
     params = recipe_params(AutoConfig(min_speedup=5))
     assert params["augment"] == distill["augment"] == "mix"
     assert params["attention_weight"] == params["hidden_weight"] == 0.0
+    assert AutoConfig(min_speedup=5).first_kept_layer == distill["first_kept_layer"] == 1  # the same layers kept
 
 
 def _screen(speedup: float, low: float, high: float, size_mb: float = 1.0) -> dict:

@@ -54,7 +54,7 @@ class AutoConfig(DistillRanges, StageConfig):
         "(slimformer static).",
     )
     first_kept_layer: int = option(
-        0, "Students keep K layers evenly spaced from this layer of the base to the last (slimformer distill)."
+        1, "Students keep K layers evenly spaced from this layer of the base to the last (as the packaged recipe)."
     )
     heads_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5), "Fractions of attention heads removed per layer.")
     ffn_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75), "Fractions of FFN neurons removed per layer.")
