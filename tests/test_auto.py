@@ -349,6 +349,29 @@ def test_other_processes_load_is_measured() -> None:
     assert load.share is not None and 0.6 / cores <= load.share <= 1.0  # one core of `cores` busy elsewhere
 
 
+def test_a_benchmarks_own_model_processes_are_not_other_load() -> None:
+    """The benchmark's runners are this process's children: with `descendants` their CPU is this process's own,
+    whether they are still running at the end (the hog) or ended and were reaped inside the block (the burst)."""
+    from slimformer.timing import OtherLoad
+
+    cores = os.cpu_count() or 1
+    hog = cpu_hog()
+    try:
+        time.sleep(0.3)
+        with OtherLoad() as plain, OtherLoad(descendants=True) as own:
+            burst = subprocess.Popen(
+                [sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.5: pass"]
+            )
+            burst.wait()
+            time.sleep(0.5)
+    finally:
+        hog.kill()
+        hog.wait()
+    assert plain.share is not None and own.share is not None
+    assert plain.share >= 0.6 / cores and plain.busy  # the hog (and the burst) are others for a plain probe
+    assert own.share <= plain.share - 0.5 / cores  # ... and this process's own for a benchmark
+
+
 def test_a_loaded_machine_times_the_teacher_at_the_candidates_threads(tmp_path) -> None:
     """A 2-thread teacher against a 1-thread candidate under a CPU hog: the teacher is timed at 1 thread too (both
     on the free core) and its thread scaling comes from the work folder's memory (timed when the machine was

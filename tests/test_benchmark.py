@@ -84,6 +84,28 @@ def test_isolated_run_reports_its_own_process(tiny_classifier_dir, clinc_slice):
     assert result["latency_ms"]["n"] == 5
 
 
+def test_a_run_timed_under_load_says_how_much_cpu_others_took(tiny_classifier_dir, clinc_slice, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from slimformer.benchmark import print_table
+    from slimformer.report import _environment_line
+
+    config = BenchmarkConfig(threads=1, latency_samples=300, warmup=1, max_samples=16, rounds=3)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # another job spinning on a core
+    try:
+        report = benchmark_models([tiny_classifier_dir], clinc_slice, config)
+    finally:
+        hog.kill()
+        hog.wait()
+    others = report["environment"]["others_cpu"]
+    assert 0.6 / (os.cpu_count() or 1) <= others <= 1.0
+    assert f"Other processes took {100 * others:.0f} % of the CPU" in _environment_line(report["environment"])
+    print_table(report)
+    assert f"warning: other processes took {100 * others:.0f} % of the CPU" in capsys.readouterr().out
+
+
 def test_labels_are_matched_by_name_not_position(tiny_classifier, clinc_slice):
     """A model whose id order differs from the dataset's must score the same."""
     config_path = tiny_classifier / "config.json"

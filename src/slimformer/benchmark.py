@@ -37,7 +37,9 @@ from slimformer.errors import ConfigError, ModelError, SlimformerError
 from slimformer.plots import write_plot as write_plot  # the benchmark's figure: callers import it from here
 from slimformer.profiling import PROFILE_QUERIES, profile_predictor
 from slimformer.timing import (
+    QUIET_SHARE,
     ROUND_WARMUP,
+    OtherLoad,
     batch1_latencies_ms,
     flat,
     interleaved_latencies_ms,
@@ -121,9 +123,10 @@ def benchmark_models(
             i: partial(runner.call, time_queries, str(m))
             for i, (runner, m) in enumerate(zip(runners, models, strict=True))
         }
-        rounds = interleaved_latencies_ms(
-            timers, split_rounds(queries, config.rounds), min(config.warmup, ROUND_WARMUP)
-        )
+        with OtherLoad(descendants=True) as others:  # the models' own processes are not "others"
+            rounds = interleaved_latencies_ms(
+                timers, split_rounds(queries, config.rounds), min(config.warmup, ROUND_WARMUP)
+            )
         # peak RSS before any profiled session; the models stay loaded for the profiled pass
         finished = [
             runner.call(finish_model, str(m), flat(rounds[i]), config.profile)
@@ -138,7 +141,11 @@ def benchmark_models(
             for name, m, result, summary in zip(names, models, prepared, finished, strict=True)
         ]
     return {
-        "environment": {**environment_info(threads), "threads_per_model": config.threads is None},
+        "environment": {
+            **environment_info(threads),
+            "threads_per_model": config.threads is None,
+            "others_cpu": others.share,  # other processes' share of all cores while the latency was timed
+        },
         "data": {"name": data.name, "split": config.split, "rows": len(job["texts"])},
         "config": asdict(config),
         "results": results,
@@ -293,7 +300,18 @@ def print_table(report: dict[str, Any]) -> None:
     # a 14-column table needs more than the 80 columns rich assumes when output is not a terminal
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
+    if (environment.get("others_cpu") or 0.0) >= QUIET_SHARE:
+        console.print(load_warning(environment["others_cpu"]), markup=False, highlight=False)
     print_breakdowns(report["results"], lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
+
+
+def load_warning(others_cpu: float) -> str:
+    """One line for a run timed while other processes took `others_cpu` of the CPU."""
+    return (
+        f"warning: other processes took {100 * others_cpu:.0f} % of the CPU while the latency was timed; the turns "
+        "spread it over every model, but a steady load slows a many-threaded model more than a 1-thread one "
+        '(BENCHMARKS.md, "slimformer auto"): re-run on a quiet machine for speed-ups to publish'
+    )
 
 
 def _maybe(value: float | None) -> str:

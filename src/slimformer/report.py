@@ -150,10 +150,14 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
 def _environment_line(environment: dict[str, Any]) -> str:
     isa = ", ".join(k for k, v in environment["isa"].items() if v) or "none"
     versions = ", ".join(f"{k} {v}" for k, v in environment["versions"].items() if v)
-    return (
+    line = (
         f"{environment['cpu']} ({environment['cpu_count']} cores; ISA: {isa}); {environment['threads']} threads; "
         f"Python {environment['python']}; {versions}; {environment['platform']}"
     )
+    others = environment.get("others_cpu")
+    if others is not None:
+        line += f". Other processes took {100 * others:.0f} % of the CPU while the latency was timed"
+    return line
 
 
 def _method_line(benchmark: dict[str, Any]) -> str:

@@ -83,23 +83,54 @@ def predictor_timer(predictor: Any) -> RoundTimer:
     return lambda queries, warmup: batch1_latencies_ms(predictor, queries, warmup)
 
 
+QUIET_SHARE = 0.1  # other processes using under this share of all cores: the machine counts as quiet
+
+
 class OtherLoad:
     """While a block runs, the CPU time other processes (and the hypervisor: steal) took, as a share of all cores
     (`share`: 0 = this process had the machine to itself, 0.5 = one of 2 cores busy elsewhere; None where
-    /proc/stat is missing). Taking turns cancels load that comes and goes; this tells a steady load apart."""
+    /proc/stat is missing). Taking turns cancels load that comes and goes; this tells a steady load apart.
+    With `descendants`, this process's child processes (a benchmark's model runners) count as its own."""
 
     share: float | None = None
 
+    def __init__(self, descendants: bool = False) -> None:
+        self.descendants = descendants
+
     def __enter__(self) -> OtherLoad:
-        self._start = (_busy_cpu_seconds(), time.process_time(), time.perf_counter())
+        self._start = (_busy_cpu_seconds(), self._own_cpu_seconds(), time.perf_counter())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        busy, own, wall = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        busy, own, wall = _busy_cpu_seconds(), self._own_cpu_seconds(), time.perf_counter()
         if busy is None or self._start[0] is None or wall <= self._start[2]:
             return
         others = (busy - self._start[0]) - (own - self._start[1])
         self.share = round(min(1.0, max(0.0, others / ((wall - self._start[2]) * _cpus()))), 3)
+
+    @property
+    def busy(self) -> bool:
+        """Whether other processes took at least :data:`QUIET_SHARE` of the CPU."""
+        return self.share is not None and self.share >= QUIET_SHARE
+
+    def _own_cpu_seconds(self) -> float:
+        """CPU seconds of this process, plus (with `descendants`) its live and its finished child processes: a
+        child alive at the start and reaped by the end moves from the live sum to the reaped one, whole."""
+        import os
+
+        import psutil
+
+        own = time.process_time()
+        if self.descendants:
+            reaped = os.times()
+            own += reaped.children_user + reaped.children_system
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    times = child.cpu_times()
+                except psutil.Error:  # ended just now: counted once it is reaped
+                    continue
+                own += times.user + times.system
+        return own
 
 
 def _busy_cpu_seconds() -> float | None:

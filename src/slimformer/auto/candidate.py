@@ -269,7 +269,6 @@ def _screen_data(data: Any) -> Any:
     return _SCREEN_DATA[data.fingerprint]
 
 
-QUIET_SHARE = 0.1  # other processes using under this share of all cores: the machine counts as quiet
 SCALING_TRIES = 3  # tries at timing the teacher's thread scaling on a quiet machine before using a loaded one
 SCALING_FILE = "teacher_threads.json"  # in the work folder: the teacher's quiet thread scaling, per CPU
 
@@ -279,7 +278,7 @@ class TeacherClock:
     same contention: a steady load on one of 2 cores slows a 2-thread teacher 2-3x and a 1-thread candidate hardly
     at all, but at one thread each both run on the free core. The teacher's quiet thread scaling (its p50 at its
     own thread count over its p50 at the candidate's) converts the ratio back to the budget's terms. It is timed
-    once per CPU, teacher and thread count while other processes leave the CPU alone (`QUIET_SHARE`), and
+    once per CPU, teacher and thread count while other processes leave the CPU alone (`timing.QUIET_SHARE`), and
     remembered in `memory` (the work folder's teacher_threads.json), so a loaded machine later reuses it."""
 
     def __init__(self, teacher: Path, teacher_key: str, memory: Path | None = None, threads: int | None = None) -> None:
@@ -341,7 +340,7 @@ class TeacherClock:
             measured = {"factor": round(factor, 4), "others_cpu": load.share}
             if not best or (load.share or 0.0) < (best["others_cpu"] or 0.0):
                 best = measured
-            if load.share is not None and load.share < QUIET_SHARE:
+            if load.share is not None and not load.busy:
                 if self.memory:
                     remember_json(self.memory, key, best)
                 return {**best, "remembered": False}

@@ -20,6 +20,7 @@ from typing import Any
 
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import ConfigError, SlimformerError
+from slimformer.timing import QUIET_SHARE
 
 SMALL_VALIDATION_ROWS = 2000  # below it, the report warns that gaps under a point are noise
 
@@ -83,12 +84,11 @@ def warn_if_busy(when: str) -> float | None:
     None where it cannot be read). The search's screens and trials time the teacher at the candidate's thread
     count and cope; the final benchmark times each model as it is deployed, where a steady load on one core slows
     a multi-threaded teacher far more than a 1-thread candidate (BENCHMARKS.md, "slimformer auto")."""
-    from slimformer.auto.candidate import QUIET_SHARE
     from slimformer.timing import OtherLoad
 
     with OtherLoad() as other:
         time.sleep(BUSY_PROBE_S)
-    if other.share is not None and other.share >= QUIET_SHARE:
+    if other.busy:
         say(
             f"warning: other processes are taking {100 * other.share:.0f} % of the CPU {when}: the side-by-side "
             "speed-ups measured while they do come out optimistic; run on a quiet machine"
@@ -371,7 +371,6 @@ def finish(
     the Pareto front is remembered in `work` for later studies' warm start."""
     from slimformer.artifacts import write_json
     from slimformer.auto import report
-    from slimformer.auto.candidate import QUIET_SHARE
     from slimformer.auto.select import select, trial_rows
 
     selection = select(study, config)
@@ -399,11 +398,11 @@ def finish(
         "final_benchmark": rows,
         "environment": bench["environment"] if bench else None,
     }
-    busy = (bench or {}).get("environment", {}).get("others_cpu_before")
-    if busy is not None and busy >= QUIET_SHARE:
+    busy = (bench or {}).get("environment", {}).get("others_cpu")
+    if busy is not None and busy >= QUIET_SHARE:  # measured over the final benchmark's timed rounds
         summary["notes"].append(
-            f"Other processes took {100 * busy:.0f} % of the CPU as the final benchmark started: its speed-ups of "
-            "candidates at fewer threads than the teacher may be optimistic."
+            f"Other processes took {100 * busy:.0f} % of the CPU while the final benchmark timed the models: its "
+            "speed-ups of candidates at fewer threads than the teacher may be optimistic."
         )
     spent = ", ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in summary["seconds_spent"].items())
     if spent:
@@ -436,9 +435,8 @@ def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoCon
 
     if not selection.complete:
         return None, [], None, verdict(None, {}, config)
-    busy = warn_if_busy("before the final benchmark")
-    bench = final_benchmark(teacher, selection, splits, config)
-    bench["environment"]["others_cpu_before"] = busy
+    warn_if_busy("before the final benchmark")
+    bench = final_benchmark(teacher, selection, splits, config)  # its environment holds others' CPU meanwhile
     rows = comparison_rows(bench)
     teacher_row = rows[0]
     teacher_row["meets"] = "(reference)"

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from slimformer.artifacts import read_json_cache
 from slimformer.auto.candidate import (
     MEASURE_ROUNDS,
-    QUIET_SHARE,
     StageCache,
     build_chain,
     measure,
@@ -36,6 +35,7 @@ from slimformer.auto.candidate import (
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import SlimformerError
 from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR, fail_stale_trials
+from slimformer.timing import QUIET_SHARE
 
 if TYPE_CHECKING:
     import optuna
