@@ -60,6 +60,7 @@ def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tm
         (["quantize", "{model}", "--output", "{tmp}/o", "--data", "{data}"], "export` and `slimformer optimize"),
         (["export", "{model}", "--output", "/proc/nope/o", "--data", "none"], "cannot write the output folder"),
         (["nosuchcommand"], "No such command"),
+        (["auto", "--min-speedup", "2", "--layers-choices", "1", "2"], "repeat it, e.g. --layers-choices 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

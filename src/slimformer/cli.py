@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
             print(exc.format_message())
             sys.exit(0)
         message = " ".join(exc.format_message().split())
+        if message.startswith("Got unexpected extra argument"):
+            message += (
+                " (a list option takes one value per flag: repeat it, e.g. --layers-choices 1 --layers-choices 2)"
+            )
         print(f"error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2) or 2)
     except SlimformerError as exc:
