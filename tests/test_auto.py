@@ -570,6 +570,10 @@ def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4
     remember_front(tmp_path, tiny4, "study-12x", front)
     remember_front(tmp_path, tiny_classifier_dir, "other-teacher", [SimpleNamespace(params={**inside, "epochs": 5})])
     remember_front(tmp_path, tiny4, "study-recipe", [SimpleNamespace(params=recipe_params(config))])
+    # the baseline leaves the INT8 method to the sampler: an earlier run of it, with the method it drew, is no new trial
+    assert "quantization" not in recipe_params(config)
+    sampled = {**recipe_params(config), "quantization": "static", "per_channel": True}
+    remember_front(tmp_path, tiny4, "study-recipe-sampled", [SimpleNamespace(params=sampled)])
     remember_front(tmp_path, tiny4, "other-base", [SimpleNamespace(params={**inside, "epochs": 6})], "default")
 
     warm = warm_start_params(tmp_path, tiny4, "study-25x", config)
@@ -628,3 +632,16 @@ def test_students_start_from_another_model_with_its_own_tokenizer(tiny4, clinc_s
     keys = [key.split("|") for key in json.loads((output / "work" / "screens.json").read_text())]
     assert keys and all(len(key) == 4 and key[1] == model_key(tiny4) != key[2] for key in keys)
     assert load_tokenizer(output / "model").get_vocab() == load_tokenizer(base).get_vocab()
+
+
+def test_students_keep_layers_from_the_first_kept_one_and_share_a_folder_where_that_changes_nothing(tiny4, tmp_path):
+    from slimformer.artifacts import read_metrics
+    from slimformer.auto.candidate import StageCache
+
+    cache = StageCache(tmp_path / "work", tiny4, "t")
+    two, key = cache.student(2, first_layer=1)
+    assert read_metrics(two)["layers_kept"] == [1, 3] and key.endswith("-L2-from1")
+    assert read_metrics(cache.student(2)[0])["layers_kept"] == [0, 3]
+    one = cache.student(1, first_layer=1)  # one layer is the last one, from wherever: the same student, built once
+    assert one == cache.student(1) and read_metrics(one[0])["layers_kept"] == [3]
+    assert len(list((tmp_path / "work").glob("student-*"))) == 3

@@ -101,24 +101,30 @@ class StageCache:
         STAGES[kind].run(source[0], folder, config, data, teacher, reuse=True, **kwargs)  # a finished one is reused
         return folder / config.model_subdir, key
 
-    def max_layers(self) -> int:
-        """The deepest student searched by default: the teacher's depth - 1, or all of another base's layers."""
+    def base_depth(self) -> int:
+        """How many layers the base has."""
         from slimformer.families import family_for_model_type, model_type_of
 
         base = self.base[0]
         family = family_for_model_type(model_type_of(base))
-        depth = int(json.loads((base / "config.json").read_text())[family.depth_fields[0]])
-        return max(depth - 1, 1) if base == self.teacher else depth
+        return int(json.loads((base / "config.json").read_text())[family.depth_fields[0]])
+
+    def max_layers(self) -> int:
+        """The deepest student searched by default: the teacher's depth - 1, or all of another base's layers."""
+        depth = self.base_depth()
+        return max(depth - 1, 1) if self.base[0] == self.teacher else depth
 
     def student(self, layers: int, first_layer: int = 0) -> tuple[Path, str]:
         """K layers of the base evenly spaced from `first_layer` to the last, untrained (the start of every
         chain of that depth)."""
         from slimformer.artifacts import write_metrics
         from slimformer.envelope import claim_folder
-        from slimformer.students import student_from_teacher
+        from slimformer.students import evenly_spaced_layers, student_from_teacher
 
         base, base_key = self.base
-        key = f"{base_key}-L{layers}" + (f"-from{first_layer}" if first_layer else "")
+        depth = self.base_depth()
+        as_from_zero = evenly_spaced_layers(depth, layers, first_layer) == evenly_spaced_layers(depth, layers)
+        key = f"{base_key}-L{layers}" + ("" if as_from_zero else f"-from{first_layer}")  # 1 layer: the last, either way
         folder = self.root / f"student-{key}"
         with claim_folder(folder) as todo:
             if todo:

@@ -192,9 +192,16 @@ def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoCo
             continue
         for params in entry.get("params", []):
             kept = within_space(params, config)
-            if kept and kept not in seen:
+            if kept and not any(repeats(kept, earlier) for earlier in seen):
                 seen.append(kept)
     return seen[1:]
+
+
+def repeats(params: dict[str, Any], earlier: dict[str, Any]) -> bool:
+    """Whether a trial of `params` would repeat one enqueued with `earlier`: they agree on every parameter
+    `earlier` fixes (the baseline leaves the INT8 method to the sampler, so an earlier study's run of the
+    recipe's choices, with the method it drew, is the baseline again)."""
+    return all(params.get(name) == value for name, value in earlier.items())
 
 
 def within_space(params: dict[str, Any], config: AutoConfig) -> dict[str, Any]:

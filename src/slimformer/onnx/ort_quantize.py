@@ -152,7 +152,7 @@ class Int8Job:
         return path
 
     def _static(self, excluded: list[str], path: Path, options: dict[str, Any]) -> Path:
-        from slimformer.onnx.static import calibration_data, static_graph, with_inferred_shapes
+        from slimformer.onnx.static import calibration_data, graph_input_names, static_graph, with_inferred_shapes
 
         config = self.config
         if self._static_input is None:
@@ -167,7 +167,13 @@ class Int8Job:
         if self.calibration is None:
             assert self.data is not None  # validate() checked
             self.calibration = calibration_data(
-                self.tokenizer, self.data, config.calibration_samples, config.max_length, config.seed, self.work
+                self.tokenizer,
+                self.data,
+                config.calibration_samples,
+                config.max_length,
+                config.seed,
+                self.work,
+                graph_input_names(self.fp32_model),
             )
         settings: dict[str, Any] = {  # quantize_graph always passes per_channel
             "quant_format": config.quant_format,

@@ -134,11 +134,27 @@ def with_inferred_shapes(fp32_model: Path, output: Path) -> Path:
     return output
 
 
+def graph_input_names(model_path: Path) -> list[str]:
+    """The names of an ONNX graph's inputs (its initializers aside), read without the weights."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    return [value.name for value in graph.input if value.name not in weights]
+
+
 def calibration_data(
-    tokenizer: Any, data: DataSplits, samples: int, max_length: int, seed: int, work: Path
+    tokenizer: Any,
+    data: DataSplits,
+    samples: int,
+    max_length: int,
+    seed: int,
+    work: Path,
+    input_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """A factory of CalibrationDataReaders over `samples` shuffled training texts (one text per call), their
-    count, and where the computed ranges are cached."""
+    count, and where the computed ranges are cached. Only the graph's `input_names` are fed (a static student
+    takes no token_type_ids although its BERT tokenizer makes them)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     from slimformer.data import column
@@ -151,7 +167,13 @@ def calibration_data(
     feeds = []
     for text in texts:
         row = tokenizer([text], padding="max_length", truncation=True, max_length=longest, return_tensors="np")
-        feeds.append({name: np.asarray(value, dtype=np.int64) for name, value in row.items()})
+        feeds.append(
+            {
+                name: np.asarray(value, dtype=np.int64)
+                for name, value in row.items()
+                if input_names is None or name in input_names
+            }
+        )
 
     class TextReader(CalibrationDataReader):
         def __init__(self) -> None:
