@@ -645,3 +645,16 @@ def test_students_keep_layers_from_the_first_kept_one_and_share_a_folder_where_t
     one = cache.student(1, first_layer=1)  # one layer is the last one, from wherever: the same student, built once
     assert one == cache.student(1) and read_metrics(one[0])["layers_kept"] == [3]
     assert len(list((tmp_path / "work").glob("student-*"))) == 3
+
+
+def test_two_trials_that_built_the_same_model_are_one_finalist() -> None:
+    from types import SimpleNamespace
+
+    from slimformer.auto.select import Selection
+
+    def trial(number: int, folder: str) -> SimpleNamespace:
+        return SimpleNamespace(number=number, user_attrs={"folder": folder})
+
+    recipe, again, other = trial(0, "work/quantize-a"), trial(4, "work/quantize-a"), trial(3, "work/quantize-b")
+    selection = Selection(complete=[recipe, again, other], front=[recipe, again, other], pick=None, closest=[other])
+    assert [t.number for t in selection.finalists] == [0, 3]

@@ -31,10 +31,12 @@ class Selection:
 
     @property
     def finalists(self) -> list[Any]:
+        """The pick, the front and the closest, each model once: two trials that built the same folder (the same
+        choices, drawn twice) are one finalist, the first of them."""
         ordered = ([self.pick] if self.pick is not None else []) + [*self.front, *self.closest]
-        unique: dict[int, Any] = {}
+        unique: dict[str, Any] = {}
         for trial in ordered:
-            unique.setdefault(trial.number, trial)
+            unique.setdefault(trial.user_attrs.get("folder") or f"trial-{trial.number}", trial)
         return list(unique.values())
 
 
