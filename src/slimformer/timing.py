@@ -116,12 +116,12 @@ class OtherLoad:
     def _own_cpu_seconds(self) -> float:
         """CPU seconds of this process, plus (with `descendants`) its live and its finished child processes: a
         child alive at the start and reaped by the end moves from the live sum to the reaped one, whole."""
-        import os
-
-        import psutil
-
         own = time.process_time()
         if self.descendants:
+            import os
+
+            import psutil
+
             reaped = os.times()
             own += reaped.children_user + reaped.children_system
             for child in psutil.Process().children(recursive=True):
