@@ -37,12 +37,12 @@ from slimformer.errors import ConfigError, ModelError, SlimformerError
 from slimformer.plots import write_plot as write_plot  # the benchmark's figure: callers import it from here
 from slimformer.profiling import PROFILE_QUERIES, profile_predictor
 from slimformer.timing import (
-    QUIET_SHARE,
     ROUND_WARMUP,
     OtherLoad,
     batch1_latencies_ms,
     flat,
     interleaved_latencies_ms,
+    is_busy,
     latency_summary,
     sample_queries,
     split_rounds,
@@ -300,7 +300,7 @@ def print_table(report: dict[str, Any]) -> None:
     # a 14-column table needs more than the 80 columns rich assumes when output is not a terminal
     console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(table)
-    if (environment.get("others_cpu") or 0.0) >= QUIET_SHARE:
+    if is_busy(environment.get("others_cpu")):
         console.print(load_warning(environment["others_cpu"]), markup=False, highlight=False)
     print_breakdowns(report["results"], lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
 

@@ -86,6 +86,11 @@ def predictor_timer(predictor: Any) -> RoundTimer:
 QUIET_SHARE = 0.1  # other processes using under this share of all cores: the machine counts as quiet
 
 
+def is_busy(others_cpu: float | None) -> bool:
+    """Whether other processes took at least :data:`QUIET_SHARE` of the CPU (None: not measured, not busy)."""
+    return others_cpu is not None and others_cpu >= QUIET_SHARE
+
+
 class OtherLoad:
     """While a block runs, the CPU time other processes (and the hypervisor: steal) took, as a share of all cores
     (`share`: 0 = this process had the machine to itself, 0.5 = one of 2 cores busy elsewhere; None where
@@ -111,7 +116,7 @@ class OtherLoad:
     @property
     def busy(self) -> bool:
         """Whether other processes took at least :data:`QUIET_SHARE` of the CPU."""
-        return self.share is not None and self.share >= QUIET_SHARE
+        return is_busy(self.share)
 
     def _own_cpu_seconds(self) -> float:
         """CPU seconds of this process, plus (with `descendants`) its live and its finished child processes: a

@@ -20,7 +20,7 @@ from typing import Any
 
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import ConfigError, SlimformerError
-from slimformer.timing import QUIET_SHARE
+from slimformer.timing import is_busy
 
 SMALL_VALIDATION_ROWS = 2000  # below it, the report warns that gaps under a point are noise
 
@@ -406,7 +406,7 @@ def finish(
         "environment": bench["environment"] if bench else None,
     }
     busy = (bench or {}).get("environment", {}).get("others_cpu")
-    if busy is not None and busy >= QUIET_SHARE:  # measured over the final benchmark's timed rounds
+    if is_busy(busy):  # measured over the final benchmark's timed rounds
         summary["notes"].append(
             f"Other processes took {100 * busy:.0f} % of the CPU while the final benchmark timed the models: its "
             "speed-ups of candidates at fewer threads than the teacher may be optimistic."

@@ -35,7 +35,7 @@ from slimformer.auto.candidate import (
 from slimformer.auto.config import AutoConfig
 from slimformer.errors import SlimformerError
 from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR, fail_stale_trials
-from slimformer.timing import QUIET_SHARE
+from slimformer.timing import is_busy
 
 if TYPE_CHECKING:
     import optuna
@@ -476,7 +476,7 @@ class _Printer:
                 f"{attrs['p50_ms']:.3f} ms, {attrs['speedup']:.1f}x, {attrs['size_mb']:.1f} MB, "
                 f"{'meets' if all(v <= 0 for v in attrs.get(CONSTRAINTS, [1])) else 'misses'} the budget"
             )
-            if (attrs.get("others_cpu") or 0.0) >= QUIET_SHARE:
+            if is_busy(attrs.get("others_cpu")):
                 outcome += f" (timed while other processes took {100 * attrs['others_cpu']:.0f} % of the CPU)"
         else:
             why = attrs.get("error") or attrs.get(PRUNED_ATTR)

@@ -150,7 +150,7 @@ def calibration_data(
     max_length: int,
     seed: int,
     work: Path,
-    input_names: list[str] | None = None,
+    input_names: list[str],
 ) -> dict[str, Any]:
     """A factory of CalibrationDataReaders over `samples` shuffled training texts (one text per call), their
     count, and where the computed ranges are cached. Only the graph's `input_names` are fed (a static student
@@ -167,13 +167,7 @@ def calibration_data(
     feeds = []
     for text in texts:
         row = tokenizer([text], padding="max_length", truncation=True, max_length=longest, return_tensors="np")
-        feeds.append(
-            {
-                name: np.asarray(value, dtype=np.int64)
-                for name, value in row.items()
-                if input_names is None or name in input_names
-            }
-        )
+        feeds.append({name: np.asarray(value, dtype=np.int64) for name, value in row.items() if name in input_names})
 
     class TextReader(CalibrationDataReader):
         def __init__(self) -> None:
