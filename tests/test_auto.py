@@ -262,12 +262,15 @@ def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, c
     folder = build_chain(cache, shape, training, clinc_slice, config)
     metrics = read_metrics(folder)
     assert metrics["stage"] == "quantize" and Path(metrics["source_model"]).name.startswith("export-")
+    table = metrics["word_embeddings_4bit"]  # as the recipe stores it: the static table in 4 bits
+    assert table["bytes_after"] < 0.6 * table["bytes_before"]
     assert read_metrics(Path(metrics["source_model"]))["source_model"].rsplit("/", 1)[-1].startswith("static-")
     static = read_metrics(next((tmp_path / "work").glob("static-*")))
     assert static["transfer_rows"] > 0 and static["config"]["epochs"] == 1.0
 
 
 def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
+    from slimformer.auto.candidate import Shape, _quantize_config
     from slimformer.auto.run import recipe_params
     from slimformer.pipeline import load_recipe
 
@@ -276,6 +279,10 @@ def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
     assert params["augment"] == distill["augment"] == "mix"
     assert params["attention_weight"] == params["hidden_weight"] == 0.0
     assert AutoConfig(min_speedup=5).first_kept_layer == distill["first_kept_layer"] == 1  # the same layers kept
+    quantize = next(s.options for s in load_recipe().stages if s.kind == "quantize")
+    shape = Shape(3, 0.0, 0.5, 1024, "dynamic", True, 2)
+    assert _quantize_config(shape, AutoConfig(min_speedup=5), None).word_embeddings_4bit
+    assert quantize["word_embeddings_4bit"] is True  # the word table stored as the recipe stores it
 
 
 def _screen(speedup: float, low: float, high: float, size_mb: float = 1.0) -> dict:

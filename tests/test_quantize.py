@@ -111,6 +111,101 @@ def _ops_after_session_optimization(model: Path, tmp_path: Path) -> dict[str, in
 
 
 @pytest.mark.parametrize(("quant_format", "dynamic_attention"), [("qdq", False), ("qoperator", False), ("qdq", True)])
+def _expected_4bit(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hand computation of the 4-bit word table: per row, a scale spanning [min(row, 0), max(row, 0)] in 15 steps
+    (stored fp16), codes 0-15 around a zero point, offset -zero_point * scale (fp16); returns values and scales."""
+    low, high = np.minimum(table.min(axis=1), 0), np.maximum(table.max(axis=1), 0)
+    scale = ((high - low) / 15).astype(np.float16).astype(np.float32)
+    zero_point = np.round(-low / scale)
+    codes = np.clip(np.round(table / scale[:, None] + zero_point[:, None]), 0, 15)
+    offset = (-zero_point * scale).astype(np.float16).astype(np.float32)
+    return codes * scale[:, None] + offset[:, None], scale
+
+
+@pytest.mark.parametrize("width", [8, 7])  # an odd width: the last byte holds one code
+def test_the_4bit_word_table_unpacks_to_the_hand_computed_values(width: int) -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from slimformer.onnx.embeddings import _unpack_4bit
+
+    table = np.random.default_rng(0).normal(0, 0.05, (5, width)).astype(np.float32)
+    table[2] = np.abs(table[2])  # a row with no negative value: 0 is its lower end
+    tensors, nodes = _unpack_4bit(table, "word")
+    assert tensors[0].name == "word_codes" and list(tensors[0].dims) == [5, (width + 1) // 2]  # two codes a byte
+    output = helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph(nodes, "unpack", [], [output], tensors))
+    unpacked = ort.InferenceSession(model.SerializeToString()).run(None, {})[0]
+    expected, scale = _expected_4bit(table)
+    np.testing.assert_allclose(unpacked, expected, atol=1e-6)
+    assert (np.abs(unpacked - table) <= scale[:, None] / 2 + 1e-3 * scale[:, None]).all()  # half a step at most
+
+
+def test_word_embeddings_4bit_halve_the_table_and_fold_at_session_load(
+    optimized_dir: Path, clinc_slice, tmp_path: Path
+) -> None:
+    """dynamic INT8 with the word table in 4 bits: the QEmbedLayerNormalization becomes a float
+    EmbedLayerNormalization whose table ORT computes once at load (none of the unpacking runs per query)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from slimformer.onnx import QuantizeConfig, quantize
+
+    int8 = quantize(optimized_dir, tmp_path / "int8", QuantizeConfig(method="dynamic", threads=1), clinc_slice)
+    config = QuantizeConfig(method="dynamic", threads=1, word_embeddings_4bit=True)
+    packed = quantize(optimized_dir, tmp_path / "4bit", config, clinc_slice)
+
+    table = packed["word_embeddings_4bit"]
+    int8_graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    int8_table = next(numpy_helper.to_array(i) for i in int8_graph.initializer if i.name == table["table"])
+    assert table["bytes_before"] == int8_table.nbytes
+    rows, width = int8_table.shape
+    assert table["bytes_after"] == rows * (width // 2) + rows * 2 * 2 + 1 + 3 * 8 + 2 * 8  # codes, fp16 scale/offset
+    assert (tmp_path / "4bit" / "model.onnx").stat().st_size < (tmp_path / "int8" / "model.onnx").stat().st_size
+    assert int8["word_embeddings_4bit"] is None
+    assert packed["agreement"]["argmax_agreement"] >= 0.9
+    assert abs(packed["accuracy_delta_points"] - int8["accuracy_delta_points"]) <= 5
+
+    stored = [node.op_type for node in onnx.load(str(tmp_path / "4bit" / "model.onnx")).graph.node]
+    assert "QEmbedLayerNormalization" not in stored and "BitShift" in stored
+    running = _ops_after_session_optimization(tmp_path / "4bit" / "model.onnx", tmp_path)
+    assert running.get("EmbedLayerNormalization") == 1
+    assert not {"BitShift", "Concat"} & set(running)  # folded: nothing unpacks per query
+
+
+def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(tmp_path: Path) -> None:
+    """ORT's INT8 lookup (Gather of uint8 rows, then DequantizeLinear), as the static student has it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimformer.onnx.embeddings import pack_word_embeddings_4bit
+
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, (6, 4)).astype(np.uint8)
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["rows"]),
+        helper.make_node("DequantizeLinear", ["rows", "scale", "zero"], ["embedded"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(codes, "table"),
+        numpy_helper.from_array(np.float32(0.01), "scale"),
+        numpy_helper.from_array(np.uint8(128), "zero"),
+    ]
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])
+    out = helper.make_tensor_value_info("embedded", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "lookup", [ids], [out], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "in.onnx")
+    summary = pack_word_embeddings_4bit(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert summary is not None and summary["bytes_before"] == codes.nbytes
+    ops = [node.op_type for node in onnx.load(tmp_path / "out.onnx").graph.node]
+    session = ort.InferenceSession(tmp_path / "out.onnx", providers=["CPUExecutionProvider"])
+    looked_up = session.run(None, {"input_ids": np.array([4, 0, 4])})[0]
+    assert "DequantizeLinear" not in ops
+    expected, _ = _expected_4bit((codes.astype(np.float32) - 128) * np.float32(0.01))
+    np.testing.assert_allclose(looked_up, expected[[4, 0, 4]], atol=1e-6)
+
+
 def test_static_formats_give_int8_graphs_that_agree_with_fp32(
     quant_format: str,
     dynamic_attention: bool,
@@ -378,7 +473,9 @@ def test_quantize_rejects_bad_requests(
         quantize(optimized_dir, tmp_path / "e", QuantizeConfig(calibration_method="entropy"))
     with pytest.raises(ConfigError, match="unknown quant format"):
         quantize(optimized_dir, tmp_path / "f", QuantizeConfig(method="static", quant_format="qlinear"))
-    assert not any((tmp_path / name).exists() for name in "abcdef")
+    with pytest.raises(ConfigError, match="4-bit word embeddings are for the ONNX methods"):
+        quantize(trained_tiny_dir, tmp_path / "g", QuantizeConfig(method="torch-dynamic", word_embeddings_4bit=True))
+    assert not any((tmp_path / name).exists() for name in "abcdefg")
 
 
 def test_cli_quantize(exported_dir: Path, clinc_slice_dir: Path, tmp_path: Path, capsys) -> None:

@@ -229,10 +229,12 @@ def build_chain(
 
 def _quantize_config(shape: Shape, config: AutoConfig, eval_rows: int | None) -> Any:
     from slimformer.onnx.quantize import QuantizeConfig
+    from slimformer.pipeline import build_config, recipe_stage
 
     static = {"calibration_samples": config.calibration_samples} if shape.quantization == "static" else {}
     return QuantizeConfig(
         method=shape.quantization,
+        word_embeddings_4bit=build_config(recipe_stage("quantize")).word_embeddings_4bit,  # as the recipe stores it
         per_channel=shape.per_channel,
         max_eval_samples=eval_rows,
         threads=shape.threads,

@@ -1,10 +1,17 @@
-"""Store each distinct word-embedding row once in an ONNX graph.
+"""How an ONNX graph stores its word-embedding table, the largest tensor of a small model.
 
-Vocabulary clustering (`slimformer prune --method vocab --vocab-unseen cluster`) gives every token the training
-data never uses the row of its k-means cluster, so most of the table's rows repeat. This pass keeps one copy of
-each distinct row plus an int32 index (token id -> row) and inserts `Gather(index, input_ids)` in front of the
-embedding lookup (a plain `Gather` or ORT's fused `EmbedLayerNormalization` / `QEmbedLayerNormalization`). The
-logits do not change, the tokenizer does not change, and the file shrinks by the repeated rows.
+- :func:`compact_embedding_rows`: vocabulary clustering (`slimformer prune --method vocab --vocab-unseen
+  cluster`) gives every token the training data never uses the row of its k-means cluster, so most of the
+  table's rows repeat. This pass keeps one copy of each distinct row plus an int32 index (token id -> row) and
+  inserts `Gather(index, input_ids)` in front of the embedding lookup (a plain `Gather` or ORT's fused
+  `EmbedLayerNormalization` / `QEmbedLayerNormalization`). The logits do not change, the tokenizer does not
+  change, and the file shrinks by the repeated rows.
+- :func:`pack_word_embeddings_4bit` (`slimformer quantize --word-embeddings-4bit`): the table is stored as 4-bit
+  codes with one scale and offset per row (blocks of 32-128 values scored no better on CLINC150), and a
+  subgraph of standard ops unpacks it. Every input of that subgraph is a constant, so ONNX Runtime's constant
+  folding (any optimization level but "disable") computes the float table once when the session loads, and the
+  lookup then runs as fast as before: the file holds half the table's bytes, the session a float table (more
+  resident memory, in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from typing import Any
 
 EMBED_OPS = {"EmbedLayerNormalization": (0, 2), "QEmbedLayerNormalization": (0, 2)}  # op: (ids input, table input)
 MIN_SAVING = 0.1  # compact only when at least this share of the rows repeats
+ROW_INDEX_SUFFIX = "_row_of_token"  # the token id -> row index compact_embedding_rows adds
+QEMBED_FLOAT_INPUTS = range(2, 7)  # QEmbedLayerNormalization: word, position, segment tables, gamma, beta
 
 
 def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[str, Any] | None:
@@ -42,7 +51,7 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
         return None
 
     table_proto.CopyFrom(numpy_helper.from_array(distinct.reshape((-1, *table.shape[1:])), table_name))
-    index_name = f"{table_name}_row_of_token"
+    index_name = f"{table_name}{ROW_INDEX_SUFFIX}"
     graph.initializer.append(numpy_helper.from_array(row_of_token.reshape(-1).astype(np.int32), index_name))
     ids_name = node.input[ids_input]
     compact_ids = f"{ids_name}_embedding_row"
@@ -62,9 +71,10 @@ def _copy_unchanged(source: str | Path, destination: str | Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def _word_embedding_lookup(graph: Any) -> tuple[Any, int, int] | None:
+def _word_embedding_lookup(graph: Any, through_row_index: bool = False) -> tuple[Any, int, int] | None:
     """(node, ids input index, table input index) of the lookup reading the graph's `input_ids`, when its table
-    is an initializer nothing else reads."""
+    is an initializer nothing else reads; `through_row_index`: also when the ids pass through the row index
+    :func:`compact_embedding_rows` inserted."""
     initializers = {init.name: init for init in graph.initializer}
     readers: dict[str, int] = {}
     for node in graph.node:
@@ -73,6 +83,9 @@ def _word_embedding_lookup(graph: Any) -> tuple[Any, int, int] | None:
     from_ids = {"input_ids"}
     for node in graph.node:  # input_ids, possibly through a Cast (fused graphs want int32 ids)
         if node.op_type == "Cast" and node.input[0] in from_ids:
+            from_ids.add(node.output[0])
+        row_index = node.op_type == "Gather" and node.input[0].endswith(ROW_INDEX_SUFFIX)
+        if through_row_index and row_index and node.input[1] in from_ids:
             from_ids.add(node.output[0])
     for node in graph.node:
         if node.op_type in EMBED_OPS:
@@ -86,3 +99,168 @@ def _word_embedding_lookup(graph: Any) -> tuple[Any, int, int] | None:
         if node.input[ids_input] in from_ids and not shared and len(table.dims) == 2:
             return node, ids_input, table_input
     return None
+
+
+def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> dict[str, Any] | None:
+    """Write `source` to `destination` with its word-embedding table stored 4-bit (see the module docstring).
+
+    The lookup may be a plain `Gather` or ORT's `EmbedLayerNormalization` over a float table, or an INT8 form
+    of dynamic quantization: a `Gather` of uint8 rows and its `DequantizeLinear` (which goes), or a
+    `QEmbedLayerNormalization`. The last becomes an `EmbedLayerNormalization`: its word
+    table unpacked from 4 bits (codes taken from the dequantized INT8 table), its position table from its uint8
+    codes, the segment table and LayerNorm weights float (a few rows). Returns {"table", "bytes_before",
+    "bytes_after"}, or None when the graph was copied unchanged (no such lookup).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    found = _word_embedding_lookup(graph, through_row_index=True)
+    if found is None:
+        _copy_unchanged(source, destination)
+        return None
+    node, _, table_input = found
+    initializers = {init.name: init for init in graph.initializer}
+    table_name = node.input[table_input]
+    table = numpy_helper.to_array(initializers[table_name])
+    added_initializers, added_nodes = [], []
+    if node.op_type == "QEmbedLayerNormalization":
+        table, added_initializers, added_nodes = _as_float_embed_layer_norm(node, initializers)
+    elif table.dtype.kind != "f":  # ORT's quantized Gather: uint8 rows, then a DequantizeLinear
+        table = _as_float_gather(graph, node, table, initializers)
+        if table is None:
+            _copy_unchanged(source, destination)
+            return None
+    bytes_before = numpy_helper.to_array(initializers[table_name]).nbytes
+    packed, unpack = _unpack_4bit(table.astype("float32"), f"{table_name}_4bit")
+    node.input[table_input] = unpack[-1].output[0]
+    position = list(graph.node).index(node)
+    for offset, new_node in enumerate([*added_nodes, *unpack]):
+        graph.node.insert(position + offset, new_node)
+    graph.initializer.extend([*added_initializers, *packed])
+    _drop_unread(graph)
+    onnx.save(model, str(destination))
+    bytes_after = sum(numpy_helper.to_array(init).nbytes for init in packed)
+    return {
+        "table": table_name,
+        "bytes_before": bytes_before,
+        "bytes_after": bytes_after,
+    }
+
+
+def _as_float_embed_layer_norm(node: Any, initializers: dict[str, Any]) -> tuple[Any, list[Any], list[Any]]:
+    """Turn a `QEmbedLayerNormalization` into the float `EmbedLayerNormalization` in place; returns its word table
+    as float, plus the initializers and nodes its other inputs now come from (position: uint8 codes, dequantized
+    by foldable ops; segment, gamma, beta: float)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    def codes(i: int) -> np.ndarray:
+        return numpy_helper.to_array(initializers[node.input[i]])
+
+    def dequantized(i: int) -> np.ndarray:  # (codes - zero point) * scale; scales at 8-12, zero points at 13-17
+        return ((codes(i).astype(np.float32) - codes(i + 11).astype(np.float32)) * codes(i + 6)).astype(np.float32)
+
+    ids, segment_ids, word, position, _, _, _, mask = node.input[:8]
+    position_scale, position_zero = node.input[9], node.input[14]
+    floats = [numpy_helper.from_array(dequantized(i), f"{node.input[i]}_float") for i in (4, 5, 6)]
+    as_float = f"{position}_as_float"
+    nodes = [
+        helper.make_node("Cast", [position], [as_float], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [position_zero], [f"{position_zero}_as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", [as_float, f"{position_zero}_as_float"], [f"{position}_centred"]),
+        helper.make_node("Mul", [f"{position}_centred", position_scale], [f"{position}_float"]),
+    ]
+    table = dequantized(2)
+    epsilon = [attribute for attribute in node.attribute if attribute.name == "epsilon"]
+    node.op_type = "EmbedLayerNormalization"
+    del node.input[:], node.attribute[:]
+    node.input.extend([ids, segment_ids, word, f"{position}_float", *(tensor.name for tensor in floats), mask])
+    node.attribute.extend(epsilon)
+    return table, floats, nodes
+
+
+def _as_float_gather(graph: Any, node: Any, codes: Any, initializers: dict[str, Any]) -> Any:
+    """A `Gather` over uint8 rows whose one reader is a per-tensor `DequantizeLinear` (ORT's quantized lookup):
+    the reader removed and the Gather giving its output; returns the float table, None when the pattern differs."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    readers = [reader for reader in graph.node if node.output[0] in reader.input]
+    if len(readers) != 1 or readers[0].op_type != "DequantizeLinear" or len(readers[0].input) < 3:
+        return None
+    dequantize = readers[0]
+    scale, zero_point = (initializers.get(name) for name in dequantize.input[1:3])
+    if scale is None or zero_point is None or len(scale.dims) or len(zero_point.dims):
+        return None
+    scale, zero_point = numpy_helper.to_array(scale), numpy_helper.to_array(zero_point)
+    node.output[0] = dequantize.output[0]
+    graph.node.remove(dequantize)
+    return (codes.astype(np.float32) - zero_point.astype(np.float32)) * scale
+
+
+def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
+    """`table` [rows, width] as 4-bit codes (two a byte) with an fp16 scale and offset per row, and the nodes that
+    unpack it (value = code * scale + offset), the last one's output the float table. The nibbles are split and
+    interleaved as uint8; only the last three ops make float tensors (ORT keeps each folded tensor's memory)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, width = table.shape
+    even = width + width % 2
+    values = np.zeros((rows, even), np.float32)
+    values[:, :width] = table
+    low = np.minimum(values.min(axis=1, keepdims=True), 0)  # the range holds 0, so 0 stays exact
+    high = np.maximum(values.max(axis=1, keepdims=True), 0)
+    scale = ((high - low) / 15).astype(np.float16).astype(np.float32)
+    scale[scale == 0] = 1.0  # an all-zero row
+    zero_point = np.clip(np.round(-low / scale), 0, 15)
+    code = np.clip(np.round(values / scale + zero_point), 0, 15).astype(np.uint8)
+    packed = (code[:, 0::2] | (code[:, 1::2] << 4)).astype(np.uint8)
+    offset = (-zero_point * scale).astype(np.float16)
+
+    def constant(value: Any, suffix: str) -> Any:
+        return numpy_helper.from_array(np.asarray(value), f"{name}_{suffix}")
+
+    tensors = [
+        constant(packed, "codes"),
+        constant(scale.astype(np.float16), "scale"),
+        constant(offset, "offset"),
+        constant(np.uint8(4), "four"),
+        constant(np.array([rows, even // 2, 1], np.int64), "pair_shape"),
+        constant(np.array([rows, even], np.int64), "row_shape"),
+    ]
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        return helper.make_node(op, [f"{name}_{i}" for i in inputs], [f"{name}_{output}"], **attributes)
+
+    nodes = [
+        node("BitShift", ["codes", "four"], "high", direction="RIGHT"),
+        node("BitShift", ["codes", "four"], "low_shifted", direction="LEFT"),
+        node("BitShift", ["low_shifted", "four"], "low", direction="RIGHT"),
+        node("Reshape", ["low", "pair_shape"], "low_pairs"),
+        node("Reshape", ["high", "pair_shape"], "high_pairs"),
+        node("Concat", ["low_pairs", "high_pairs"], "pairs", axis=2),
+        node("Reshape", ["pairs", "row_shape"], "even_codes"),
+    ]
+    if even > width:
+        tensors += [constant(np.array([0], np.int64), "start"), constant(np.array([width], np.int64), "width")]
+        tensors.append(constant(np.array([1], np.int64), "axis"))
+        nodes.append(node("Slice", ["even_codes", "start", "width", "axis"], "row_codes"))
+    nodes += [
+        node("Cast", [nodes[-1].output[0].removeprefix(f"{name}_")], "code_values", to=TensorProto.FLOAT),
+        node("Cast", ["scale"], "scale_float", to=TensorProto.FLOAT),
+        node("Cast", ["offset"], "offset_float", to=TensorProto.FLOAT),
+        node("Mul", ["code_values", "scale_float"], "scaled"),
+        node("Add", ["scaled", "offset_float"], "table"),
+    ]
+    return tensors, nodes
+
+
+def _drop_unread(graph: Any) -> None:
+    """Remove the initializers no node reads any more."""
+    read = {name for node in graph.node for name in node.input}
+    outputs = {output.name for output in graph.output}
+    for init in [init for init in graph.initializer if init.name not in read and init.name not in outputs]:
+        graph.initializer.remove(init)

@@ -16,7 +16,7 @@ import numpy as np
 from slimformer.artifacts import Session, StageResult
 from slimformer.errors import ModelError
 from slimformer.evaluation import score_logits
-from slimformer.onnx.embeddings import compact_embedding_rows
+from slimformer.onnx.embeddings import compact_embedding_rows, pack_word_embeddings_4bit
 from slimformer.onnx.runtime import EMBEDDING_OPS, ONNX_FILE, copy_model_files, parity, parity_texts
 from slimformer.onnx.static import QOPERATOR_EXTRA_OPS, STATIC_OPS
 
@@ -237,8 +237,12 @@ class Int8Job:
         return Int8Graph(method, graph, ops, time.perf_counter() - started, search, per_channel)
 
     def write(self, graph: Int8Graph, folder: Path, extra: dict[str, Any] | None = None) -> StageResult:
-        """Write `graph` into the INT8 folder `folder` (embedding rows compacted); its metrics and session."""
+        """Write `graph` into the INT8 folder `folder` (embedding rows compacted, the word table 4-bit when the
+        config asks); its metrics and session."""
         embedding_rows = compact_embedding_rows(graph.path, folder / ONNX_FILE)
+        word_table_4bit = None
+        if self.config.word_embeddings_4bit:
+            word_table_4bit = pack_word_embeddings_4bit(folder / ONNX_FILE, folder / ONNX_FILE)
         copy_model_files(self.fp32_dir, folder)
         quantized_logits = self.evaluation.logits(folder / ONNX_FILE)
         metrics = self._metrics(graph, folder)
@@ -246,6 +250,7 @@ class Int8Job:
             agreement={**parity(self.reference_logits, quantized_logits), "texts": self.text_source},
             quantize_seconds=round(graph.quantize_seconds, 1),
             embedding_rows=embedding_rows,
+            word_embeddings_4bit=word_table_4bit,
             **(extra or {}),
         )
         if self.data is not None and self.label_ids is not None:

@@ -53,6 +53,9 @@ class QuantizeOptions(StageConfig):
     per_channel: bool = option(True, "One weight scale per output channel (more accurate, about as fast)")
     reduce_range: bool | None = option(None, "7-bit weights; None: True exactly when the CPU lacks VNNI.")
     quantize_embeddings: bool = option(True, "Int8 word/position embeddings too (most of MiniLM's size)")
+    word_embeddings_4bit: bool = option(
+        False, "Store the word-embedding table 4-bit (ORT methods): half its bytes, unpacked once at session load."
+    )
     max_accuracy_drop: float | None = option(None, "Accuracy-aware mode: allowed validation accuracy loss in points.")
     max_eval_samples: int | None = option(None, "Validation rows used for accuracy (None: all)")
     sensitivity_samples: int | None = option(1000, "Validation rows used by the per-layer sensitivity pass.")
@@ -79,6 +82,8 @@ class QuantizeOptions(StageConfig):
         method = getattr(self, "method", "")
         if self.max_accuracy_drop is not None and not -100 <= self.max_accuracy_drop <= 100:
             raise ConfigError(f"max accuracy drop is in points (0-100), got {self.max_accuracy_drop}")
+        if self.word_embeddings_4bit and method in ("torch-dynamic", "qat"):
+            raise ConfigError(f"4-bit word embeddings are for the ONNX methods (dynamic, static, auto), not {method}")
         if self.max_accuracy_drop is not None and method == "torch-dynamic":
             raise ConfigError("accuracy-aware mode (--max-accuracy-drop) works on the ONNX methods, not torch-dynamic")
         if data is None and method == "auto":
