@@ -263,7 +263,7 @@ def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, c
     metrics = read_metrics(folder)
     assert metrics["stage"] == "quantize" and Path(metrics["source_model"]).name.startswith("export-")
     table = metrics["word_embeddings_4bit"]  # as the recipe stores it: the static table in 4 bits
-    assert table["bytes_after"] < 0.6 * table["bytes_before"]
+    assert table["bytes_after"] < 0.7 * table["bytes_before"]  # 32 values a row: 16 bytes + a 4-byte scale, offset
     assert read_metrics(Path(metrics["source_model"]))["source_model"].rsplit("/", 1)[-1].startswith("static-")
     static = read_metrics(next((tmp_path / "work").glob("static-*")))
     assert static["transfer_rows"] > 0 and static["config"]["epochs"] == 1.0
