@@ -62,6 +62,52 @@ def test_tune_threads_records_the_fastest_setting(folder: Path) -> None:
     assert session_of(predictor) == (fastest["threads"], "1" if fastest["spinning"] else "0")
 
 
+def test_a_sweep_under_a_cpu_hog_is_timed_again_and_says_so(folder: Path, capsys) -> None:
+    """Another process spinning on every core makes each try busy: all TUNE_TRIES are used, and the load is
+    recorded and printed."""
+    import subprocess
+    import sys
+
+    from slimformer.threads import TUNE_TRIES, print_sweep
+    from slimformer.timing import QUIET_SHARE
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(default_threads())]
+    try:
+        loaded = tune_threads(folder, sample_queries(TEXTS, 40), rounds=2)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert loaded["tries"] == TUNE_TRIES and loaded["others_cpu"] >= QUIET_SHARE
+    print_sweep(loaded)
+    assert f"in the least loaded of {TUNE_TRIES} tries" in capsys.readouterr().out
+
+
+def test_least_loaded_stops_at_the_first_quiet_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimformer import timing
+
+    shares = iter([0.5, 0.3, 0.02, 0.0])
+
+    class Scripted:  # OtherLoad with the shares above, one per run
+        def __enter__(self):
+            self.share = next(shares)
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def busy(self) -> bool:
+            return timing.is_busy(self.share)
+
+    monkeypatch.setattr(timing, "OtherLoad", Scripted)
+    runs = iter(["first", "second", "third", "fourth"])
+    assert timing.least_loaded(lambda: next(runs), 5) == ("third", 0.02, 3)
+    shares = iter([0.5, 0.3, 0.4])
+    runs = iter(["first", "second", "third"])
+    assert timing.least_loaded(lambda: next(runs), 3) == ("second", 0.3, 3)  # never quiet: the least loaded
+
+
 def test_recorded_threads_and_spinning_are_the_default_and_explicit_values_win(folder: Path) -> None:
     session = json.loads((folder / "session.json").read_text())
     (folder / "session.json").write_text(json.dumps({**session, "threads": 2, SPINNING_KEY: False}))

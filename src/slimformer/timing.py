@@ -7,6 +7,8 @@ screen and trials, the search's latency objective) and in `benchmarks/` is timed
   (:func:`batch1_latencies_ms`).
 - **Side by side**: the models take turns round by round, the first of each round rotating
   (:func:`interleaved_latencies_ms`), so background load that comes and goes hits them alike.
+- **On a quiet machine**: other processes' share of the CPU while a block runs (:class:`OtherLoad`), and a
+  measurement repeated until the machine is quiet, the least loaded kept (:func:`least_loaded`).
 - **Summaries**: medians and percentiles (:func:`latency_summary`); a speed-up as the median of per-round ratios
   with a bootstrap interval over rounds (:func:`speedup_interval`), which a loaded machine widens instead of
   biasing.
@@ -89,6 +91,24 @@ QUIET_SHARE = 0.1  # other processes using under this share of all cores: the ma
 def is_busy(others_cpu: float | None) -> bool:
     """Whether other processes took at least :data:`QUIET_SHARE` of the CPU (None: not measured, not busy)."""
     return others_cpu is not None and others_cpu >= QUIET_SHARE
+
+
+def least_loaded(measure: Callable[[], Any], tries: int) -> tuple[Any, float | None, int]:
+    """Run `measure` up to `tries` times, stopping at the first run on a quiet machine (:class:`OtherLoad`);
+    returns the result of the least loaded run, the share of the CPU other processes took during it (None: not
+    measurable, taken as quiet) and how many runs it took."""
+    best: tuple[Any, float | None] | None = None
+    runs = 0
+    while runs < max(tries, 1):
+        runs += 1
+        with OtherLoad() as load:
+            result = measure()
+        if best is None or (load.share or 0.0) < (best[1] or 0.0):
+            best = (result, load.share)
+        if not load.busy:
+            break
+    assert best is not None
+    return best[0], best[1], runs
 
 
 class OtherLoad:

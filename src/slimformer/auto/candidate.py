@@ -329,7 +329,7 @@ class TeacherClock:
         remembered, else timed (up to SCALING_TRIES times until the machine is quiet; remembered only then, and
         under load kept for this process, not timed again)."""
         from slimformer.artifacts import read_json_cache, remember_json
-        from slimformer.timing import OtherLoad, flat, interleaved_latencies_ms, median_ms, split_rounds
+        from slimformer.timing import flat, interleaved_latencies_ms, is_busy, least_loaded, median_ms, split_rounds
 
         if threads == self.threads:
             return {"factor": 1.0, "others_cpu": None, "remembered": False}
@@ -340,18 +340,17 @@ class TeacherClock:
         if threads in self._loaded_scaling:
             return self._loaded_scaling[threads]
         timers = {"own": self.timer(self.threads), "candidate": self.timer(threads)}
-        best: dict[str, Any] = {}
-        for _ in range(SCALING_TRIES):
-            with OtherLoad() as load:
-                timings = interleaved_latencies_ms(timers, split_rounds(texts, MEASURE_ROUNDS), warmup=3)
-            factor = median_ms(flat(timings["own"])) / median_ms(flat(timings["candidate"]))
-            measured = {"factor": round(factor, 4), "others_cpu": load.share}
-            if not best or (load.share or 0.0) < (best["others_cpu"] or 0.0):
-                best = measured
-            if load.share is not None and not load.busy:
-                if self.memory:
-                    remember_json(self.memory, key, best)
-                return {**best, "remembered": False}
+
+        def factor() -> float:
+            timings = interleaved_latencies_ms(timers, split_rounds(texts, MEASURE_ROUNDS), warmup=3)
+            return round(median_ms(flat(timings["own"])) / median_ms(flat(timings["candidate"])), 4)
+
+        measured, others, _ = least_loaded(factor, SCALING_TRIES)
+        best = {"factor": measured, "others_cpu": others}
+        if others is not None and not is_busy(others):
+            if self.memory:
+                remember_json(self.memory, key, best)
+            return {**best, "remembered": False}
         self._loaded_scaling[threads] = {**best, "remembered": False}
         return self._loaded_scaling[threads]
 
