@@ -173,8 +173,10 @@ def test_word_embeddings_4bit_halve_the_table_and_fold_at_session_load(
     assert not {"BitShift", "Concat"} & set(running)  # folded: nothing unpacks per query
 
 
-def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(tmp_path: Path) -> None:
-    """ORT's INT8 lookup (Gather of uint8 rows, then DequantizeLinear), as the static student has it."""
+@pytest.mark.parametrize("form", ["dynamic", "qdq"])
+def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(form: str, tmp_path: Path) -> None:
+    """ORT's INT8 lookups, as the static student has them: dynamic's Gather of uint8 rows then DequantizeLinear,
+    static QDQ's Gather of DequantizeLinear(uint8 table)."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -183,10 +185,16 @@ def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(tmp_path: Pat
 
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 256, (6, 4)).astype(np.uint8)
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["rows"]),
-        helper.make_node("DequantizeLinear", ["rows", "scale", "zero"], ["embedded"]),
-    ]
+    if form == "dynamic":
+        nodes = [
+            helper.make_node("Gather", ["table", "input_ids"], ["rows"]),
+            helper.make_node("DequantizeLinear", ["rows", "scale", "zero"], ["embedded"]),
+        ]
+    else:
+        nodes = [
+            helper.make_node("DequantizeLinear", ["table", "scale", "zero"], ["table_float"]),
+            helper.make_node("Gather", ["table_float", "input_ids"], ["embedded"]),
+        ]
     initializers = [
         numpy_helper.from_array(codes, "table"),
         numpy_helper.from_array(np.float32(0.01), "scale"),
@@ -198,10 +206,11 @@ def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(tmp_path: Pat
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "in.onnx")
     summary = pack_word_embeddings_4bit(tmp_path / "in.onnx", tmp_path / "out.onnx")
     assert summary is not None and summary["bytes_before"] == codes.nbytes
-    ops = [node.op_type for node in onnx.load(tmp_path / "out.onnx").graph.node]
+    packed = onnx.load(tmp_path / "out.onnx").graph
+    assert "DequantizeLinear" not in [node.op_type for node in packed.node]
+    assert "table" not in {init.name for init in packed.initializer}  # the uint8 table is gone
     session = ort.InferenceSession(tmp_path / "out.onnx", providers=["CPUExecutionProvider"])
     looked_up = session.run(None, {"input_ids": np.array([4, 0, 4])})[0]
-    assert "DequantizeLinear" not in ops
     expected, _ = _expected_4bit((codes.astype(np.float32) - 128) * np.float32(0.01))
     np.testing.assert_allclose(looked_up, expected[[4, 0, 4]], atol=1e-6)
 

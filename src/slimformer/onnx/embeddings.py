@@ -104,9 +104,10 @@ def _word_embedding_lookup(graph: Any, through_row_index: bool = False) -> tuple
 def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> dict[str, Any] | None:
     """Write `source` to `destination` with its word-embedding table stored 4-bit (see the module docstring).
 
-    The lookup may be a plain `Gather` or ORT's `EmbedLayerNormalization` over a float table, or an INT8 form
-    of dynamic quantization: a `Gather` of uint8 rows and its `DequantizeLinear` (which goes), or a
-    `QEmbedLayerNormalization`. The last becomes an `EmbedLayerNormalization`: its word
+    The lookup may be a plain `Gather` or ORT's `EmbedLayerNormalization` over a float table, or an INT8 form:
+    dynamic quantization's `Gather` of uint8 rows and its `DequantizeLinear` (which goes) or
+    `QEmbedLayerNormalization`, static QDQ's `Gather` of a dequantized table (the `DequantizeLinear` goes). The
+    `QEmbedLayerNormalization` becomes an `EmbedLayerNormalization`: its word
     table unpacked from 4 bits (codes taken from the dequantized INT8 table), its position table from its uint8
     codes, the segment table and LayerNorm weights float (a few rows). Returns {"table", "bytes_before",
     "bytes_after"}, or None when the graph was copied unchanged (no such lookup).
@@ -116,6 +117,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
 
     model = onnx.load(str(source))
     graph = model.graph
+    stored_bytes = _fold_dequantized_lookup_tables(graph)
     found = _word_embedding_lookup(graph, through_row_index=True)
     if found is None:
         _copy_unchanged(source, destination)
@@ -132,7 +134,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
         if table is None:
             _copy_unchanged(source, destination)
             return None
-    bytes_before = numpy_helper.to_array(initializers[table_name]).nbytes
+    bytes_before = stored_bytes.get(table_name) or numpy_helper.to_array(initializers[table_name]).nbytes
     packed, unpack = _unpack_4bit(table.astype("float32"), f"{table_name}_4bit")
     node.input[table_input] = unpack[-1].output[0]
     position = list(graph.node).index(node)
@@ -179,6 +181,32 @@ def _as_float_embed_layer_norm(node: Any, initializers: dict[str, Any]) -> tuple
     node.input.extend([ids, segment_ids, word, f"{position}_float", *(tensor.name for tensor in floats), mask])
     node.attribute.extend(epsilon)
     return table, floats, nodes
+
+
+def _fold_dequantized_lookup_tables(graph: Any) -> dict[str, int]:
+    """Static QDQ's lookup, `Gather(DequantizeLinear(uint8 table))`: the table as a float initializer instead
+    (per-tensor scale and zero point), so the lookup reads an initializer as the other forms do. Returns the
+    bytes each folded table had stored, by its new name."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    stored: dict[str, int] = {}
+    for node in list(graph.node):
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        codes, scale, zero_point = (initializers.get(name) for name in node.input[:3])
+        readers = [reader for reader in graph.node if node.output[0] in reader.input]
+        lookup = len(readers) == 1 and readers[0].op_type == "Gather" and readers[0].input[0] == node.output[0]
+        if not lookup or codes is None or scale is None or zero_point is None or len(codes.dims) != 2:
+            continue
+        if len(scale.dims) or len(zero_point.dims):
+            continue
+        values = numpy_helper.to_array(codes).astype(np.float32) - numpy_helper.to_array(zero_point).astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(values * numpy_helper.to_array(scale), node.output[0]))
+        graph.node.remove(node)
+        stored[node.output[0]] = numpy_helper.to_array(codes).nbytes
+    return stored
 
 
 def _as_float_gather(graph: Any, node: Any, codes: Any, initializers: dict[str, Any]) -> Any:
