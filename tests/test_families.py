@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -135,7 +136,7 @@ def stage_runs(tmp_path_factory: pytest.TempPathFactory, teachers: dict[str, Pat
             ("vocab", prune, PruneConfig(method="vocab", vocab_clusters=8, max_length=32)),
             ("export", export_onnx, ExportConfig(max_length=32)),
             ("optimize", optimize_onnx, OptimizeConfig(max_length=32)),
-            ("quantize", quantize, QuantizeConfig(max_length=32)),
+            ("quantize", quantize, QuantizeConfig(max_length=32, word_embeddings_4bit=True)),
         ]
         source, results = teachers[family], {}
         for name, stage, config in steps:
@@ -193,7 +194,11 @@ def test_family_runs_through_every_stage(family: str, stage_runs: Any) -> None:
         assert not any("attention fused in" in w for w in optimized["warnings"])
     else:
         assert optimized["attention_fusion"].startswith(f"fused in {ATTENTION_FUSIONS[family]} of 2 layers")
-    assert (folders["quantize"] / "model.onnx").is_file()
+    # every family's word table stored 4-bit: fused (with or without token types) or a plain lookup
+    table = runs["quantize"]["word_embeddings_4bit"]
+    assert table is not None and table["bytes_after"] < 0.7 * table["bytes_before"], table
+    int8 = load(folders["quantize"], max_length=32).predict_logits(texts)
+    assert int8.shape == reference.shape and np.isfinite(int8).all()
 
 
 def _logits(model: Any, tokenizer: Any, texts: list[str]) -> Any:

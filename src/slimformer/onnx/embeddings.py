@@ -22,7 +22,6 @@ from typing import Any
 EMBED_OPS = {"EmbedLayerNormalization": (0, 2), "QEmbedLayerNormalization": (0, 2)}  # op: (ids input, table input)
 MIN_SAVING = 0.1  # compact only when at least this share of the rows repeats
 ROW_INDEX_SUFFIX = "_row_of_token"  # the token id -> row index compact_embedding_rows adds
-QEMBED_FLOAT_INPUTS = range(2, 7)  # QEmbedLayerNormalization: word, position, segment tables, gamma, beta
 
 
 def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[str, Any] | None:
@@ -164,9 +163,11 @@ def _as_float_embed_layer_norm(node: Any, initializers: dict[str, Any]) -> tuple
     def dequantized(i: int) -> np.ndarray:  # (codes - zero point) * scale; scales at 8-12, zero points at 13-17
         return ((codes(i).astype(np.float32) - codes(i + 11).astype(np.float32)) * codes(i + 6)).astype(np.float32)
 
-    ids, segment_ids, word, position, _, _, _, mask = node.input[:8]
+    ids, segment_ids, word, position, segment, _, _, mask = node.input[:8]
     position_scale, position_zero = node.input[9], node.input[14]
-    floats = [numpy_helper.from_array(dequantized(i), f"{node.input[i]}_float") for i in (4, 5, 6)]
+    kept = (4, 5, 6) if segment else (5, 6)  # a model without token types has no segment table
+    floats = {i: numpy_helper.from_array(dequantized(i), f"{node.input[i]}_float") for i in kept}
+    segment_float = floats[4].name if segment else ""
     as_float = f"{position}_as_float"
     nodes = [
         helper.make_node("Cast", [position], [as_float], to=TensorProto.FLOAT),
@@ -178,9 +179,11 @@ def _as_float_embed_layer_norm(node: Any, initializers: dict[str, Any]) -> tuple
     epsilon = [attribute for attribute in node.attribute if attribute.name == "epsilon"]
     node.op_type = "EmbedLayerNormalization"
     del node.input[:], node.attribute[:]
-    node.input.extend([ids, segment_ids, word, f"{position}_float", *(tensor.name for tensor in floats), mask])
+    node.input.extend(
+        [ids, segment_ids, word, f"{position}_float", segment_float, floats[5].name, floats[6].name, mask]
+    )
     node.attribute.extend(epsilon)
-    return table, floats, nodes
+    return table, list(floats.values()), nodes
 
 
 def _fold_dequantized_lookup_tables(graph: Any) -> dict[str, int]:
