@@ -196,7 +196,7 @@ def test_family_runs_through_every_stage(family: str, stage_runs: Any) -> None:
         assert optimized["attention_fusion"].startswith(f"fused in {ATTENTION_FUSIONS[family]} of 2 layers")
     # every family's word table stored 4-bit: fused (with or without token types) or a plain lookup
     table = runs["quantize"]["word_embeddings_4bit"]
-    assert table is not None and table["bytes_after"] < 0.7 * table["bytes_before"], table
+    assert table is not None and table["bytes_after"] < 0.8 * table["bytes_before"], table  # 16-32 values a row
     int8 = load(folders["quantize"], max_length=32).predict_logits(texts)
     assert int8.shape == reference.shape and np.isfinite(int8).all()
 

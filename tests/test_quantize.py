@@ -110,7 +110,6 @@ def _ops_after_session_optimization(model: Path, tmp_path: Path) -> dict[str, in
     return counts
 
 
-@pytest.mark.parametrize(("quant_format", "dynamic_attention"), [("qdq", False), ("qoperator", False), ("qdq", True)])
 def _expected_4bit(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hand computation of the 4-bit word table: per row, a scale spanning [min(row, 0), max(row, 0)] in 15 steps
     (stored fp16), codes 0-15 around a zero point, offset -zero_point * scale (fp16); returns values and scales."""
@@ -215,6 +214,7 @@ def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(form: str, tm
     np.testing.assert_allclose(looked_up, expected[[4, 0, 4]], atol=1e-6)
 
 
+@pytest.mark.parametrize(("quant_format", "dynamic_attention"), [("qdq", False), ("qoperator", False), ("qdq", True)])
 def test_static_formats_give_int8_graphs_that_agree_with_fp32(
     quant_format: str,
     dynamic_attention: bool,

@@ -72,8 +72,8 @@ def _copy_unchanged(source: str | Path, destination: str | Path) -> None:
 
 def _word_embedding_lookup(graph: Any, through_row_index: bool = False) -> tuple[Any, int, int] | None:
     """(node, ids input index, table input index) of the lookup reading the graph's `input_ids`, when its table
-    is an initializer nothing else reads; `through_row_index`: also when the ids pass through the row index
-    :func:`compact_embedding_rows` inserted."""
+    is an initializer nothing else reads (`through_row_index`: other `Gather`s may read it too, and the ids may
+    pass through the row index :func:`compact_embedding_rows` inserted)."""
     initializers = {init.name: init for init in graph.initializer}
     readers: dict[str, int] = {}
     for node in graph.node:
@@ -86,7 +86,7 @@ def _word_embedding_lookup(graph: Any, through_row_index: bool = False) -> tuple
         row_index = node.op_type == "Gather" and node.input[0].endswith(ROW_INDEX_SUFFIX)
         if through_row_index and row_index and node.input[1] in from_ids:
             from_ids.add(node.output[0])
-    for node in graph.node:
+    for node in sorted(graph.node, key=lambda node: node.op_type not in EMBED_OPS):  # a fused lookup first
         if node.op_type in EMBED_OPS:
             ids_input, table_input = EMBED_OPS[node.op_type]
         elif node.op_type == "Gather" and len(node.input) == 2:
@@ -94,10 +94,19 @@ def _word_embedding_lookup(graph: Any, through_row_index: bool = False) -> tuple
         else:
             continue
         table = initializers.get(node.input[table_input])
-        shared = table is None or readers.get(table.name) != 1
+        other_gathers = (
+            through_row_index and table is not None and readers.get(table.name) == _gathers_of(graph, table.name)
+        )
+        shared = table is None or (readers.get(table.name) != 1 and not other_gathers)
         if node.input[ids_input] in from_ids and not shared and len(table.dims) == 2:
             return node, ids_input, table_input
     return None
+
+
+def _gathers_of(graph: Any, table: str) -> int:
+    """How many nodes read `table` as a Gather's data, plus the one fused lookup reading it (if any)."""
+    gathers = sum(1 for node in graph.node if node.op_type == "Gather" and node.input[0] == table)
+    return gathers + sum(1 for node in graph.node if node.op_type in EMBED_OPS and table in node.input)
 
 
 def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> dict[str, Any] | None:
@@ -136,7 +145,14 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     bytes_before = stored_bytes.get(table_name) or numpy_helper.to_array(initializers[table_name]).nbytes
     packed, unpack = _unpack_4bit(table.astype("float32"), f"{table_name}_4bit")
     node.input[table_input] = unpack[-1].output[0]
-    position = list(graph.node).index(node)
+    others = [other for other in graph.node if other is not node and table_name in other.input]
+    for other in others:  # another Gather of the table (DistilBERT's, for the input's shape) reads it too
+        codes = numpy_helper.to_array(initializers[table_name])
+        if codes.dtype.kind != "f" and _as_float_gather(graph, other, codes, initializers) is None:
+            _copy_unchanged(source, destination)
+            return None
+        other.input[0] = unpack[-1].output[0]
+    position = min(list(graph.node).index(reader) for reader in [node, *others])  # before the first reader
     for offset, new_node in enumerate([*added_nodes, *unpack]):
         graph.node.insert(position + offset, new_node)
     graph.initializer.extend([*added_initializers, *packed])
