@@ -283,6 +283,8 @@ def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
     shape = Shape(3, 0.0, 0.5, 1024, "dynamic", True, 2)
     assert _quantize_config(shape, AutoConfig(min_speedup=5), None).word_embeddings_4bit
     assert quantize["word_embeddings_4bit"] is True  # the word table stored as the recipe stores it
+    vocab = next(s.options for s in load_recipe().stages if s.kind == "prune" and s.options.get("method") == "vocab")
+    assert params["vocab_clusters"] == vocab["vocab_clusters"] == 2048  # the baseline clusters as the recipe does
 
 
 def _screen(speedup: float, low: float, high: float, size_mb: float = 1.0) -> dict:
