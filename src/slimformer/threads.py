@@ -92,8 +92,8 @@ def tune_threads(
         )
         for count, spin in settings
     }
-    # one busy core elsewhere slows 2 spinning threads far more than 1 (the demo's sweep once kept 1 thread at
-    # 0.18 ms over 2 threads' 0.26, where a quiet re-run gave 2 threads 0.17): time again until quiet
+    # one busy core elsewhere slows 2 spinning threads far more than 1: time again until quiet (contention that
+    # /proc/stat does not show, such as the host's for the second vCPU, still decides the sweep: BENCHMARKS.md)
     timings, others_cpu, tries = least_loaded(
         lambda: interleaved_latencies_ms(timers, split_rounds(queries, rounds), warmup), TUNE_TRIES
     )

@@ -133,22 +133,21 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     node, _, table_input = found
     initializers = {init.name: init for init in graph.initializer}
     table_name = node.input[table_input]
-    table = numpy_helper.to_array(initializers[table_name])
+    stored = table = numpy_helper.to_array(initializers[table_name])
     added_initializers, added_nodes = [], []
     if node.op_type == "QEmbedLayerNormalization":
         table, added_initializers, added_nodes = _as_float_embed_layer_norm(node, initializers)
-    elif table.dtype.kind != "f":  # ORT's quantized Gather: uint8 rows, then a DequantizeLinear
-        table = _as_float_gather(graph, node, table, initializers)
+    elif stored.dtype.kind != "f":  # ORT's quantized Gather: uint8 rows, then a DequantizeLinear
+        table = _as_float_gather(graph, node, stored, initializers)
         if table is None:
             _copy_unchanged(source, destination)
             return None
-    bytes_before = stored_bytes.get(table_name) or numpy_helper.to_array(initializers[table_name]).nbytes
+    bytes_before = stored_bytes.get(table_name) or stored.nbytes
     packed, unpack = _unpack_4bit(table.astype("float32"), f"{table_name}_4bit")
     node.input[table_input] = unpack[-1].output[0]
     others = [other for other in graph.node if other is not node and table_name in other.input]
     for other in others:  # another Gather of the table (DistilBERT's, for the input's shape) reads it too
-        codes = numpy_helper.to_array(initializers[table_name])
-        if codes.dtype.kind != "f" and _as_float_gather(graph, other, codes, initializers) is None:
+        if stored.dtype.kind != "f" and _as_float_gather(graph, other, stored, initializers) is None:
             _copy_unchanged(source, destination)
             return None
         other.input[0] = unpack[-1].output[0]
@@ -176,8 +175,8 @@ def _as_float_embed_layer_norm(node: Any, initializers: dict[str, Any]) -> tuple
     def codes(i: int) -> np.ndarray:
         return numpy_helper.to_array(initializers[node.input[i]])
 
-    def dequantized(i: int) -> np.ndarray:  # (codes - zero point) * scale; scales at 8-12, zero points at 13-17
-        return ((codes(i).astype(np.float32) - codes(i + 11).astype(np.float32)) * codes(i + 6)).astype(np.float32)
+    def dequantized(i: int) -> np.ndarray:  # scales at inputs 8-12, zero points at 13-17
+        return _dequantize(codes(i), codes(i + 6), codes(i + 11))
 
     ids, segment_ids, word, position, segment, _, _, mask = node.input[:8]
     position_scale, position_zero = node.input[9], node.input[14]
@@ -206,45 +205,58 @@ def _fold_dequantized_lookup_tables(graph: Any) -> dict[str, int]:
     """Static QDQ's lookup, `Gather(DequantizeLinear(uint8 table))`: the table as a float initializer instead
     (per-tensor scale and zero point), so the lookup reads an initializer as the other forms do. Returns the
     bytes each folded table had stored, by its new name."""
-    import numpy as np
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in graph.initializer}
     stored: dict[str, int] = {}
     for node in list(graph.node):
-        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+        if node.op_type != "DequantizeLinear":
             continue
-        codes, scale, zero_point = (initializers.get(name) for name in node.input[:3])
+        codes = initializers.get(node.input[0])
         readers = [reader for reader in graph.node if node.output[0] in reader.input]
         lookup = len(readers) == 1 and readers[0].op_type == "Gather" and readers[0].input[0] == node.output[0]
-        if not lookup or codes is None or scale is None or zero_point is None or len(codes.dims) != 2:
+        per_tensor = _per_tensor(node, initializers)
+        if not lookup or codes is None or per_tensor is None or len(codes.dims) != 2:
             continue
-        if len(scale.dims) or len(zero_point.dims):
-            continue
-        values = numpy_helper.to_array(codes).astype(np.float32) - numpy_helper.to_array(zero_point).astype(np.float32)
-        graph.initializer.append(numpy_helper.from_array(values * numpy_helper.to_array(scale), node.output[0]))
+        codes_array = numpy_helper.to_array(codes)
+        graph.initializer.append(numpy_helper.from_array(_dequantize(codes_array, *per_tensor), node.output[0]))
         graph.node.remove(node)
-        stored[node.output[0]] = numpy_helper.to_array(codes).nbytes
+        stored[node.output[0]] = codes_array.nbytes
     return stored
 
 
 def _as_float_gather(graph: Any, node: Any, codes: Any, initializers: dict[str, Any]) -> Any:
     """A `Gather` over uint8 rows whose one reader is a per-tensor `DequantizeLinear` (ORT's quantized lookup):
     the reader removed and the Gather giving its output; returns the float table, None when the pattern differs."""
-    import numpy as np
-    from onnx import numpy_helper
-
     readers = [reader for reader in graph.node if node.output[0] in reader.input]
-    if len(readers) != 1 or readers[0].op_type != "DequantizeLinear" or len(readers[0].input) < 3:
+    if len(readers) != 1 or readers[0].op_type != "DequantizeLinear":
         return None
     dequantize = readers[0]
+    per_tensor = _per_tensor(dequantize, initializers)
+    if per_tensor is None:
+        return None
+    node.output[0] = dequantize.output[0]
+    graph.node.remove(dequantize)
+    return _dequantize(codes, *per_tensor)
+
+
+def _per_tensor(dequantize: Any, initializers: dict[str, Any]) -> tuple[Any, Any] | None:
+    """(scale, zero point) of a `DequantizeLinear` whose both are scalar initializers, else None."""
+    from onnx import numpy_helper
+
+    if len(dequantize.input) < 3:
+        return None
     scale, zero_point = (initializers.get(name) for name in dequantize.input[1:3])
     if scale is None or zero_point is None or len(scale.dims) or len(zero_point.dims):
         return None
-    scale, zero_point = numpy_helper.to_array(scale), numpy_helper.to_array(zero_point)
-    node.output[0] = dequantize.output[0]
-    graph.node.remove(dequantize)
-    return (codes.astype(np.float32) - zero_point.astype(np.float32)) * scale
+    return numpy_helper.to_array(scale), numpy_helper.to_array(zero_point)
+
+
+def _dequantize(codes: Any, scale: Any, zero_point: Any) -> Any:
+    """(codes - zero point) * scale, as float32 (ONNX's DequantizeLinear, per tensor)."""
+    import numpy as np
+
+    return ((codes.astype(np.float32) - zero_point.astype(np.float32)) * scale).astype(np.float32)
 
 
 def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
