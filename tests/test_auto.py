@@ -406,6 +406,32 @@ def test_a_loaded_machine_times_the_teacher_at_the_candidates_threads(tmp_path) 
     assert list(json.loads(memory.read_text())) == [f"{cpu_model()}|tiny|2->1"]
 
 
+def test_a_loaded_machine_bounds_a_multi_thread_candidate_from_one_thread_each(tmp_path) -> None:
+    """A 2-thread candidate under a CPU hog reads optimistic at 2 threads, so both sides are timed again at 1
+    thread: the quiet speed-up is the 1-thread ratio times the teacher's remembered scaling f (0.8) times the
+    candidate's own gain, bounded by 1 (low end) and 1 / f (high end); the estimate is their geometric middle."""
+    from slimformer.auto.candidate import SCALING_FILE, TeacherClock, measure
+    from slimformer.cpu import cpu_model
+
+    memory = tmp_path / SCALING_FILE
+    memory.write_text(json.dumps({f"{cpu_model()}|tiny|2->1": {"factor": 0.8, "others_cpu": 0.01}}))
+    hog = cpu_hog()
+    try:
+        measured = measure(TINY_ONNX, QUERIES, 2, TeacherClock(TINY_ONNX, "tiny", memory, threads=2))
+    finally:
+        hog.kill()
+        hog.wait()
+    interval = measured["speedup_interval"]
+    assert measured["teacher_scaling"] == {"threads_timed": 1, "factor": 0.8, "others_cpu": 0.01, "remembered": True}
+    assert measured["single_thread_bound"]["teacher_gain"] == 1.25
+    # the same model on both sides: a 1-thread ratio near 1, converted by sqrt(0.8) for the estimate
+    assert 0.8**0.5 * 0.67 < interval["speedup"] < 0.8**0.5 * 1.5
+    # the ends: the ratio's low end x 0.8 and its high end x 1, so they are at least 1 / 0.8 apart
+    assert interval["low"] <= interval["speedup"] <= interval["high"] and interval["high"] >= interval["low"] / 0.8
+    assert measured["p50_ms"] == round(measured["reference_p50_ms"] / interval["speedup"], 4)
+    assert measured["loaded_p50_ms"] > 0 and measured["others_cpu"] >= 0.6 / (os.cpu_count() or 1)
+
+
 def test_screens_are_remembered_per_cpu_and_teacher(tmp_path) -> None:
     from slimformer.auto.candidate import Shape
     from slimformer.auto.study import ScreenMemory

@@ -477,7 +477,8 @@ class _Printer:
                 f"{'meets' if all(v <= 0 for v in attrs.get(CONSTRAINTS, [1])) else 'misses'} the budget"
             )
             if is_busy(attrs.get("others_cpu")):
-                outcome += f" (timed while other processes took {100 * attrs['others_cpu']:.0f} % of the CPU)"
+                outcome += f" (timed while other processes took {100 * attrs['others_cpu']:.0f} % of the CPU"
+                outcome += ": bounded from 1 thread each)" if attrs.get("single_thread_bound") else ")"
         else:
             why = attrs.get("error") or attrs.get(PRUNED_ATTR)
             outcome = trial.state.name.lower() + (f" ({why})" if why else "")
