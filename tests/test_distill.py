@@ -197,6 +197,29 @@ def test_student_from_teacher_keeps_the_chosen_layers_exactly(teacher_dir: Path,
     )
 
 
+def test_dropout_off_while_distilling(teacher_dir: Path, clinc_slice, tmp_path: Path) -> None:
+    """`dropout` sets every dropout layer for the training only (two training-mode passes then agree), and the
+    saved student keeps its source's values."""
+    from slimformer.distill import DistillConfig, distill
+    from slimformer.students import build_student_from_teacher, set_dropout
+
+    student, _, _ = build_student_from_teacher(teacher_dir, 1)
+    student.train()
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    assert not torch.equal(student(input_ids=ids).logits, student(input_ids=ids).logits)  # dropout 0.1 on
+    # embeddings 1, the layer 3 (attention probabilities, attention output, FFN output), the classifier 1
+    assert set_dropout(student, 0.0) == 5
+    assert torch.equal(student(input_ids=ids).logits, student(input_ids=ids).logits)
+
+    options = {"student_layers": 1, "epochs": 1, "max_train_samples": 30}
+    metrics = distill(teacher_dir, tmp_path / "out", DistillConfig(dropout=0.0, **options), clinc_slice)
+    assert metrics["config"]["dropout"] == 0.0
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == 0.1 and saved["attention_probs_dropout_prob"] == 0.1
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        DistillConfig(dropout=1.0, **options).validate()
+
+
 # --- the teacher-logit cache ------------------------------------------------------------------------------
 
 

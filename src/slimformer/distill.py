@@ -54,6 +54,11 @@ class DistillConfig(SoftTargets, TrainingOptions):
         "", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix,replace."
     )
     augment_copies: int = option(1, "Augmented texts per training text and method.")
+    dropout: float | None = option(
+        None,
+        "The student's dropout while it distils (0: off, so it matches the teacher's eval-mode targets; "
+        "default: the source's own). The saved config keeps the source's.",
+    )
 
     @property
     def needs_teacher(self) -> bool:
@@ -76,6 +81,8 @@ class DistillConfig(SoftTargets, TrainingOptions):
             raise ConfigError(f"relation heads must be >= 1, got {self.relation_heads}")
         if self.augment_copies < 1:
             raise ConfigError(f"augment copies must be >= 1, got {self.augment_copies}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         parse_augmentations(self.augment)
         learns_more = self.layer_losses().active or self.unlabeled or self.augment
         if learns_more and self.alpha >= 1:
@@ -125,7 +132,7 @@ def distill_student(
 
     from slimformer.distillation import model_files_hash
     from slimformer.models import check_classifier_fits, fit_max_length, resolve_model_path
-    from slimformer.students import build_student_from_teacher
+    from slimformer.students import build_student_from_teacher, set_dropout
     from slimformer.training import Distillation, train_classifier
 
     teacher_path = teacher or source
@@ -144,6 +151,8 @@ def distill_student(
         student, tokenizer = _student_checkpoint(student_path, splits.labels)
         config = replace(config, max_length=fit_max_length(student_path, config.max_length))
     splits = splits.in_label_order([student.config.id2label[i] for i in range(student.config.num_labels)])
+    if config.dropout is not None:
+        set_dropout(student, config.dropout)
     distillation = Distillation(
         teacher_path,
         config.alpha,

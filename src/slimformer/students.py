@@ -13,6 +13,7 @@ from slimformer.artifacts import atomic_output_dir
 from slimformer.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -101,3 +102,14 @@ def student_from_teacher(
         student.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return kept
+
+
+def set_dropout(model: torch.nn.Module, probability: float) -> int:
+    """Set every dropout layer of `model` to `probability` (attention dropout too: transformers' attention reads
+    its module's `p`), for training only: the model's config keeps its own values. Returns how many."""
+    import torch
+
+    layers = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    for layer in layers:
+        layer.p = probability
+    return len(layers)
