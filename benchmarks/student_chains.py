@@ -1,10 +1,10 @@
 """Other ways to a 3-layer student that keeps in-scope accuracy, each a short chain of slimformer's own stages
 (issue 24): less FFN slicing, distilling before slicing, a teacher assistant, dropout off, a weight soup of
 seeds, and re-distilling the clustered student on replaced words (which reach the tokens whose rows are
-centroids). Every chain starts from the packaged recipe's options and ends in the recipe's vocabulary stage
-(2,048 centroid rows), since that is where in-scope accuracy is lost; each row reports validation and test
-(accuracy, in scope, OOS recall) before and after it. Folders are kept under `--work` and reused. Run from the
-repository root after `make demo`:
+centroids), with and without dropout. Every chain starts from the packaged recipe's options and ends in the
+recipe's vocabulary stage (2,048 centroid rows), since that is where in-scope accuracy is lost; each row reports
+validation and test (accuracy, in scope, OOS recall) before and after it. Folders are kept under `--work` and
+reused. Run from the repository root after `make demo`:
 
     .venv/bin/python benchmarks/student_chains.py --teacher demo/stages/01-finetune-teacher-710ff7845f49 \\
         --sliced demo/stages/03-prune-ae130f7449f1 --recipe-students runs/ablation/L3-mix-from1-seed42 \\
@@ -70,14 +70,8 @@ class Chains:
         return self.student(sliced, f"ta-L3-s{self.args.seed}")
 
     def no_dropout(self) -> Path:
-        """The recipe's student with dropout off (a copy of the sliced teacher whose config sets it to 0)."""
-        source = self.args.work / "slice50-nodrop"
-        if not source.is_dir():
-            shutil.copytree(self.args.sliced, source)
-            config = json.loads((source / "config.json").read_text())
-            config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            (source / "config.json").write_text(json.dumps(config, indent=2))
-        return self.student(source, f"nodrop-L3-s{self.args.seed}")
+        """The recipe's student distilled with dropout off (`distill --dropout 0`)."""
+        return self.student(self.args.sliced, f"nodrop-L3-s{self.args.seed}", dropout=0.0)
 
     def soup(self) -> Path:
         """The uniform weight average of the recipe's students of several seeds (same init, same layers)."""
@@ -99,15 +93,17 @@ class Chains:
             (out / "metrics.json").write_text(json.dumps(self.score(out)))
         return out
 
-    def redistill_clustered(self, augment: str) -> Callable[[], Path]:
-        """The recipe's clustered student distilled 1 more epoch (1e-4) on `augment`ed training texts, whose
-        replaced words reach the tokens the training split never uses (centroid rows now)."""
+    def redistill_clustered(self, augment: str, dropout: float | None = None) -> Callable[[], Path]:
+        """The recipe's clustered student (with `dropout` 0: the no-dropout student's) distilled 1 more epoch
+        (1e-4) on `augment`ed training texts, whose replaced words reach the tokens the training split never uses
+        (centroid rows now)."""
 
         def chain() -> Path:
-            clustered = self.vocab_stage(self.args.recipe_students[0])
-            name = f"rc-{augment.replace(',', '+')}-s{self.args.seed}"
+            student = self.args.recipe_students[0] if dropout is None else self.no_dropout()
+            prefix = "rc" if dropout is None else "nodrop-rc"
+            name = f"{prefix}-{augment.replace(',', '+')}-s{self.args.seed}"
             options = {"first_kept_layer": 0, "epochs": 1.0, "learning_rate": 1e-4, "augment": augment}
-            return self.student(clustered, name, **options)
+            return self.student(self.vocab_stage(student), name, dropout=dropout, **options)
 
         return chain
 
@@ -150,6 +146,7 @@ def main() -> None:
         "soup": chains.soup,
         "redistill-replace": chains.redistill_clustered("replace"),
         "redistill-mix+replace": chains.redistill_clustered("mix,replace"),
+        "no-dropout+redistill-replace": chains.redistill_clustered("replace", dropout=0.0),
     }
     names = list(known) if args.chains == ["all"] else ["recipe", *args.chains]
     lines = [
