@@ -147,6 +147,7 @@ def main() -> None:
         "redistill-replace": chains.redistill_clustered("replace"),
         "redistill-mix+replace": chains.redistill_clustered("mix,replace"),
         "no-dropout+redistill-replace": chains.redistill_clustered("replace", dropout=0.0),
+        "no-dropout+redistill-mix+replace": chains.redistill_clustered("mix,replace", dropout=0.0),
     }
     names = list(known) if args.chains == ["all"] else ["recipe", *args.chains]
     lines = [

@@ -81,9 +81,13 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
     return recipe
 
 
-def recipe_stage(kind: str, method: str | None = None) -> Any:
-    """The packaged recipe's first stage of `kind` (and `method`), or None."""
-    stages = [s for s in load_recipe().stages if s.kind == kind and method in (None, s.options.get("method"))]
+def recipe_stage(kind: str, method: str | None = None, name: str | None = None) -> Any:
+    """The packaged recipe's first stage of `kind` (and `method`, and variant `name`), or None."""
+    stages = [
+        s
+        for s in load_recipe().stages
+        if s.kind == kind and method in (None, s.options.get("method")) and name in (None, s.name)
+    ]
     return stages[0] if stages else None
 
 

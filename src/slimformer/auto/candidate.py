@@ -158,10 +158,21 @@ def student_base(cache: StageCache, config: AutoConfig, data: Any) -> tuple[Path
     return cache.run("distill", (path, model_key(path)), distill, data)
 
 
+def recipe_refit() -> Any:
+    """The packaged recipe's refit after vocabulary clustering (its distill stage named `refit`), or None."""
+    from slimformer.pipeline import build_config, recipe_stage
+
+    stage = recipe_stage("distill", name="refit")
+    return build_config(stage) if stage is not None else None
+
+
 def distill_settings(cache: StageCache, config: AutoConfig) -> dict[str, Any]:
     """How every distillation of a study runs, its training choices aside: the teacher logits cached in the
-    work folder."""
+    work folder, and the recipe's dropout."""
+    from slimformer.pipeline import build_config, recipe_stage
+
     return {
+        "dropout": build_config(recipe_stage("distill")).dropout,
         "batch_size": config.batch_size,
         "precision": config.precision,
         "cache_dir": str(cache.root / "teacher-logits"),
@@ -221,6 +232,11 @@ def build_chain(
     if shape.vocab_clusters:
         vocab = PruneConfig(method="vocab", vocab_clusters=shape.vocab_clusters, max_eval_samples=eval_rows, **common)
         current = cache.run("prune", current, vocab, stage_data)
+        refit = recipe_refit()
+        if training is not None and refit is not None:  # as the recipe: an epoch through the centroids, re-clustered
+            refit = replace(refit, student=str(current[0]), student_layers=None, **distill_settings(cache, config))
+            current = cache.run("distill", current, refit, data)
+            current = cache.run("prune", current, vocab, stage_data)
     export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
     current = cache.run("export", current, export, stage_data)
     current = cache.run("optimize", current, OptimizeConfig(level=99, threads=shape.threads), None)
