@@ -36,7 +36,8 @@ class Chains:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.data = load_data(args.data)
-        self.distill = replace(build_config(recipe_stage("distill")), seed=args.seed)
+        self.distill = replace(build_config(recipe_stage("distill")), seed=args.seed, student_layers=args.layers)
+        self.tag = "" if args.layers == 3 else f"L{args.layers}-"  # the 3-layer folders' names predate --layers
         self.slice = build_config(recipe_stage("prune", "structured"))
         self.vocab = build_config(recipe_stage("prune", "vocab"))
         self.seconds: dict[str, float] = {}
@@ -55,30 +56,32 @@ class Chains:
     def ffn25(self) -> Path:
         """The teacher with a quarter of its FFN neurons sliced (not half), then the recipe's student."""
         sliced = self.step("prune", self.args.teacher, "slice25", replace(self.slice, sparsity=0.25))
-        return self.student(sliced, f"ffn25-L3-s{self.args.seed}")
+        return self.student(sliced, f"ffn25-L{self.args.layers}-s{self.args.seed}")
 
     def distill_then_slice(self) -> Path:
-        """3 layers of the unsliced teacher, then half its FFN neurons sliced, then distilled again (2 epochs)."""
-        whole = self.student(self.args.teacher, f"u-L3-s{self.args.seed}")
-        sliced = self.step("prune", whole, f"u-L3-s{self.args.seed}-slice50", self.slice)
-        return self.student(sliced, f"u-L3-s{self.args.seed}-slice50-d2", first_kept_layer=0, epochs=2.0)
+        """The student of the unsliced teacher, then half its FFN neurons sliced, then distilled again (2 epochs)."""
+        name = f"u-L{self.args.layers}-s{self.args.seed}"
+        whole = self.student(self.args.teacher, name)
+        sliced = self.step("prune", whole, f"{name}-slice50", self.slice)
+        return self.student(sliced, f"{name}-slice50-d2", first_kept_layer=0, epochs=2.0)
 
     def assistant(self) -> Path:
-        """A 4-layer assistant of the unsliced teacher, sliced, then the 3-layer student from its layers."""
-        helper = self.student(self.args.teacher, f"ta-L4-s{self.args.seed}", student_layers=4)
-        sliced = self.step("prune", helper, f"ta-L4-s{self.args.seed}-slice50", self.slice)
-        return self.student(sliced, f"ta-L3-s{self.args.seed}")
+        """An assistant one layer deeper, of the unsliced teacher, sliced, then the student from its layers."""
+        depth = self.args.layers + 1
+        helper = self.student(self.args.teacher, f"ta-L{depth}-s{self.args.seed}", student_layers=depth)
+        sliced = self.step("prune", helper, f"ta-L{depth}-s{self.args.seed}-slice50", self.slice)
+        return self.student(sliced, f"ta-L{self.args.layers}-s{self.args.seed}")
 
     def no_dropout(self) -> Path:
         """The recipe's student distilled with dropout off (`distill --dropout 0`)."""
-        return self.student(self.args.sliced, f"nodrop-L3-s{self.args.seed}", dropout=0.0)
+        return self.student(self.args.sliced, f"nodrop-L{self.args.layers}-s{self.args.seed}", dropout=0.0)
 
     def soup(self) -> Path:
         """The uniform weight average of the recipe's students of several seeds (same init, same layers)."""
         import torch
         from safetensors.torch import load_file, save_file
 
-        out = self.args.work / "soup-L3"
+        out = self.args.work / f"soup-L{self.args.layers}"
         if not (out / "model.safetensors").is_file():
             first = self.args.recipe_students[0]
             shutil.copytree(first, out, dirs_exist_ok=True)
@@ -100,7 +103,7 @@ class Chains:
 
         def chain() -> Path:
             student = self.args.recipe_students[0] if dropout is None else self.no_dropout()
-            prefix = "rc" if dropout is None else "nodrop-rc"
+            prefix = self.tag + ("rc" if dropout is None else "nodrop-rc")
             name = f"{prefix}-{augment.replace(',', '+')}-s{self.args.seed}"
             options = {"first_kept_layer": 0, "epochs": 1.0, "learning_rate": 1e-4, "augment": augment}
             return self.student(self.vocab_stage(student), name, dropout=dropout, **options)
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--recipe-students", nargs="+", type=Path, required=True, help="the recipe's students, seeds")
     parser.add_argument("--chains", nargs="+", default=["all"])
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--layers", type=int, default=3, help="the students' depth (the recipe's: 3)")
     parser.add_argument("--data", default="clinc150")
     parser.add_argument("--work", type=Path, default=Path("runs/students"))
     args = parser.parse_args()
