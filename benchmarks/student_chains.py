@@ -1,7 +1,8 @@
 """Other ways to a 3-layer student that keeps in-scope accuracy, each a short chain of slimformer's own stages
 (issue 24): less FFN slicing, distilling before slicing, a teacher assistant, dropout off, a weight soup of
 seeds, and re-distilling the clustered student on replaced words (which reach the tokens whose rows are
-centroids), with and without dropout. Every chain starts from the packaged recipe's options and ends in the
+centroids), with and without dropout. Every chain starts from the packaged recipe's distillation options with
+dropout on (as the `--recipe-students` were made: the chains found the recipe's dropout off) and ends in the
 recipe's vocabulary stage (2,048 centroid rows), since that is where in-scope accuracy is lost; each row reports
 validation and test (accuracy, in scope, OOS recall) before and after it. Folders are kept under `--work` and
 reused. Run from the repository root after `make demo`:
@@ -36,7 +37,10 @@ class Chains:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.data = load_data(args.data)
-        self.distill = replace(build_config(recipe_stage("distill")), seed=args.seed, student_layers=args.layers)
+        # the recipe's distillation as the `--recipe-students` were made (student_ablation.py): dropout on, the
+        # source's own, so that dropout off is one of the chains and not every chain's starting point
+        recipe = build_config(recipe_stage("distill"))
+        self.distill = replace(recipe, seed=args.seed, student_layers=args.layers, dropout=None)
         self.tag = "" if args.layers == 3 else f"L{args.layers}-"  # the 3-layer folders' names predate --layers
         self.slice = build_config(recipe_stage("prune", "structured"))
         self.vocab = build_config(recipe_stage("prune", "vocab"))
