@@ -719,3 +719,33 @@ def test_two_trials_that_built_the_same_model_are_one_finalist() -> None:
     recipe, again, other = trial(0, "work/quantize-a"), trial(4, "work/quantize-a"), trial(3, "work/quantize-b")
     selection = Selection(complete=[recipe, again, other], front=[recipe, again, other], pick=None, closest=[other])
     assert [t.number for t in selection.finalists] == [0, 3]
+
+
+def test_a_final_benchmark_timed_under_load_is_timed_again_as_the_search_times(tmp_path) -> None:
+    """The final benchmark's rounds ran while other processes were busy (its environment says so): a 2-thread
+    teacher slowed by them made a candidate look 20x faster. Each finalist is timed again turn about with the
+    teacher at the candidate's threads; here the candidate is the teacher itself, so the corrected speed-up is
+    near 1, and the loaded timings are kept beside it."""
+    from types import SimpleNamespace
+
+    import datasets
+
+    from slimformer.auto.select import correct_for_load
+
+    report = {
+        "environment": {"others_cpu": 0.5},
+        "results": [
+            {"model": "teacher", "latency_ms": {"p50": 10.0}},
+            {"model": "trial-3", "latency_ms": {"p50": 0.5}},
+        ],
+    }
+    finalist = SimpleNamespace(number=3, user_attrs={"folder": str(TINY_ONNX)}, params={"threads": None})
+    data = SimpleNamespace(test=datasets.Dataset.from_dict({"text": QUERIES}))
+    correct_for_load(report, TINY_ONNX, [finalist], data, AutoConfig(min_speedup=2), tmp_path)
+    teacher, candidate = report["results"]
+    assert (teacher["loaded_p50_ms"], candidate["loaded_p50_ms"]) == (10.0, 0.5)
+    speedup = teacher["latency_ms"]["p50"] / candidate["latency_ms"]["p50"]
+    assert 0.67 < speedup < 1.5  # not the loaded 20x
+    assert abs(speedup - candidate["load_corrected"]["speedup_interval"]["speedup"]) < 0.01
+    assert teacher["latency_ms"]["p50"] < 5.0  # the tiny model's own p50, not the loaded 10 ms
+    assert report["environment"]["load_corrected"] is True and candidate["load_corrected"]["others_cpu"] is not None

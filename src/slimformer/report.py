@@ -157,6 +157,8 @@ def _environment_line(environment: dict[str, Any]) -> str:
     others = environment.get("others_cpu")
     if others is not None:
         line += f". Other processes took {100 * others:.0f} % of the CPU while the latency was timed"
+        if environment.get("load_corrected"):
+            line += " (p50s timed again turn about with the teacher at each model's threads, as `auto` screens)"
     return line
 
 

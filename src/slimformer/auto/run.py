@@ -386,7 +386,7 @@ def finish(
     trials = trial_rows(study)
     if not trials:
         raise BudgetNotMet(f"study {study.study_name} holds no trial; run without --time-budget or with more time")
-    bench, rows, pick_row, outcome = _final_benchmark(teacher, selection, splits, config)
+    bench, rows, pick_row, outcome = _final_benchmark(teacher, selection, splits, config, work)
     pick = selection.pick
     summary = {
         "headline": report.headline(rows, pick_row, outcome, config),
@@ -408,8 +408,10 @@ def finish(
     busy = (bench or {}).get("environment", {}).get("others_cpu")
     if is_busy(busy):  # measured over the final benchmark's timed rounds
         summary["notes"].append(
-            f"Other processes took {100 * busy:.0f} % of the CPU while the final benchmark timed the models: its "
-            "speed-ups of candidates at fewer threads than the teacher may be optimistic."
+            f"Other processes took {100 * busy:.0f} % of the CPU while the final benchmark timed the models, which "
+            "makes a 2-thread teacher look slow: each finalist was timed again turn about with the teacher at its "
+            "own thread count, as during the search, and the p50s and speed-ups above are those (the first timing "
+            "is kept in auto.json as loaded_p50_ms)."
         )
     spent = ", ".join(f"{part} {seconds / 60:.1f} min" for part, seconds in summary["seconds_spent"].items())
     if spent:
@@ -434,7 +436,7 @@ def finish(
     return summary
 
 
-def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoConfig) -> tuple:
+def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoConfig, work: Path | None = None) -> tuple:
     """The benchmark of teacher + finalists on test, its rows, the pick's row and the verdict on the budget."""
     from slimformer.auto.select import final_benchmark, interval_text, verdict
     from slimformer.auto.study import DROP_INTERVAL
@@ -443,7 +445,7 @@ def _final_benchmark(teacher: Path, selection: Any, splits: Any, config: AutoCon
     if not selection.complete:
         return None, [], None, verdict(None, {}, config)
     warn_if_busy("before the final benchmark")
-    bench = final_benchmark(teacher, selection, splits, config)  # its environment holds others' CPU meanwhile
+    bench = final_benchmark(teacher, selection, splits, config, work)  # corrected when others were busy
     rows = comparison_rows(bench)
     teacher_row = rows[0]
     teacher_row["meets"] = "(reference)"

@@ -1,0 +1,120 @@
+"""Does a whole `slimformer auto` study reach the same verdict on a loaded machine as on a quiet one? (issue 25)
+
+Runs the same study twice, as a user would (`slimformer auto`, a fixed number of trained trials, no time budget, the
+same seed): first on a quiet machine, then with another process spinning on one core for the whole run. The loaded
+study gets a fresh work folder that holds only the quiet study's trained stages (hard links): a shape trained in
+both is not trained twice (training does not decide the verdict, and it would take twice as long beside the
+spinning process), while everything that timing decides is done afresh: the screen of every shape, the teacher's
+thread scaling, each trial's speed-up, the final side-by-side benchmark on test and the verdict. Prints, for both
+runs, the verdict, the pick and each trial's state and speed-up.
+
+    .venv/bin/python benchmarks/study_under_load.py --model demo/stages/01-finetune-teacher-* --min-speedup 12 \\
+        --trials 6 --output runs/study-under-load
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slimformer.cpu import cpu_model
+
+
+def run_study(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """`slimformer auto` into OUTPUT/NAME with work folder OUTPUT/NAME-work; its auto.json, exit code, seconds."""
+    output, work = args.output / name, args.output / f"{name}-work"
+    command = [
+        str(Path(sys.executable).with_name("slimformer")),
+        "auto",
+        "--model",
+        str(args.model),
+        "--data",
+        args.data,
+        "--min-speedup",
+        f"{args.min_speedup:g}",
+        "--max-accuracy-drop",
+        f"{args.max_accuracy_drop:g}",
+        "--trials",
+        str(args.trials),
+        "--output",
+        str(output),
+        "--work-dir",
+        str(work),
+        *args.extra,
+    ]
+    started = time.perf_counter()
+    with (args.output / f"{name}.log").open("w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+    summary = json.loads((output / "auto.json").read_text()) if (output / "auto.json").is_file() else {}
+    return {"exit_code": code, "seconds": round(time.perf_counter() - started), "summary": summary}
+
+
+def trial_cells(row: dict[str, Any]) -> str:
+    speedup = f"{row['speedup']:.1f}x" if row.get("speedup") else "–"
+    drop = f"{row['accuracy_drop_points']:.2f}" if row.get("accuracy_drop_points") is not None else "–"
+    return f"{row['state']}, {speedup}, drop {drop}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="the fine-tuned teacher")
+    parser.add_argument("--data", default="clinc150")
+    parser.add_argument("--min-speedup", type=float, default=12.0)
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.5)
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--output", type=Path, default=Path("runs/study-under-load"))
+    parser.add_argument("extra", nargs="*", help="more `slimformer auto` options, after --")
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    runs = {"quiet": run_study(args, "quiet")}
+    loaded_work = args.output / "loaded-work"
+    if not loaded_work.exists():  # only the trained stages: screens, teacher scaling and fronts are timed afresh
+        shutil.copytree(args.output / "quiet-work" / "stages", loaded_work / "stages", copy_function=os.link)
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core busy, as another job would be
+    try:
+        runs["loaded"] = run_study(args, "loaded")
+    finally:
+        hog.kill()
+        hog.wait()
+
+    lines = [
+        f"CPU: {cpu_model()}; `slimformer auto --min-speedup {args.min_speedup:g} --max-accuracy-drop "
+        f"{args.max_accuracy_drop:g} --trials {args.trials}`; loaded = one core spinning in another process",
+        "",
+        "| | quiet | loaded |",
+        "|---|---|---|",
+    ]
+    summaries = {name: run["summary"] for name, run in runs.items()}
+
+    def row(label: str, cell: Any) -> None:
+        lines.append(f"| {label} | " + " | ".join(str(cell(runs[n], summaries[n])) for n in ("quiet", "loaded")) + " |")
+
+    row("exit code", lambda run, s: run["exit_code"])
+    row("budget met", lambda run, s: (s.get("verdict") or {}).get("met"))
+    row("pick", lambda run, s: (s.get("pick") or {}).get("trial"))
+    row("minutes", lambda run, s: f"{run['seconds'] / 60:.1f}")
+    tables = {name: {r["trial"]: r for r in s.get("trial_table", [])} for name, s in summaries.items()}
+    for trial in sorted(set(tables["quiet"]) | set(tables["loaded"])):
+        cells = [trial_cells(tables[n][trial]) if trial in tables[n] else "–" for n in ("quiet", "loaded")]
+        lines.append(f"| trial {trial} | " + " | ".join(cells) + " |")
+    for name, s in summaries.items():
+        for result in s.get("final_benchmark", []):
+            lines.append(
+                f"| final ({name}): {result.get('model')} | {result.get('speedup')} | "
+                f"accuracy {result.get('accuracy')}, meets {result.get('meets')} |"
+            )
+    print("\n".join(lines))
+    (args.output / "study_under_load.md").write_text("\n".join(lines) + "\n")
+    (args.output / "study_under_load.json").write_text(json.dumps(runs, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
