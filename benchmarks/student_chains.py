@@ -100,16 +100,20 @@ class Chains:
             (out / "metrics.json").write_text(json.dumps(self.score(out)))
         return out
 
-    def redistill_clustered(self, augment: str, dropout: float | None = None) -> Callable[[], Path]:
-        """The recipe's clustered student (with `dropout` 0: the no-dropout student's) distilled 1 more epoch
-        (1e-4) on `augment`ed training texts, whose replaced words reach the tokens the training split never uses
-        (centroid rows now)."""
+    def redistill_clustered(
+        self, augment: str, dropout: float | None = None, epochs: float = 1.0, learning_rate: float = 1e-4
+    ) -> Callable[[], Path]:
+        """The recipe's clustered student (with `dropout` 0: the no-dropout student's) distilled `epochs` more
+        (1 at 1e-4 unless said) on `augment`ed training texts, whose replaced words reach the tokens the training
+        split never uses (centroid rows now)."""
 
         def chain() -> Path:
             student = self.args.recipe_students[0] if dropout is None else self.no_dropout()
             prefix = self.tag + ("rc" if dropout is None else "nodrop-rc")
-            name = f"{prefix}-{augment.replace(',', '+')}-s{self.args.seed}"
-            options = {"first_kept_layer": 0, "epochs": 1.0, "learning_rate": 1e-4, "augment": augment}
+            suffix = "" if epochs == 1.0 else f"-{epochs:g}ep"
+            suffix += "" if learning_rate == 1e-4 else f"-lr{learning_rate:g}"
+            name = f"{prefix}-{augment.replace(',', '+')}{suffix}-s{self.args.seed}"
+            options = {"first_kept_layer": 0, "epochs": epochs, "learning_rate": learning_rate, "augment": augment}
             return self.student(self.vocab_stage(student), name, dropout=dropout, **options)
 
         return chain
@@ -156,6 +160,8 @@ def main() -> None:
         "redistill-mix+replace": chains.redistill_clustered("mix,replace"),
         "no-dropout+redistill-replace": chains.redistill_clustered("replace", dropout=0.0),
         "no-dropout+redistill-mix+replace": chains.redistill_clustered("mix,replace", dropout=0.0),
+        "no-dropout+redistill-mix+replace-2ep": chains.redistill_clustered("mix,replace", dropout=0.0, epochs=2.0),
+        "no-dropout+redistill-mix+replace-lr2e-4": chains.redistill_clustered("mix,replace", 0.0, learning_rate=2e-4),
     }
     names = list(known) if args.chains == ["all"] else ["recipe", *args.chains]
     lines = [
