@@ -427,8 +427,10 @@ def test_a_loaded_machine_times_the_teacher_at_the_candidates_threads(tmp_path) 
     assert measured["teacher_scaling"] == {"threads_timed": 1, "factor": 0.8, "others_cpu": 0.01, "remembered": True}
     assert 0.8 * 0.67 < measured["speedup_interval"]["speedup"] < 0.8 * 1.5
     assert measured["others_cpu"] >= 0.6 / (os.cpu_count() or 1)
-    # a scaling timed under the hog is used (the least loaded of its tries) but never remembered
-    assert fresh["remembered"] is False and fresh["others_cpu"] >= 0.1
+    # a scaling timed under the hog is never used nor remembered: the teacher's 2 threads met the hog, so its
+    # factor is bounded between perfect scaling (0.5) and none (1), the estimate their geometric middle
+    assert fresh["remembered"] is False and fresh["others_cpu"] >= 0.1 and fresh["assumed"] is True
+    assert fresh["bounds"] == [0.5, 1.0] and fresh["factor"] == round(0.5**0.5, 4)
     assert list(json.loads(memory.read_text())) == [f"{cpu_model()}|tiny|2->1"]
 
 
@@ -749,3 +751,24 @@ def test_a_final_benchmark_timed_under_load_is_timed_again_as_the_search_times(t
     assert abs(speedup - candidate["load_corrected"]["speedup_interval"]["speedup"]) < 0.01
     assert teacher["latency_ms"]["p50"] < 5.0  # the tiny model's own p50, not the loaded 10 ms
     assert report["environment"]["load_corrected"] is True and candidate["load_corrected"]["others_cpu"] is not None
+
+
+def test_with_no_quiet_scaling_a_loaded_speedup_spans_the_teachers_possible_scaling(tmp_path) -> None:
+    """A fresh work folder on a busy machine: the teacher's thread scaling was never timed quiet, so a 1-thread
+    candidate's speed-up is the turn-about ratio times the assumed factor sqrt(0.5), and its interval spans the
+    factor's bounds: low end x 0.5 (the teacher gains 2x from its second thread), high end x 1 (it gains nothing)."""
+    from slimformer.auto.candidate import SCALING_FILE, TeacherClock, measure
+
+    hog = cpu_hog()
+    try:
+        measured = measure(TINY_ONNX, QUERIES, 1, TeacherClock(TINY_ONNX, "tiny", tmp_path / SCALING_FILE, threads=2))
+    finally:
+        hog.kill()
+        hog.wait()
+    interval, scaling = measured["speedup_interval"], measured["teacher_scaling"]
+    assert scaling["assumed"] is True and scaling["factor"] == round(0.5**0.5, 4)
+    assert not (tmp_path / SCALING_FILE).exists()  # nothing remembered from a loaded machine
+    # the same model on both sides: a ratio near 1, times sqrt(0.5)
+    assert 0.5**0.5 * 0.67 < interval["speedup"] < 0.5**0.5 * 1.5
+    ratio = interval["speedup"] / scaling["factor"]
+    assert interval["low"] <= 0.5 * ratio * 1.0001 and interval["high"] >= ratio * 0.9999

@@ -14,6 +14,7 @@ workers reuse each other's finished steps and never run one twice at once.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -367,8 +368,25 @@ class TeacherClock:
             if self.memory:
                 remember_json(self.memory, key, best)
             return {**best, "remembered": False}
-        self._loaded_scaling[threads] = {**best, "remembered": False}
+        self._loaded_scaling[threads] = assumed_scaling(threads, self.threads, measured, others)
         return self._loaded_scaling[threads]
+
+
+def assumed_scaling(threads: int, own: int, loaded: float, others: float | None) -> dict[str, Any]:
+    """The teacher's thread scaling (p50 at its `own` threads over p50 at `threads`) when it was never timed on a
+    quiet machine and other processes are busy now. A timing under load is no use: the teacher's threads wait for
+    the one that shares a busy core, so it reads 2-3x too slow at its own thread count. The factor is bounded
+    instead, between perfect scaling (threads / own) and no gain from the extra threads (1); the estimate is
+    their geometric middle. The loaded timing is kept as `loaded_factor`."""
+    ends = sorted((threads / own, 1.0))
+    return {
+        "factor": round(math.sqrt(ends[0] * ends[1]), 4),
+        "bounds": ends,
+        "assumed": True,
+        "loaded_factor": loaded,
+        "others_cpu": others,
+        "remembered": False,
+    }
 
 
 def measure(
@@ -434,7 +452,8 @@ def _speedup(
 
     interval = speedup_interval(timings["reference"], timings["candidate"])
     factor = scaling["factor"]
-    estimate, low, high = factors or (factor, factor, factor)
+    low_end, high_end = scaling.get("bounds", (factor, factor))  # an assumed scaling's bounds widen the interval
+    estimate, low, high = factors or (factor, low_end, high_end)
     scaled = {"speedup": interval["speedup"] * estimate, "low": interval["low"] * low, "high": interval["high"] * high}
     return {
         "reference_p50_ms": round(median_ms(flat(timings["reference"])) * factor, 4),
@@ -448,12 +467,13 @@ def _single_thread_bound(single: Any, reference: TeacherClock, texts: list[str],
     1 thread each, turn about. With f the teacher's quiet p50 at its own threads over its p50 at 1 thread, and s
     the candidate's own (unknown) gain from its threads, the quiet speed-up is ratio x f x s, s between 1 (no
     gain: the low end) and 1 / f (the teacher's gain: the high end, which the screen's optimistic verdict uses);
-    the estimate takes their geometric middle, s = f^-1/2. The candidate's p50 is the teacher's over it."""
+    the estimate takes their geometric middle, s = f^-1/2. The candidate's p50 is the teacher's over it. When f
+    itself is not known (:func:`assumed_scaling`), its lower bound takes its place: f x s lies between it and 1."""
     from slimformer.timing import predictor_timer
 
     timings, others = _turn_about(predictor_timer(single), reference, 1, texts, rounds)
     scaling = reference.scaling(1, texts)
-    factor = scaling["factor"]
+    factor = scaling.get("bounds", [scaling["factor"]])[0]
     measured = _speedup(timings, {"threads_timed": 1, **scaling}, (factor**0.5, factor, 1.0))
     measured["p50_ms"] = round(measured["reference_p50_ms"] / measured["speedup_interval"]["speedup"], 4)
     measured["single_thread_bound"] = {"others_cpu": others, "teacher_gain": round(1 / factor, 3)}

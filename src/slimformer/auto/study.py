@@ -478,7 +478,9 @@ class _Printer:
             )
             if is_busy(attrs.get("others_cpu")):
                 outcome += f" (timed while other processes took {100 * attrs['others_cpu']:.0f} % of the CPU"
-                outcome += ": bounded from 1 thread each)" if attrs.get("single_thread_bound") else ")"
+                outcome += ": bounded from 1 thread each" if attrs.get("single_thread_bound") else ""
+                assumed = (attrs.get("teacher_scaling") or {}).get("assumed")
+                outcome += "; the teacher's thread scaling bounded, never timed quiet)" if assumed else ")"
         else:
             why = attrs.get("error") or attrs.get(PRUNED_ATTR)
             outcome = trial.state.name.lower() + (f" ({why})" if why else "")
