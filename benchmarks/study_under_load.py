@@ -2,11 +2,14 @@
 
 Runs the same study twice, as a user would (`slimformer auto`, a fixed number of trained trials, no time budget, the
 same seed): first on a quiet machine, then with another process spinning on one core for the whole run. The loaded
-study gets a fresh work folder that holds only the quiet study's trained stages (hard links): a shape trained in
-both is not trained twice (training does not decide the verdict, and it would take twice as long beside the
-spinning process), while everything that timing decides is done afresh: the screen of every shape, the teacher's
-thread scaling, each trial's speed-up, the final side-by-side benchmark on test and the verdict. Prints, for both
-runs, the verdict, the pick and each trial's state and speed-up.
+study runs in the quiet study's work folder with the screens and Pareto fronts remembered there moved aside (put
+back afterwards), so it finds the quiet study's trained stages: a shape trained in both is not trained twice
+(training does not decide the verdict, and beside the spinning process it runs 10x slower), while everything timing
+decides is done afresh: the screen of every shape, each trial's speed-up, the final side-by-side benchmark on test
+and the verdict. The teacher's quiet thread scaling stays remembered, as in any work folder that once saw a quiet
+machine; `--forget-scaling` drops it too (a first study on a busy machine: the scaling is then only bounded, and
+the screen keeps shapes the quiet one drops). Prints, for both runs, the verdict, the pick and each trial's state
+and speed-up.
 
     .venv/bin/python benchmarks/study_under_load.py --model demo/stages/01-finetune-teacher-* --min-speedup 12 \\
         --trials 6 --output runs/study-under-load
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +28,14 @@ from typing import Any
 
 from slimformer.cpu import cpu_model
 
+TIMING_MEMORY = ("screens.json", "pareto.json")  # what a work folder remembers of its studies' timing
+SCALING_MEMORY = "teacher_threads.json"  # the teacher's quiet thread scaling, per CPU: kept unless --forget-scaling
+
 
 def run_study(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """`slimformer auto` into OUTPUT/NAME with work folder OUTPUT/NAME-work; its auto.json, exit code, seconds."""
-    output, work = args.output / name, args.output / f"{name}-work"
+    """`slimformer auto` into OUTPUT/NAME with the work folder `--work`; its auto.json, exit code, seconds (a quiet
+    study already in OUTPUT/quiet is kept, not run again)."""
+    output, work = args.output / name, args.work
     command = [
         str(Path(sys.executable).with_name("slimformer")),
         "auto",
@@ -49,6 +55,8 @@ def run_study(args: argparse.Namespace, name: str) -> dict[str, Any]:
         str(work),
         *args.extra,
     ]
+    if name == "quiet" and (output / "auto.json").is_file():
+        return {"exit_code": None, "seconds": None, "summary": json.loads((output / "auto.json").read_text())}
     started = time.perf_counter()
     with (args.output / f"{name}.log").open("w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
@@ -70,20 +78,33 @@ def main() -> None:
     parser.add_argument("--max-accuracy-drop", type=float, default=0.5)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--output", type=Path, default=Path("runs/study-under-load"))
+    parser.add_argument("--work", type=Path, default=None, help="the studies' work folder (default OUTPUT/work)")
+    parser.add_argument(
+        "--forget-scaling",
+        action="store_true",
+        help="the loaded study starts without the teacher's quiet thread scaling (a first study on a busy machine)",
+    )
     parser.add_argument("extra", nargs="*", help="more `slimformer auto` options, after --")
     args = parser.parse_args()
+    args.work = args.work or args.output / "work"  # stage keys hold its path: both studies must name it alike
     args.output.mkdir(parents=True, exist_ok=True)
 
     runs = {"quiet": run_study(args, "quiet")}
-    loaded_work = args.output / "loaded-work"
-    if not loaded_work.exists():  # only the trained stages: screens, teacher scaling and fronts are timed afresh
-        shutil.copytree(args.output / "quiet-work" / "stages", loaded_work / "stages", copy_function=os.link)
+    work, aside = args.work, args.output / "quiet-timing"
+    aside.mkdir(exist_ok=True)
+    forget = TIMING_MEMORY + ((SCALING_MEMORY,) if args.forget_scaling else ())
+    for name in forget:  # the loaded study times every shape afresh; the trained stages stay
+        if (work / name).exists():
+            shutil.move(work / name, aside / name)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core busy, as another job would be
     try:
         runs["loaded"] = run_study(args, "loaded")
     finally:
         hog.kill()
         hog.wait()
+        for name in forget:
+            if (aside / name).exists():
+                shutil.move(aside / name, work / f"{name}.quiet")  # the quiet study's, beside the loaded one's
 
     lines = [
         f"CPU: {cpu_model()}; `slimformer auto --min-speedup {args.min_speedup:g} --max-accuracy-drop "
@@ -100,7 +121,7 @@ def main() -> None:
     row("exit code", lambda run, s: run["exit_code"])
     row("budget met", lambda run, s: (s.get("verdict") or {}).get("met"))
     row("pick", lambda run, s: (s.get("pick") or {}).get("trial"))
-    row("minutes", lambda run, s: f"{run['seconds'] / 60:.1f}")
+    row("minutes", lambda run, s: f"{run['seconds'] / 60:.1f}" if run["seconds"] else "(an earlier run)")
     tables = {name: {r["trial"]: r for r in s.get("trial_table", [])} for name, s in summaries.items()}
     for trial in sorted(set(tables["quiet"]) | set(tables["loaded"])):
         cells = [trial_cells(tables[n][trial]) if trial in tables[n] else "–" for n in ("quiet", "loaded")]
