@@ -588,15 +588,19 @@ def test_the_pick_prefers_the_faster_of_two_candidates_validation_cannot_tell_ap
     far = teacher.copy()
     far[rng.choice(np.flatnonzero(teacher), 40, replace=False)] = False  # 4 points below
 
-    def trial(number: int, correct, p50: float):
+    def trial(number: int, correct, p50: float, speedup: float):
         interval = paired_drop_interval(teacher, correct, 0.5)
-        attrs = {"drop_interval": interval, "p50_ms": p50, "size_mb": 5.0}
+        attrs = {"drop_interval": interval, "p50_ms": p50, "speedup": speedup, "size_mb": 5.0}
         return SimpleNamespace(number=number, value=float(correct.mean()), user_attrs=attrs)
 
-    most_accurate, faster = trial(1, closer, 0.40), trial(2, close, 0.25)
+    most_accurate, faster = trial(1, closer, 0.40, 14.7), trial(2, close, 0.25, 16.1)
     pick, why = prefer_faster_among_ties([most_accurate, faster])
     assert pick is faster and "cannot be told apart" in why and "trial 2 was picked over" in why
-    slow_but_far_better = [trial(3, closer, 0.40), trial(4, far, 0.10)]
+    assert "16.1x against 14.7x" in why
+    # faster by its speed-up, timed beside the teacher: a raw p50 timed while the teacher ran slower says otherwise
+    drifted = trial(5, close, 0.59, 16.1)
+    assert prefer_faster_among_ties([trial(1, closer, 0.51, 14.7), drifted])[0] is drifted
+    slow_but_far_better = [trial(3, closer, 0.40, 12.0), trial(4, far, 0.10, 48.0)]
     assert prefer_faster_among_ties(slow_but_far_better) == (slow_but_far_better[0], "")  # 4 points is not noise
     assert paired_drop_interval(teacher, far, 0.5)["p_within_tolerance"] == 0.0
 

@@ -64,7 +64,7 @@ def select(study: optuna.Study, config: AutoConfig) -> Selection:
 
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "p50_ms" in t.user_attrs]
     front = pareto_front(complete)
-    meets = sorted((t for t in complete if feasible(t)), key=lambda t: (-t.value, t.user_attrs["p50_ms"]))
+    meets = sorted((t for t in complete if feasible(t)), key=lambda t: (-t.value, -t.user_attrs["speedup"]))
     closest = sorted(complete, key=lambda t: (max(t.user_attrs[CONSTRAINTS]), -t.value))
     pick, why = prefer_faster_among_ties(meets)
     return Selection(complete=complete, front=front, pick=pick, closest=closest, why=why)
@@ -73,7 +73,8 @@ def select(study: optuna.Study, config: AutoConfig) -> Selection:
 def prefer_faster_among_ties(meets: list[Any]) -> tuple[Any | None, str]:
     """The pick among the trials that meet the budget (sorted most accurate first): the most accurate one,
     unless validation cannot tell it from others: then the fastest (and smallest) of those whose paired drop
-    interval overlaps the most accurate one's. Returns the pick and, when that rule moved it, why."""
+    interval overlaps the most accurate one's. Fastest by speed-up, each timed turn about with the teacher: raw
+    p50s timed minutes apart move with the machine. Returns the pick and, when that rule moved it, why."""
     if not meets:
         return None, ""
     best = meets[0]
@@ -81,7 +82,7 @@ def prefer_faster_among_ties(meets: list[Any]) -> tuple[Any | None, str]:
     if best_interval is None:
         return best, ""
     tied = [t for t in meets if _overlaps(t.user_attrs.get(DROP_INTERVAL), best_interval)]
-    pick = min(tied, key=lambda t: (t.user_attrs["p50_ms"], t.user_attrs.get("size_mb", 0.0)))
+    pick = min(tied, key=lambda t: (-t.user_attrs["speedup"], t.user_attrs.get("size_mb", 0.0)))
     if pick is best:
         return best, ""
     ours, theirs = pick.user_attrs[DROP_INTERVAL], best_interval
@@ -89,7 +90,7 @@ def prefer_faster_among_ties(meets: list[Any]) -> tuple[Any | None, str]:
         f"trial {pick.number} was picked over the most accurate, trial {best.number}: on the "
         f"{theirs['rows']} validation rows their drops cannot be told apart (90 % intervals "
         f"{ours['low']:+.2f}..{ours['high']:+.2f} and {theirs['low']:+.2f}..{theirs['high']:+.2f} points), "
-        f"and it is faster ({pick.user_attrs['p50_ms']:.3f} against {best.user_attrs['p50_ms']:.3f} ms)"
+        f"and it is faster ({pick.user_attrs['speedup']:.1f}x against {best.user_attrs['speedup']:.1f}x the teacher)"
     )
 
 
