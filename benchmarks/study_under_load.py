@@ -36,6 +36,8 @@ def run_study(args: argparse.Namespace, name: str) -> dict[str, Any]:
     """`slimformer auto` into OUTPUT/NAME with the work folder `--work`; its auto.json, exit code, seconds (a quiet
     study already in OUTPUT/quiet is kept, not run again)."""
     output, work = args.output / name, args.work
+    if name == "quiet" and (output / "auto.json").is_file():
+        return {"exit_code": None, "seconds": None, "summary": json.loads((output / "auto.json").read_text())}
     command = [
         str(Path(sys.executable).with_name("slimformer")),
         "auto",
@@ -55,8 +57,6 @@ def run_study(args: argparse.Namespace, name: str) -> dict[str, Any]:
         str(work),
         *args.extra,
     ]
-    if name == "quiet" and (output / "auto.json").is_file():
-        return {"exit_code": None, "seconds": None, "summary": json.loads((output / "auto.json").read_text())}
     started = time.perf_counter()
     with (args.output / f"{name}.log").open("w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
@@ -68,6 +68,12 @@ def trial_cells(row: dict[str, Any]) -> str:
     speedup = f"{row['speedup']:.1f}x" if row.get("speedup") else "–"
     drop = f"{row['accuracy_drop_points']:.2f}" if row.get("accuracy_drop_points") is not None else "–"
     return f"{row['state']}, {speedup}, drop {drop}"
+
+
+def final_cells(row: dict[str, Any]) -> str:
+    """A final-benchmark row: its speed-up (and as timed, when the load was corrected for), accuracy, verdict."""
+    loaded = f" (as timed {row['loaded_speedup']:.1f}x)" if row.get("loaded_speedup") else ""
+    return f"{row['speedup']:.1f}x{loaded}, accuracy {row['accuracy']:.4f}, meets {row.get('meets')}"
 
 
 def main() -> None:
@@ -126,12 +132,10 @@ def main() -> None:
     for trial in sorted(set(tables["quiet"]) | set(tables["loaded"])):
         cells = [trial_cells(tables[n][trial]) if trial in tables[n] else "–" for n in ("quiet", "loaded")]
         lines.append(f"| trial {trial} | " + " | ".join(cells) + " |")
-    for name, s in summaries.items():
-        for result in s.get("final_benchmark", []):
-            lines.append(
-                f"| final ({name}): {result.get('model')} | {result.get('speedup')} | "
-                f"accuracy {result.get('accuracy')}, meets {result.get('meets')} |"
-            )
+    finals = {name: {r["model"]: r for r in s.get("final_benchmark", [])} for name, s in summaries.items()}
+    for model in dict.fromkeys([*finals["quiet"], *finals["loaded"]]):
+        cells = [final_cells(finals[n][model]) if model in finals[n] else "–" for n in ("quiet", "loaded")]
+        lines.append(f"| final benchmark: {model} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     (args.output / "study_under_load.md").write_text("\n".join(lines) + "\n")
     (args.output / "study_under_load.json").write_text(json.dumps(runs, indent=2, default=str))
