@@ -608,6 +608,23 @@ def test_the_pick_prefers_the_faster_of_two_candidates_validation_cannot_tell_ap
     assert paired_drop_interval(teacher, far, 0.5)["p_within_tolerance"] == 0.0
 
 
+def test_the_pareto_front_compares_speedups_not_raw_p50s() -> None:
+    """A raw p50 timed while the machine was slower must not push a faster candidate off the front."""
+    from types import SimpleNamespace
+
+    from slimformer.auto.select import pareto_front
+
+    def trial(number: int, accuracy: float, p50: float, speedup: float):
+        return SimpleNamespace(number=number, value=accuracy, user_attrs={"p50_ms": p50, "speedup": speedup})
+
+    accurate = trial(0, 0.944, 0.51, 14.7)
+    drifted = trial(1, 0.941, 0.59, 16.1)  # faster beside the teacher, timed in a slower minute
+    dominated = trial(2, 0.940, 0.45, 15.0)  # the lowest raw p50, yet slower and less accurate than trial 1
+    front = pareto_front([accurate, drifted, dominated])
+    assert [t.number for t in front] == [0, 1]
+    assert [t.number for t in pareto_front([accurate, trial(3, 0.944, 0.50, 14.7)])] == [0, 3]  # ties both stay
+
+
 def test_validation_fraction_carves_validation_from_train(clinc_slice_dir, tmp_path) -> None:
     import shutil
 

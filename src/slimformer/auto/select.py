@@ -45,24 +45,28 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def pareto_front(trials: list[Any]) -> list[Any]:
-    """Trials no other trial beats on both validation accuracy (higher) and p50 (lower), by accuracy."""
+    """Trials no other trial beats on both validation accuracy and speed-up (higher is better on both), most
+    accurate first. Speed-ups, each timed turn about with the teacher, not raw p50s: those, timed minutes apart,
+    move with the machine (the same key as the pick's tie-break)."""
     front = []
     for t in trials:
-        acc, p50 = t.value, t.user_attrs["p50_ms"]
+        acc, speedup = t.value, t.user_attrs["speedup"]
         dominated = any(
-            o.value >= acc and o.user_attrs["p50_ms"] <= p50 and (o.value > acc or o.user_attrs["p50_ms"] < p50)
+            o.value >= acc
+            and o.user_attrs["speedup"] >= speedup
+            and (o.value > acc or o.user_attrs["speedup"] > speedup)
             for o in trials
         )
         if not dominated:
             front.append(t)
-    return sorted(front, key=lambda t: (-t.value, t.user_attrs["p50_ms"]))
+    return sorted(front, key=lambda t: (-t.value, -t.user_attrs["speedup"]))
 
 
 def select(study: optuna.Study, config: AutoConfig) -> Selection:
     """The most accurate trial on validation that meets the budget; else the closest ones."""
     from optuna.trial import TrialState
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "p50_ms" in t.user_attrs]
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "speedup" in t.user_attrs]
     front = pareto_front(complete)
     meets = sorted((t for t in complete if feasible(t)), key=lambda t: (-t.value, -t.user_attrs["speedup"]))
     closest = sorted(complete, key=lambda t: (max(t.user_attrs[CONSTRAINTS]), -t.value))

@@ -5,7 +5,7 @@ and maximising validation accuracy. TPE rather than NSGA-II because each trial c
 models a mixed categorical / integer / log-float space from a handful of trials, where a genetic algorithm
 needs populations of dozens. ``multivariate`` + ``group`` model the joint shape (depth × heads × FFN × INT8
 method × threads), including the trials screened out before their training parameters were sampled;
-``constant_liar`` keeps parallel workers from proposing the same point. The Pareto front (accuracy vs latency)
+``constant_liar`` keeps parallel workers from proposing the same point. The Pareto front (accuracy vs speed-up)
 is computed over the finished trials for the report.
 
 Trial states: COMPLETE (trained and measured), PRUNED with user attr ``screened_out`` (the untrained shape missed
