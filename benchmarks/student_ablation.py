@@ -30,6 +30,38 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "logits-from1": {"first_kept_layer": 1},
     "mix-from1": {"augment": "mix", "first_kept_layer": 1},
     "mask+mix-from1": {"augment": "mask,mix", "first_kept_layer": 1},
+    # the recipe's distill stage as it is now (layers from 1, mixed utterances, dropout off), then logit
+    # standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature) at several temperatures
+    "recipe": {"augment": "mix", "first_kept_layer": 1, "dropout": 0.0},
+    "recipe-ls-T1": {
+        "augment": "mix",
+        "first_kept_layer": 1,
+        "dropout": 0.0,
+        "standardize_logits": True,
+        "temperature": 1.0,
+    },
+    "recipe-ls-T2": {
+        "augment": "mix",
+        "first_kept_layer": 1,
+        "dropout": 0.0,
+        "standardize_logits": True,
+        "temperature": 2.0,
+    },
+    "recipe-ls-T4": {
+        "augment": "mix",
+        "first_kept_layer": 1,
+        "dropout": 0.0,
+        "standardize_logits": True,
+        "temperature": 4.0,
+    },
+    "recipe-ls-T2-a0.3": {
+        "augment": "mix",
+        "first_kept_layer": 1,
+        "dropout": 0.0,
+        "standardize_logits": True,
+        "temperature": 2.0,
+        "alpha": 0.3,
+    },
     "logits-6ep": {"epochs": 6.0},
     "logits-6ep-lr5e-4": {"epochs": 6.0, "learning_rate": 5e-4},
     # issue 24's epochs x learning-rate grid for 1-2 layers (the recipe's 3 epochs at 2.9e-4 were tuned for 3)

@@ -94,6 +94,29 @@ def test_loss_matches_a_hand_computation(alpha: float, temperature: float) -> No
     assert kl > 0.01  # the soft term really contributes
 
 
+def test_standardized_logits_match_a_hand_computation_and_ignore_the_logit_scale() -> None:
+    """Logit standardization: both rows z-scored (sample standard deviation) before the temperature, so a student
+    whose logits are the teacher's scaled and shifted has no soft loss left."""
+    from slimformer.distillation import distillation_loss
+
+    student, teacher, labels = _random_batch(seed=3)
+
+    def z(rows: np.ndarray) -> np.ndarray:
+        return (rows - rows.mean(-1, keepdims=True)) / rows.std(-1, ddof=1, keepdims=True)
+
+    temperature = 2.0
+    log_p_teacher = _np_log_softmax(z(teacher) / temperature)
+    log_p_student = _np_log_softmax(z(student) / temperature)
+    kl = np.mean(np.sum(np.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1))
+    loss = distillation_loss(
+        torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), 0.0, temperature, standardize=True
+    )
+    assert loss.item() == pytest.approx(temperature**2 * kl, rel=1e-5)
+    scaled = torch.tensor(0.25 * teacher + 3.0)  # the teacher's shape at a quarter of its range
+    assert distillation_loss(scaled, torch.tensor(teacher), torch.tensor(labels), 0.0, temperature, True).item() < 1e-6
+    assert distillation_loss(scaled, torch.tensor(teacher), torch.tensor(labels), 0.0, temperature).item() > 0.1
+
+
 def test_alpha_one_is_plain_cross_entropy() -> None:
     from slimformer.distillation import distillation_loss
 

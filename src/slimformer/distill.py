@@ -158,6 +158,7 @@ def distill_student(
         config.alpha,
         config.temperature,
         config.cache_dir,
+        standardize=config.standardize_logits,
         layers=config.layer_losses(),
         transfer_texts=transfer_texts(config, splits, tokenizer, student.get_input_embeddings().weight),
     )

@@ -53,13 +53,16 @@ def distillation_loss(
     labels: torch.Tensor,
     alpha: float = 0.5,
     temperature: float = 2.0,
+    standardize: bool = False,
 ) -> torch.Tensor:
     """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T)).
 
     Logits are (batch, num_labels), labels (batch,) ints; CE is a mean over the labelled rows (transfer rows are
     labelled IGNORED_LABEL: the teacher's targets are all they have), KL a mean over the batch. The T^2 factor
     keeps the soft term's gradients on the same scale as the hard term's whatever the temperature. Without
-    teacher logits (evaluation batches) it is the plain cross-entropy.
+    teacher logits (evaluation batches) it is the plain cross-entropy. With `standardize`, both rows of logits
+    are z-scored first (logit standardization, Sun et al., CVPR 2024): the student matches the shape of the
+    teacher's logits, not their range, which a smaller model may not reach.
     """
     import torch.nn.functional as F
 
@@ -71,13 +74,21 @@ def distillation_loss(
     if teacher_logits is None or alpha >= 1.0:
         return cross_entropy
     teacher_logits = teacher_logits.to(student_logits.dtype)
+    soft_student = z_scores(student_logits) if standardize else student_logits
+    if standardize:
+        teacher_logits = z_scores(teacher_logits)
     kl = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(soft_student / temperature, dim=-1),
         F.log_softmax(teacher_logits / temperature, dim=-1),
         reduction="batchmean",
         log_target=True,
     )
     return alpha * cross_entropy + (1.0 - alpha) * temperature**2 * kl
+
+
+def z_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Each row minus its mean, over its standard deviation."""
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + 1e-7)
 
 
 @dataclass
@@ -86,6 +97,7 @@ class DistillationTrainingArguments(TrainingArguments):
 
     alpha: float = field(default=0.5, metadata={"help": "Weight of the hard-label cross-entropy (1 = no teacher)."})
     temperature: float = field(default=2.0, metadata={"help": "Softmax temperature of teacher and student."})
+    standardize_logits: bool = field(default=False, metadata={"help": "Z-score both logits before the temperature."})
     # the `teacher_logits` column is not a model input: keep it for the collator instead of dropping it
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep dataset columns the model's forward does not take."}
@@ -152,7 +164,8 @@ class DistillationTrainer(Trainer):
         outputs = model(**inputs)
         alpha = getattr(self.args, "alpha", 1.0)
         temperature = getattr(self.args, "temperature", 1.0)
-        loss = distillation_loss(outputs.logits, teacher, labels, alpha, temperature)
+        standardize = getattr(self.args, "standardize_logits", False)
+        loss = distillation_loss(outputs.logits, teacher, labels, alpha, temperature, standardize)
         if distiller is not None:
             inputs.pop("output_hidden_states", None)
             loss = loss + distiller.loss(inputs, outputs)

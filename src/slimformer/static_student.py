@@ -134,7 +134,12 @@ def static_student(
         train = column(splits.train, "text")
         transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight)
     distillation = Distillation(
-        teacher_path, config.alpha, config.temperature, config.cache_dir, transfer_texts=transfer
+        teacher_path,
+        config.alpha,
+        config.temperature,
+        config.cache_dir,
+        standardize=config.standardize_logits,
+        transfer_texts=transfer,
     )
     result = train_classifier(model, tokenizer, splits, config, folder / "trainer", distillation=distillation)
     model.embeddings.weight.requires_grad_(True)

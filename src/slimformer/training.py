@@ -40,6 +40,9 @@ class SoftTargets:
 
     alpha: float = option(0.5, "Weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets (1: none).")
     temperature: float = option(2.0, "Softens both distributions so the teacher's 'dark knowledge' shows.")
+    standardize_logits: bool = option(
+        False, "Z-score teacher and student logits before the temperature (logit standardization, Sun et al. 2024)."
+    )
 
     def validate_soft_targets(self) -> None:
         """One-line ConfigErrors for an alpha outside [0, 1] or a temperature <= 0."""
@@ -97,6 +100,7 @@ class Distillation:
     alpha: float = 0.5  # weight of the hard-label loss; 1 - alpha goes to the teacher's soft targets
     temperature: float = 2.0
     cache_dir: str | None = None
+    standardize: bool = False  # z-score both logits first (`SoftTargets.standardize_logits`)
     layers: LayerLosses | None = None  # intermediate-layer losses (the teacher then runs live)
     transfer_texts: Sequence[str] = ()  # more texts to distil on: teacher targets only, no hard label
 
@@ -178,12 +182,12 @@ def train_classifier(
 
     max_length = config.max_length or DEFAULT_MAX_LENGTH
     train, cache, layer_distiller = splits.train, None, None
-    alpha, temperature = 1.0, 1.0
+    alpha, temperature, standardize = 1.0, 1.0, False
     if distillation is not None and distillation.alpha < 1.0:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         train = with_transfer_texts(train, distillation.transfer_texts)
         train, cache = add_teacher_logits(train, distillation.teacher, labels, max_length, distillation.cache_dir)
-        alpha, temperature = distillation.alpha, distillation.temperature
+        alpha, temperature, standardize = distillation.alpha, distillation.temperature, distillation.standardize
         if distillation.layers is not None and distillation.layers.active:
             layer_distiller = live_teacher(model, tokenizer, distillation)
     elif distillation is not None and (
@@ -191,7 +195,7 @@ def train_classifier(
     ):
         raise ConfigError("transfer texts and layer losses learn from the teacher: they need alpha < 1")
     arguments = DistillationTrainingArguments(
-        alpha=alpha, temperature=temperature, **trainer_arguments(work_dir, config)
+        alpha=alpha, temperature=temperature, standardize_logits=standardize, **trainer_arguments(work_dir, config)
     )
     trainer = DistillationTrainer(
         model=model,

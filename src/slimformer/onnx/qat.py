@@ -40,7 +40,7 @@ def quantization_aware_training(
         max_length=config.max_length,
         seed=config.seed,
     )
-    distillation = Distillation(teacher_path, config.alpha, config.temperature)
+    distillation = Distillation(teacher_path, config.alpha, config.temperature, standardize=config.standardize_logits)
     wrapped = _wrap_linears(model, reduce_range)
     result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
     _unwrap_linears(model)

@@ -393,7 +393,11 @@ def _train(
     validation / test / history entries of metrics.json."""
     from slimformer.training import Distillation, train_classifier
 
-    distillation = Distillation(teacher, config.alpha, config.temperature) if teacher is not None else None
+    distillation = (
+        Distillation(teacher, config.alpha, config.temperature, standardize=config.standardize_logits)
+        if teacher is not None
+        else None
+    )
     result = train_classifier(
         model, tokenizer, splits, config, folder / "trainer", distillation, callbacks=callbacks, configure=configure
     )
