@@ -33,6 +33,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the recipe's distill stage as it is now (layers from 1, mixed utterances, dropout off), then logit
     # standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature) at several temperatures
     "recipe": {"augment": "mix", "first_kept_layer": 1, "dropout": 0.0},
+    # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
+    "recipe-near": {"augment": "mix-near", "first_kept_layer": 1, "dropout": 0.0},
+    "recipe-mix+near": {"augment": "mix,mix-near", "first_kept_layer": 1, "dropout": 0.0},
     "recipe-ls-T1": {
         "augment": "mix",
         "first_kept_layer": 1,

@@ -255,6 +255,26 @@ def test_augmentations_are_deterministic_and_do_what_they_say() -> None:
     assert len(augment_texts(texts, ["mask", "delete"], copies=2, seed=0)) == 12
 
 
+def test_mix_near_takes_its_second_half_from_the_intent_the_teacher_ranks_next() -> None:
+    from slimformer.errors import ConfigError
+    from slimformer.transfer import augment_texts, runner_up_partners
+
+    texts = ["book a flight to paris", "book a hotel in rome", "what is my balance", "how much money is left"]
+    labels = [0, 1, 2, 2]
+    logits = np.array(  # rows: texts; columns: labels 0, 1, 2
+        [[5.0, 3.0, 1.0], [2.0, 6.0, 1.0], [0.0, 1.0, 7.0], [0.5, 0.0, 4.0]]
+    )
+    near = runner_up_partners(labels, logits)
+    assert near == [[1], [0], [1], [0]]  # the highest logit of another label: flight <-> hotel; balance -> 1, 0
+    mixed = augment_texts(texts, ["mix-near"], copies=3, seed=0, near=near)
+    tails = {i: " ".join(t.split()[len(t.split()) // 2 :]) for i, t in enumerate(texts)}
+    heads = [" ".join(t.split()[: (len(t.split()) + 1) // 2]) for t in texts]
+    expected = {f"{heads[i]} {tails[near[i][0]]}" for i in range(len(texts))}
+    assert set(mixed) == expected and len(mixed) == 12
+    with pytest.raises(ConfigError, match="nearest intent"):
+        augment_texts(texts, ["mix-near"])
+
+
 def test_replace_draws_each_word_from_its_nearest_words_in_the_embedding_table() -> None:
     import torch
     from tokenizers import Tokenizer, models

@@ -160,7 +160,7 @@ def distill_student(
         config.cache_dir,
         standardize=config.standardize_logits,
         layers=config.layer_losses(),
-        transfer_texts=transfer_texts(config, splits, tokenizer, student.get_input_embeddings().weight),
+        transfer_texts=transfer_texts(config, splits, tokenizer, student.get_input_embeddings().weight, teacher_path),
     )
     result = train_classifier(
         student, tokenizer, splits, config, folder / "trainer", distillation=distillation, callbacks=callbacks
@@ -182,17 +182,35 @@ def distill_student(
     return StageResult(metrics, Session(config.max_length))
 
 
-def transfer_texts(config: DistillConfig, splits: DataSplits, tokenizer: Any, table: Any) -> list[str]:
+def transfer_texts(
+    config: DistillConfig, splits: DataSplits, tokenizer: Any, table: Any, teacher: Path | None = None
+) -> list[str]:
     """The unlabelled file's texts, then the augmentations of the training texts the config asks for (`table`:
-    the student's input embeddings, whose nearest words `replace` draws from)."""
+    the student's input embeddings, whose nearest words `replace` draws from; `teacher`: whose logits over the
+    training texts pick `mix-near`'s partners)."""
     from slimformer.data import column
-    from slimformer.transfer import augment_for_model, read_unlabeled
+    from slimformer.transfer import NEAR, augment_for_model, parse_augmentations, read_unlabeled, runner_up_partners
 
     texts = read_unlabeled(config.unlabeled) if config.unlabeled else []
     if config.augment:
         train = column(splits.train, "text")
-        texts += augment_for_model(train, config.augment, config.augment_copies, config.seed, tokenizer, table)
+        near = None
+        if NEAR in parse_augmentations(config.augment) and teacher is not None:
+            near = runner_up_partners(column(splits.train, "label"), _teacher_logits(teacher, splits, config))
+        texts += augment_for_model(train, config.augment, config.augment_copies, config.seed, tokenizer, table, near)
     return texts
+
+
+def _teacher_logits(teacher: Path, splits: DataSplits, config: DistillConfig) -> Any:
+    """The teacher's logits over the training split, columns in the split's label order (cached)."""
+    from slimformer.distillation import cached_teacher_logits
+    from slimformer.models import DEFAULT_MAX_LENGTH, classifier_labels
+
+    logits = cached_teacher_logits(
+        teacher, splits.train, config.max_length or DEFAULT_MAX_LENGTH, cache_dir=config.cache_dir
+    ).logits
+    teacher_labels = classifier_labels(teacher) or []
+    return logits[:, [teacher_labels.index(label) for label in splits.labels]]
 
 
 def _student_checkpoint(path: Path, labels: list[str]) -> tuple[Any, Any]:

@@ -23,7 +23,8 @@ from typing import Any
 
 from slimformer.errors import ConfigError, DataError
 
-AUGMENTATIONS = ("mask", "delete", "swap", "mix", "replace")
+AUGMENTATIONS = ("mask", "delete", "swap", "mix", "mix-near", "replace")
+NEAR = "mix-near"  # a mixed utterance whose second half comes from the intent the teacher ranks next
 WORD_RATE = 0.15  # share of the words `mask`, `delete` and `replace` touch (at least one)
 NEIGHBOURS = 8  # `replace` draws from a word's 8 nearest words
 
@@ -82,6 +83,7 @@ AUGMENTERS: dict[str, Callable[[list[str], random.Random, AugmentContext], list[
     "delete": delete_words,
     "swap": swap_words,
     "mix": mix_utterances,
+    NEAR: mix_utterances,  # the same cut; its partner is drawn from `near` (augment_texts)
     "replace": replace_words,
 }
 
@@ -104,38 +106,65 @@ def augment_texts(
     seed: int = 0,
     mask_token: str = "[MASK]",
     neighbours: Mapping[str, Sequence[str]] | None = None,
+    near: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
     """`copies` new texts per training text and method, deterministic for a seed (so the teacher's logits over
     them are cached like any split's). Texts an augmentation leaves unchanged are dropped. `replace` needs
-    `neighbours` (:func:`word_neighbours`)."""
+    `neighbours` (:func:`word_neighbours`); `mix-near` needs `near`: for each text, the indices of the texts its
+    partner is drawn from (:func:`runner_up_partners`; a text with none gets a random partner)."""
     methods = parse_augmentations(list(methods))
     if "replace" in methods and neighbours is None:
         raise ConfigError("the 'replace' augmentation needs word neighbours from a model's embedding table")
+    if NEAR in methods and (near is None or len(near) != len(texts)):
+        raise ConfigError("the 'mix-near' augmentation needs each text's nearest intent, from the teacher")
     rng = random.Random(seed)
     split = [text.split() for text in texts]
     augmented: list[str] = []
     for method in methods:
         augment = AUGMENTERS[method]
         for _ in range(copies):
-            for words, text in zip(split, texts, strict=True):
+            for index, (words, text) in enumerate(zip(split, texts, strict=True)):
                 if not words:
                     continue
-                context = AugmentContext(split[rng.randrange(len(split))], mask_token, neighbours or {})
+                pool = near[index] if method == NEAR and near is not None else ()
+                partner = split[rng.choice(pool)] if pool else split[rng.randrange(len(split))]
+                context = AugmentContext(partner, mask_token, neighbours or {})
                 new = " ".join(augment(words, rng, context))
                 if new != text:
                     augmented.append(new)
     return augmented
 
 
+def runner_up_partners(labels: Sequence[int], logits: Any) -> list[list[int]]:
+    """For each training text, the indices of the training texts whose label is the one the teacher ranks
+    next after the text's own (`logits`: rows in text order, columns in the label ids' order): `mix-near`
+    draws its partners there, so its mixed utterances fall between intents the teacher finds close."""
+    import numpy as np
+
+    labels = np.asarray(labels)
+    by_label: dict[int, list[int]] = {}
+    for index, label in enumerate(labels.tolist()):
+        by_label.setdefault(label, []).append(index)
+    scores = np.array(logits, dtype=np.float64, copy=True)
+    scores[np.arange(len(labels)), labels] = -np.inf
+    return [by_label.get(int(runner_up), []) for runner_up in scores.argmax(axis=1)]
+
+
 def augment_for_model(
-    texts: Sequence[str], methods: str | Sequence[str], copies: int, seed: int, tokenizer: Any, table: Any
+    texts: Sequence[str],
+    methods: str | Sequence[str],
+    copies: int,
+    seed: int,
+    tokenizer: Any,
+    table: Any,
+    near: Sequence[Sequence[int]] | None = None,
 ) -> list[str]:
     """:func:`augment_texts` with the tokenizer's mask token and, for `replace`, the nearest words of the
     model's input-embedding `table` (one row per token id of `tokenizer`)."""
     methods = parse_augmentations(methods)
     mask_token = getattr(tokenizer, "mask_token", None) or "[MASK]"
     neighbours = word_neighbours(tokenizer, table, texts) if "replace" in methods else None
-    return augment_texts(texts, methods, copies, seed, mask_token, neighbours)
+    return augment_texts(texts, methods, copies, seed, mask_token, neighbours, near)
 
 
 def word_neighbours(tokenizer: Any, table: Any, texts: Sequence[str], count: int = NEIGHBOURS) -> dict[str, list[str]]:
