@@ -305,3 +305,25 @@ def test_replace_draws_each_word_from_its_nearest_words_in_the_embedding_table()
     assert firsts != {"flight"} and seconds != {"pizza"}
     with pytest.raises(ConfigError, match="needs word neighbours"):
         augment_texts(["flight"], ["replace"])
+
+
+def test_mix_near_partners_come_from_the_teachers_runner_up_intent(teacher_dir: Path, clinc_slice, tmp_path) -> None:
+    from slimformer.data import column
+    from slimformer.distill import DistillConfig, distill
+    from slimformer.distillation import teacher_logits
+    from slimformer.models import classifier_labels
+    from slimformer.transfer import teacher_runner_ups
+
+    splits = clinc_slice.subset(30, None, seed=0)
+    near = teacher_runner_ups(teacher_dir, splits, 64)
+    logits = teacher_logits(teacher_dir, splits.train, 64)
+    order = [classifier_labels(teacher_dir).index(label) for label in splits.labels]
+    labels = column(splits.train, "label")
+    for index, pool in enumerate(near):
+        scores = logits[index, order].copy()
+        scores[labels[index]] = -np.inf
+        runner_up = int(scores.argmax())
+        assert pool == [i for i, label in enumerate(labels) if label == runner_up]
+    options = {"student_layers": 2, "epochs": 1, "max_train_samples": 30, "augment": "mix-near"}
+    metrics = distill(teacher_dir, tmp_path / "out", DistillConfig(**options), clinc_slice)
+    assert 0 < metrics["transfer_rows"] <= 30

@@ -189,28 +189,17 @@ def transfer_texts(
     the student's input embeddings, whose nearest words `replace` draws from; `teacher`: whose logits over the
     training texts pick `mix-near`'s partners)."""
     from slimformer.data import column
-    from slimformer.transfer import NEAR, augment_for_model, parse_augmentations, read_unlabeled, runner_up_partners
+    from slimformer.models import DEFAULT_MAX_LENGTH
+    from slimformer.transfer import NEAR, augment_for_model, parse_augmentations, read_unlabeled, teacher_runner_ups
 
     texts = read_unlabeled(config.unlabeled) if config.unlabeled else []
     if config.augment:
         train = column(splits.train, "text")
         near = None
         if NEAR in parse_augmentations(config.augment) and teacher is not None:
-            near = runner_up_partners(column(splits.train, "label"), _teacher_logits(teacher, splits, config))
+            near = teacher_runner_ups(teacher, splits, config.max_length or DEFAULT_MAX_LENGTH, config.cache_dir)
         texts += augment_for_model(train, config.augment, config.augment_copies, config.seed, tokenizer, table, near)
     return texts
-
-
-def _teacher_logits(teacher: Path, splits: DataSplits, config: DistillConfig) -> Any:
-    """The teacher's logits over the training split, columns in the split's label order (cached)."""
-    from slimformer.distillation import cached_teacher_logits
-    from slimformer.models import DEFAULT_MAX_LENGTH, classifier_labels
-
-    logits = cached_teacher_logits(
-        teacher, splits.train, config.max_length or DEFAULT_MAX_LENGTH, cache_dir=config.cache_dir
-    ).logits
-    teacher_labels = classifier_labels(teacher) or []
-    return logits[:, [teacher_labels.index(label) for label in splits.labels]]
 
 
 def _student_checkpoint(path: Path, labels: list[str]) -> tuple[Any, Any]:

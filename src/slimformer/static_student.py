@@ -105,10 +105,10 @@ def static_student(
     from transformers import set_seed
 
     from slimformer.data import column
-    from slimformer.models import check_classifier_fits, load_tokenizer
+    from slimformer.models import DEFAULT_MAX_LENGTH, check_classifier_fits, load_tokenizer
     from slimformer.static_model import StaticEmbeddingConfig, StaticEmbeddingForSequenceClassification
     from slimformer.training import Distillation, train_classifier
-    from slimformer.transfer import augment_for_model
+    from slimformer.transfer import NEAR, augment_for_model, parse_augmentations, teacher_runner_ups
 
     teacher_path = teacher or source
     labels = check_classifier_fits(teacher_path, data.labels)
@@ -132,7 +132,10 @@ def static_student(
     transfer = []
     if config.augment:  # `replace` draws nearest words from the static table itself
         train = column(splits.train, "text")
-        transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight)
+        near = None
+        if NEAR in parse_augmentations(config.augment):  # partners from the teacher's runner-up intent
+            near = teacher_runner_ups(teacher_path, splits, config.max_length or DEFAULT_MAX_LENGTH, config.cache_dir)
+        transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight, near)
     distillation = Distillation(
         teacher_path,
         config.alpha,

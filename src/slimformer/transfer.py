@@ -150,6 +150,21 @@ def runner_up_partners(labels: Sequence[int], logits: Any) -> list[list[int]]:
     return [by_label.get(int(runner_up), []) for runner_up in scores.argmax(axis=1)]
 
 
+def teacher_runner_ups(
+    teacher: str | Path, splits: Any, max_length: int, cache_dir: str | None = None
+) -> list[list[int]]:
+    """:func:`runner_up_partners` of the training split, from the teacher's logits over it (cached), its
+    columns put in the split's label order."""
+    from slimformer.data import column
+    from slimformer.distillation import cached_teacher_logits
+    from slimformer.models import classifier_labels
+
+    logits = cached_teacher_logits(teacher, splits.train, max_length, cache_dir=cache_dir).logits
+    teacher_labels = classifier_labels(teacher) or []
+    logits = logits[:, [teacher_labels.index(label) for label in splits.labels]]
+    return runner_up_partners(column(splits.train, "label"), logits)
+
+
 def augment_for_model(
     texts: Sequence[str],
     methods: str | Sequence[str],
