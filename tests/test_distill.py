@@ -115,6 +115,11 @@ def test_standardized_logits_match_a_hand_computation_and_ignore_the_logit_scale
     scaled = torch.tensor(0.25 * teacher + 3.0)  # the teacher's shape at a quarter of its range
     assert distillation_loss(scaled, torch.tensor(teacher), torch.tensor(labels), 0.0, temperature, True).item() < 1e-6
     assert distillation_loss(scaled, torch.tensor(teacher), torch.tensor(labels), 0.0, temperature).item() > 0.1
+    from slimformer.distill import DistillConfig
+    from slimformer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs alpha < 1"):
+        DistillConfig(student_layers=2, alpha=1.0, standardize_logits=True).validate()
 
 
 def test_alpha_one_is_plain_cross_entropy() -> None:

@@ -45,11 +45,14 @@ class SoftTargets:
     )
 
     def validate_soft_targets(self) -> None:
-        """One-line ConfigErrors for an alpha outside [0, 1] or a temperature <= 0."""
+        """One-line ConfigErrors for an alpha outside [0, 1], a temperature <= 0, or standardized logits without
+        soft targets (alpha 1)."""
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.standardize_logits and self.alpha >= 1:
+            raise ConfigError("standardize logits shapes the teacher's soft targets: it needs alpha < 1")
 
 
 @dataclass
