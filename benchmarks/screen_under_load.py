@@ -9,6 +9,9 @@ prints the screen's verdict both times: kept, or dropped (even the interval's fa
 
     .venv/bin/python benchmarks/screen_under_load.py --study runs/auto12 \\
         --teacher demo/stages/01-finetune-teacher-710ff7845f49 --budgets 12 25 40
+
+Without a study, `--folders FOLDER:THREADS ...` names the ONNX candidates (e.g. `make demo`'s model at 1 and 2
+threads).
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ def candidates(study_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def folder_row(index: int, spec: str) -> dict[str, Any]:
+    """`DIR:N` as a candidate row (numbered by its place on the command line)."""
+    folder, _, threads = spec.rpartition(":")
+    if not folder or not threads.isdigit():
+        raise SystemExit(f"error: --folders takes DIR:THREADS, got {spec!r}")
+    return {"trial": index, "folder": folder, "threads": int(threads)}
+
+
 def screens(rows: list[dict[str, Any]], teacher: TeacherClock, texts: list[str]) -> dict[int, dict[str, Any]]:
     return {
         row["trial"]: summarise_screen(measure(Path(row["folder"]), texts, row["threads"], teacher)) for row in rows
@@ -51,7 +62,9 @@ def screens(rows: list[dict[str, Any]], teacher: TeacherClock, texts: list[str])
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", type=Path, required=True, help="an `auto` output folder (its study.db)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--study", type=Path, help="an `auto` output folder (its study.db)")
+    source.add_argument("--folders", nargs="+", help="ONNX model folders with the threads to time them at: DIR:N")
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--budgets", nargs="+", type=float, default=[12.0, 25.0])
     parser.add_argument("--queries", type=int, default=200, help="validation queries timed (auto's default)")
@@ -62,7 +75,7 @@ def main() -> None:
     # the teacher's thread scaling is timed on the quiet machine and remembered, as in a study's work folder
     memory = Path(tempfile.mkdtemp()) / SCALING_FILE
     teacher = TeacherClock(args.teacher, "teacher", memory)
-    rows = candidates(args.study)
+    rows = candidates(args.study) if args.study else [folder_row(i, spec) for i, spec in enumerate(args.folders)]
     quiet = screens(rows, teacher, texts)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # one core busy, as another job would be
     try:
@@ -88,7 +101,8 @@ def main() -> None:
         quiet_text = f"{q['speedup']:.1f}x ({q['speedup_low']:.1f}-{q['speedup_high']:.1f})"
         loaded_text = f"{lo['speedup']:.1f}x ({lo['speedup_low']:.1f}-{lo['speedup_high']:.1f})"
         others = f"{100 * (lo['others_cpu'] or 0):.0f} %"
-        cells = [str(row["trial"]), str(row["threads"]), quiet_text, loaded_text, others, *verdicts]
+        name = str(row["trial"]) if args.study else row["folder"]
+        cells = [name, str(row["threads"]), quiet_text, loaded_text, others, *verdicts]
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.json:
