@@ -133,7 +133,7 @@ def distill_student(
     from slimformer.distillation import model_files_hash
     from slimformer.models import check_classifier_fits, fit_max_length, resolve_model_path
     from slimformer.students import build_student_from_teacher, set_dropout
-    from slimformer.training import Distillation, train_classifier
+    from slimformer.training import train_classifier
 
     teacher_path = teacher or source
     check_classifier_fits(teacher_path, data.labels)
@@ -153,12 +153,9 @@ def distill_student(
     splits = splits.in_label_order([student.config.id2label[i] for i in range(student.config.num_labels)])
     if config.dropout is not None:
         set_dropout(student, config.dropout)
-    distillation = Distillation(
+    distillation = config.distillation(
         teacher_path,
-        config.alpha,
-        config.temperature,
-        config.cache_dir,
-        standardize=config.standardize_logits,
+        cache_dir=config.cache_dir,
         layers=config.layer_losses(),
         transfer_texts=transfer_texts(config, splits, tokenizer, student.get_input_embeddings().weight, teacher_path),
     )
@@ -182,22 +179,17 @@ def distill_student(
     return StageResult(metrics, Session(config.max_length))
 
 
-def transfer_texts(
-    config: DistillConfig, splits: DataSplits, tokenizer: Any, table: Any, teacher: Path | None = None
-) -> list[str]:
+def transfer_texts(config: DistillConfig, splits: DataSplits, tokenizer: Any, table: Any, teacher: Path) -> list[str]:
     """The unlabelled file's texts, then the augmentations of the training texts the config asks for (`table`:
     the student's input embeddings, whose nearest words `replace` draws from; `teacher`: whose logits over the
     training texts pick `mix-near`'s partners)."""
     from slimformer.data import column
-    from slimformer.models import DEFAULT_MAX_LENGTH
-    from slimformer.transfer import NEAR, augment_for_model, parse_augmentations, read_unlabeled, teacher_runner_ups
+    from slimformer.transfer import augment_for_model, near_partners, read_unlabeled
 
     texts = read_unlabeled(config.unlabeled) if config.unlabeled else []
     if config.augment:
         train = column(splits.train, "text")
-        near = None
-        if NEAR in parse_augmentations(config.augment) and teacher is not None:
-            near = teacher_runner_ups(teacher, splits, config.max_length or DEFAULT_MAX_LENGTH, config.cache_dir)
+        near = near_partners(config.augment, teacher, splits, config.max_length, config.cache_dir)
         texts += augment_for_model(train, config.augment, config.augment_copies, config.seed, tokenizer, table, near)
     return texts
 

@@ -74,9 +74,9 @@ def distillation_loss(
     if teacher_logits is None or alpha >= 1.0:
         return cross_entropy
     teacher_logits = teacher_logits.to(student_logits.dtype)
-    soft_student = z_scores(student_logits) if standardize else student_logits
+    soft_student = student_logits
     if standardize:
-        teacher_logits = z_scores(teacher_logits)
+        soft_student, teacher_logits = z_scores(student_logits), z_scores(teacher_logits)
     kl = F.kl_div(
         F.log_softmax(soft_student / temperature, dim=-1),
         F.log_softmax(teacher_logits / temperature, dim=-1),
@@ -317,12 +317,24 @@ def add_teacher_logits(
 ) -> tuple[datasets.Dataset, TeacherLogits]:
     """`train` (text, label) with a `teacher_logits` column, its columns in the student's label order (the
     teacher's logits are read from the cache or computed once). Returns the dataset and the cache entry."""
+    logits, cache = ordered_teacher_logits(teacher_dir, train, student_labels, max_length, cache_dir)
+    return train.add_column(TEACHER_LOGITS_COLUMN, logits.tolist()), cache
+
+
+def ordered_teacher_logits(
+    teacher_dir: str | Path,
+    data_split: datasets.Dataset | Sequence[str],
+    labels: Sequence[str],
+    max_length: int,
+    cache_dir: str | Path | None = None,
+) -> tuple[np.ndarray, TeacherLogits]:
+    """The teacher's logits over a split (:func:`cached_teacher_logits`), columns put in `labels`' order, and the
+    cache entry."""
     from slimformer.models import classifier_labels
 
-    cache = cached_teacher_logits(teacher_dir, train, max_length, cache_dir=cache_dir)
+    cache = cached_teacher_logits(teacher_dir, data_split, max_length, cache_dir=cache_dir)
     teacher_labels = classifier_labels(teacher_dir) or []
-    columns = [teacher_labels.index(label) for label in student_labels]
-    return train.add_column(TEACHER_LOGITS_COLUMN, cache.logits[:, columns].tolist()), cache
+    return cache.logits[:, [teacher_labels.index(label) for label in labels]], cache
 
 
 def cache_report(cache: TeacherLogits | None) -> dict[str, Any] | None:

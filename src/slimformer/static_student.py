@@ -105,10 +105,10 @@ def static_student(
     from transformers import set_seed
 
     from slimformer.data import column
-    from slimformer.models import DEFAULT_MAX_LENGTH, check_classifier_fits, load_tokenizer
+    from slimformer.models import check_classifier_fits, load_tokenizer
     from slimformer.static_model import StaticEmbeddingConfig, StaticEmbeddingForSequenceClassification
-    from slimformer.training import Distillation, train_classifier
-    from slimformer.transfer import NEAR, augment_for_model, parse_augmentations, teacher_runner_ups
+    from slimformer.training import train_classifier
+    from slimformer.transfer import augment_for_model, near_partners
 
     teacher_path = teacher or source
     labels = check_classifier_fits(teacher_path, data.labels)
@@ -132,18 +132,9 @@ def static_student(
     transfer = []
     if config.augment:  # `replace` draws nearest words from the static table itself
         train = column(splits.train, "text")
-        near = None
-        if NEAR in parse_augmentations(config.augment):  # partners from the teacher's runner-up intent
-            near = teacher_runner_ups(teacher_path, splits, config.max_length or DEFAULT_MAX_LENGTH, config.cache_dir)
+        near = near_partners(config.augment, teacher_path, splits, config.max_length, config.cache_dir)
         transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight, near)
-    distillation = Distillation(
-        teacher_path,
-        config.alpha,
-        config.temperature,
-        config.cache_dir,
-        standardize=config.standardize_logits,
-        transfer_texts=transfer,
-    )
+    distillation = config.distillation(teacher_path, cache_dir=config.cache_dir, transfer_texts=transfer)
     result = train_classifier(model, tokenizer, splits, config, folder / "trainer", distillation=distillation)
     model.embeddings.weight.requires_grad_(True)
     model.save_pretrained(folder)

@@ -54,6 +54,11 @@ class SoftTargets:
         if self.standardize_logits and self.alpha >= 1:
             raise ConfigError("standardize logits shapes the teacher's soft targets: it needs alpha < 1")
 
+    def distillation(self, teacher: Path, **extra: Any) -> Distillation:
+        """The teacher side of a training run with these soft-target options (`extra`: the cache folder, layer
+        losses, transfer texts)."""
+        return Distillation(teacher, self.alpha, self.temperature, standardize=self.standardize_logits, **extra)
+
 
 @dataclass
 class TrainingOptions(StageConfig):

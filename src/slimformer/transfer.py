@@ -151,18 +151,25 @@ def runner_up_partners(labels: Sequence[int], logits: Any) -> list[list[int]]:
 
 
 def teacher_runner_ups(
-    teacher: str | Path, splits: Any, max_length: int, cache_dir: str | None = None
+    teacher: str | Path, splits: Any, max_length: int | None = None, cache_dir: str | None = None
 ) -> list[list[int]]:
-    """:func:`runner_up_partners` of the training split, from the teacher's logits over it (cached), its
-    columns put in the split's label order."""
+    """:func:`runner_up_partners` of the training split, from the teacher's logits over it (cached) in the
+    split's label order."""
     from slimformer.data import column
-    from slimformer.distillation import cached_teacher_logits
-    from slimformer.models import classifier_labels
+    from slimformer.distillation import ordered_teacher_logits
+    from slimformer.models import DEFAULT_MAX_LENGTH
 
-    logits = cached_teacher_logits(teacher, splits.train, max_length, cache_dir=cache_dir).logits
-    teacher_labels = classifier_labels(teacher) or []
-    logits = logits[:, [teacher_labels.index(label) for label in splits.labels]]
+    logits, _ = ordered_teacher_logits(
+        teacher, splits.train, splits.labels, max_length or DEFAULT_MAX_LENGTH, cache_dir
+    )
     return runner_up_partners(column(splits.train, "label"), logits)
+
+
+def near_partners(
+    methods: str | Sequence[str], teacher: str | Path, splits: Any, max_length: int | None, cache_dir: str | None
+) -> list[list[int]] | None:
+    """`mix-near`'s partners (:func:`teacher_runner_ups`) when `methods` name it, else None."""
+    return teacher_runner_ups(teacher, splits, max_length, cache_dir) if NEAR in parse_augmentations(methods) else None
 
 
 def augment_for_model(

@@ -23,7 +23,7 @@ def quantization_aware_training(
     (default: `source` itself, fp32, before QAT); save the fp32 weights (fake-quant removed) with metrics."""
     from slimformer.evaluation import evaluate_model
     from slimformer.models import check_classifier_fits, load_classifier, load_tokenizer
-    from slimformer.training import Distillation, TrainingOptions, train_classifier
+    from slimformer.training import TrainingOptions, train_classifier
 
     teacher_path = teacher or source
     check_classifier_fits(teacher_path, data.labels)
@@ -40,7 +40,7 @@ def quantization_aware_training(
         max_length=config.max_length,
         seed=config.seed,
     )
-    distillation = Distillation(teacher_path, config.alpha, config.temperature, standardize=config.standardize_logits)
+    distillation = config.method_config().distillation(teacher_path)  # QATConfig: the soft-target options
     wrapped = _wrap_linears(model, reduce_range)
     result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
     _unwrap_linears(model)

@@ -391,13 +391,9 @@ def _train(
 ) -> dict[str, Any]:
     """Recovery training through the one training loop (distilling from `teacher` when given); returns the
     validation / test / history entries of metrics.json."""
-    from slimformer.training import Distillation, train_classifier
+    from slimformer.training import train_classifier
 
-    distillation = (
-        Distillation(teacher, config.alpha, config.temperature, standardize=config.standardize_logits)
-        if teacher is not None
-        else None
-    )
+    distillation = config.distillation(teacher) if teacher is not None else None
     result = train_classifier(
         model, tokenizer, splits, config, folder / "trainer", distillation, callbacks=callbacks, configure=configure
     )
