@@ -24,47 +24,23 @@ from slimformer.distill import DistillConfig, distill
 
 # the packaged recipe's distill stage (src/slimformer/recipes/default.yaml)
 RECIPE = {"alpha": 0.73, "temperature": 9.0, "epochs": 3.0, "learning_rate": 2.9e-4, "precision": "auto"}
+RECIPE_STAGE = {"augment": "mix", "first_kept_layer": 1, "dropout": 0.0}  # its options beyond RECIPE's
 VARIANTS: dict[str, dict[str, Any]] = {
     "logits": {},
     # which teacher layers the student keeps: evenly spaced from layer 1 instead of layer 0 ([1, 5], [1, 3, 5])
     "logits-from1": {"first_kept_layer": 1},
     "mix-from1": {"augment": "mix", "first_kept_layer": 1},
     "mask+mix-from1": {"augment": "mask,mix", "first_kept_layer": 1},
-    # the recipe's distill stage as it is now (layers from 1, mixed utterances, dropout off), then logit
-    # standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature) at several temperatures
-    "recipe": {"augment": "mix", "first_kept_layer": 1, "dropout": 0.0},
+    # the recipe's distill stage as it is now (layers from 1, mixed utterances, dropout off), then one change
+    "recipe": RECIPE_STAGE,
     # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
-    "recipe-near": {"augment": "mix-near", "first_kept_layer": 1, "dropout": 0.0},
-    "recipe-mix+near": {"augment": "mix,mix-near", "first_kept_layer": 1, "dropout": 0.0},
-    "recipe-ls-T1": {
-        "augment": "mix",
-        "first_kept_layer": 1,
-        "dropout": 0.0,
-        "standardize_logits": True,
-        "temperature": 1.0,
-    },
-    "recipe-ls-T2": {
-        "augment": "mix",
-        "first_kept_layer": 1,
-        "dropout": 0.0,
-        "standardize_logits": True,
-        "temperature": 2.0,
-    },
-    "recipe-ls-T4": {
-        "augment": "mix",
-        "first_kept_layer": 1,
-        "dropout": 0.0,
-        "standardize_logits": True,
-        "temperature": 4.0,
-    },
-    "recipe-ls-T2-a0.3": {
-        "augment": "mix",
-        "first_kept_layer": 1,
-        "dropout": 0.0,
-        "standardize_logits": True,
-        "temperature": 2.0,
-        "alpha": 0.3,
-    },
+    "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
+    "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},
+    # logit standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature)
+    "recipe-ls-T1": {**RECIPE_STAGE, "standardize_logits": True, "temperature": 1.0},
+    "recipe-ls-T2": {**RECIPE_STAGE, "standardize_logits": True, "temperature": 2.0},
+    "recipe-ls-T4": {**RECIPE_STAGE, "standardize_logits": True, "temperature": 4.0},
+    "recipe-ls-T2-a0.3": {**RECIPE_STAGE, "standardize_logits": True, "temperature": 2.0, "alpha": 0.3},
     "logits-6ep": {"epochs": 6.0},
     "logits-6ep-lr5e-4": {"epochs": 6.0, "learning_rate": 5e-4},
     # issue 24's epochs x learning-rate grid for 1-2 layers (the recipe's 3 epochs at 2.9e-4 were tuned for 3)

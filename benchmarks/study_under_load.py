@@ -26,10 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from slimformer.auto.candidate import SCALING_FILE
+from slimformer.auto.run import PARETO_FILE
+from slimformer.auto.study import SCREEN_MEMORY_FILE
 from slimformer.cpu import cpu_model
 
-TIMING_MEMORY = ("screens.json", "pareto.json")  # what a work folder remembers of its studies' timing
-SCALING_MEMORY = "teacher_threads.json"  # the teacher's quiet thread scaling, per CPU: kept unless --forget-scaling
+TIMING_MEMORY = (SCREEN_MEMORY_FILE, PARETO_FILE)  # what a work folder remembers of its studies' timing
+SCALING_MEMORY = SCALING_FILE  # the teacher's quiet thread scaling, per CPU: kept unless --forget-scaling
 
 
 def run_study(args: argparse.Namespace, name: str) -> dict[str, Any]:
