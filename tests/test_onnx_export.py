@@ -281,6 +281,25 @@ def test_repeated_embedding_rows_are_stored_once(
     assert json.loads((optimized_dir / "metrics.json").read_text())["embedding_rows"] is None
 
 
+def test_sign_rows_reach_the_int8_graph_at_one_bit(trained_tiny_dir: Path, clinc_slice, tmp_path: Path) -> None:
+    """Vocabulary pruning's `sign` rows through export, optimize and INT8 with the 4-bit word table: the two-valued
+    rows are stored at one bit a value and the graph still agrees with PyTorch."""
+    from slimformer.data import column
+    from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
+    from slimformer.prune.vocab import sign_unseen_rows
+
+    signed = tmp_path / "signed"
+    signed.mkdir()
+    summary = sign_unseen_rows(trained_tiny_dir, column(clinc_slice.train, "text")[:40], signed, clusters=2)
+    exported = export_onnx(signed, tmp_path / "onnx", ExportConfig(), data=clinc_slice)
+    assert exported["parity"]["max_abs_logit_diff"] < 1e-4
+    optimize_onnx(tmp_path / "onnx", tmp_path / "opt", OptimizeConfig(threads=1))
+    config = QuantizeConfig(method="dynamic", threads=1, word_embeddings_4bit=True)
+    quantized = quantize(tmp_path / "opt", tmp_path / "int8", config, clinc_slice)
+    assert quantized["word_embeddings_4bit"]["one_bit_rows"] >= summary["sign_rows"] > 0
+    assert quantized["agreement"]["argmax_agreement"] >= 0.9
+
+
 def _ops(path: Path) -> list[str]:
     import onnx
 

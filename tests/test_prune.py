@@ -532,7 +532,56 @@ def test_clustering_keeps_the_tokenizer_and_every_used_row(classifier_dir, clinc
     assert summary["clusters"] == 3 and summary["used_tokens"] == len(used)
 
 
-@pytest.mark.parametrize("unseen", ["split", "cluster"])
+def test_sign_rows_are_the_centred_signs_and_the_used_tokens_compute_as_before(classifier_dir, clinc_slice, tmp_path):
+    """`sign`: the mean of the signed rows moves into the position table (the same sum for every token), each
+    signed row becomes sign(row - mean) times its mean magnitude, and logits over training texts do not move."""
+    import torch
+
+    from slimformer.data import column
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.vocab import sign_unseen_rows, used_token_ids
+
+    texts = column(clinc_slice.train, "text")
+    output = tmp_path / "signed"
+    output.mkdir()
+    summary = sign_unseen_rows(classifier_dir, texts, output, clusters=2)
+    before, after = load_classifier(classifier_dir), load_classifier(output)
+    old = before.get_input_embeddings().weight.detach()
+    new = after.get_input_embeddings().weight.detach()
+    used = used_token_ids(load_tokenizer(classifier_dir), texts)
+    two_valued = [i for i in range(old.shape[0]) if i not in used and len(torch.unique(new[i].abs())) == 1]
+    assert len(two_valued) == summary["sign_rows"] > 0 and summary["mean_moved_to_positions"]
+    mean = old[two_valued].mean(dim=0)
+    centred = old[two_valued] - mean
+    magnitude = centred.abs().mean(dim=1, keepdim=True)
+    torch.testing.assert_close(new[two_valued], torch.where(centred >= 0, magnitude, -magnitude))
+    torch.testing.assert_close(new[used], old[used] - mean)
+    positions = after.base_model.embeddings.position_embeddings.weight.detach()
+    torch.testing.assert_close(positions, before.base_model.embeddings.position_embeddings.weight.detach() + mean)
+    np.testing.assert_allclose(_logits(output, texts[:16]), _logits(classifier_dir, texts[:16]), atol=1e-4)
+
+
+def test_sign_rows_cluster_the_tokens_spelt_with_unfamiliar_characters(classifier_dir, clinc_slice, tmp_path):
+    from slimformer.data import column
+    from slimformer.models import load_classifier, load_tokenizer
+    from slimformer.prune.vocab import sign_unseen_rows, used_token_ids
+
+    texts = [text for text in column(clinc_slice.train, "text") if "w" not in text.lower()]
+    tokenizer = load_tokenizer(classifier_dir)
+    spelt_with_w = [token for token, i in tokenizer.get_vocab().items() if "w" in token]
+    assert spelt_with_w and not set(tokenizer.convert_tokens_to_ids(spelt_with_w)) & set(
+        used_token_ids(tokenizer, texts)
+    )
+    output = tmp_path / "signed"
+    output.mkdir()
+    summary = sign_unseen_rows(classifier_dir, texts, output, clusters=1)
+    assert summary["clustered_tokens"] >= len(spelt_with_w) and summary["clusters"] == 1
+    table = load_classifier(output).get_input_embeddings().weight.detach().numpy()
+    rows = {table[i].tobytes() for i in tokenizer.convert_tokens_to_ids(spelt_with_w)}
+    assert len(rows) == 1  # one shared centroid row
+
+
+@pytest.mark.parametrize("unseen", ["split", "cluster", "sign"])
 def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_path, unseen):
     from slimformer.prune import PruneConfig, prune
 
@@ -540,9 +589,15 @@ def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_pat
     metrics = prune(classifier_dir, tmp_path / "v", config, clinc_slice)
     if unseen == "split":
         assert metrics["vocabulary"]["vocab_size_after"] < metrics["vocabulary"]["vocab_size_before"]
-    else:
+    elif unseen == "cluster":
         vocabulary = metrics["vocabulary"]
         assert vocabulary["distinct_embedding_rows"] <= vocabulary["used_tokens"] + 4 < vocabulary["vocab_size"]
+    else:
+        vocabulary = metrics["vocabulary"]
+        assert (
+            vocabulary["sign_rows"] + vocabulary["clustered_tokens"] + vocabulary["used_tokens"]
+            == vocabulary["vocab_size"]
+        )
     assert metrics["accuracy_cost"] == pytest.approx(
         metrics["input_validation"]["accuracy"] - metrics["validation"]["accuracy"]
     )
@@ -562,6 +617,7 @@ def test_vocab_method_reports_accuracy_cost(classifier_dir, clinc_slice, tmp_pat
         (["--importance", "vibes", "--method", "structured"], "unknown importance"),
         (["--method", "vocab", "--vocab-unseen", "forget"], "vocab unseen must be one of"),
         (["--method", "vocab", "--vocab-clusters", "0"], "vocab clusters must be >= 1"),
+        (["--method", "vocab", "--vocab-min-count", "0"], "vocab min count must be >= 1"),
     ],
 )
 def test_cli_bad_options_give_one_line_errors(classifier_dir, tmp_path, capsys, args, message):

@@ -214,6 +214,42 @@ def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(form: str, tm
     np.testing.assert_allclose(looked_up, expected[[4, 0, 4]], atol=1e-6)
 
 
+def test_two_valued_rows_pack_at_one_bit_and_the_lookup_returns_the_same_rows(tmp_path: Path) -> None:
+    """Vocabulary pruning's sign rows (two values a row) go 1 bit a value, the other rows 4 bits, repeated rows
+    once; a uint16 token -> row index puts every token's row back where the lookup expects it."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from slimformer.onnx.embeddings import pack_word_embeddings_4bit
+
+    rng = np.random.default_rng(2)
+    width = 12  # not a multiple of 8: the last byte of each row is half padding
+    magnitude = rng.uniform(0.01, 0.1, (16, 1)).astype(np.float32)
+    table = np.where(rng.random((16, width)) < 0.5, magnitude, -magnitude).astype(np.float32)
+    table[[1, 5, 9, 12]] = rng.normal(0, 0.05, (4, width)).astype(np.float32)  # exact rows, in between
+    table[13] = table[5]  # a shared (clustered) row
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])
+    out = helper.make_tensor_value_info("embedded", TensorProto.FLOAT, None)
+    lookup = helper.make_node("Gather", ["table", "input_ids"], ["embedded"])
+    graph = helper.make_graph([lookup], "lookup", [ids], [out], [numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "in.onnx")
+
+    summary = pack_word_embeddings_4bit(tmp_path / "in.onnx", tmp_path / "out.onnx")
+    assert summary is not None and summary["one_bit_rows"] == 11
+    stored = {init.name: numpy_helper.to_array(init) for init in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    assert stored["table_1bit_codes"].shape == (11, 2)  # 12 bits in 2 bytes a row
+    assert stored["table_4bit_codes"].shape == (4, 6)  # 4 distinct exact rows, two codes a byte
+    assert stored["table_row_of_token_uint16"].dtype == np.uint16
+    session = ort.InferenceSession(tmp_path / "out.onnx", providers=["CPUExecutionProvider"])
+    every_token = np.arange(16)
+    looked_up = session.run(None, {"input_ids": every_token})[0]
+    signed = [i for i in every_token if i not in (1, 5, 9, 12, 13)]
+    np.testing.assert_allclose(looked_up[signed], table[signed], rtol=1e-3)  # fp16 low and step
+    expected, _ = _expected_4bit(table[[1, 5, 9, 12, 13]])
+    np.testing.assert_allclose(looked_up[[1, 5, 9, 12, 13]], expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(("quant_format", "dynamic_attention"), [("qdq", False), ("qoperator", False), ("qdq", True)])
 def test_static_formats_give_int8_graphs_that_agree_with_fp32(
     quant_format: str,

@@ -21,7 +21,7 @@ from typing import Any
 
 EMBED_OPS = {"EmbedLayerNormalization": (0, 2), "QEmbedLayerNormalization": (0, 2)}  # op: (ids input, table input)
 MIN_SAVING = 0.1  # compact only when at least this share of the rows repeats
-ROW_INDEX_SUFFIX = "_row_of_token"  # the token id -> row index compact_embedding_rows adds
+ROW_INDEX_SUFFIX = "_row_of_token"  # the token id -> row index compact_embedding_rows (and 1-bit packing) adds
 
 
 def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[str, Any] | None:
@@ -32,7 +32,7 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
     """
     import numpy as np
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(str(source))
     graph = model.graph
@@ -50,16 +50,51 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
         return None
 
     table_proto.CopyFrom(numpy_helper.from_array(distinct.reshape((-1, *table.shape[1:])), table_name))
-    index_name = f"{table_name}{ROW_INDEX_SUFFIX}"
-    graph.initializer.append(numpy_helper.from_array(row_of_token.reshape(-1).astype(np.int32), index_name))
-    ids_name = node.input[ids_input]
-    compact_ids = f"{ids_name}_embedding_row"
-    lookup = helper.make_node("Gather", [index_name, ids_name], [compact_ids], name=f"{table_name}_row_lookup")
-    node.input[ids_input] = compact_ids
-    position = list(graph.node).index(node)
-    graph.node.insert(position, lookup)
+    _insert_row_index(graph, node, ids_input, table_name, row_of_token.reshape(-1))
     onnx.save(model, str(destination))
     return {"table": table_name, "rows_before": int(table.shape[0]), "rows_after": len(distinct)}
+
+
+def _insert_row_index(graph: Any, node: Any, ids_input: int, table_name: str, row_of_token: Any) -> None:
+    """Make `node` look its rows up through `row_of_token` (token id -> row): a `Gather` of that index by the token
+    ids, inserted in front of `node` (the index stored uint16 where the rows fit, cast to int32 once)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    index_name = f"{table_name}{ROW_INDEX_SUFFIX}"
+    rows = np.asarray(row_of_token)
+    if rows.max(initial=0) <= np.iinfo(np.uint16).max:  # stored in half the bytes, widened once at session load
+        graph.initializer.append(numpy_helper.from_array(rows.astype(np.uint16), f"{index_name}_uint16"))
+        widen = helper.make_node("Cast", [f"{index_name}_uint16"], [index_name], to=TensorProto.INT32)
+        graph.node.insert(list(graph.node).index(node), widen)
+    else:
+        graph.initializer.append(numpy_helper.from_array(rows.astype(np.int32), index_name))
+    ids_name = node.input[ids_input]
+    row_ids = f"{ids_name}_embedding_row"
+    lookup = helper.make_node("Gather", [index_name, ids_name], [row_ids], name=f"{table_name}_row_lookup")
+    node.input[ids_input] = row_ids
+    graph.node.insert(list(graph.node).index(node), lookup)
+
+
+def _reorder_rows(graph: Any, node: Any, ids_input: int, table_name: str, new_row: Any) -> None:
+    """The table's row r moved to `new_row[r]`: rewrite the row index in front of `node`, or insert one."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+
+    def producer(name: str) -> Any:
+        return next((other for other in graph.node if name in other.output), None)
+
+    lookup = producer(node.input[ids_input])
+    index = None
+    if lookup is not None and lookup.op_type == "Gather" and lookup.input[0].endswith(ROW_INDEX_SUFFIX):
+        widen = producer(lookup.input[0])  # the uint16 index's Cast, or none
+        index = initializers.get(widen.input[0] if widen is not None else lookup.input[0])
+    if index is not None:
+        rows = numpy_helper.to_array(index)
+        index.CopyFrom(numpy_helper.from_array(new_row[rows].astype(rows.dtype), index.name))
+    else:
+        _insert_row_index(graph, node, ids_input, table_name, new_row)
 
 
 def _copy_unchanged(source: str | Path, destination: str | Path) -> None:
@@ -120,6 +155,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     codes, the segment table and LayerNorm weights float (a few rows). Returns {"table", "bytes_before",
     "bytes_after"}, or None when the graph was copied unchanged (no such lookup).
     """
+    import numpy as np
     import onnx
     from onnx import numpy_helper
 
@@ -130,7 +166,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     if found is None:
         _copy_unchanged(source, destination)
         return None
-    node, _, table_input = found
+    node, ids_input, table_input = found
     initializers = {init.name: init for init in graph.initializer}
     table_name = node.input[table_input]
     stored = table = numpy_helper.to_array(initializers[table_name])
@@ -143,9 +179,18 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
             _copy_unchanged(source, destination)
             return None
     bytes_before = stored_bytes.get(table_name) or stored.nbytes
-    packed, unpack = _unpack_4bit(table.astype("float32"), f"{table_name}_4bit")
-    node.input[table_input] = unpack[-1].output[0]
     others = [other for other in graph.node if other is not node and table_name in other.input]
+    table = table.astype("float32")
+    one_bit = _two_valued_rows(table) if not others else np.zeros(len(table), bool)  # others read rows by id
+    if one_bit.sum() >= MIN_SAVING * len(table):  # sign rows (vocabulary pruning): 1 bit a value, 4 the rest
+        distinct, row_of = np.unique(table, axis=0, return_inverse=True)  # shared (clustered) rows stored once
+        distinct_one_bit = _two_valued_rows(distinct)
+        packed, unpack = _unpack_mixed(distinct, distinct_one_bit, table_name)
+        place = np.argsort(np.argsort(distinct_one_bit, kind="stable"))  # 4-bit rows first, then 1-bit ones
+        _reorder_rows(graph, node, ids_input, table_name, place[row_of.reshape(-1)])
+    else:
+        packed, unpack = _unpack_4bit(table, f"{table_name}_4bit")
+    node.input[table_input] = unpack[-1].output[0]
     for other in others:  # another Gather of the table (DistilBERT's, for the input's shape) reads it too
         if stored.dtype.kind != "f" and _as_float_gather(graph, other, stored, initializers) is None:
             _copy_unchanged(source, destination)
@@ -162,6 +207,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
         "table": table_name,
         "bytes_before": bytes_before,
         "bytes_after": bytes_after,
+        "one_bit_rows": int(one_bit.sum()) if one_bit.sum() >= MIN_SAVING * len(table) else 0,
     }
 
 
@@ -315,6 +361,71 @@ def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
         node("Add", ["scaled", "offset_float"], "table"),
     ]
     return tensors, nodes
+
+
+def _two_valued_rows(table: Any) -> Any:
+    """Which rows of `table` hold at most two distinct values (the sign rows of vocabulary pruning's `sign`)."""
+    low, high = table.min(axis=1, keepdims=True), table.max(axis=1, keepdims=True)
+    return ((table == low) | (table == high)).all(axis=1)
+
+
+def _unpack_1bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
+    """Two-valued rows of `table` [rows, width] as one bit a value (eight a byte) with an fp16 low value and step
+    per row, and the nodes that unpack them (value = low + bit * step; bits looked up from a 256 x 8 table), the
+    last one's output the float rows."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, width = table.shape
+    padded = -(-width // 8) * 8
+    low = table.min(axis=1, keepdims=True)
+    step = table.max(axis=1, keepdims=True) - low
+    bits = np.zeros((rows, padded), bool)
+    bits[:, :width] = (table > low) & (step > 0)
+    byte_bits = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.uint8)  # bit i of byte b, low bit first
+
+    def constant(value: Any, suffix: str) -> Any:
+        return numpy_helper.from_array(np.asarray(value), f"{name}_{suffix}")
+
+    tensors = [
+        constant(np.packbits(bits, axis=1, bitorder="little"), "codes"),
+        constant(low.astype(np.float16), "low"),
+        constant(step.astype(np.float16), "step"),
+        constant(byte_bits, "byte_bits"),
+        constant(np.array([rows, padded], np.int64), "row_shape"),
+    ]
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
+        return helper.make_node(op, [f"{name}_{i}" for i in inputs], [f"{name}_{output}"], **attributes)
+
+    nodes = [
+        node("Cast", ["codes"], "byte_ids", to=TensorProto.INT64),
+        node("Gather", ["byte_bits", "byte_ids"], "bit_groups"),
+        node("Reshape", ["bit_groups", "row_shape"], "padded_bits"),
+    ]
+    if padded > width:
+        tensors += [constant(np.array([0], np.int64), "start"), constant(np.array([width], np.int64), "width")]
+        tensors.append(constant(np.array([1], np.int64), "axis"))
+        nodes.append(node("Slice", ["padded_bits", "start", "width", "axis"], "row_bits"))
+    nodes += [
+        node("Cast", [nodes[-1].output[0].removeprefix(f"{name}_")], "bit_values", to=TensorProto.FLOAT),
+        node("Cast", ["low"], "low_float", to=TensorProto.FLOAT),
+        node("Cast", ["step"], "step_float", to=TensorProto.FLOAT),
+        node("Mul", ["bit_values", "step_float"], "scaled"),
+        node("Add", ["scaled", "low_float"], "table"),
+    ]
+    return tensors, nodes
+
+
+def _unpack_mixed(table: Any, one_bit: Any, name: str) -> tuple[list[Any], list[Any]]:
+    """`table`'s other rows in 4 bits, then its `one_bit` rows in 1 bit, concatenated in that order."""
+    from onnx import helper
+
+    four_tensors, four_nodes = _unpack_4bit(table[~one_bit], f"{name}_4bit")
+    one_tensors, one_nodes = _unpack_1bit(table[one_bit], f"{name}_1bit")
+    outputs = [four_nodes[-1].output[0], one_nodes[-1].output[0]]
+    concat = helper.make_node("Concat", outputs, [f"{name}_mixed_table"], axis=0)
+    return [*four_tensors, *one_tensors], [*four_nodes, *one_nodes, concat]
 
 
 def _drop_unread(graph: Any) -> None:

@@ -17,7 +17,7 @@ from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError
 from slimformer.training import SoftTargets, TrainingOptions
 
-VOCAB_UNSEEN = ("cluster", "split")
+VOCAB_UNSEEN = ("cluster", "sign", "split")
 COMPRESSED_DIR = "compressed"  # a subfolder, so a benchmark's "size on disk" of the dense folder stays honest
 SPARSE_FILES = {"float32": "model.sparse.safetensors", "int8": "model.sparse-int8.safetensors"}
 
@@ -116,8 +116,13 @@ class VocabConfig(MethodConfig):
     """Vocabulary pruning: exact embedding rows only for the tokens the training data uses."""
 
     method: ClassVar[str] = "vocab"
-    vocab_unseen: str = option("cluster", "Unseen tokens share k-means rows (cluster) or are re-spelt (split).")
-    vocab_clusters: int = option(1024, "Cluster: centroid rows for the tokens the training data never uses.")
+    vocab_unseen: str = option(
+        "cluster", "Unseen tokens share k-means rows (cluster), keep 1-bit rows (sign) or are re-spelt (split)."
+    )
+    vocab_clusters: int = option(
+        1024, "Cluster: centroid rows for the unseen tokens; sign: for those spelt with unfamiliar characters."
+    )
+    vocab_min_count: int = option(1, "Cluster, sign: tokens the training data uses fewer times count as unseen.")
     vocab_keep_frequent: int = option(0, "Split: also keep the first N vocabulary ids (most frequent pieces)")
 
     def validate(self) -> None:
@@ -125,6 +130,8 @@ class VocabConfig(MethodConfig):
             raise ConfigError(f"vocab unseen must be one of {', '.join(VOCAB_UNSEEN)}, got {self.vocab_unseen!r}")
         if self.vocab_clusters < 1:
             raise ConfigError(f"vocab clusters must be >= 1, got {self.vocab_clusters}")
+        if self.vocab_min_count < 1:
+            raise ConfigError(f"vocab min count must be >= 1, got {self.vocab_min_count}")
         if self.vocab_keep_frequent < 0:
             raise ConfigError(f"vocab keep-frequent must be >= 0, got {self.vocab_keep_frequent}")
 
@@ -214,11 +221,12 @@ def _prune_vocabulary(model_path: Path, splits: Any, config: PruneConfig, folder
     """Vocabulary pruning into `folder`; returns the pruned model, its tokenizer and the report entries."""
     from slimformer.data import column
     from slimformer.models import load_classifier, load_tokenizer
-    from slimformer.prune.vocab import cluster_unseen_rows, write_pruned_vocabulary
+    from slimformer.prune.vocab import cluster_unseen_rows, sign_unseen_rows, write_pruned_vocabulary
 
     texts = column(splits.train, "text")
-    if config.vocab_unseen == "cluster":
-        summary = cluster_unseen_rows(model_path, texts, folder, config.vocab_clusters, config.seed)
+    if config.vocab_unseen in ("cluster", "sign"):
+        rewrite = cluster_unseen_rows if config.vocab_unseen == "cluster" else sign_unseen_rows
+        summary = rewrite(model_path, texts, folder, config.vocab_clusters, config.seed, config.vocab_min_count)
     else:
         summary = write_pruned_vocabulary(model_path, texts, folder, config.vocab_keep_frequent)
     return load_classifier(folder), load_tokenizer(folder), {"vocabulary": summary}

@@ -1,12 +1,19 @@
 """Vocabulary pruning: keep exact embedding rows only for the tokens a corpus uses (plus special tokens).
 
-Two ways to treat the tokens the corpus never uses:
+Three ways to treat the tokens the corpus never uses:
 
 - ``cluster`` (default, :func:`cluster_unseen_rows`; any tokenizer: WordPiece, byte-level BPE, SentencePiece /
   Unigram): the tokenizer is unchanged (every text is spelt with the
   same pieces as before) and each unseen token's row becomes the centroid of its k-means cluster, so the table
   holds only `used + clusters` distinct rows. The ONNX stages store each distinct row once
   (:mod:`slimformer.onnx.embeddings`), which is where the file shrinks.
+- ``sign`` (:func:`sign_unseen_rows`; any tokenizer): the tokenizer is unchanged and each unseen token spelt with
+  characters the corpus's tokens use keeps its own row in one bit per value: the sign of each value times the
+  row's mean magnitude, after the mean of those rows is moved into the position embeddings (every token adds
+  one position row, so the model computes the same function for the other tokens). Tokens spelt with other
+  characters (other scripts, placeholders) share k-means rows. The ONNX stages store the two-valued rows at one
+  bit a value (:func:`slimformer.onnx.embeddings.pack_word_embeddings_4bit`): unseen words keep most of their
+  own meaning instead of a centroid's, for about a quarter of a 4-bit row.
 - ``split`` (:func:`prune_vocabulary`): slice the rows and rebuild the WordPiece tokenizer with the kept pieces
   only. WordPiece is greedy longest-match-first and every token it chose on the corpus is kept, so the corpus
   tokenizes as before (ids remapped); a word of another text is spelt with smaller kept pieces or becomes
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +34,16 @@ from slimformer.errors import ModelError
 UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
 
-def used_token_ids(tokenizer: Any, texts: list[str], batch_size: int = 1024) -> list[int]:
-    """Sorted ids of every token the tokenizer produces on `texts`, plus all special and added tokens."""
-    used: set[int] = set(tokenizer.all_special_ids)
-    used.update(tokenizer.convert_tokens_to_ids(list(tokenizer.get_added_vocab())))
+def used_token_ids(tokenizer: Any, texts: list[str], min_count: int = 1, batch_size: int = 1024) -> list[int]:
+    """Sorted ids of every token the tokenizer produces on `texts` at least `min_count` times, plus all special and
+    added tokens."""
+    counts: Counter[int] = Counter()
     for start in range(0, len(texts), batch_size):
         for ids in tokenizer(texts[start : start + batch_size], add_special_tokens=False)["input_ids"]:
-            used.update(ids)
+            counts.update(ids)
+    used = {token for token, count in counts.items() if count >= min_count}
+    used.update(tokenizer.all_special_ids)
+    used.update(tokenizer.convert_tokens_to_ids(list(tokenizer.get_added_vocab())))
     return sorted(used)
 
 
@@ -110,34 +121,19 @@ def write_pruned_vocabulary(
 
 
 def cluster_unseen_rows(
-    model_dir: str | Path, texts: list[str], folder: Path, clusters: int = 1024, seed: int = 42
+    model_dir: str | Path, texts: list[str], folder: Path, clusters: int = 1024, seed: int = 42, min_count: int = 1
 ) -> dict[str, Any]:
     """Write to `folder` the classifier in `model_dir` with the word-embedding rows of the tokens `texts` never
-    use replaced by their k-means centroid (`clusters` of them); the tokenizer is copied unchanged.
+    use (or use fewer than `min_count` times) replaced by their k-means centroid (`clusters` of them); the
+    tokenizer is copied unchanged.
 
     Returns a summary: vocabulary size, used and unseen tokens, clusters and distinct rows.
     """
-    import numpy as np
     import torch
-    from sklearn.cluster import MiniBatchKMeans
 
-    from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
-
-    model_dir = resolve_model_path(model_dir)
-    if not texts:
-        raise ModelError("vocabulary pruning needs at least one text")
-    tokenizer = load_tokenizer(model_dir)
-    model = load_classifier(model_dir)
+    model, tokenizer, used, unseen = _model_and_unseen_tokens(model_dir, texts, min_count)
     table = model.get_input_embeddings().weight
-    used = used_token_ids(tokenizer, texts)
-    unseen = np.setdiff1d(np.arange(table.shape[0]), np.asarray(used, dtype=np.int64))
-    clusters = min(clusters, len(unseen))
-    if clusters:
-        rows = table.detach()[torch.from_numpy(unseen)].float().numpy()
-        kmeans = MiniBatchKMeans(n_clusters=clusters, random_state=seed, batch_size=4096, n_init=1).fit(rows)
-        centroids = torch.from_numpy(kmeans.cluster_centers_[kmeans.labels_]).to(table.dtype)
-        with torch.no_grad():
-            table[torch.from_numpy(unseen)] = centroids
+    clusters = _share_centroid_rows(table, unseen, clusters, seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     distinct = len(torch.unique(table.detach(), dim=0))
@@ -151,6 +147,81 @@ def cluster_unseen_rows(
         "distinct_embedding_rows": distinct,
         "note": "tokenizer unchanged; ONNX export/optimize/quantize store each distinct row once",
     }
+
+
+def sign_unseen_rows(
+    model_dir: str | Path, texts: list[str], folder: Path, clusters: int = 64, seed: int = 42, min_count: int = 1
+) -> dict[str, Any]:
+    """Write to `folder` the classifier in `model_dir` with the word-embedding rows of the tokens `texts` never
+    use (or use fewer than `min_count` times) made two-valued (see the module docstring); the tokenizer is copied
+    unchanged. Tokens spelt with characters no used token has share `clusters` k-means rows instead.
+
+    Returns a summary: vocabulary size, used tokens, sign rows, clustered tokens and whether the mean was moved.
+    """
+    import numpy as np
+    import torch
+
+    model, tokenizer, used, unseen = _model_and_unseen_tokens(model_dir, texts, min_count)
+    table = model.get_input_embeddings().weight
+    spelling = tokenizer.convert_ids_to_tokens([int(i) for i in range(table.shape[0])])
+    spelt = set(used) - set(tokenizer.all_special_ids)  # "[CLS]" would make "[unused7]" look familiar
+    characters = {character for token in spelt if spelling[token] for character in spelling[token]}
+    familiar = np.array([bool(spelling[i]) and set(spelling[i]) <= characters for i in unseen], dtype=bool)
+    signed, others = unseen[familiar], unseen[~familiar]
+    positions = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
+    with torch.no_grad():
+        if len(signed) and isinstance(positions, torch.nn.Embedding):  # every token adds one position row
+            mean = table[torch.from_numpy(signed)].mean(dim=0)
+            table -= mean
+            positions.weight += mean
+        rows = table[torch.from_numpy(signed)]
+        magnitude = rows.abs().mean(dim=1, keepdim=True)
+        table[torch.from_numpy(signed)] = torch.where(rows >= 0, magnitude, -magnitude)
+    clusters = _share_centroid_rows(table, others, clusters, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return {
+        "unseen_tokens": "sign",
+        "vocab_size": len(tokenizer),
+        "used_tokens": len(used),
+        "min_count": min_count,
+        "sign_rows": len(signed),
+        "clustered_tokens": len(others),
+        "clusters": clusters,
+        "mean_moved_to_positions": bool(len(signed)) and isinstance(positions, torch.nn.Embedding),
+        "note": "tokenizer unchanged; the ONNX quantize stage stores two-valued rows at one bit a value",
+    }
+
+
+def _model_and_unseen_tokens(model_dir: str | Path, texts: list[str], min_count: int) -> tuple[Any, Any, list, Any]:
+    """The classifier, its tokenizer, the ids `texts` use (:func:`used_token_ids`) and the other ids (an array)."""
+    import numpy as np
+
+    from slimformer.models import load_classifier, load_tokenizer, resolve_model_path
+
+    model_dir = resolve_model_path(model_dir)
+    if not texts:
+        raise ModelError("vocabulary pruning needs at least one text")
+    tokenizer = load_tokenizer(model_dir)
+    model = load_classifier(model_dir)
+    used = used_token_ids(tokenizer, texts, min_count)
+    rows = model.get_input_embeddings().weight.shape[0]
+    return model, tokenizer, used, np.setdiff1d(np.arange(rows), np.asarray(used, dtype=np.int64))
+
+
+def _share_centroid_rows(table: Any, tokens: Any, clusters: int, seed: int) -> int:
+    """Give the rows of `tokens` (ids) their k-means centroid in place; returns the number of clusters used."""
+    import torch
+    from sklearn.cluster import MiniBatchKMeans
+
+    clusters = min(clusters, len(tokens))
+    if clusters:
+        rows = table.detach()[torch.from_numpy(tokens)].float().numpy()
+        kmeans = MiniBatchKMeans(n_clusters=clusters, random_state=seed, batch_size=4096, n_init=1).fit(rows)
+        centroids = torch.from_numpy(kmeans.cluster_centers_[kmeans.labels_]).to(table.dtype)
+        with torch.no_grad():
+            table[torch.from_numpy(tokens)] = centroids
+    return clusters
 
 
 def _rewrite_tokenizer_files(folder: Path, tokenizer: Any, kept: list[int]) -> None:
