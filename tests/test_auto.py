@@ -287,33 +287,31 @@ def test_the_baseline_trial_distils_as_the_recipe_does() -> None:
     assert _quantize_config(shape, AutoConfig(min_speedup=5), None).word_embeddings_4bit
     assert quantize["word_embeddings_4bit"] is True  # the word table stored as the recipe stores it
     vocab = next(s.options for s in load_recipe().stages if s.kind == "prune" and s.options.get("method") == "vocab")
-    assert params["vocab_clusters"] == vocab["vocab_clusters"] == 2048  # the baseline clusters as the recipe does
+    assert params["vocab_clusters"] == vocab["vocab_clusters"] == 64  # the baseline's shared rows as the recipe's
 
 
-def test_a_trained_chain_refits_through_the_centroids_as_the_recipe_does(tiny4, clinc_slice, tmp_path) -> None:
-    """A trained shape with vocabulary clustering: distill (dropout off) -> cluster -> the recipe's refit (one
-    epoch on mixed and replaced utterances, dropout off, from the clustered student) -> cluster again -> ONNX."""
+def test_a_trained_chain_prunes_the_vocabulary_as_the_recipe_does(tiny4, clinc_slice, tmp_path) -> None:
+    """A trained shape with vocabulary pruning: distill (dropout off) -> the recipe's sign rows (its minimum count,
+    the shape's shared rows) -> ONNX, where the quantize stage stores those rows at one bit a value."""
     from slimformer.artifacts import read_metrics
-    from slimformer.auto.candidate import Shape, StageCache, Training, build_chain, recipe_refit
+    from slimformer.auto.candidate import Shape, StageCache, Training, build_chain
+    from slimformer.pipeline import load_recipe
 
-    refit = recipe_refit()
-    assert (refit.epochs, refit.learning_rate, refit.augment, refit.dropout) == (1.0, 1e-4, "mix,replace", 0.0)
+    recipe = next(s.options for s in load_recipe().stages if s.kind == "prune" and s.options.get("method") == "vocab")
     config = AutoConfig(min_speedup=2, max_length=32)
     cache = StageCache(tmp_path / "work", tiny4, "t")
     training = Training(epochs=1, alpha=0.5, temperature=2.0, learning_rate=1e-3)
     folder = build_chain(cache, Shape(1, 0.0, 0.0, 16, "dynamic", True, 1), training, clinc_slice, config)
     work = tmp_path / "work"
-    distills = {read_metrics(f)["config"]["augment"]: f for f in work.glob("distill-*")}
-    vocab = {read_metrics(f)["base_model"]: f for f in work.glob("prune-*") if read_metrics(f)["method"] == "vocab"}
-    trial, refitted = distills[""], distills["mix,replace"]  # the trial's own training, then the recipe's refit
-    assert len(distills) == 2 and len(vocab) == 2
-    assert read_metrics(trial)["config"]["dropout"] == 0.0  # the recipe's dropout, off
-    refit_metrics = read_metrics(refitted)
-    assert refit_metrics["config"]["student"] == str(vocab[str(trial)])  # from the clustered student
-    assert refit_metrics["config"]["epochs"] == 1.0 and refit_metrics["config"]["dropout"] == 0.0
-    assert refit_metrics["transfer_rows"] > 0
-    exported = read_metrics(Path(read_metrics(Path(read_metrics(folder)["source_model"]))["source_model"]))
-    assert exported["stage"] == "export" and exported["source_model"] == str(vocab[str(refitted)])  # re-clustered
+    (trained,) = work.glob("distill-*")
+    assert read_metrics(trained)["config"]["dropout"] == 0.0  # the recipe's dropout, off
+    (pruned,) = [f for f in work.glob("prune-*") if read_metrics(f)["method"] == "vocab"]
+    vocabulary = read_metrics(pruned)["vocabulary"]
+    assert vocabulary["unseen_tokens"] == recipe["vocab_unseen"] == "sign"
+    assert vocabulary["min_count"] == recipe["vocab_min_count"] and vocabulary["clusters"] <= 16
+    assert read_metrics(pruned)["base_model"] == str(trained)
+    quantized = read_metrics(folder)
+    assert quantized["word_embeddings_4bit"]["one_bit_rows"] >= vocabulary["sign_rows"] > 0
 
 
 def _screen(speedup: float, low: float, high: float, size_mb: float = 1.0) -> dict:

@@ -4,7 +4,8 @@ the registered stage functions. Depth 0 is the static student: `static` → expo
 
 The chain is: K layers of the base (the teacher, or `--student`) evenly spaced from `--first-kept-layer` to
 the last → structured slicing of heads and FFN neurons (no training yet) → distillation from the teacher's
-cached logits → vocabulary clustering → export → optimize → quantize. The screen runs the same chain without
+cached logits → the recipe's vocabulary pruning (its sign rows, with the shape's shared rows) → export →
+optimize → quantize. The screen runs the same chain without
 the distillation: latency and size depend on the shape, not the weights, so a shape that cannot meet the
 budget is dropped before any training is spent on it. Every step is cached in the shared work folder under a
 key of its options and input (:func:`slimformer.envelope.stage_key`), behind a file lock, so trials and
@@ -159,12 +160,15 @@ def student_base(cache: StageCache, config: AutoConfig, data: Any) -> tuple[Path
     return cache.run("distill", (path, model_key(path)), distill, data)
 
 
-def recipe_refit() -> Any:
-    """The packaged recipe's refit after vocabulary clustering (its distill stage named `refit`), or None."""
+def vocab_config(shape: Shape, eval_rows: int | None, common: dict[str, Any]) -> Any:
+    """The packaged recipe's vocabulary pruning (how it treats unseen tokens, its minimum count) with the shape's
+    number of shared k-means rows and the study's settings."""
     from slimformer.pipeline import build_config, recipe_stage
+    from slimformer.prune import PruneConfig
 
-    stage = recipe_stage("distill", name="refit")
-    return build_config(stage) if stage is not None else None
+    stage = recipe_stage("prune", "vocab")
+    recipe = build_config(stage) if stage is not None else PruneConfig(method="vocab")
+    return replace(recipe, vocab_clusters=shape.vocab_clusters, max_eval_samples=eval_rows, **common)
 
 
 def distill_settings(cache: StageCache, config: AutoConfig) -> dict[str, Any]:
@@ -231,13 +235,7 @@ def build_chain(
         )
         current = cache.run("distill", current, distill, data, callbacks=callbacks)
     if shape.vocab_clusters:
-        vocab = PruneConfig(method="vocab", vocab_clusters=shape.vocab_clusters, max_eval_samples=eval_rows, **common)
-        current = cache.run("prune", current, vocab, stage_data)
-        refit = recipe_refit()
-        if training is not None and refit is not None:  # as the recipe: an epoch through the centroids, re-clustered
-            refit = replace(refit, student=str(current[0]), student_layers=None, **distill_settings(cache, config))
-            current = cache.run("distill", current, refit, data)
-            current = cache.run("prune", current, vocab, stage_data)
+        current = cache.run("prune", current, vocab_config(shape, eval_rows, common), stage_data)
     export = ExportConfig(max_length=config.max_length, parity_examples=200, threads=shape.threads)
     current = cache.run("export", current, export, stage_data)
     current = cache.run("optimize", current, OptimizeConfig(level=99, threads=shape.threads), None)

@@ -59,7 +59,7 @@ class AutoConfig(DistillRanges, StageConfig):
     heads_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5), "Fractions of attention heads removed per layer.")
     ffn_fractions: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75), "Fractions of FFN neurons removed per layer.")
     vocab_clusters: tuple[int, ...] = option(
-        (0, 2048), "Vocabulary clustering: 0 = off, else centroid rows for unseen tokens (the recipe's 2,048)."
+        (0, 64), "Vocabulary pruning as the recipe's (sign rows): 0 = off, else its shared k-means rows (recipe: 64)."
     )
     quantization: tuple[str, ...] = option(QUANTIZATION_CHOICES, "INT8 methods: dynamic, static (calibrated).")
     search_per_channel: bool = option(True, "Search per-tensor weight scales too (else always per channel).")
