@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = load_data(args.data)
-    recipe = build_config(recipe_stage("prune", "vocab"))
+    recipe = replace(build_config(recipe_stage("prune", "vocab")), vocab_unseen="cluster", vocab_min_count=1)
 
     def cell(values: list[float]) -> str:
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
