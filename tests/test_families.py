@@ -209,6 +209,24 @@ def _logits(model: Any, tokenizer: Any, texts: list[str]) -> Any:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_sign_rows_keep_each_familys_logits_on_the_texts_they_were_made_from(
+    family: str, teachers: dict[str, Path], slice_data: Any, tmp_path: Path
+) -> None:
+    """Vocabulary pruning's `sign`: where the family adds a position row to every token, the signed rows' mean
+    moves there, so texts spelt with kept tokens only get the same logits; elsewhere the kept rows stay as they are."""
+    from slimformer.predictor import load
+    from slimformer.prune.vocab import sign_unseen_rows
+
+    texts = list(slice_data.train["text"])[:20]
+    (tmp_path / "signed").mkdir()
+    summary = sign_unseen_rows(teachers[family], texts, tmp_path / "signed", clusters=4)
+    assert summary["sign_rows"] > 0
+    before = load(teachers[family], max_length=32).predict_logits(texts)
+    after = load(tmp_path / "signed", max_length=32).predict_logits(texts)
+    assert abs(after - before).max() < 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_slicing_units_equals_zeroing_their_output_columns(
     family: str, teachers: dict[str, Path], slice_data: Any, tmp_path: Path
 ) -> None:
