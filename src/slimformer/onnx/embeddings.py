@@ -305,12 +305,49 @@ def _dequantize(codes: Any, scale: Any, zero_point: Any) -> Any:
     return ((codes.astype(np.float32) - zero_point.astype(np.float32)) * scale).astype(np.float32)
 
 
+class _Unpacking:
+    """The constant tensors and nodes of one unpacking subgraph, every name prefixed with `name`."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.tensors, self.nodes = name, [], []
+
+    def constant(self, value: Any, suffix: str) -> None:
+        import numpy as np
+        from onnx import numpy_helper
+
+        self.tensors.append(numpy_helper.from_array(np.asarray(value), f"{self.name}_{suffix}"))
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes: Any) -> None:
+        from onnx import helper
+
+        names = [f"{self.name}_{i}" for i in inputs]
+        self.nodes.append(helper.make_node(op, names, [f"{self.name}_{output}"], **attributes))
+
+    def rows(self, codes: str, padded: int, width: int) -> tuple[list[Any], list[Any]]:
+        """Finish the subgraph from its per-row integer `codes` [rows, padded]: the padding sliced off, then value =
+        code * scale + offset with the fp16 `scale` and `offset` per row, the last node's output the float rows."""
+        import numpy as np
+        from onnx import TensorProto
+
+        if padded > width:
+            self.constant(np.array([0], np.int64), "start")
+            self.constant(np.array([width], np.int64), "width")
+            self.constant(np.array([1], np.int64), "axis")
+            self.node("Slice", [codes, "start", "width", "axis"], "row_codes")
+            codes = "row_codes"
+        self.node("Cast", [codes], "code_values", to=TensorProto.FLOAT)
+        self.node("Cast", ["scale"], "scale_float", to=TensorProto.FLOAT)
+        self.node("Cast", ["offset"], "offset_float", to=TensorProto.FLOAT)
+        self.node("Mul", ["code_values", "scale_float"], "scaled")
+        self.node("Add", ["scaled", "offset_float"], "table")
+        return self.tensors, self.nodes
+
+
 def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     """`table` [rows, width] as 4-bit codes (two a byte) with an fp16 scale and offset per row, and the nodes that
     unpack it (value = code * scale + offset), the last one's output the float table. The nibbles are split and
     interleaved as uint8; only the last three ops make float tensors (ORT keeps each folded tensor's memory)."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
 
     rows, width = table.shape
     even = width + width % 2
@@ -322,45 +359,22 @@ def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     scale[scale == 0] = 1.0  # an all-zero row
     zero_point = np.clip(np.round(-low / scale), 0, 15)
     code = np.clip(np.round(values / scale + zero_point), 0, 15).astype(np.uint8)
-    packed = (code[:, 0::2] | (code[:, 1::2] << 4)).astype(np.uint8)
-    offset = (-zero_point * scale).astype(np.float16)
 
-    def constant(value: Any, suffix: str) -> Any:
-        return numpy_helper.from_array(np.asarray(value), f"{name}_{suffix}")
-
-    tensors = [
-        constant(packed, "codes"),
-        constant(scale.astype(np.float16), "scale"),
-        constant(offset, "offset"),
-        constant(np.uint8(4), "four"),
-        constant(np.array([rows, even // 2, 1], np.int64), "pair_shape"),
-        constant(np.array([rows, even], np.int64), "row_shape"),
-    ]
-
-    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
-        return helper.make_node(op, [f"{name}_{i}" for i in inputs], [f"{name}_{output}"], **attributes)
-
-    nodes = [
-        node("BitShift", ["codes", "four"], "high", direction="RIGHT"),
-        node("BitShift", ["codes", "four"], "low_shifted", direction="LEFT"),
-        node("BitShift", ["low_shifted", "four"], "low", direction="RIGHT"),
-        node("Reshape", ["low", "pair_shape"], "low_pairs"),
-        node("Reshape", ["high", "pair_shape"], "high_pairs"),
-        node("Concat", ["low_pairs", "high_pairs"], "pairs", axis=2),
-        node("Reshape", ["pairs", "row_shape"], "even_codes"),
-    ]
-    if even > width:
-        tensors += [constant(np.array([0], np.int64), "start"), constant(np.array([width], np.int64), "width")]
-        tensors.append(constant(np.array([1], np.int64), "axis"))
-        nodes.append(node("Slice", ["even_codes", "start", "width", "axis"], "row_codes"))
-    nodes += [
-        node("Cast", [nodes[-1].output[0].removeprefix(f"{name}_")], "code_values", to=TensorProto.FLOAT),
-        node("Cast", ["scale"], "scale_float", to=TensorProto.FLOAT),
-        node("Cast", ["offset"], "offset_float", to=TensorProto.FLOAT),
-        node("Mul", ["code_values", "scale_float"], "scaled"),
-        node("Add", ["scaled", "offset_float"], "table"),
-    ]
-    return tensors, nodes
+    unpacking = _Unpacking(name)
+    unpacking.constant((code[:, 0::2] | (code[:, 1::2] << 4)).astype(np.uint8), "codes")
+    unpacking.constant(scale.astype(np.float16), "scale")
+    unpacking.constant((-zero_point * scale).astype(np.float16), "offset")
+    unpacking.constant(np.uint8(4), "four")
+    unpacking.constant(np.array([rows, even // 2, 1], np.int64), "pair_shape")
+    unpacking.constant(np.array([rows, even], np.int64), "row_shape")
+    unpacking.node("BitShift", ["codes", "four"], "high", direction="RIGHT")
+    unpacking.node("BitShift", ["codes", "four"], "low_shifted", direction="LEFT")
+    unpacking.node("BitShift", ["low_shifted", "four"], "low", direction="RIGHT")
+    unpacking.node("Reshape", ["low", "pair_shape"], "low_pairs")
+    unpacking.node("Reshape", ["high", "pair_shape"], "high_pairs")
+    unpacking.node("Concat", ["low_pairs", "high_pairs"], "pairs", axis=2)
+    unpacking.node("Reshape", ["pairs", "row_shape"], "even_codes")
+    return unpacking.rows("even_codes", even, width)
 
 
 def _two_valued_rows(table: Any) -> Any:
@@ -370,11 +384,11 @@ def _two_valued_rows(table: Any) -> Any:
 
 
 def _unpack_1bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
-    """Two-valued rows of `table` [rows, width] as one bit a value (eight a byte) with an fp16 low value and step
-    per row, and the nodes that unpack them (value = low + bit * step; bits looked up from a 256 x 8 table), the
-    last one's output the float rows."""
+    """Two-valued rows of `table` [rows, width] as one bit a value (eight a byte) with an fp16 low value (the
+    offset) and step (the scale) per row, and the nodes that unpack them (value = bit * step + low; the bits looked
+    up from a 256 x 8 table), the last one's output the float rows."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto
 
     rows, width = table.shape
     padded = -(-width // 8) * 8
@@ -382,39 +396,18 @@ def _unpack_1bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     step = table.max(axis=1, keepdims=True) - low
     bits = np.zeros((rows, padded), bool)
     bits[:, :width] = (table > low) & (step > 0)
-    byte_bits = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.uint8)  # bit i of byte b, low bit first
 
-    def constant(value: Any, suffix: str) -> Any:
-        return numpy_helper.from_array(np.asarray(value), f"{name}_{suffix}")
-
-    tensors = [
-        constant(np.packbits(bits, axis=1, bitorder="little"), "codes"),
-        constant(low.astype(np.float16), "low"),
-        constant(step.astype(np.float16), "step"),
-        constant(byte_bits, "byte_bits"),
-        constant(np.array([rows, padded], np.int64), "row_shape"),
-    ]
-
-    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> Any:
-        return helper.make_node(op, [f"{name}_{i}" for i in inputs], [f"{name}_{output}"], **attributes)
-
-    nodes = [
-        node("Cast", ["codes"], "byte_ids", to=TensorProto.INT64),
-        node("Gather", ["byte_bits", "byte_ids"], "bit_groups"),
-        node("Reshape", ["bit_groups", "row_shape"], "padded_bits"),
-    ]
-    if padded > width:
-        tensors += [constant(np.array([0], np.int64), "start"), constant(np.array([width], np.int64), "width")]
-        tensors.append(constant(np.array([1], np.int64), "axis"))
-        nodes.append(node("Slice", ["padded_bits", "start", "width", "axis"], "row_bits"))
-    nodes += [
-        node("Cast", [nodes[-1].output[0].removeprefix(f"{name}_")], "bit_values", to=TensorProto.FLOAT),
-        node("Cast", ["low"], "low_float", to=TensorProto.FLOAT),
-        node("Cast", ["step"], "step_float", to=TensorProto.FLOAT),
-        node("Mul", ["bit_values", "step_float"], "scaled"),
-        node("Add", ["scaled", "low_float"], "table"),
-    ]
-    return tensors, nodes
+    unpacking = _Unpacking(name)
+    unpacking.constant(np.packbits(bits, axis=1, bitorder="little"), "codes")
+    unpacking.constant(step.astype(np.float16), "scale")
+    unpacking.constant(low.astype(np.float16), "offset")
+    byte_bits = (np.arange(256)[:, None] >> np.arange(8)) & 1  # bit i of byte b, the low bit first
+    unpacking.constant(byte_bits.astype(np.uint8), "byte_bits")
+    unpacking.constant(np.array([rows, padded], np.int64), "row_shape")
+    unpacking.node("Cast", ["codes"], "byte_ids", to=TensorProto.INT64)
+    unpacking.node("Gather", ["byte_bits", "byte_ids"], "bit_groups")
+    unpacking.node("Reshape", ["bit_groups", "row_shape"], "padded_bits")
+    return unpacking.rows("padded_bits", padded, width)
 
 
 def _unpack_mixed(table: Any, one_bit: Any, name: str) -> tuple[list[Any], list[Any]]:
