@@ -3,9 +3,9 @@
 seeds, and re-distilling the clustered student on replaced words (which reach the tokens whose rows are
 centroids), with and without dropout. Every chain starts from the packaged recipe's distillation options with
 dropout on (as the `--recipe-students` were made: the chains found the recipe's dropout off) and ends in the
-recipe's vocabulary stage of that time (2,048 centroid rows), since that is where in-scope accuracy was lost; each row reports
-validation and test (accuracy, in scope, OOS recall) before and after it. Folders are kept under `--work` and
-reused. Run from the repository root after `make demo`:
+recipe's vocabulary stage of that time (2,048 centroid rows), since that is where in-scope accuracy was lost;
+each row reports validation and test (accuracy, in scope, OOS recall) before and after it. Folders are kept
+under `--work` and reused. Run from the repository root after `make demo`:
 
     .venv/bin/python benchmarks/student_chains.py --teacher demo/stages/01-finetune-teacher-710ff7845f49 \\
         --sliced demo/stages/03-prune-ae130f7449f1 --recipe-students runs/ablation/L3-mix-from1-seed42 \\
