@@ -650,7 +650,7 @@ def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4
     from slimformer.auto.run import recipe_params, remember_front, warm_start_params
 
     config = AutoConfig(min_speedup=20, layers_choices=(1, 2, 3))
-    shape = {"layers": 2, "heads_fraction": 0.0, "ffn_fraction": 0.5, "vocab_clusters": 2048}
+    shape = {"layers": 2, "heads_fraction": 0.0, "ffn_fraction": 0.5, "vocab_clusters": 64}
     inside = {**shape, "quantization": "static", "epochs": 4, "alpha": 0.5}
     outside = {**shape, "layers": 4, "quantization": "dynamic"}  # 4 layers: not in this study's space
     front = [SimpleNamespace(params=inside), SimpleNamespace(params=outside), SimpleNamespace(params=inside)]
