@@ -461,7 +461,7 @@ def _speedup(
 
 
 def _single_thread_bound(
-    single: Any, reference: TeacherClock, texts: list[str], rounds: int, threads: int = 2
+    single: Any, reference: TeacherClock, texts: list[str], rounds: int, threads: int
 ) -> dict[str, Any]:
     """A busy machine's bound on a `threads`-thread candidate's quiet speed-up, from candidate and teacher timed
     at 1 thread each, turn about. With f the teacher's quiet p50 at its own threads over its p50 at 1 thread, and

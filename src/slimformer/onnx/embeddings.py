@@ -2,7 +2,8 @@
 
 - :func:`compact_embedding_rows`: vocabulary clustering (`slimformer prune --method vocab --vocab-unseen
   cluster`) gives every token the training data never uses the row of its k-means cluster, so most of the
-  table's rows repeat. This pass keeps one copy of each distinct row plus an int32 index (token id -> row) and
+  table's rows repeat. This pass keeps one copy of each distinct row plus an index (token id -> row; uint16
+  where the rows fit, cast to int32 at load) and
   inserts `Gather(index, input_ids)` in front of the embedding lookup (a plain `Gather` or ORT's fused
   `EmbedLayerNormalization` / `QEmbedLayerNormalization`). The logits do not change, the tokenizer does not
   change, and the file shrinks by the repeated rows.
@@ -11,7 +12,9 @@
   subgraph of standard ops unpacks it. Every input of that subgraph is a constant, so ONNX Runtime's constant
   folding (any optimization level but "disable") computes the float table once when the session loads, and the
   lookup then runs as fast as before: the file holds half the table's bytes, the session a float table (more
-  resident memory, in BENCHMARKS.md).
+  resident memory, in BENCHMARKS.md). Rows that hold two values only (vocabulary pruning's `--vocab-unseen sign`)
+  go 1 bit a value with an fp16 low value and step per row, behind a token -> row index, when at least
+  `MIN_SAVING` of the rows are such.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     `QEmbedLayerNormalization` becomes an `EmbedLayerNormalization`: its word
     table unpacked from 4 bits (codes taken from the dequantized INT8 table), its position table from its uint8
     codes, the segment table and LayerNorm weights float (a few rows). Returns {"table", "bytes_before",
-    "bytes_after"}, or None when the graph was copied unchanged (no such lookup).
+    "bytes_after", "one_bit_rows"}, or None when the graph was copied unchanged (no such lookup).
     """
     import numpy as np
     import onnx
@@ -182,9 +185,10 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     others = [other for other in graph.node if other is not node and table_name in other.input]
     table = table.astype("float32")
     one_bit = _two_valued_rows(table) if not others else np.zeros(len(table), bool)  # others read rows by id
-    if one_bit.sum() >= MIN_SAVING * len(table):  # sign rows (vocabulary pruning): 1 bit a value, 4 the rest
-        distinct, row_of = np.unique(table, axis=0, return_inverse=True)  # shared (clustered) rows stored once
-        distinct_one_bit = _two_valued_rows(distinct)
+    one_bit_rows = int(one_bit.sum()) if one_bit.sum() >= MIN_SAVING * len(table) else 0
+    if one_bit_rows:  # sign rows (vocabulary pruning): 1 bit a value, 4 the rest
+        distinct, first, row_of = np.unique(table, axis=0, return_index=True, return_inverse=True)  # shared: once
+        distinct_one_bit = one_bit[first]
         packed, unpack = _unpack_mixed(distinct, distinct_one_bit, table_name)
         place = np.argsort(np.argsort(distinct_one_bit, kind="stable"))  # 4-bit rows first, then 1-bit ones
         _reorder_rows(graph, node, ids_input, table_name, place[row_of.reshape(-1)])
@@ -207,7 +211,7 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
         "table": table_name,
         "bytes_before": bytes_before,
         "bytes_after": bytes_after,
-        "one_bit_rows": int(one_bit.sum()) if one_bit.sum() >= MIN_SAVING * len(table) else 0,
+        "one_bit_rows": one_bit_rows,
     }
 
 

@@ -163,20 +163,22 @@ def sign_unseen_rows(
 
     model, tokenizer, used, unseen = _model_and_unseen_tokens(model_dir, texts, min_count)
     table = model.get_input_embeddings().weight
-    spelling = tokenizer.convert_ids_to_tokens([int(i) for i in range(table.shape[0])])
+    spelling = tokenizer.convert_ids_to_tokens(list(range(table.shape[0])))
     spelt = set(used) - set(tokenizer.all_special_ids)  # "[CLS]" would make "[unused7]" look familiar
     characters = {character for token in spelt if spelling[token] for character in spelling[token]}
     familiar = np.array([bool(spelling[i]) and set(spelling[i]) <= characters for i in unseen], dtype=bool)
     signed, others = unseen[familiar], unseen[~familiar]
     positions = getattr(getattr(model.base_model, "embeddings", None), "position_embeddings", None)
+    move_mean = len(signed) > 0 and isinstance(positions, torch.nn.Embedding)  # every token adds one position row
+    signed_ids = torch.from_numpy(signed)
     with torch.no_grad():
-        if len(signed) and isinstance(positions, torch.nn.Embedding):  # every token adds one position row
-            mean = table[torch.from_numpy(signed)].mean(dim=0)
+        if move_mean:
+            mean = table[signed_ids].mean(dim=0)
             table -= mean
             positions.weight += mean
-        rows = table[torch.from_numpy(signed)]
+        rows = table[signed_ids]
         magnitude = rows.abs().mean(dim=1, keepdim=True)
-        table[torch.from_numpy(signed)] = torch.where(rows >= 0, magnitude, -magnitude)
+        table[signed_ids] = torch.where(rows >= 0, magnitude, -magnitude)
     clusters = _share_centroid_rows(table, others, clusters, seed)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -188,7 +190,7 @@ def sign_unseen_rows(
         "sign_rows": len(signed),
         "clustered_tokens": len(others),
         "clusters": clusters,
-        "mean_moved_to_positions": bool(len(signed)) and isinstance(positions, torch.nn.Embedding),
+        "mean_moved_to_positions": move_mean,
         "note": "tokenizer unchanged; the ONNX quantize stage stores two-valued rows at one bit a value",
     }
 
