@@ -445,7 +445,7 @@ def _speedup(
     timings: dict[str, list[list[float]]], scaling: dict[str, Any], factors: tuple[float, float, float] | None = None
 ) -> dict[str, Any]:
     """The speed-up interval of turn-about `timings` in the budget's terms: the estimate, low and high ends
-    times the teacher's thread scaling factor (or the three `factors`)."""
+    times the teacher's thread scaling factor (or the three `factors`); the ratios as timed under `turn_about`."""
     from slimformer.timing import flat, median_ms, speedup_interval
 
     interval = speedup_interval(timings["reference"], timings["candidate"])
@@ -455,7 +455,11 @@ def _speedup(
     scaled = {"speedup": interval["speedup"] * estimate, "low": interval["low"] * low, "high": interval["high"] * high}
     return {
         "reference_p50_ms": round(median_ms(flat(timings["reference"])) * factor, 4),
-        "speedup_interval": {**interval, **{key: round(value, 3) for key, value in scaled.items()}},
+        "speedup_interval": {
+            **interval,
+            **{key: round(value, 3) for key, value in scaled.items()},
+            "turn_about": {key: interval[key] for key in scaled},  # the ratio as timed, before the scaling
+        },
         "teacher_scaling": scaling,
     }
 
