@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the recipe's distill stage as it is now (layers from 1, mixed utterances, dropout off), then one change
     "recipe": RECIPE_STAGE,
     # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
+    "recipe-frozen-words": {**RECIPE_STAGE, "freeze_word_embeddings": True},
     "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
     "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},
     # logit standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature)

@@ -248,6 +248,27 @@ def test_dropout_off_while_distilling(teacher_dir: Path, clinc_slice, tmp_path: 
         DistillConfig(dropout=1.0, **options).validate()
 
 
+def test_frozen_word_embeddings_keep_the_table_and_train_the_rest(teacher_dir: Path, clinc_slice, tmp_path: Path):
+    """`freeze_word_embeddings`: the saved student's word table is its source's, bit for bit, while its other
+    weights learned; without the option the table learns too."""
+    from safetensors.torch import load_file
+
+    from slimformer.distill import DistillConfig, distill
+
+    def weights(folder: Path) -> dict[str, torch.Tensor]:
+        return load_file(folder / "model.safetensors")
+
+    source = weights(teacher_dir)
+    table = next(name for name in source if name.endswith("word_embeddings.weight"))
+    options = {"student_layers": 1, "epochs": 1, "max_train_samples": 30, "learning_rate": 1e-3, "warmup_ratio": 0.0}
+    for frozen in (True, False):
+        output = tmp_path / f"frozen-{frozen}"
+        distill(teacher_dir, output, DistillConfig(freeze_word_embeddings=frozen, **options), clinc_slice)
+        student = weights(output)
+        assert torch.equal(student[table], source[table]) is frozen
+        assert not torch.equal(student["classifier.weight"], source["classifier.weight"])
+
+
 # --- the teacher-logit cache ------------------------------------------------------------------------------
 
 

@@ -193,11 +193,10 @@ def test_unlabelled_texts_reach_the_trainer_with_teacher_targets_only(
 ) -> None:
     from slimformer.distillation import TEACHER_LOGITS_COLUMN, add_teacher_logits, teacher_logits
     from slimformer.layer_losses import IGNORED_LABEL
-    from slimformer.training import with_transfer_texts
 
     texts = ["is it going to rain tomorrow", "set an alarm for six", "how much money do i have"]
-    train = with_transfer_texts(clinc_slice.train.select(range(5)), texts)
-    with_logits, _ = add_teacher_logits(train, teacher_dir, clinc_slice.labels, 64)
+    train = clinc_slice.train.select(range(5))
+    with_logits, _ = add_teacher_logits(train, teacher_dir, clinc_slice.labels, 64, transfer_texts=texts)
     assert with_logits["label"][:5] == clinc_slice.train["label"][:5]
     assert with_logits["label"][5:] == [IGNORED_LABEL] * 3
     expected = teacher_logits(teacher_dir, texts, 64)
@@ -212,7 +211,10 @@ def test_unlabelled_texts_reach_the_trainer_with_teacher_targets_only(
     assert metrics["transfer_rows"] == 3 and metrics["live_teacher"] is False
     plain = distill(teacher_dir, tmp_path / "plain", DistillConfig(**options), clinc_slice)
     assert plain["transfer_rows"] == 0
-    assert metrics["teacher_logits"]["key"] != plain["teacher_logits"]["key"]  # the teacher scored the new rows
+    # the training split's logits are cached apart from the transfer texts': both runs share them
+    assert metrics["teacher_logits"]["key"] == plain["teacher_logits"]["key"] and plain["teacher_logits"]["hit"]
+    assert metrics["teacher_logits"]["transfer"]["key"] != plain["teacher_logits"]["key"]  # the new rows' own
+    assert "transfer" not in plain["teacher_logits"]
 
 
 def test_bad_transfer_options_are_one_line_errors(tmp_path: Path) -> None:
@@ -325,5 +327,7 @@ def test_mix_near_partners_come_from_the_teachers_runner_up_intent(teacher_dir: 
         runner_up = int(scores.argmax())
         assert pool == [i for i, label in enumerate(labels) if label == runner_up]
     options = {"student_layers": 2, "epochs": 1, "max_train_samples": 30, "augment": "mix-near"}
-    metrics = distill(teacher_dir, tmp_path / "out", DistillConfig(**options), clinc_slice)
+    metrics = distill(teacher_dir, tmp_path / "out", DistillConfig(cache_dir=str(tmp_path), **options), clinc_slice)
     assert 0 < metrics["transfer_rows"] <= 30
+    # the teacher scored the training split once: for the partners, then the training read it from the cache
+    assert metrics["teacher_logits"]["hit"] is True and metrics["teacher_logits"]["transfer"]["hit"] is False

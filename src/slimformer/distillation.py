@@ -308,17 +308,37 @@ def _run_teacher(teacher_dir: str | Path, texts: list[str], max_length: int, bat
     return logits
 
 
+def with_transfer_texts(train: datasets.Dataset, texts: Sequence[str]) -> datasets.Dataset:
+    """`train` followed by `texts` as rows labelled IGNORED_LABEL: the teacher's targets are their only label."""
+    if not texts:
+        return train
+    import datasets
+
+    labelled = train.cast_column("label", datasets.Value("int64"))
+    transfer = datasets.Dataset.from_dict(
+        {"text": list(texts), "label": [IGNORED_LABEL] * len(texts)}, features=labelled.features
+    )
+    return datasets.concatenate_datasets([labelled, transfer])
+
+
 def add_teacher_logits(
     train: datasets.Dataset,
     teacher_dir: str | Path,
     student_labels: list[str],
     max_length: int,
     cache_dir: str | Path | None = None,
-) -> tuple[datasets.Dataset, TeacherLogits]:
-    """`train` (text, label) with a `teacher_logits` column, its columns in the student's label order (the
-    teacher's logits are read from the cache or computed once). Returns the dataset and the cache entry."""
-    logits, cache = ordered_teacher_logits(teacher_dir, train, student_labels, max_length, cache_dir)
-    return train.add_column(TEACHER_LOGITS_COLUMN, logits.tolist()), cache
+    transfer_texts: Sequence[str] = (),
+) -> tuple[datasets.Dataset, list[TeacherLogits]]:
+    """`train` (text, label) followed by `transfer_texts` (label IGNORED_LABEL), with a `teacher_logits` column
+    in the student's label order. The teacher's logits of the training split and of the transfer texts are
+    cached apart, so every distillation of the same split reads the split's once, whatever its transfer data.
+    Returns the dataset and the cache entries (training split first)."""
+    parts = [ordered_teacher_logits(teacher_dir, train, student_labels, max_length, cache_dir)]
+    if transfer_texts:
+        parts.append(ordered_teacher_logits(teacher_dir, list(transfer_texts), student_labels, max_length, cache_dir))
+    logits = np.concatenate([part for part, _ in parts])
+    rows = with_transfer_texts(train, transfer_texts)
+    return rows.add_column(TEACHER_LOGITS_COLUMN, logits.tolist()), [cache for _, cache in parts]
 
 
 def ordered_teacher_logits(
@@ -337,8 +357,13 @@ def ordered_teacher_logits(
     return cache.logits[:, [teacher_labels.index(label) for label in labels]], cache
 
 
-def cache_report(cache: TeacherLogits | None) -> dict[str, Any] | None:
-    """What metrics.json records about the teacher logits a training read."""
-    if cache is None:
+def cache_report(caches: Sequence[TeacherLogits]) -> dict[str, Any] | None:
+    """What metrics.json records about the teacher logits a training read: the training split's entry, and the
+    transfer texts' under `transfer`."""
+    if not caches:
         return None
-    return {"key": cache.key, "hit": cache.hit, "seconds": round(cache.seconds, 2), "path": str(cache.path)}
+
+    def entry(cache: TeacherLogits) -> dict[str, Any]:
+        return {"key": cache.key, "hit": cache.hit, "seconds": round(cache.seconds, 2), "path": str(cache.path)}
+
+    return {**entry(caches[0]), **({"transfer": entry(caches[1])} if len(caches) > 1 else {})}

@@ -40,6 +40,9 @@ class StaticEmbeddingForSequenceClassification(PreTrainedModel):
         self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.embeddings
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -5,9 +5,10 @@ token goes through the teacher alone (``[CLS] token [SEP]``, outputs mean-pooled
 PCA, and each row is weighted by SIF, a / (a + p(token)) with p from Zipf's law over the token ids (WordPiece
 vocabularies list pieces roughly by frequency). A text is the mean of its tokens' rows; a linear head on top is
 trained with the one distillation path (:func:`slimformer.training.train_classifier`: the teacher's cached logits,
-transfer data if asked), and with `tune_table` the table learns too. The checkpoint is a transformers model
-(`static-embedding`), so `slimformer export` turns it into an ONNX folder like any other student: a Gather, a
-masked mean and a MatMul, which benchmark, report, serve and `auto` treat as they treat every ONNX artefact.
+transfer data if asked), and the table learns too unless `freeze_word_embeddings`. The checkpoint is a
+transformers model (`static-embedding`), so `slimformer export` turns it into an ONNX folder like any other
+student: a Gather, a masked mean and a MatMul, which benchmark, report, serve and `auto` treat as they treat
+every ONNX artefact.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class StaticConfig(SoftTargets, TrainingOptions):
 
     dims: int = option(256, "Width of the static token table after PCA (Model2Vec's default: 256).")
     sif_coefficient: float = option(1e-4, "SIF weight a / (a + p(token)), p from Zipf's law over ids (0 = off).")
-    tune_table: bool = option(True, "Train the token table with the head (else the head alone learns).")
     augment: str = option(
         "", "Augmented copies of the training texts, teacher targets only: mask,delete,swap,mix,replace."
     )
@@ -128,7 +128,6 @@ def static_student(
     model = StaticEmbeddingForSequenceClassification(model_config)
     with torch.no_grad():
         model.embeddings.weight.copy_(torch.from_numpy(built["table"]))
-    model.embeddings.weight.requires_grad_(config.tune_table)
     transfer = []
     if config.augment:  # `replace` draws nearest words from the static table itself
         train = column(splits.train, "text")
@@ -136,7 +135,6 @@ def static_student(
         transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight, near)
     distillation = config.distillation(teacher_path, cache_dir=config.cache_dir, transfer_texts=transfer)
     result = train_classifier(model, tokenizer, splits, config, folder / "trainer", distillation=distillation)
-    model.embeddings.weight.requires_grad_(True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     metrics = {

@@ -73,6 +73,11 @@ class TrainingOptions(StageConfig):
     seed: int = option(42, "Random seed.")
     max_train_samples: int | None = option(None, "Subsample the training split (quick runs).")
     max_eval_samples: int | None = option(None, "Subsample validation and test.")
+    freeze_word_embeddings: bool = option(
+        False,
+        "Keep the word-embedding table as it is while training: a quarter to a third less time a step for a "
+        "MiniLM-sized model, and the rows of words the training data never uses stay where those it uses are.",
+    )
     precision: str = option(
         "fp32",
         "Training arithmetic: fp32; bf16 (autocast, fp32 master weights); auto: bf16 where the hardware computes "
@@ -189,12 +194,13 @@ def train_classifier(
     )
 
     max_length = config.max_length or DEFAULT_MAX_LENGTH
-    train, cache, layer_distiller = splits.train, None, None
+    train, caches, layer_distiller = splits.train, [], None
     alpha, temperature, standardize = 1.0, 1.0, False
     if distillation is not None and distillation.alpha < 1.0:
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        train = with_transfer_texts(train, distillation.transfer_texts)
-        train, cache = add_teacher_logits(train, distillation.teacher, labels, max_length, distillation.cache_dir)
+        train, caches = add_teacher_logits(
+            train, distillation.teacher, labels, max_length, distillation.cache_dir, distillation.transfer_texts
+        )
         alpha, temperature, standardize = distillation.alpha, distillation.temperature, distillation.standardize
         if distillation.layers is not None and distillation.layers.active:
             layer_distiller = live_teacher(model, tokenizer, distillation)
@@ -218,38 +224,28 @@ def train_classifier(
     )
     if configure is not None:
         configure(trainer)
+    word_table = model.get_input_embeddings().weight
+    word_table.requires_grad_(not config.freeze_word_embeddings)  # the Trainer's optimizer skips frozen weights
     started = time.perf_counter()
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        word_table.requires_grad_(True)
     train_seconds = time.perf_counter() - started
     result = TrainResult(
         validation=_evaluate(trainer, None, "validation"),
         test=_evaluate(trainer, tokenize_dataset(splits.test, tokenizer, max_length), "test"),
         history=epoch_history(trainer.state.log_history),
         train_seconds=round(train_seconds, 1),
-        teacher_logits=cache_report(cache),
+        teacher_logits=cache_report(caches),
         processes=trainer.args.world_size,
         precision="bf16" if trainer.args.bf16 else "fp32",
-        transfer_rows=len(distillation.transfer_texts) if cache is not None else 0,
+        transfer_rows=len(distillation.transfer_texts) if caches else 0,
         live_teacher=layer_distiller is not None,
     )
     model.to("cpu")  # every later step (saving, export, latency) runs on the CPU
     shutil.rmtree(work_dir, ignore_errors=True)
     return result
-
-
-def with_transfer_texts(train: datasets.Dataset, texts: Sequence[str]) -> datasets.Dataset:
-    """`train` followed by `texts` as rows labelled IGNORED_LABEL: the teacher's targets are their only label."""
-    if not texts:
-        return train
-    import datasets
-
-    from slimformer.layer_losses import IGNORED_LABEL
-
-    labelled = train.cast_column("label", datasets.Value("int64"))
-    transfer = datasets.Dataset.from_dict(
-        {"text": list(texts), "label": [IGNORED_LABEL] * len(texts)}, features=labelled.features
-    )
-    return datasets.concatenate_datasets([labelled, transfer])
 
 
 def live_teacher(
