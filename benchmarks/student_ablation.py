@@ -35,6 +35,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe": RECIPE_STAGE,
     # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
     "recipe-frozen-words": {**RECIPE_STAGE, "freeze_word_embeddings": True},
+    # the recipe's soft-target settings were searched before dropout off, mixed utterances and layers from 1
+    "recipe-5ep": {**RECIPE_STAGE, "epochs": 5.0},
+    "recipe-a0.5": {**RECIPE_STAGE, "alpha": 0.5},
+    "recipe-a0.9": {**RECIPE_STAGE, "alpha": 0.9},
+    "recipe-T4": {**RECIPE_STAGE, "temperature": 4.0},
+    "recipe-lr4e-4": {**RECIPE_STAGE, "learning_rate": 4e-4},
+    "recipe-bs16": {**RECIPE_STAGE, "batch_size": 16},
     "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
     "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},
     # logit standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature)

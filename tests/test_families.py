@@ -226,6 +226,37 @@ def test_sign_rows_keep_each_familys_logits_on_the_texts_they_were_made_from(
     assert abs(after - before).max() < 1e-4
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_sign_rows_reach_the_int8_graph_at_one_bit_where_a_second_gather_reads_the_table(
+    family: str, teachers: dict[str, Path], slice_data: Any, tmp_path: Path
+) -> None:
+    """The recipe's vocabulary stage (sign rows) through export, optimize and INT8 with the 4-bit table: the sign
+    rows are stored 1-bit also in DistilBERT's graph, whose second Gather of the word table (for the input's
+    shape) now looks its rows up through the row index, and the graph computes what it computed with the table
+    in INT8."""
+    from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
+    from slimformer.predictor import load
+    from slimformer.prune.stage import PruneConfig, prune
+
+    vocab = prune(
+        teachers[family],
+        tmp_path / "vocab",
+        PruneConfig(method="vocab", vocab_unseen="sign", vocab_clusters=4, max_length=32),
+        slice_data,
+    )
+    export_onnx(tmp_path / "vocab", tmp_path / "onnx", ExportConfig(max_length=32), slice_data)
+    optimize_onnx(tmp_path / "onnx", tmp_path / "opt", OptimizeConfig(max_length=32, threads=1))
+    for packed in (False, True):
+        config = QuantizeConfig(method="dynamic", max_length=32, threads=1, word_embeddings_4bit=packed)
+        quantized = quantize(tmp_path / "opt", tmp_path / f"int8-{packed}", config, slice_data)
+    sign_rows = vocab["vocabulary"]["sign_rows"]
+    assert quantized["word_embeddings_4bit"]["one_bit_rows"] >= sign_rows > 0
+    texts = list(slice_data.test["text"])[:16]
+    plain = load(tmp_path / "int8-False", max_length=32).predict_logits(texts)
+    small = load(tmp_path / "int8-True", max_length=32).predict_logits(texts)
+    assert abs(small - plain).max() < 0.1 * abs(plain).max()  # 3-4 % here: the kept rows' 4 bits
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_slicing_units_equals_zeroing_their_output_columns(
     family: str, teachers: dict[str, Path], slice_data: Any, tmp_path: Path

@@ -216,7 +216,8 @@ def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(form: str, tm
 
 def test_two_valued_rows_pack_at_one_bit_and_the_lookup_returns_the_same_rows(tmp_path: Path) -> None:
     """Vocabulary pruning's sign rows (two values a row) go 1 bit a value, the other rows 4 bits, repeated rows
-    once; a uint16 token -> row index puts every token's row back where the lookup expects it."""
+    once; a uint16 token -> row index puts every token's row back where the lookup expects it, and where another
+    Gather reads the table by id (DistilBERT's, placed before the lookup), there too."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -230,9 +231,10 @@ def test_two_valued_rows_pack_at_one_bit_and_the_lookup_returns_the_same_rows(tm
     table[[1, 5, 9, 12]] = rng.normal(0, 0.05, (4, width)).astype(np.float32)  # exact rows, in between
     table[13] = table[5]  # a shared (clustered) row
     ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None])
-    out = helper.make_tensor_value_info("embedded", TensorProto.FLOAT, None)
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("embedded", "again")]
     lookup = helper.make_node("Gather", ["table", "input_ids"], ["embedded"])
-    graph = helper.make_graph([lookup], "lookup", [ids], [out], [numpy_helper.from_array(table, "table")])
+    again = helper.make_node("Gather", ["table", "input_ids"], ["again"], name="shape_of")  # DistilBERT's 2nd read
+    graph = helper.make_graph([again, lookup], "lookup", [ids], outputs, [numpy_helper.from_array(table, "table")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "in.onnx")
 
     summary = pack_word_embeddings_4bit(tmp_path / "in.onnx", tmp_path / "out.onnx")
@@ -243,7 +245,8 @@ def test_two_valued_rows_pack_at_one_bit_and_the_lookup_returns_the_same_rows(tm
     assert stored["table_row_of_token_uint16"].dtype == np.uint16
     session = ort.InferenceSession(tmp_path / "out.onnx", providers=["CPUExecutionProvider"])
     every_token = np.arange(16)
-    looked_up = session.run(None, {"input_ids": every_token})[0]
+    looked_up, read_again = session.run(None, {"input_ids": every_token})
+    np.testing.assert_array_equal(read_again, looked_up)  # the second reader follows the row index too
     signed = [i for i in every_token if i not in (1, 5, 9, 12, 13)]
     np.testing.assert_allclose(looked_up[signed], table[signed], rtol=1e-3)  # fp16 low and step
     expected, _ = _expected_4bit(table[[1, 5, 9, 12, 13]])

@@ -69,7 +69,7 @@ def _insert_row_index(graph: Any, node: Any, ids_input: int, table_name: str, ro
     if rows.max(initial=0) <= np.iinfo(np.uint16).max:  # stored in half the bytes, widened once at session load
         graph.initializer.append(numpy_helper.from_array(rows.astype(np.uint16), f"{index_name}_uint16"))
         widen = helper.make_node("Cast", [f"{index_name}_uint16"], [index_name], to=TensorProto.INT32)
-        graph.node.insert(list(graph.node).index(node), widen)
+        graph.node.insert(0, widen)  # first: every reader of the table may look up through the index
     else:
         graph.initializer.append(numpy_helper.from_array(rows.astype(np.int32), index_name))
     ids_name = node.input[ids_input]
@@ -98,6 +98,18 @@ def _reorder_rows(graph: Any, node: Any, ids_input: int, table_name: str, new_ro
         index.CopyFrom(numpy_helper.from_array(new_row[rows].astype(rows.dtype), index.name))
     else:
         _insert_row_index(graph, node, ids_input, table_name, new_row)
+
+
+def _follow_row_index(graph: Any, reader: Any, index_name: str) -> None:
+    """Make `reader` (a `Gather` of the table by token ids) look its rows up through the row index `index_name`,
+    as the main lookup does after :func:`_reorder_rows`."""
+    from onnx import helper
+
+    ids_name = reader.input[1]
+    row_ids = f"{ids_name}_{reader.name or len(graph.node)}_embedding_row"
+    lookup = helper.make_node("Gather", [index_name, ids_name], [row_ids])
+    reader.input[1] = row_ids
+    graph.node.insert(list(graph.node).index(reader), lookup)
 
 
 def _copy_unchanged(source: str | Path, destination: str | Path) -> None:
@@ -184,7 +196,8 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
     bytes_before = stored_bytes.get(table_name) or stored.nbytes
     others = [other for other in graph.node if other is not node and table_name in other.input]
     table = table.astype("float32")
-    one_bit = _two_valued_rows(table) if not others else np.zeros(len(table), bool)  # others read rows by id
+    by_id = all(other.op_type == "Gather" and other.input[0] == table_name for other in others)
+    one_bit = _two_valued_rows(table) if by_id else np.zeros(len(table), bool)  # rows move: readers must follow
     one_bit_rows = int(one_bit.sum()) if one_bit.sum() >= MIN_SAVING * len(table) else 0
     if one_bit_rows:  # sign rows (vocabulary pruning): 1 bit a value, 4 the rest
         distinct, first, row_of = np.unique(table, axis=0, return_index=True, return_inverse=True)  # shared: once
@@ -192,6 +205,9 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
         packed, unpack = _unpack_mixed(distinct, distinct_one_bit, table_name)
         place = np.argsort(np.argsort(distinct_one_bit, kind="stable"))  # 4-bit rows first, then 1-bit ones
         _reorder_rows(graph, node, ids_input, table_name, place[row_of.reshape(-1)])
+        row_lookup = next(other for other in graph.node if node.input[ids_input] in other.output)
+        for other in others:  # DistilBERT's second Gather of the table looks its rows up through the index too
+            _follow_row_index(graph, other, row_lookup.input[0])
     else:
         packed, unpack = _unpack_4bit(table, f"{table_name}_4bit")
     node.input[table_input] = unpack[-1].output[0]
