@@ -32,7 +32,7 @@ test: venv
 	  'error: CLINC150 not found (../shared/data/clinc150 or \$$SLIMFORMER_DATA_DIR): the tests need its real slices')"
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 	$(BIN)/pytest -q -m ci_slow
 	$(MAKE) test-lean
 

@@ -42,6 +42,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe-T4": {**RECIPE_STAGE, "temperature": 4.0},
     "recipe-lr4e-4": {**RECIPE_STAGE, "learning_rate": 4e-4},
     "recipe-bs16": {**RECIPE_STAGE, "batch_size": 16},
+    "recipe-wd0.1": {**RECIPE_STAGE, "weight_decay": 0.1},
+    "recipe-mix+replace": {**RECIPE_STAGE, "augment": "mix,replace"},
+    "recipe-mask+mix": {**RECIPE_STAGE, "augment": "mask,mix"},
     "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
     "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},
     # logit standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature)

@@ -226,20 +226,19 @@ def test_sign_rows_keep_each_familys_logits_on_the_texts_they_were_made_from(
     assert abs(after - before).max() < 1e-4
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
 def test_sign_rows_reach_the_int8_graph_at_one_bit_where_a_second_gather_reads_the_table(
-    family: str, teachers: dict[str, Path], slice_data: Any, tmp_path: Path
+    teachers: dict[str, Path], slice_data: Any, tmp_path: Path
 ) -> None:
     """The recipe's vocabulary stage (sign rows) through export, optimize and INT8 with the 4-bit table: the sign
     rows are stored 1-bit also in DistilBERT's graph, whose second Gather of the word table (for the input's
     shape) now looks its rows up through the row index, and the graph computes what it computed with the table
-    in INT8."""
+    in INT8. (BERT's single lookup: tests/test_onnx_export.py.)"""
     from slimformer.onnx import ExportConfig, OptimizeConfig, QuantizeConfig, export_onnx, optimize_onnx, quantize
     from slimformer.predictor import load
     from slimformer.prune.stage import PruneConfig, prune
 
     vocab = prune(
-        teachers[family],
+        teachers["distilbert"],
         tmp_path / "vocab",
         PruneConfig(method="vocab", vocab_unseen="sign", vocab_clusters=4, max_length=32),
         slice_data,
