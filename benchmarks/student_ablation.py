@@ -33,8 +33,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mask+mix-from1": {"augment": "mask,mix", "first_kept_layer": 1},
     # the recipe's distill stage as it is now (layers from 1, mixed utterances, dropout off), then one change
     "recipe": RECIPE_STAGE,
-    # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
-    "recipe-frozen-words": {**RECIPE_STAGE, "freeze_word_embeddings": True},
     # the recipe's soft-target settings were searched before dropout off, mixed utterances and layers from 1
     "recipe-5ep": {**RECIPE_STAGE, "epochs": 5.0},
     "recipe-a0.5": {**RECIPE_STAGE, "alpha": 0.5},
@@ -45,6 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe-wd0.1": {**RECIPE_STAGE, "weight_decay": 0.1},
     "recipe-mix+replace": {**RECIPE_STAGE, "augment": "mix,replace"},
     "recipe-mask+mix": {**RECIPE_STAGE, "augment": "mask,mix"},
+    "recipe-frozen-words": {**RECIPE_STAGE, "freeze_word_embeddings": True},  # the word table fixed
+    # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
     "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
     "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},
     # logit standardization (Sun et al., CVPR 2024: both logits z-scored before the temperature)

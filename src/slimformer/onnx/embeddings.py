@@ -58,9 +58,10 @@ def compact_embedding_rows(source: str | Path, destination: str | Path) -> dict[
     return {"table": table_name, "rows_before": int(table.shape[0]), "rows_after": len(distinct)}
 
 
-def _insert_row_index(graph: Any, node: Any, ids_input: int, table_name: str, row_of_token: Any) -> None:
+def _insert_row_index(graph: Any, node: Any, ids_input: int, table_name: str, row_of_token: Any) -> str:
     """Make `node` look its rows up through `row_of_token` (token id -> row): a `Gather` of that index by the token
-    ids, inserted in front of `node` (the index stored uint16 where the rows fit, cast to int32 once)."""
+    ids, inserted in front of `node` (the index stored uint16 where the rows fit, cast to int32 once). Returns the
+    index's name."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -72,15 +73,23 @@ def _insert_row_index(graph: Any, node: Any, ids_input: int, table_name: str, ro
         graph.node.insert(0, widen)  # first: every reader of the table may look up through the index
     else:
         graph.initializer.append(numpy_helper.from_array(rows.astype(np.int32), index_name))
-    ids_name = node.input[ids_input]
-    row_ids = f"{ids_name}_embedding_row"
-    lookup = helper.make_node("Gather", [index_name, ids_name], [row_ids], name=f"{table_name}_row_lookup")
-    node.input[ids_input] = row_ids
-    graph.node.insert(list(graph.node).index(node), lookup)
+    row_ids = f"{node.input[ids_input]}_embedding_row"
+    _look_up_through(graph, node, ids_input, index_name, row_ids, name=f"{table_name}_row_lookup")
+    return index_name
 
 
-def _reorder_rows(graph: Any, node: Any, ids_input: int, table_name: str, new_row: Any) -> None:
-    """The table's row r moved to `new_row[r]`: rewrite the row index in front of `node`, or insert one."""
+def _look_up_through(graph: Any, reader: Any, ids_input: int, index_name: str, row_ids: str, name: str = "") -> None:
+    """Make `reader` read the rows `index_name` gives its token ids: a `Gather(index, ids)` inserted before it."""
+    from onnx import helper
+
+    lookup = helper.make_node("Gather", [index_name, reader.input[ids_input]], [row_ids], name=name)
+    reader.input[ids_input] = row_ids
+    graph.node.insert(list(graph.node).index(reader), lookup)
+
+
+def _reorder_rows(graph: Any, node: Any, ids_input: int, table_name: str, new_row: Any) -> str:
+    """The table's row r moved to `new_row[r]`: rewrite the row index in front of `node`, or insert one. Returns
+    the index's name."""
     from onnx import numpy_helper
 
     initializers = {init.name: init for init in graph.initializer}
@@ -93,23 +102,11 @@ def _reorder_rows(graph: Any, node: Any, ids_input: int, table_name: str, new_ro
     if lookup is not None and lookup.op_type == "Gather" and lookup.input[0].endswith(ROW_INDEX_SUFFIX):
         widen = producer(lookup.input[0])  # the uint16 index's Cast, or none
         index = initializers.get(widen.input[0] if widen is not None else lookup.input[0])
-    if index is not None:
-        rows = numpy_helper.to_array(index)
-        index.CopyFrom(numpy_helper.from_array(new_row[rows].astype(rows.dtype), index.name))
-    else:
-        _insert_row_index(graph, node, ids_input, table_name, new_row)
-
-
-def _follow_row_index(graph: Any, reader: Any, index_name: str) -> None:
-    """Make `reader` (a `Gather` of the table by token ids) look its rows up through the row index `index_name`,
-    as the main lookup does after :func:`_reorder_rows`."""
-    from onnx import helper
-
-    ids_name = reader.input[1]
-    row_ids = f"{ids_name}_{reader.name or len(graph.node)}_embedding_row"
-    lookup = helper.make_node("Gather", [index_name, ids_name], [row_ids])
-    reader.input[1] = row_ids
-    graph.node.insert(list(graph.node).index(reader), lookup)
+    if index is None:
+        return _insert_row_index(graph, node, ids_input, table_name, new_row)
+    rows = numpy_helper.to_array(index)
+    index.CopyFrom(numpy_helper.from_array(new_row[rows].astype(rows.dtype), index.name))
+    return lookup.input[0]
 
 
 def _copy_unchanged(source: str | Path, destination: str | Path) -> None:
@@ -204,10 +201,9 @@ def pack_word_embeddings_4bit(source: str | Path, destination: str | Path) -> di
         distinct_one_bit = one_bit[first]
         packed, unpack = _unpack_mixed(distinct, distinct_one_bit, table_name)
         place = np.argsort(np.argsort(distinct_one_bit, kind="stable"))  # 4-bit rows first, then 1-bit ones
-        _reorder_rows(graph, node, ids_input, table_name, place[row_of.reshape(-1)])
-        row_lookup = next(other for other in graph.node if node.input[ids_input] in other.output)
-        for other in others:  # DistilBERT's second Gather of the table looks its rows up through the index too
-            _follow_row_index(graph, other, row_lookup.input[0])
+        index_name = _reorder_rows(graph, node, ids_input, table_name, place[row_of.reshape(-1)])
+        for number, other in enumerate(others):  # DistilBERT's second Gather of the table follows the index too
+            _look_up_through(graph, other, 1, index_name, f"{other.input[1]}_embedding_row_{number}")
     else:
         packed, unpack = _unpack_4bit(table, f"{table_name}_4bit")
     node.input[table_input] = unpack[-1].output[0]
