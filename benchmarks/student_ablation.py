@@ -44,6 +44,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe-mix+replace": {**RECIPE_STAGE, "augment": "mix,replace"},
     "recipe-mask+mix": {**RECIPE_STAGE, "augment": "mask,mix"},
     "recipe-frozen-words": {**RECIPE_STAGE, "freeze_word_embeddings": True},  # the word table fixed
+    # every layer from layer 0 (--layers 6 from the unsliced teacher: the teacher distilled into itself)
+    "recipe-from0": {**RECIPE_STAGE, "first_kept_layer": 0},
     # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
     "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
     "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},
