@@ -46,6 +46,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "recipe-frozen-words": {**RECIPE_STAGE, "freeze_word_embeddings": True},  # the word table fixed
     # every layer from layer 0 (--layers 6 from the unsliced teacher: the teacher distilled into itself)
     "recipe-from0": {**RECIPE_STAGE, "first_kept_layer": 0},
+    "recipe-from2": {**RECIPE_STAGE, "first_kept_layer": 2},  # 3 layers: [2, 4, 5]
+    "recipe-from3": {**RECIPE_STAGE, "first_kept_layer": 3},  # 3 layers: [3, 4, 5]
     # mixed utterances between intents the teacher finds close (the second half from its runner-up intent)
     "recipe-near": {**RECIPE_STAGE, "augment": "mix-near"},
     "recipe-mix+near": {**RECIPE_STAGE, "augment": "mix,mix-near"},

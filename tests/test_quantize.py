@@ -133,7 +133,9 @@ def test_the_4bit_word_table_unpacks_to_the_hand_computed_values(width: int) -> 
     tensors, nodes = _unpack_4bit(table, "word")
     assert tensors[0].name == "word_codes" and list(tensors[0].dims) == [5, (width + 1) // 2]  # two codes a byte
     output = helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)
-    model = helper.make_model(helper.make_graph(nodes, "unpack", [], [output], tensors))
+    model = helper.make_model(
+        helper.make_graph(nodes, "unpack", [], [output], tensors), opset_imports=[helper.make_opsetid("", 17)]
+    )
     unpacked = ort.InferenceSession(model.SerializeToString()).run(None, {})[0]
     expected, scale = _expected_4bit(table)
     np.testing.assert_allclose(unpacked, expected, atol=1e-6)
@@ -172,6 +174,55 @@ def test_word_embeddings_4bit_halve_the_table_and_fold_at_session_load(
     assert not {"BitShift", "Concat"} & set(running)  # folded: nothing unpacks per query
 
 
+_LOAD_AND_MEASURE = """
+import re, sys
+from slimformer.predictor import OnnxPredictor
+
+
+def anonymous_mb():
+    return int(re.search(r"RssAnon:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+
+
+before = anonymous_mb()
+predictor = OnnxPredictor.from_file(sys.argv[1], sys.argv[2], threads=1)
+print(anonymous_mb() - before)
+"""
+
+
+def test_a_session_keeps_the_unpacked_table_but_not_the_memory_its_unpacking_freed(
+    tiny_classifier_dir: Path, tmp_path: Path
+) -> None:
+    """Constant folding unpacks a 4-bit table (MiniLM's size: 45 MiB as floats) through tensors it frees once the
+    session is made; the predictor hands that memory back to the system, which glibc would otherwise keep."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    from slimformer.onnx.embeddings import _unpack_4bit
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("reads the resident memory from /proc")
+    table = np.random.default_rng(0).normal(0, 0.05, (30522, 384)).astype(np.float32)
+    tensors, nodes = _unpack_4bit(table, "word")
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, None])
+    rows = helper.make_tensor_value_info("rows", TensorProto.FLOAT, [1, None, 384])
+    gather = helper.make_node("Gather", [nodes[-1].output[0], "input_ids"], ["rows"])
+    graph = helper.make_graph([*nodes, gather], "lookup", [ids], [rows], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])  # the export's opset
+    (tmp_path / "lookup.onnx").write_bytes(model.SerializeToString())
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_AND_MEASURE)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "lookup.onnx"), str(tiny_classifier_dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mb = float(done.stdout.split()[-1])
+    assert 40 < grown_mb < 80  # the float table (44.7 MiB) and the session's own few MiB, not what folding freed
+
+
 @pytest.mark.parametrize("form", ["dynamic", "qdq"])
 def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(form: str, tmp_path: Path) -> None:
     """ORT's INT8 lookups, as the static student has them: dynamic's Gather of uint8 rows then DequantizeLinear,
@@ -206,7 +257,7 @@ def test_a_quantized_gather_table_goes_4bit_without_its_dequantize(form: str, tm
     summary = pack_word_embeddings_4bit(tmp_path / "in.onnx", tmp_path / "out.onnx")
     assert summary is not None and summary["bytes_before"] == codes.nbytes
     packed = onnx.load(tmp_path / "out.onnx").graph
-    assert "DequantizeLinear" not in [node.op_type for node in packed.node]
+    assert "DequantizeLinear" not in [node.op_type for node in packed.node]  # ORT would not fold it
     assert "table" not in {init.name for init in packed.initializer}  # the uint8 table is gone
     session = ort.InferenceSession(tmp_path / "out.onnx", providers=["CPUExecutionProvider"])
     looked_up = session.run(None, {"input_ids": np.array([4, 0, 4])})[0]

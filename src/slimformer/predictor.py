@@ -76,6 +76,24 @@ def session_options(
     return options
 
 
+def return_freed_memory() -> bool:
+    """Hand the heap memory that is free but still held back to the operating system (glibc's `malloc_trim`).
+
+    A session's load frees more than it keeps: the graph's protobuf and, where a packed word table is unpacked by
+    constant folding, every intermediate float table. glibc keeps those pages, so the process stays as large as at
+    its peak (`make demo`'s sign-row model: 49 MB more, BENCHMARKS.md). True when memory was returned; False
+    where the C library has no `malloc_trim` (musl, macOS, Windows) or nothing was free."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(trim and trim(0))
+
+
 def saved_session(folder: str | Path) -> dict[str, Any]:
     """A folder's `session.json` ({} when it has none): how the artefact runs (see artifacts.write_session)."""
     return read_json(Path(folder) / SESSION_FILE)
@@ -276,6 +294,7 @@ class OnnxPredictor(Predictor):
             self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
             raise ModelError(f"ONNX Runtime cannot load {self.onnx_path}: {str(exc).splitlines()[0]}") from exc
+        return_freed_memory()
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     @classmethod

@@ -322,7 +322,12 @@ def _dequantize(codes: Any, scale: Any, zero_point: Any) -> Any:
 
 
 class _Unpacking:
-    """The constant tensors and nodes of one unpacking subgraph, every name prefixed with `name`."""
+    """The constant tensors and nodes of one unpacking subgraph, every name prefixed with `name`.
+
+    Constant folding keeps every tensor it computes until the session is made, so the float tensors of the
+    table's size come last and are few: three for 4-bit rows (ORT does not fold a `DequantizeLinear`, which would
+    then dequantize the whole table on every call), one for 1-bit rows (BENCHMARKS.md, "The word-embedding table
+    in 4 bits": the session's peak memory)."""
 
     def __init__(self, name: str) -> None:
         self.name, self.tensors, self.nodes = name, [], []
@@ -339,18 +344,23 @@ class _Unpacking:
         names = [f"{self.name}_{i}" for i in inputs]
         self.nodes.append(helper.make_node(op, names, [f"{self.name}_{output}"], **attributes))
 
-    def rows(self, codes: str, padded: int, width: int) -> tuple[list[Any], list[Any]]:
-        """Finish the subgraph from its per-row integer `codes` [rows, padded]: the padding sliced off, then value =
-        code * scale + offset with the fp16 `scale` and `offset` per row, the last node's output the float rows."""
+    def without_padding(self, codes: str, padded: int, width: int) -> str:
+        """`codes` [rows, padded] with the padding columns sliced off."""
         import numpy as np
+
+        if padded == width:
+            return codes
+        self.constant(np.array([0], np.int64), "start")
+        self.constant(np.array([width], np.int64), "width")
+        self.constant(np.array([1], np.int64), "axis")
+        self.node("Slice", [codes, "start", "width", "axis"], "row_codes")
+        return "row_codes"
+
+    def scaled(self, codes: str) -> tuple[list[Any], list[Any]]:
+        """Finish the subgraph: value = code * scale + offset, with the fp16 `scale` and `offset` per row; the last
+        node's output is the float rows."""
         from onnx import TensorProto
 
-        if padded > width:
-            self.constant(np.array([0], np.int64), "start")
-            self.constant(np.array([width], np.int64), "width")
-            self.constant(np.array([1], np.int64), "axis")
-            self.node("Slice", [codes, "start", "width", "axis"], "row_codes")
-            codes = "row_codes"
         self.node("Cast", [codes], "code_values", to=TensorProto.FLOAT)
         self.node("Cast", ["scale"], "scale_float", to=TensorProto.FLOAT)
         self.node("Cast", ["offset"], "offset_float", to=TensorProto.FLOAT)
@@ -362,7 +372,7 @@ class _Unpacking:
 def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     """`table` [rows, width] as 4-bit codes (two a byte) with an fp16 scale and offset per row, and the nodes that
     unpack it (value = code * scale + offset), the last one's output the float table. The nibbles are split and
-    interleaved as uint8; only the last three ops make float tensors (ORT keeps each folded tensor's memory)."""
+    interleaved as uint8."""
     import numpy as np
 
     rows, width = table.shape
@@ -390,7 +400,7 @@ def _unpack_4bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     unpacking.node("Reshape", ["high", "pair_shape"], "high_pairs")
     unpacking.node("Concat", ["low_pairs", "high_pairs"], "pairs", axis=2)
     unpacking.node("Reshape", ["pairs", "row_shape"], "even_codes")
-    return unpacking.rows("even_codes", even, width)
+    return unpacking.scaled(unpacking.without_padding("even_codes", even, width))
 
 
 def _two_valued_rows(table: Any) -> Any:
@@ -401,8 +411,9 @@ def _two_valued_rows(table: Any) -> Any:
 
 def _unpack_1bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     """Two-valued rows of `table` [rows, width] as one bit a value (eight a byte) with an fp16 low value (the
-    offset) and step (the scale) per row, and the nodes that unpack them (value = bit * step + low; the bits looked
-    up from a 256 x 8 table), the last one's output the float rows."""
+    offset) and step (the scale) per row, and the nodes that unpack them (value = the low value, or low + step
+    where the bit is set: a `Where`; the bits looked up from a 256 x 8 table), the last one's output the float
+    rows."""
     import numpy as np
     from onnx import TensorProto
 
@@ -418,12 +429,17 @@ def _unpack_1bit(table: Any, name: str) -> tuple[list[Any], list[Any]]:
     unpacking.constant(step.astype(np.float16), "scale")
     unpacking.constant(low.astype(np.float16), "offset")
     byte_bits = (np.arange(256)[:, None] >> np.arange(8)) & 1  # bit i of byte b, the low bit first
-    unpacking.constant(byte_bits.astype(np.uint8), "byte_bits")
+    unpacking.constant(byte_bits.astype(bool), "byte_bits")
     unpacking.constant(np.array([rows, padded], np.int64), "row_shape")
-    unpacking.node("Cast", ["codes"], "byte_ids", to=TensorProto.INT64)
+    unpacking.node("Cast", ["codes"], "byte_ids", to=TensorProto.INT32)
     unpacking.node("Gather", ["byte_bits", "byte_ids"], "bit_groups")
     unpacking.node("Reshape", ["bit_groups", "row_shape"], "padded_bits")
-    return unpacking.rows("padded_bits", padded, width)
+    bits_name = unpacking.without_padding("padded_bits", padded, width)
+    unpacking.node("Cast", ["offset"], "low_float", to=TensorProto.FLOAT)
+    unpacking.node("Cast", ["scale"], "step_float", to=TensorProto.FLOAT)
+    unpacking.node("Add", ["low_float", "step_float"], "high_float")
+    unpacking.node("Where", [bits_name, "high_float", "low_float"], "table")
+    return unpacking.tensors, unpacking.nodes
 
 
 def _unpack_mixed(table: Any, one_bit: Any, name: str) -> tuple[list[Any], list[Any]]:
