@@ -334,8 +334,9 @@ SERVING_NOTE = [
     "",
     "An ONNX folder needs only ONNX Runtime, `tokenizers` and the web stack: "
     "`pip install --no-deps slimformer && pip install -r requirements.txt` (this folder's file). "
-    "Neither torch nor transformers is imported; the `make demo` model peaks at 116 MB of RSS when served "
-    "on a 2-core AMD EPYC (BENCHMARKS.md, `benchmarks/serve_footprint.py`).",
+    "Neither torch nor transformers is imported. Served, the `make demo` model peaks at 283 MiB of RSS while "
+    "ONNX Runtime unpacks its word table and then holds 156 MiB (Intel Xeon, BENCHMARKS.md, "
+    "`benchmarks/serve_footprint.py`).",
     "",
     "```bash",
     "slimformer serve model --host 0.0.0.0 --api-key-file key.txt  # or $SLIMFORMER_API_KEY, never argv",
