@@ -182,7 +182,7 @@ def test_an_onnx_model_card_says_how_to_serve_it_lean_and_with_a_key(benchmark, 
     repository = (Path(__file__).resolve().parents[1] / "requirements-serve.txt").read_text().splitlines()
     wanted = [line.split()[0] for line in repository if line.strip() and not line.startswith("#")]
     assert (output / "requirements.txt").read_text().split() == wanted  # the folder's copy of the lean install
-    assert "Authorization: Bearer" in card and "MB of RSS" in card
+    assert "Authorization: Bearer" in card and "MiB of RSS" in card
 
 
 def test_a_model_card_from_auto_on_data_without_out_of_scope(benchmark, tmp_path):

@@ -84,14 +84,12 @@ def return_freed_memory() -> bool:
     its peak (`make demo`'s sign-row model: 49 MB more, BENCHMARKS.md). True when memory was returned; False
     where the C library has no `malloc_trim` (musl, macOS, Windows) or nothing was free."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the process already has
+    except (OSError, AttributeError, TypeError):  # no malloc_trim, or no process-wide handle (Windows)
         return False
-    return bool(trim and trim(0))
+    return bool(trim(0))
 
 
 def saved_session(folder: str | Path) -> dict[str, Any]:
