@@ -82,8 +82,7 @@ def _tiny_base(family: str, folder: Path, texts: list[str]) -> Path:
 
 
 def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_path: Path) -> None:
-    """The whole `make book` path: the teacher fine-tuned, both chains (chain 2 at one depth: sharing its first
-    steps between depths is tested below), the book's INT8, `auto`, one side-by-side table."""
+    """The whole `make book` path: the teacher fine-tuned, both chains, the book's INT8, one side-by-side table."""
     from slimformer.data import column
 
     texts = column(clinc_slice.train, "text") + column(clinc_slice.test, "text")
@@ -91,7 +90,7 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
     student_base = _tiny_base("bert", tmp_path / "bert", texts)
     output = tmp_path / "book"
     command = [sys.executable, str(BOOK), "--model", str(base), "--data", str(clinc_slice_dir)]
-    command += ["--student", str(student_base), "--output", str(output), "--quick", "--minilm-layers", "2"]
+    command += ["--student", str(student_base), "--output", str(output), "--quick", "--minilm-layers", "2", "3"]
     command += ["--auto-speedup", "1.0", "--auto-drop", "100", "--auto-trials", "1"]
     env = {**os.environ, "SLIMFORMER_CACHE_DIR": str(tmp_path / "cache"), "SLIMFORMER_NO_PROGRESS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
@@ -103,25 +102,28 @@ def test_book_runs_on_tiny_models(clinc_slice_dir: Path, clinc_slice: Any, tmp_p
         "book's method: PyTorch dynamic INT8",
         "3 of its own layers, INT8",
         "MiniLM-L6 → 2 layers, INT8",
+        "MiniLM-L6 → 3 layers, INT8",
         f"auto (1x, 100 points): {_book_module().picked_shape(SimpleNamespace(output=output))}",
     ]
-    assert [row["backend"] for row in rows] == ["pytorch", "pytorch", *["onnxruntime"] * 3]
-    assert len({row["path"] for row in rows}) == 5 and all(0 <= row["accuracy"] <= 1 for row in rows)
+    assert [row["backend"] for row in rows] == ["pytorch", "pytorch", *["onnxruntime"] * 4]
+    assert len({row["path"] for row in rows}) == 6 and all(0 <= row["accuracy"] <= 1 for row in rows)
     assert rows[-1]["path"] == str(output / "auto" / "model")
     assert report["data"]["rows"] == len(clinc_slice.test)
     teacher = json.loads((Path(rows[0]["path"]) / "metrics.json").read_text())
     assert teacher["stage"] == "finetune"  # the base MPNet was fine-tuned first
     layers = json.loads((output / "teacher-layers" / "run.json").read_text())
-    minilm = [json.loads((output / "minilm-L2" / "run.json").read_text())]
+    minilm = [json.loads((output / f"minilm-L{depth}" / "run.json").read_text()) for depth in (2, 3)]
     assert minilm[0]["teacher"] == layers["teacher"] == rows[0]["path"]  # chain 2 learns from chain 1's teacher
     student = json.loads((Path(minilm[0]["variants"][1]["path"]) / "metrics.json").read_text())
     assert student["student"] == str(student_base)
+    # the second depth reused the first's MiniLM distillation and slice, and its own student has 3 layers
+    assert [step["cached"] for step in minilm[1]["stages"][:3]] == [True, True, True]
     # auto searched students made of chain 2's distilled MiniLM (the third kind of student)
     starts = {
         json.loads((d / "metrics.json").read_text())["teacher"] for d in (output / "auto").glob("work/stages/student-*")
     }
     assert starts == {minilm[0]["variants"][1]["path"]}
-    assert json.loads((Path(minilm[0]["final_model"]) / "config.json").read_text())["num_hidden_layers"] == 2
+    assert json.loads((Path(minilm[1]["final_model"]) / "config.json").read_text())["num_hidden_layers"] == 3
     table = (output / "book.md").read_text()
     assert "| book: BERT-base teacher (PyTorch) | 0.867 |" in table and "| 9.24 | 5.9x | 64 | 6.5x |" in table
 
