@@ -80,9 +80,9 @@ def return_freed_memory() -> bool:
     """Hand the heap memory that is free but still held back to the operating system (glibc's `malloc_trim`).
 
     A session's load frees more than it keeps: the graph's protobuf and, where a packed word table is unpacked by
-    constant folding, every intermediate float table. glibc keeps those pages, so the process stays as large as at
-    its peak (`make demo`'s sign-row model: 49 MB more, BENCHMARKS.md). True when memory was returned; False
-    where the C library has no `malloc_trim` (musl, macOS, Windows) or nothing was free."""
+    constant folding, every intermediate float table. glibc keeps many of those pages, so the process stays larger
+    than what it uses (`make demo`'s sign-row model: 43 MiB more, BENCHMARKS.md). True when memory was returned;
+    False where the C library has no `malloc_trim` (musl, macOS, Windows) or nothing was free."""
     import ctypes
 
     try:
