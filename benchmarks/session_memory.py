@@ -2,9 +2,11 @@
 
 Each folder is loaded `--runs` times, each in a fresh Python process that has imported onnxruntime, numpy and
 tokenizers first (so the figures are the model's and its session's, not the libraries'): `slimformer.load(folder)`,
-then 20 predictions. Reported: the process's peak RSS (VmHWM), its RSS and anonymous RSS after the predictions,
-and how much each grew from before the load; medians over the runs. `--keep-freed` skips the predictor's
-`return_freed_memory()` (glibc then keeps the memory the session's load freed) to show what it gives back.
+then 20 predictions. The page cache is dropped before each process (root only), as `serve_footprint.py` does, and
+memory is read the same way (`serve_footprint.memory_mb`). Reported: the process's peak RSS (VmHWM), its RSS
+(anonymous + file-backed) after the predictions, and how much each grew from before the load; medians over the
+runs. `--keep-freed` skips the predictor's `return_freed_memory()` (glibc then keeps the memory the session's load
+freed) to show what it gives back.
 
     .venv/bin/python benchmarks/session_memory.py demo/model demo-sign/model --runs 3
 """
@@ -16,43 +18,47 @@ import json
 import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+from serve_footprint import drop_page_cache
 
 from slimformer.cpu import cpu_model
 
 CHILD = """
-import json, re, sys
+import json, os, sys
 import numpy, onnxruntime, tokenizers  # the libraries' own memory before the first reading
 import slimformer.predictor as predictor
 
-def status(field):
-    return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+sys.path.insert(0, sys.argv[3])
+from serve_footprint import memory_mb
 
 if sys.argv[2] == "keep":
     predictor.return_freed_memory = lambda: False
-before = {"rss": status("VmRSS"), "anon": status("RssAnon"), "peak": status("VmHWM")}
+before = memory_mb(os.getpid())
 model = predictor.load(sys.argv[1], threads=1)
 for _ in range(20):
     model.predict(["how do i set an alarm for 7am"])
-after = {"rss": status("VmRSS"), "anon": status("RssAnon"), "peak": status("VmHWM")}
-print(json.dumps({"before": before, "after": after}))
+print(json.dumps({"before": before, "after": memory_mb(os.getpid())}))
 """
 
 
 def measure(folder: str, keep_freed: bool) -> dict[str, float]:
+    drop_page_cache()
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, folder, "keep" if keep_freed else "return"],
+        [sys.executable, "-c", CHILD, folder, "keep" if keep_freed else "return", str(Path(__file__).parent)],
         capture_output=True,
         text=True,
         check=True,
     )
     reading = json.loads(done.stdout.strip().splitlines()[-1])
     before, after = reading["before"], reading["after"]
+    rss_before, rss_after = before["anon_mb"] + before["file_mb"], after["anon_mb"] + after["file_mb"]
     return {
-        "peak_mb": after["peak"],
-        "peak_growth_mb": after["peak"] - before["rss"],
-        "rss_mb": after["rss"],
-        "rss_growth_mb": after["rss"] - before["rss"],
-        "anon_growth_mb": after["anon"] - before["anon"],
+        "peak_mb": after["peak_rss_mb"],
+        "peak_growth_mb": after["peak_rss_mb"] - rss_before,
+        "rss_mb": rss_after,
+        "rss_growth_mb": rss_after - rss_before,
+        "anon_growth_mb": after["anon_mb"] - before["anon_mb"],
     }
 
 

@@ -81,7 +81,7 @@ def return_freed_memory() -> bool:
 
     A session's load frees more than it keeps: the graph's protobuf and, where a packed word table is unpacked by
     constant folding, every intermediate float table. glibc keeps many of those pages, so the process stays larger
-    than what it uses (`make demo`'s sign-row model: 43 MiB more, BENCHMARKS.md). True when memory was returned;
+    than what it uses (`make demo`'s sign-row model: 30 MiB more, BENCHMARKS.md). True when memory was returned;
     False where the C library has no `malloc_trim` (musl, macOS, Windows) or nothing was free."""
     import ctypes
 
