@@ -16,7 +16,6 @@ import argparse
 import json
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +87,7 @@ def run(seed: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     )
     started = time.perf_counter()
     schedule = RateSchedule(modules, args.start_rate, args.full_at)
-    result = train_classifier(student, tokenizer, splits, replace(config), folder / "trainer", distillation, [schedule])
+    result = train_classifier(student, tokenizer, splits, config, folder / "trainer", distillation, [schedule])
     student.bert.encoder.layer = torch.nn.ModuleList([m.student for m in modules])
     student.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
