@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +60,8 @@ def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tm
         (["distill", "{model}", "--output", "{tmp}/o", "--data", "{data}"], "exactly one of --student"),
         (["quantize", "{model}", "--output", "{tmp}/o", "--data", "{data}"], "export` and `slimformer optimize"),
         (["export", "{model}", "--output", "/proc/nope/o", "--data", "none"], "cannot write the output folder"),
+        (["distill", "{onnx}", "--student-layers", "1", "--output", "{tmp}/o", "--data", "{data}"], "an ONNX model"),
+        (["finetune", "{onnx}", "--output", "{tmp}/o", "--data", "{data}"], "needs a PyTorch checkpoint"),
         (["nosuchcommand"], "No such command"),
         (["auto", "--min-speedup", "2", "--layers-choices", "1", "2"], "repeat it, e.g. --layers-choices 1"),
     ],
@@ -66,7 +69,13 @@ def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tm
 def test_bad_input_is_one_line_and_exit_2(
     args, message, tiny_classifier_dir, tiny_base_dir, clinc_slice_dir, tmp_path, capsys
 ):
-    filled = [a.format(model=tiny_classifier_dir, base=tiny_base_dir, data=clinc_slice_dir, tmp=tmp_path) for a in args]
+    import shutil
+
+    # an ONNX model folder (the deployable kind: config, tokenizer, model.onnx, no PyTorch weights)
+    onnx = Path(shutil.copytree(tiny_classifier_dir, tmp_path / "onnx", ignore=shutil.ignore_patterns("*.safetensors")))
+    (onnx / "model.onnx").write_bytes(b"onnx")
+    places = {"model": tiny_classifier_dir, "base": tiny_base_dir, "data": clinc_slice_dir, "tmp": tmp_path}
+    filled = [a.format(**places, onnx=onnx) for a in args]
     code, _, err = run_cli(filled, capsys)
     assert code == 2
     lines = [line for line in err.strip().splitlines() if line.strip()]

@@ -186,6 +186,12 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    from slimformer.predictor import ONNX_FILE
+
+    folder = Path(path)
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
+    if (folder / ONNX_FILE).is_file() and not weights:
+        raise ModelError(f"{path} is an ONNX model folder; this step needs a PyTorch checkpoint (as export was given)")
     register_model_types()
     kwargs: dict = {}
     if attn_implementation:
