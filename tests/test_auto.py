@@ -242,6 +242,10 @@ def test_the_baseline_trial_is_the_packaged_recipe_shape() -> None:
     assert params["layers"] == stages[("distill", None)]["student_layers"]
     assert params["ffn_fraction"] == stages[("prune", "structured")]["sparsity"] == 0.5
     assert params["heads_fraction"] == 0.0 and params["vocab_clusters"] == stages[("prune", "vocab")]["vocab_clusters"]
+    # a teacher too shallow for the recipe's depth (3 layers: students of 1-2): the sampler picks the depth
+    assert recipe_params(AutoConfig(min_speedup=5), max_layers=5)["layers"] == params["layers"]
+    assert "layers" not in recipe_params(AutoConfig(min_speedup=5), max_layers=2)
+    assert "ffn_fraction" in recipe_params(AutoConfig(min_speedup=5), max_layers=2)
 
 
 def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, clinc_slice, tmp_path) -> None:

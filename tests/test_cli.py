@@ -62,6 +62,11 @@ def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tm
         (["export", "{model}", "--output", "/proc/nope/o", "--data", "none"], "cannot write the output folder"),
         (["distill", "{onnx}", "--student-layers", "1", "--output", "{tmp}/o", "--data", "{data}"], "an ONNX model"),
         (["finetune", "{onnx}", "--output", "{tmp}/o", "--data", "{data}"], "needs a PyTorch checkpoint"),
+        (["auto", "--model", "{onnx}", "--min-speedup", "5", "--output", "{tmp}/o", "--data", "{data}"], "an ONNX"),
+        (
+            ["auto", "--model", "{model}", "--min-speedup", "5", "--output", "{tmp}/o", "--data", "/no/data"],
+            "not found",
+        ),
         (["nosuchcommand"], "No such command"),
         (["auto", "--min-speedup", "2", "--layers-choices", "1", "2"], "repeat it, e.g. --layers-choices 1"),
     ],

@@ -178,6 +178,17 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise ModelError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from exc
 
 
+def check_pytorch_checkpoint(path: str | Path) -> None:
+    """Refuse an ONNX model folder (config, tokenizer and model.onnx, no PyTorch weights) where a step needs a
+    PyTorch checkpoint, in one line."""
+    from slimformer.predictor import ONNX_FILE
+
+    folder = Path(path)
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
+    if (folder / ONNX_FILE).is_file() and not weights:
+        raise ModelError(f"{path} is an ONNX model folder; this step needs a PyTorch checkpoint (as export was given)")
+
+
 def load_classifier(
     path: str | Path, labels: list[str] | None = None, attn_implementation: str | None = None
 ) -> PreTrainedModel:
@@ -186,12 +197,7 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from slimformer.predictor import ONNX_FILE
-
-    folder = Path(path)
-    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
-    if (folder / ONNX_FILE).is_file() and not weights:
-        raise ModelError(f"{path} is an ONNX model folder; this step needs a PyTorch checkpoint (as export was given)")
+    check_pytorch_checkpoint(path)
     register_model_types()
     kwargs: dict = {}
     if attn_implementation:

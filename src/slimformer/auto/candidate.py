@@ -105,16 +105,11 @@ class StageCache:
 
     def base_depth(self) -> int:
         """How many layers the base has."""
-        from slimformer.families import family_for_model_type, model_type_of
-
-        base = self.base[0]
-        family = family_for_model_type(model_type_of(base))
-        return int(json.loads((base / "config.json").read_text())[family.depth_fields[0]])
+        return model_depth(self.base[0])
 
     def max_layers(self) -> int:
-        """The deepest student searched by default: the teacher's depth - 1, or all of another base's layers."""
-        depth = self.base_depth()
-        return max(depth - 1, 1) if self.base[0] == self.teacher else depth
+        """The deepest student searched by default (:func:`max_student_layers`)."""
+        return max_student_layers(self.base[0], self.teacher)
 
     def student(self, layers: int, first_layer: int = 0) -> tuple[Path, str]:
         """K layers of the base evenly spaced from `first_layer` to the last, untrained (the start of every
@@ -133,6 +128,20 @@ class StageCache:
                 kept = student_from_teacher(base, layers, folder, first_layer)
                 write_metrics(folder, {"stage": "student", "teacher": str(base), "layers_kept": kept})
         return folder, key
+
+
+def model_depth(model: Path) -> int:
+    """How many layers the checkpoint in `model` has (its family's depth field)."""
+    from slimformer.families import family_for_model_type, model_type_of
+
+    family = family_for_model_type(model_type_of(model))
+    return int(json.loads((model / "config.json").read_text())[family.depth_fields[0]])
+
+
+def max_student_layers(base: Path, teacher: Path) -> int:
+    """The deepest student searched by default: the teacher's depth - 1, or all of another base's layers."""
+    depth = model_depth(base)
+    return max(depth - 1, 1) if base == teacher else depth
 
 
 def student_base(cache: StageCache, config: AutoConfig, data: Any) -> tuple[Path, str]:

@@ -42,16 +42,21 @@ class DataSpec:
 def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, quick: bool = False) -> dict[str, Any]:
     """Search the compression space for the most accurate model within `config`'s budget. Returns auto.json."""
     from slimformer.artifacts import check_output_dir
+    from slimformer.auto.candidate import max_student_layers
     from slimformer.auto.study import open_study
+    from slimformer.models import check_pytorch_checkpoint, resolve_model_path
     from slimformer.storage import printable_url
     from slimformer.studies import BASELINE_ATTR, requeue_abandoned
 
     config = config.quick() if quick else config
     config.validate()
     output = check_output_dir(output)
+    for path in (model, config.student):  # refused before the output folder is made
+        if path is not None:
+            check_pytorch_checkpoint(resolve_model_path(path))
+    splits = load_splits(data, config, quick)
     output.mkdir(parents=True, exist_ok=True)
     work = Path(config.work_dir) if config.work_dir else output / "work"
-    splits = load_splits(data, config, quick)
     say(f"validation: {len(splits.validation)} rows." + small_validation_note(len(splits.validation)))
     warn_if_busy("as the study starts")
     teacher = ensure_teacher(model, splits, work, quick, config.seed)
@@ -64,7 +69,9 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     if config.storage is None and not study.get_trials(deepcopy=False):
         # a new study starts from the packaged recipe's choices; only with the default storage, where this
         # command is the only writer (processes joining a shared study at once could each enqueue it)
-        study.enqueue_trial(recipe_params(config), user_attrs={BASELINE_ATTR: "the packaged recipe's choices"})
+        base = resolve_model_path(config.student) if config.student else teacher
+        baseline = recipe_params(config, max_student_layers(base, teacher))
+        study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: "the packaged recipe's choices"})
         for params in warm_start_params(work, teacher, name, config):  # earlier studies' Pareto fronts
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
@@ -135,8 +142,9 @@ def ensure_teacher(model: str, splits: Any, work: Path, quick: bool, seed: int) 
     return folder
 
 
-def recipe_params(config: AutoConfig) -> dict[str, Any]:
-    """The packaged recipe's shape and distillation settings as trial parameters (those inside the space)."""
+def recipe_params(config: AutoConfig, max_layers: int | None = None) -> dict[str, Any]:
+    """The packaged recipe's shape and distillation settings as trial parameters (those inside the space;
+    `max_layers`: the deepest student the space has by default)."""
     from slimformer.cpu import default_threads
     from slimformer.pipeline import recipe_stage
 
@@ -161,7 +169,7 @@ def recipe_params(config: AutoConfig) -> dict[str, Any]:
         "hidden_weight": float(distill.get("hidden_weight", 0.0)),
         "augment": distill.get("augment", ""),
     }
-    return within_space(params, config)
+    return within_space(params, config, max_layers)
 
 
 PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto front, for warm starts
@@ -204,10 +212,12 @@ def repeats(params: dict[str, Any], earlier: dict[str, Any]) -> bool:
     return all(params.get(name) == value for name, value in earlier.items())
 
 
-def within_space(params: dict[str, Any], config: AutoConfig) -> dict[str, Any]:
-    """The parameters of `params` that lie inside `config`'s search space."""
+def within_space(params: dict[str, Any], config: AutoConfig, max_layers: int | None = None) -> dict[str, Any]:
+    """The parameters of `params` that lie inside `config`'s search space (`max_layers`: the deepest student
+    when `config` gives no depths; None: any depth)."""
+    default_layers = tuple(range(1, max_layers + 1)) if max_layers else None
     choices = {
-        "layers": config.layers_choices,
+        "layers": config.layers_choices or default_layers,
         "heads_fraction": config.heads_fractions,
         "ffn_fraction": config.ffn_fractions,
         "vocab_clusters": config.vocab_clusters,
