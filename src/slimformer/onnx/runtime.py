@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimformer.errors import ModelError
+from slimformer.models import ONNX_FILE as ONNX_FILE  # the stages import the file names from here
+from slimformer.models import SESSION_FILE as SESSION_FILE
 from slimformer.predictor import GRAPH_LEVELS as GRAPH_LEVELS  # the configs validate against it
 
 if TYPE_CHECKING:
     from slimformer.data import DataSplits
 
-ONNX_FILE = "model.onnx"
-SESSION_FILE = "session.json"
 # SlimBERT's code, beside a head-pruned checkpoint (see slimformer/slimbert)
 CUSTOM_CODE_FILES = ("configuration_slimbert.py", "modeling_slimbert.py")
 # files a tokenizer may have saved, copied from folder to folder so every output loads on its own
