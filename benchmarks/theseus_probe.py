@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from student_ablation import RECIPE, RECIPE_STAGE  # the packaged recipe's distill stage
 from transformers import TrainerCallback
 
 from slimformer.cpu import cpu_model
@@ -28,9 +29,6 @@ from slimformer.distill import DistillConfig, transfer_texts
 from slimformer.models import load_classifier
 from slimformer.students import build_student_from_teacher, set_dropout
 from slimformer.training import train_classifier
-
-RECIPE = {"alpha": 0.73, "temperature": 9.0, "epochs": 3.0, "learning_rate": 2.9e-4, "precision": "auto"}
-RECIPE_STAGE = {"augment": "mix", "first_kept_layer": 1, "dropout": 0.0, "student_layers": 3}
 
 
 class Replaceable(torch.nn.Module):
@@ -67,11 +65,12 @@ def run(seed: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     folder = args.work / f"L3-theseus-s{args.start_rate}-f{args.full_at}-n{args.max_train_samples}-seed{seed}"
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())
-    config = DistillConfig(**RECIPE, **RECIPE_STAGE, seed=seed, max_train_samples=args.max_train_samples)
+    options = {**RECIPE, **RECIPE_STAGE, "student_layers": 3}
+    config = DistillConfig(**options, seed=seed, max_train_samples=args.max_train_samples)
     random.seed(seed)
     torch.manual_seed(seed)
     splits = data.subset(config.max_train_samples, config.max_train_samples, seed=seed)
-    student, tokenizer, kept = build_student_from_teacher(args.source, 3, 1)
+    student, tokenizer, kept = build_student_from_teacher(args.source, config.student_layers, config.first_kept_layer)
     splits = splits.in_label_order([student.config.id2label[i] for i in range(student.config.num_labels)])
     teacher_layers = load_classifier(args.teacher).bert.encoder.layer
     spans = list(zip([0, *[k + 1 for k in kept[:-1]]], kept, strict=True))  # [1, 3, 5]: [0, 1], [2, 3], [4, 5]

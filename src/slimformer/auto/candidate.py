@@ -52,10 +52,15 @@ class Training:
     augment: str = ""  # transfer data (slimformer.transfer)
 
 
+def depth_choices(config: AutoConfig, max_layers: int) -> tuple[int, ...]:
+    """The student depths searched: `--layers-choices`, or 1 .. `max_layers` (:func:`max_student_layers`)."""
+    return config.layers_choices or tuple(range(1, max_layers + 1))
+
+
 def suggest_shape(trial: Any, config: AutoConfig, max_layers: int, cores: int) -> Shape:
     """The shape part of the search space (suggested first: it is screened before training is sampled).
     `max_layers`: the deepest student by default (see :meth:`StageCache.max_layers`)."""
-    layers = config.layers_choices or tuple(range(1, max_layers + 1))
+    layers = depth_choices(config, max_layers)
     threads = config.threads or tuple(range(1, cores + 1))
     shape = {
         "layers": trial.suggest_categorical("layers", list(layers)),

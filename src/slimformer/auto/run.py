@@ -215,9 +215,10 @@ def repeats(params: dict[str, Any], earlier: dict[str, Any]) -> bool:
 def within_space(params: dict[str, Any], config: AutoConfig, max_layers: int | None = None) -> dict[str, Any]:
     """The parameters of `params` that lie inside `config`'s search space (`max_layers`: the deepest student
     when `config` gives no depths; None: any depth)."""
-    default_layers = tuple(range(1, max_layers + 1)) if max_layers else None
+    from slimformer.auto.candidate import depth_choices
+
     choices = {
-        "layers": config.layers_choices or default_layers,
+        "layers": depth_choices(config, max_layers) if max_layers else config.layers_choices,
         "heads_fraction": config.heads_fractions,
         "ffn_fraction": config.ffn_fractions,
         "vocab_clusters": config.vocab_clusters,
