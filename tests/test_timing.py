@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from slimformer.timing import (
+    batch1_latencies_ms,
     flat,
     interleaved_latencies_ms,
     sample_queries,
@@ -41,6 +44,24 @@ def test_turns_rotate_and_each_model_gets_every_round() -> None:
     timings = interleaved_latencies_ms({"a": timer("a"), "b": timer("b"), "c": timer("c")}, rounds)
     assert [name for name, _ in order] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert timings["b"] == [[1.0], [2.0], [3.0]]
+
+
+def test_a_turn_lasts_at_least_its_minimum_with_its_queries_repeated_in_order() -> None:
+    class Sleeper:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def predict(self, texts: list[str]) -> None:
+            self.seen.append(texts[0])
+            time.sleep(0.002)
+
+    sleeper = Sleeper()
+    timings = batch1_latencies_ms(sleeper, ["a", "b", "c"], warmup=0, min_seconds=0.03)
+    # 2 ms a call: whole passes over the queries until 30 ms have gone, so 15 calls or more, a multiple of 3
+    assert len(timings) >= 15 and len(timings) % 3 == 0 and all(t >= 2.0 for t in timings)
+    assert sleeper.seen[:6] == ["a", "b", "c", "a", "b", "c"]
+    # without a minimum, each query once
+    assert len(batch1_latencies_ms(Sleeper(), ["a", "b"], warmup=0)) == 2
 
 
 def test_speedup_is_the_median_of_round_ratios_and_load_widens_its_interval() -> None:

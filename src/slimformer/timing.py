@@ -6,7 +6,8 @@ screen and trials, the search's latency objective) and in `benchmarks/` is timed
   the process waits until its thread pools stop spinning, so the next model timed has the cores to itself
   (:func:`batch1_latencies_ms`).
 - **Side by side**: the models take turns round by round, the first of each round rotating
-  (:func:`interleaved_latencies_ms`), so background load that comes and goes hits them alike.
+  (:func:`interleaved_latencies_ms`), so background load that comes and goes hits them alike; a turn can be
+  held to a minimum length, its queries repeated, so a fast model's turn spans more than one scheduler slice.
 - **On a quiet machine**: other processes' share of the CPU while a block runs (:class:`OtherLoad`), and a
   measurement repeated until the machine is quiet, the least loaded kept (:func:`least_loaded`).
 - **Summaries**: medians and percentiles (:func:`latency_summary`); a speed-up as the median of per-round ratios
@@ -48,19 +49,22 @@ def split_rounds(queries: list[str], rounds: int) -> list[list[str]]:
     return [list(chunk) for chunk in chunks if len(chunk)]
 
 
-def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int) -> list[float]:
+def batch1_latencies_ms(predictor: Any, queries: list[str], warmup: int, min_seconds: float = 0.0) -> list[float]:
     """Milliseconds of `predict([text])` for each query (tokenization included), after `warmup` untimed calls that
-    last at least WARMUP_MIN_S (none when `warmup` is 0). Then it waits until this process's thread pools have
+    last at least WARMUP_MIN_S (none when `warmup` is 0); with `min_seconds`, the queries are timed again, in
+    order, until the timed calls have lasted that long. Then it waits until this process's thread pools have
     stopped spinning (`wait_until_idle`), so that the next model timed side by side has the cores to itself."""
     started, calls = time.perf_counter(), 0
     while queries and warmup and (calls < warmup or time.perf_counter() - started < WARMUP_MIN_S):
         predictor.predict([queries[calls % len(queries)]])
         calls += 1
-    timings = []
-    for text in queries:
-        tick = time.perf_counter()
-        predictor.predict([text])
-        timings.append((time.perf_counter() - tick) * 1000)
+    timings: list[float] = []
+    started = time.perf_counter()
+    while queries and (not timings or time.perf_counter() - started < min_seconds):
+        for text in queries:
+            tick = time.perf_counter()
+            predictor.predict([text])
+            timings.append((time.perf_counter() - tick) * 1000)
     wait_until_idle()
     return timings
 
@@ -80,9 +84,9 @@ def wait_until_idle() -> float:
     return time.perf_counter() - started
 
 
-def predictor_timer(predictor: Any) -> RoundTimer:
-    """A :data:`RoundTimer` for a predictor loaded in this process."""
-    return lambda queries, warmup: batch1_latencies_ms(predictor, queries, warmup)
+def predictor_timer(predictor: Any, min_seconds: float = 0.0) -> RoundTimer:
+    """A :data:`RoundTimer` for a predictor loaded in this process (each round timed for at least `min_seconds`)."""
+    return lambda queries, warmup: batch1_latencies_ms(predictor, queries, warmup, min_seconds)
 
 
 QUIET_SHARE = 0.1  # other processes using under this share of all cores: the machine counts as quiet

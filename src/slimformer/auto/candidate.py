@@ -23,6 +23,10 @@ from typing import Any
 from slimformer.auto.config import AutoConfig
 
 MEASURE_ROUNDS = 5  # turns the candidate and the teacher take over the latency queries
+# each turn is timed for at least this long, its queries repeated. A 40-query turn of a 0.06 ms model lasts less than a
+# scheduler slice: under a CPU hog whole turns ran 1.7x slow, and a model timed against itself read 0.56-0.62x in 2 of
+# 22 screens; with turns of at least 0.1 s, 35 of 35 read 0.78-1.39x (Ice Lake, 2 cores)
+ROUND_MIN_S = 0.1
 SCREEN_EVAL_ROWS = 64  # validation rows the screening chain's stages score on (their accuracy is not used)
 
 
@@ -336,18 +340,18 @@ class TeacherClock:
         from slimformer.timing import batch1_latencies_ms, predictor_timer
 
         if threads == self.threads:
-            return predictor_timer(self.predictor)
+            return predictor_timer(self.predictor, ROUND_MIN_S)
         if self.predictor.backend != "pytorch":
             from slimformer.predictor import load
 
-            return predictor_timer(self._sessions.setdefault(threads, load(self.teacher, threads=threads)))
+            return predictor_timer(self._sessions.setdefault(threads, load(self.teacher, threads=threads)), ROUND_MIN_S)
 
         def timed_at(queries: list[str], warmup: int) -> list[float]:
             import torch
 
             torch.set_num_threads(threads)
             try:
-                return batch1_latencies_ms(self.predictor, queries, warmup)
+                return batch1_latencies_ms(self.predictor, queries, warmup, ROUND_MIN_S)
             finally:
                 torch.set_num_threads(self.threads)
 
@@ -426,7 +430,7 @@ def measure(
     predictor = load(folder, threads=threads)
     batch1_latencies_ms(predictor, texts[:10], warmup=0)
     threads_timed = int(predictor.threads)
-    timings, others = _turn_about(predictor_timer(predictor), reference, threads_timed, texts, rounds)
+    timings, others = _turn_about(predictor_timer(predictor, ROUND_MIN_S), reference, threads_timed, texts, rounds)
     result: dict[str, Any] = {
         "p50_ms": median_ms(flat(timings["candidate"])),
         "size_mb": round(weights_size_bytes(folder) / 1e6, 3),
@@ -492,7 +496,7 @@ def _single_thread_bound(
     place."""
     from slimformer.timing import predictor_timer
 
-    timings, others = _turn_about(predictor_timer(single), reference, 1, texts, rounds)
+    timings, others = _turn_about(predictor_timer(single, ROUND_MIN_S), reference, 1, texts, rounds)
     scaling = reference.scaling(1, texts)
     factor = scaling.get("bounds", [scaling["factor"]])[0]
     measured = _speedup(timings, {"threads_timed": 1, **scaling}, (factor**0.5, factor, factor * threads))
