@@ -19,7 +19,11 @@ from slimformer.errors import ConfigError
 
 from .conftest import build_tiny_bert
 
-TINY = ["--epochs-range", "1", "1", "--latency-queries", "20", "--final-candidates", "2", "--heartbeat-seconds", "2"]
+# tiny models on both sides: turns of 10 ms (not 0.1 s) keep the timing short; the CPU-hog tests use the default
+TINY = [
+    *("--epochs-range", "1", "1", "--latency-queries", "20", "--final-candidates", "2", "--heartbeat-seconds", "2"),
+    *("--timing-turn-s", "0.01"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +201,7 @@ def test_two_workers_on_postgres_one_killed_mid_trial(tiny4, clinc_slice_dir, tm
     args = [sys.executable, "-m", "slimformer.cli", "auto", "--model", str(tiny4), "--data", str(clinc_slice_dir)]
     args += ["--output", str(output), "--storage", postgres, "--trials", "4", "--min-speedup", "1.0"]
     args += ["--max-accuracy-drop", "100", "--epochs-range", "3", "3", "--latency-queries", "20"]
+    args += ["--timing-turn-s", "0.01"]
     args += ["--heartbeat-seconds", "2", "--final-candidates", "1", "--study-name", "two-workers"]
     env = {**os.environ, "SLIMFORMER_NO_PROGRESS": "1"}
     survivor = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

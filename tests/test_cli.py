@@ -67,6 +67,10 @@ def test_benchmark_writes_json_and_plot(tiny_classifier_dir, clinc_slice_dir, tm
             ["auto", "--model", "{model}", "--min-speedup", "5", "--output", "{tmp}/o", "--data", "/no/data"],
             "not found",
         ),
+        (
+            ["auto", "--model", "{model}", "--min-speedup", "5", "--output", "{tmp}/o", "--timing-turn-s", "-1"],
+            "timing turn seconds must be >= 0",
+        ),
         (["nosuchcommand"], "No such command"),
         (["auto", "--min-speedup", "2", "--layers-choices", "1", "2"], "repeat it, e.g. --layers-choices 1"),
     ],

@@ -20,13 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from slimformer.auto.config import AutoConfig
+from slimformer.auto.config import TIMING_TURN_S, AutoConfig
 
 MEASURE_ROUNDS = 5  # turns the candidate and the teacher take over the latency queries
-# each turn is timed for at least this long, its queries repeated. A 40-query turn of a 0.06 ms model lasts less than a
-# scheduler slice: under a CPU hog whole turns ran 1.7x slow, and a model timed against itself read 0.56-0.62x in 2 of
-# 22 screens; with turns of at least 0.1 s, 35 of 35 read 0.78-1.39x (Ice Lake, 2 cores)
-ROUND_MIN_S = 0.1
 SCREEN_EVAL_ROWS = 64  # validation rows the screening chain's stages score on (their accuracy is not used)
 
 
@@ -322,7 +318,14 @@ class TeacherClock:
     once per CPU, teacher and thread count while other processes leave the CPU alone (`timing.QUIET_SHARE`), and
     remembered in `memory` (the work folder's teacher_threads.json), so a loaded machine later reuses it."""
 
-    def __init__(self, teacher: Path, teacher_key: str, memory: Path | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        teacher: Path,
+        teacher_key: str,
+        memory: Path | None = None,
+        threads: int | None = None,
+        turn_s: float = TIMING_TURN_S,
+    ) -> None:
         from slimformer.cpu import cpu_model
         from slimformer.predictor import load
 
@@ -330,6 +333,7 @@ class TeacherClock:
         self.predictor = load(teacher, threads=threads)  # its own thread count: saved, else all cores
         self.threads = int(self.predictor.threads)
         self.memory = memory
+        self.turn_s = turn_s  # each turn of either side lasts at least this long (`AutoConfig.timing_turn_s`)
         self.prefix = f"{cpu_model()}|{teacher_key}|{self.threads}"
         self._sessions: dict[int, Any] = {}
         self._loaded_scaling: dict[int, dict[str, Any]] = {}  # timed under load: kept for this process only
@@ -340,18 +344,18 @@ class TeacherClock:
         from slimformer.timing import batch1_latencies_ms, predictor_timer
 
         if threads == self.threads:
-            return predictor_timer(self.predictor, ROUND_MIN_S)
+            return predictor_timer(self.predictor, self.turn_s)
         if self.predictor.backend != "pytorch":
             from slimformer.predictor import load
 
-            return predictor_timer(self._sessions.setdefault(threads, load(self.teacher, threads=threads)), ROUND_MIN_S)
+            return predictor_timer(self._sessions.setdefault(threads, load(self.teacher, threads=threads)), self.turn_s)
 
         def timed_at(queries: list[str], warmup: int) -> list[float]:
             import torch
 
             torch.set_num_threads(threads)
             try:
-                return batch1_latencies_ms(self.predictor, queries, warmup, ROUND_MIN_S)
+                return batch1_latencies_ms(self.predictor, queries, warmup, self.turn_s)
             finally:
                 torch.set_num_threads(self.threads)
 
@@ -430,7 +434,9 @@ def measure(
     predictor = load(folder, threads=threads)
     batch1_latencies_ms(predictor, texts[:10], warmup=0)
     threads_timed = int(predictor.threads)
-    timings, others = _turn_about(predictor_timer(predictor, ROUND_MIN_S), reference, threads_timed, texts, rounds)
+    timings, others = _turn_about(
+        predictor_timer(predictor, reference.turn_s if reference else 0.0), reference, threads_timed, texts, rounds
+    )
     result: dict[str, Any] = {
         "p50_ms": median_ms(flat(timings["candidate"])),
         "size_mb": round(weights_size_bytes(folder) / 1e6, 3),
@@ -496,7 +502,7 @@ def _single_thread_bound(
     place."""
     from slimformer.timing import predictor_timer
 
-    timings, others = _turn_about(predictor_timer(single, ROUND_MIN_S), reference, 1, texts, rounds)
+    timings, others = _turn_about(predictor_timer(single, reference.turn_s), reference, 1, texts, rounds)
     scaling = reference.scaling(1, texts)
     factor = scaling.get("bounds", [scaling["factor"]])[0]
     measured = _speedup(timings, {"threads_timed": 1, **scaling}, (factor**0.5, factor, factor * threads))

@@ -12,6 +12,12 @@ from slimformer.config import StageConfig, option
 from slimformer.errors import ConfigError
 from slimformer.studies import DistillRanges
 
+# each model's turn in the turn-about timing lasts at least this long, its queries repeated. A 40-query turn of a
+# 0.06 ms model lasts less than a scheduler slice: under a CPU hog whole turns ran 1.7x slow, and a model timed
+# against itself read 0.56-0.62x in 2 of 22 screens; with turns of at least 0.1 s, 35 of 35 read 0.78-1.39x (Ice
+# Lake, 2 cores; BENCHMARKS.md, "slimformer auto")
+TIMING_TURN_S = 0.1
+
 QUANTIZATION_CHOICES = ("dynamic", "static")
 QUICK_TRIALS = 3
 
@@ -79,6 +85,10 @@ class AutoConfig(DistillRanges, StageConfig):
         "ranks in the top 1/N of the trials of its depth that reached that epoch (once N have); 0 = off.",
     )
     latency_queries: int = option(200, "Validation queries timed at batch 1 per candidate.")
+    timing_turn_s: float = option(
+        TIMING_TURN_S,
+        "Each model's turn in the turn-about timing lasts at least this many seconds (its queries repeated).",
+    )
     screen_margin: float = option(
         1.15, "A shape is screened out only when even its fastest plausible p50 misses the budget by this factor."
     )
@@ -119,6 +129,8 @@ class AutoConfig(DistillRanges, StageConfig):
             raise ConfigError("trials, workers, max screened and final candidates must be >= 1")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time budget is in minutes and must be > 0, got {self.time_budget}")
+        if self.timing_turn_s < 0:
+            raise ConfigError(f"timing turn seconds must be >= 0, got {self.timing_turn_s}")
         if self.heartbeat_seconds < 1:
             raise ConfigError(f"heartbeat seconds must be >= 1, got {self.heartbeat_seconds}")
         self._validate_space()

@@ -150,7 +150,9 @@ def correct_for_load(
     from slimformer.envelope import model_key
     from slimformer.timing import median_ms
 
-    clock = TeacherClock(teacher, model_key(teacher), work / SCALING_FILE if work else None)
+    clock = TeacherClock(
+        teacher, model_key(teacher), work / SCALING_FILE if work else None, turn_s=config.timing_turn_s
+    )
     texts = column(data.test, "text")[: config.latency_queries]
     measured = [measure(Path(t.user_attrs["folder"]), texts, t.params.get("threads"), clock) for t in finalists]
     teacher_p50 = round(median_ms([m["reference_p50_ms"] for m in measured]), 4)

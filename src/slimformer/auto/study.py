@@ -32,7 +32,7 @@ from slimformer.auto.candidate import (
     suggest_shape,
     suggest_training,
 )
-from slimformer.auto.config import AutoConfig
+from slimformer.auto.config import TIMING_TURN_S, AutoConfig
 from slimformer.errors import SlimformerError
 from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR, fail_stale_trials
 from slimformer.timing import is_busy
@@ -177,11 +177,13 @@ class Reference:
     """The teacher, loaded once per worker: its validation accuracy, and the clock every candidate is timed
     against, turn about, on the same queries (so a speed-up is measured side by side)."""
 
-    def __init__(self, teacher: Path, teacher_key: str, data: Any, work: Path | None = None) -> None:
+    def __init__(
+        self, teacher: Path, teacher_key: str, data: Any, work: Path | None = None, turn_s: float = TIMING_TURN_S
+    ) -> None:
         from slimformer.auto.candidate import SCALING_FILE, TeacherClock
         from slimformer.evaluation import correct_rows
 
-        self.clock = TeacherClock(teacher, teacher_key, work / SCALING_FILE if work else None)
+        self.clock = TeacherClock(teacher, teacher_key, work / SCALING_FILE if work else None, turn_s=turn_s)
         self.correct = correct_rows(self.clock.predictor, data.validation, data)  # per row, for paired comparisons
         self.accuracy = float(self.correct.mean())
 
@@ -290,7 +292,7 @@ class Objective:
         self.cache.base = student_base(self.cache, config, data)
         self.texts = column(data.validation, "text")[: config.latency_queries]
         self.cores = default_threads()
-        self.reference = Reference(teacher, teacher_key, data, work)
+        self.reference = Reference(teacher, teacher_key, data, work, config.timing_turn_s)
         base_key = self.cache.base[1]  # a shape of another base (--student) is another model
         models = self.teacher_key if base_key == self.teacher_key else f"{self.teacher_key}|{base_key}"
         self.screens = ScreenMemory(work / SCREEN_MEMORY_FILE, models)
