@@ -26,7 +26,14 @@ from slimformer.data import DataSplits, column, label_positions, load_data
 from slimformer.evaluation import split_logits
 from slimformer.metrics import classification_metrics
 from slimformer.predictor import Predictor, load, softmax
-from slimformer.timing import flat, interleaved_latencies_ms, predictor_timer, sample_queries, split_rounds
+from slimformer.timing import (
+    flat,
+    interleaved_latencies_ms,
+    latency_summary,
+    predictor_timer,
+    sample_queries,
+    split_rounds,
+)
 
 THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
@@ -70,6 +77,13 @@ def main() -> None:
     parser.add_argument("--slow", type=Path, required=True)
     parser.add_argument("--teacher", type=Path, required=True, help="timed beside them, the speed-ups' yardstick")
     parser.add_argument("--data", default="clinc150")
+    parser.add_argument(
+        "--slow-threads",
+        type=int,
+        default=1,
+        help="the slow model's intra-op threads: at 1 it runs on the calling thread, so no second pool of workers "
+        "spins beside the fast model's (ONNX Runtime's Python API has no thread pool shared between sessions)",
+    )
     parser.add_argument("--within", type=float, default=0.1, help="points below the slow model on validation")
     parser.add_argument("--latency-samples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=20)
@@ -78,8 +92,9 @@ def main() -> None:
 
     data = load_data(args.data)
     oos = data.oos_label_id
-    fast, slow, teacher = load(args.fast), load(args.slow), load(args.teacher)
+    fast, slow, teacher = load(args.fast), load(args.slow, threads=args.slow_threads), load(args.teacher)
     result: dict[str, Any] = {"cpu": cpu_model(), "fast": str(args.fast), "slow": str(args.slow), "splits": {}}
+    result["threads"] = {"fast": fast.threads, "slow": slow.threads, "teacher": teacher.threads}
     for split in ("validation", "test"):
         truth = np.array(column(data.split(split), "label"))
         outputs = {
@@ -100,15 +115,10 @@ def main() -> None:
     timings = interleaved_latencies_ms(
         {name: predictor_timer(model) for name, model in models.items()}, split_rounds(queries, args.rounds)
     )
-    teacher_p50 = float(np.median(flat(timings["teacher"])))
+    summaries = {name: latency_summary(flat(times)) for name, times in timings.items()}
+    teacher_p50 = summaries["teacher"]["p50"]
     result["latency_ms"] = {
-        name: {
-            "p50": round(float(np.median(flat(times))), 4),
-            "p95": round(float(np.percentile(flat(times), 95)), 4),
-            "mean": round(float(np.mean(flat(times))), 4),
-            "speedup_p50": round(teacher_p50 / float(np.median(flat(times))), 2),
-        }
-        for name, times in timings.items()
+        name: {**summary, "speedup_p50": round(teacher_p50 / summary["p50"], 2)} for name, summary in summaries.items()
     }
     sizes = {name: weights_size_bytes(folder) / 1e6 for name, folder in (("fast", args.fast), ("slow", args.slow))}
     result["size_mb"] = {**{k: round(v, 2) for k, v in sizes.items()}, "cascade": round(sum(sizes.values()), 2)}
