@@ -389,3 +389,20 @@ def test_onnx_stages_record_the_fastest_threads(exported_dir: Path, tmp_path: Pa
     assert metrics["session"]["threads"] == best["threads"] and "thread_sweep" not in metrics["session"]
     fixed = json.loads((exported_dir / "session.json").read_text())  # the fixture gave --threads 1
     assert fixed["threads"] == 1 and "thread_sweep" not in fixed
+
+
+def test_optimize_at_level_99_saves_no_cpu_specific_layout_and_says_nothing_of_it(
+    exported_dir: Path, tmp_path: Path, capfd
+) -> None:
+    """ONNX Runtime warns on every graph saved at level 99 that its NCHWc layout pass may tie it to this CPU; that
+    pass rewrites only convolutions, so the encoder's saved graph holds no NCHWc op and the warning is not shown."""
+    import onnx
+
+    from slimformer.onnx import OptimizeConfig, optimize_onnx
+
+    capfd.readouterr()
+    optimize_onnx(exported_dir, tmp_path / "opt", OptimizeConfig(threads=1, level=99))
+    assert "hardware specific" not in capfd.readouterr().err
+    graph = onnx.load(str(tmp_path / "opt" / "model.onnx")).graph
+    assert {node.domain for node in graph.node} <= {"", "ai.onnx", "com.microsoft"}
+    assert not any("nchwc" in node.domain.lower() or "Nchwc" in node.op_type for node in graph.node)

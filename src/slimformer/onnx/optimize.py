@@ -32,6 +32,7 @@ from slimformer.onnx.runtime import (
 from slimformer.threads import THREADS_HELP
 
 OPTIMIZATION_LEVELS = (0, 1, 2, 99)
+ORT_WARNINGS, ORT_ERRORS_ONLY = 2, 3  # onnxruntime logger severities (its default logs warnings)
 # the fused ops the issue asks to count, in the order a BERT layer uses them
 REPORTED_FUSIONS = (
     "Attention",
@@ -51,7 +52,10 @@ class OptimizeConfig(StageConfig):
 
     uses_data: ClassVar[str] = "none"  # parity against the input graph on built-in sentences
 
-    level: int = option(2, "ORT level before fusion: 0 fusions only, 1 basic, 2 extended, 99 all (hardware-specific)")
+    level: int = option(
+        2,
+        "ORT level before fusion: 0 fusions only, 1 basic, 2 extended, 99 all (CPU-specific only for convolutions)",
+    )
     num_heads: int | None = option(None, "Attention heads (None: from config.json)")
     hidden_size: int | None = option(None, "Attention width, heads x head size (None: from config.json)")
     model_type: str | None = option(None, "ORT optimizer graph patterns (None: the family's, see slimformer.families)")
@@ -219,10 +223,14 @@ def fused_operator_counts(model_path: str | Path) -> dict[str, int]:
 def _run_optimizer(
     source: Path, destination: Path, level: int, model_type: str, num_heads: int, hidden_size: int
 ) -> dict[str, int]:
+    import onnxruntime as ort
     from onnxruntime.transformers import optimizer
 
-    # it logs every fusion pass at INFO/WARNING, under loggers named after its modules (fusion_attention, ...)
+    # it logs every fusion pass at INFO/WARNING, under loggers named after its modules (fusion_attention, ...), and
+    # at level 99 ONNX Runtime warns that a graph saved after its NCHWc layout pass may be specific to this CPU:
+    # that pass rewrites only convolutions, which encoders have none of (a test checks the saved graph)
     logging.disable(logging.WARNING)
+    ort.set_default_logger_severity(ORT_ERRORS_ONLY)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -239,6 +247,7 @@ def _run_optimizer(
         raise ModelError(f"onnxruntime's optimizer failed on {source}: {first_line(exc)}") from exc
     finally:
         logging.disable(logging.NOTSET)
+        ort.set_default_logger_severity(ORT_WARNINGS)
     return dict(optimized.get_fused_operator_statistics())
 
 
