@@ -51,3 +51,15 @@ def test_a_study_with_other_objectives_is_refused(tmp_path: Path) -> None:
     open_study(url, "s", seed=0)
     with pytest.raises(ConfigError, match="other objectives"):
         open_study(url, "s", seed=0, directions=("maximize", "minimize"))
+
+
+def test_opening_a_study_warns_of_nothing(tmp_path: Path) -> None:
+    """Every `search` and `auto` opens its study here: no argument optuna has deprecated (a FutureWarning on
+    every run), and its experimental features' warnings kept out of the user's terminal."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "quiet", seed=0)
+    assert study.study_name == "quiet"
+    assert [str(w.message) for w in caught if "optuna" in w.filename or "optuna" in str(w.message)] == []

@@ -100,7 +100,6 @@ def open_study(
             multivariate=True,
             group=True,
             constant_liar=True,
-            warn_independent_sampling=False,
         )
         pruner = pruner or optuna.pruners.MedianPruner(
             n_startup_trials=pruner_startup_trials, n_warmup_steps=pruner_warmup_epochs + 1
