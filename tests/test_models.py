@@ -69,3 +69,25 @@ def test_max_length_is_capped_at_what_the_model_can_take(tiny_classifier_dir, tm
     assert metrics["config"]["max_length"] == 64
     assert json.loads((tmp_path / "onnx" / "session.json").read_text())["max_length"] == 64
     assert load(tmp_path / "onnx", threads=1).predict([long_text])[0] == labels
+
+
+def test_a_saved_checkpoint_prints_no_progress_bar_and_leaves_the_bars_as_they_were(
+    tiny_classifier_dir, tmp_path, capfd
+):
+    """Every stage saves through `save_checkpoint`: transformers' "Writing model shards" bar would print a line on
+    each save (three in every `auto` trial); a library user's own bars are left as they were."""
+    from transformers.utils import logging as hf_logging
+
+    from slimformer.models import load_tokenizer, save_checkpoint
+
+    model, tokenizer = load_classifier(tiny_classifier_dir), load_tokenizer(tiny_classifier_dir)
+    capfd.readouterr()
+    hf_logging.enable_progress_bar()
+    save_checkpoint(model, tokenizer, tmp_path / "saved")
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # restored
+    assert load_classifier(tmp_path / "saved").config.id2label == model.config.id2label
+    hf_logging.disable_progress_bar()
+    save_checkpoint(model, tokenizer, tmp_path / "again")
+    assert not hf_logging.is_progress_bar_enabled()  # left off
+    hf_logging.enable_progress_bar()

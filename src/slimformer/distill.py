@@ -17,6 +17,7 @@ from slimformer.config import option
 from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError
 from slimformer.layer_losses import LAYER_MAPS, LayerLosses
+from slimformer.models import save_checkpoint
 from slimformer.training import SoftTargets, TrainingOptions
 from slimformer.transfer import parse_augmentations
 
@@ -162,8 +163,7 @@ def distill_student(
     result = train_classifier(
         student, tokenizer, splits, config, folder / "trainer", distillation=distillation, callbacks=callbacks
     )
-    student.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(student, tokenizer, folder)
     metrics = {
         "teacher": str(teacher_path),
         "teacher_hash": model_files_hash(teacher_path)[:16],

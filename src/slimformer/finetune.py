@@ -9,6 +9,7 @@ from typing import Any
 from slimformer.artifacts import Session, StageResult
 from slimformer.config import option
 from slimformer.envelope import Stage, run_stage
+from slimformer.models import save_checkpoint
 from slimformer.training import TrainingOptions
 
 
@@ -53,8 +54,7 @@ def train_finetuned(
     else:  # a base model, or a classifier for other labels: a new head
         classifier = load_classifier(source, labels=splits.labels)
     result = train_classifier(classifier, tokenizer, splits, config, folder / "trainer")
-    classifier.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(classifier, tokenizer, folder)
     metrics = {
         "base_model": str(source),
         "data": splits.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -213,13 +214,34 @@ def load_classifier(
         raise ModelError(f"{path} is a base model without a classification head; fine-tune it first")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected when fine-tuning
-    hf_logging.disable_progress_bar()  # "Loading weights" bars would clutter benchmark and serve output
     from safetensors import SafetensorError
 
     try:
-        return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+        with transformers_bars_off():  # "Loading weights" bars would clutter benchmark and serve output
+            return AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise ModelError(f"cannot load a classifier from {path}: {str(exc).splitlines()[0]}") from exc
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """Write `model` and `tokenizer` to `folder` as a Hugging Face checkpoint (without transformers' "Writing model
+    shards" bar, which each stage's save would print)."""
+    with transformers_bars_off():
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@contextlib.contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """transformers' (and the hub's) progress bars off inside the block, as they were after it."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()

@@ -24,6 +24,7 @@ from slimformer.config import option
 from slimformer.envelope import Stage
 from slimformer.errors import ConfigError
 from slimformer.families import STATIC_MODEL_TYPE
+from slimformer.models import save_checkpoint
 from slimformer.training import SoftTargets, TrainingOptions
 
 if TYPE_CHECKING:
@@ -135,8 +136,7 @@ def static_student(
         transfer = augment_for_model(train, config.augment, 1, config.seed, tokenizer, model.embeddings.weight, near)
     distillation = config.distillation(teacher_path, cache_dir=config.cache_dir, transfer_texts=transfer)
     result = train_classifier(model, tokenizer, splits, config, folder / "trainer", distillation=distillation)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(model, tokenizer, folder)
     metrics = {
         "teacher": str(teacher_path),
         "student": "static token table (Model2Vec: teacher outputs per token, PCA, SIF) + linear head",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import atomic_output_dir
 from slimformer.errors import ConfigError, ModelError
+from slimformer.models import save_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -99,8 +100,7 @@ def student_from_teacher(
     HF checkpoint with `num_hidden_layers = num_layers`. Returns the kept teacher layer indices."""
     student, tokenizer, kept = build_student_from_teacher(teacher_dir, num_layers, first_layer)
     with atomic_output_dir(output_dir) as folder:
-        student.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_checkpoint(student, tokenizer, folder)
     return kept
 
 

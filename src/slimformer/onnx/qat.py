@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import Session, StageResult
+from slimformer.models import save_checkpoint
 from slimformer.onnx.quantize import choose_reduce_range
 
 if TYPE_CHECKING:
@@ -44,8 +45,7 @@ def quantization_aware_training(
     wrapped = _wrap_linears(model, reduce_range)
     result = train_classifier(model, tokenizer, splits, options, folder / "trainer", distillation)
     _unwrap_linears(model)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(model, tokenizer, folder)
     metrics = {
         "method": "qat",
         "source_model": str(source),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.artifacts import Session, StageResult, write_json
+from slimformer.models import save_checkpoint
 from slimformer.onnx.ort_quantize import validation_report
 from slimformer.onnx.runtime import parity, parity_texts
 from slimformer.predictor import QUANTIZATION_FILE
@@ -41,8 +42,7 @@ def quantize_torch_dynamic(
     quantize_seconds = time.perf_counter() - started
     quantized_logits = TorchPredictor.from_model(quantized, tokenizer, config.max_length).predict_logits(texts, 64)
 
-    fp32.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(fp32, tokenizer, folder)
     marker = {
         "method": "torch-dynamic",
         "modules": ["torch.nn.Linear"],

@@ -15,6 +15,7 @@ from slimformer.artifacts import Session, StageResult
 from slimformer.config import MethodConfig, option, with_methods
 from slimformer.envelope import Stage, run_stage
 from slimformer.errors import ConfigError
+from slimformer.models import save_checkpoint
 from slimformer.training import SoftTargets, TrainingOptions
 
 VOCAB_UNSEEN = ("cluster", "sign", "split")
@@ -192,8 +193,7 @@ def prune_model(
         model, tokenizer, extra = config.method_function()(model_path, splits, config, folder)
     else:
         model, extra = config.method_function()(model, tokenizer, splits, config, folder, teacher_path)
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_checkpoint(model, tokenizer, folder)
     metrics = _metrics(model_path, teacher_path, splits, config, started, input_validation)
     metrics.update(extra)
     metrics.setdefault("size", {}).update(

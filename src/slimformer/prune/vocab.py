@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from slimformer.errors import ModelError
+from slimformer.models import save_checkpoint
 
 UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 
@@ -105,8 +106,7 @@ def write_pruned_vocabulary(
     if model.config.pad_token_id is not None:
         model.config.pad_token_id = old_to_new.get(model.config.pad_token_id, 0)
 
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(model, tokenizer, folder)
     _rewrite_tokenizer_files(folder, tokenizer, kept)
     _check_same_tokens(tokenizer, load_tokenizer(folder), texts[:2000])
     return {
@@ -134,8 +134,7 @@ def cluster_unseen_rows(
     model, tokenizer, used, unseen = _model_and_unseen_tokens(model_dir, texts, min_count)
     table = model.get_input_embeddings().weight
     clusters = _share_centroid_rows(table, unseen, clusters, seed)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(model, tokenizer, folder)
     distinct = len(torch.unique(table.detach(), dim=0))
     return {
         "unseen_tokens": "cluster",
@@ -180,8 +179,7 @@ def sign_unseen_rows(
         magnitude = rows.abs().mean(dim=1, keepdim=True)
         table[signed_ids] = torch.where(rows >= 0, magnitude, -magnitude)
     clusters = _share_centroid_rows(table, others, clusters, seed)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_checkpoint(model, tokenizer, folder)
     return {
         "unseen_tokens": "sign",
         "vocab_size": len(tokenizer),
