@@ -253,6 +253,21 @@ def test_the_baseline_trial_is_the_packaged_recipe_shape() -> None:
     assert "ffn_fraction" in recipe_params(AutoConfig(min_speedup=5), max_layers=2)
 
 
+def test_after_the_baseline_a_study_tries_the_recipes_choices_deeper_deepest_first() -> None:
+    """Depth is what buys accuracy back, so the recipe's choices are enqueued at every deeper searched depth,
+    deepest first (the screen drops those the budget cannot take); nothing deeper than the space, nor when the
+    baseline leaves the depth to the sampler."""
+    from slimformer.auto.run import deeper_recipe_params, recipe_params
+
+    config = AutoConfig(min_speedup=12)
+    baseline = recipe_params(config, max_layers=5)
+    deeper = deeper_recipe_params(baseline, config, max_layers=5)
+    assert [params["layers"] for params in deeper] == [5, 4] and baseline["layers"] == 3
+    assert all({**params, "layers": 3} == baseline for params in deeper)  # only the depth differs
+    assert deeper_recipe_params(baseline, AutoConfig(min_speedup=12, layers_choices=(1, 2, 3)), 5) == []
+    assert deeper_recipe_params(recipe_params(config, max_layers=2), config, max_layers=2) == []
+
+
 def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, clinc_slice, tmp_path) -> None:
     """The new knobs reach the chain: a depth-0 trial builds the static student, then export and quantize."""
     import optuna
@@ -680,7 +695,7 @@ def test_a_new_study_starts_from_earlier_pareto_fronts_of_the_same_teacher(tiny4
     remember_front(tmp_path, tiny4, "study-recipe-sampled", [SimpleNamespace(params=sampled)])
     remember_front(tmp_path, tiny4, "other-base", [SimpleNamespace(params={**inside, "epochs": 6})], "default")
 
-    warm = warm_start_params(tmp_path, tiny4, "study-25x", config)
+    warm = warm_start_params(tmp_path, tiny4, "study-25x", config, [recipe_params(config)])
     # the 12x front's trial inside the space, once; the 4-layer one keeps only what fits (the sampler picks depth);
     # nothing from another teacher or another --student; not the recipe's choices (the baseline is enqueued anyway)
     assert warm[0] == inside

@@ -70,9 +70,13 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
         # a new study starts from the packaged recipe's choices; only with the default storage, where this
         # command is the only writer (processes joining a shared study at once could each enqueue it)
         base = resolve_model_path(config.student) if config.student else teacher
-        baseline = recipe_params(config, max_student_layers(base, teacher))
+        max_layers = max_student_layers(base, teacher)
+        baseline = recipe_params(config, max_layers)
         study.enqueue_trial(baseline, user_attrs={BASELINE_ATTR: "the packaged recipe's choices"})
-        for params in warm_start_params(work, teacher, name, config):  # earlier studies' Pareto fronts
+        deeper = deeper_recipe_params(baseline, config, max_layers)
+        for params in deeper:  # screened like any shape: those that cannot fit the budget cost a screen
+            study.enqueue_trial(params, user_attrs={DEEPER_ATTR: params["layers"]})
+        for params in warm_start_params(work, teacher, name, config, [baseline, *deeper]):  # earlier fronts
             study.enqueue_trial(params, user_attrs={"warm_start": True})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     progress = output / "auto.json"  # the trials table while the study runs; the summary replaces it at the end
@@ -172,6 +176,22 @@ def recipe_params(config: AutoConfig, max_layers: int | None = None) -> dict[str
     return within_space(params, config, max_layers)
 
 
+DEEPER_ATTR = "deeper_recipe"  # user attribute of an enqueued trial of the recipe's choices at more layers
+
+
+def deeper_recipe_params(baseline: dict[str, Any], config: AutoConfig, max_layers: int) -> list[dict[str, Any]]:
+    """The recipe's choices at every searched depth above the recipe's, deepest first. Depth is what buys accuracy
+    back (a 5-layer student of the 6-layer teacher loses 0.43 in-scope points, the recipe's 3 layers 0.83:
+    BENCHMARKS.md, "Depth, not width"), so a study tries the deepest shapes the budget may allow first; the screen
+    drops those that cannot fit before any training."""
+    from slimformer.auto.candidate import depth_choices
+
+    if "layers" not in baseline:
+        return []
+    deeper = sorted((depth for depth in depth_choices(config, max_layers) if depth > baseline["layers"]), reverse=True)
+    return [{**baseline, "layers": depth} for depth in deeper]
+
+
 PARETO_FILE = "pareto.json"  # in the work folder: each finished study's Pareto front, for warm starts
 
 
@@ -186,15 +206,17 @@ def remember_front(work: Path, teacher: Path, study_name: str, front: list[Any],
     remember_json(work / PARETO_FILE, study_name, entry)
 
 
-def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoConfig) -> list[dict[str, Any]]:
+def warm_start_params(
+    work: Path, teacher: Path, study_name: str, config: AutoConfig, enqueued: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The Pareto fronts of earlier studies of the same teacher and `--student` in the work folder, as trial
-    parameters of this study's space (values outside it left to the sampler), without repeats: a new study
-    starts from them."""
+    parameters of this study's space (values outside it left to the sampler), without repeats of one another or
+    of the `enqueued` trials: a new study starts from them."""
     from slimformer.artifacts import read_json_cache
     from slimformer.distillation import model_files_hash
 
     teacher_hash, student = model_files_hash(teacher), student_identity(config)
-    seen: list[dict[str, Any]] = [recipe_params(config)]
+    seen: list[dict[str, Any]] = list(enqueued)
     for name, entry in read_json_cache(work / PARETO_FILE).items():
         if name == study_name or entry.get("teacher") != teacher_hash or entry.get("student") != student:
             continue
@@ -202,7 +224,7 @@ def warm_start_params(work: Path, teacher: Path, study_name: str, config: AutoCo
             kept = within_space(params, config)
             if kept and not any(repeats(kept, earlier) for earlier in seen):
                 seen.append(kept)
-    return seen[1:]
+    return seen[len(enqueued) :]
 
 
 def repeats(params: dict[str, Any], earlier: dict[str, Any]) -> bool:
