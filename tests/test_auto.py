@@ -266,6 +266,14 @@ def test_after_the_baseline_a_study_tries_the_recipes_choices_deeper_deepest_fir
     assert all({**params, "layers": 3} == baseline for params in deeper)  # only the depth differs
     assert deeper_recipe_params(baseline, AutoConfig(min_speedup=12, layers_choices=(1, 2, 3)), 5) == []
     assert deeper_recipe_params(recipe_params(config, max_layers=2), config, max_layers=2) == []
+    # the trials table says why each enqueued trial was tried
+    from slimformer.auto.select import origin
+    from slimformer.auto.study import DEEPER_ATTR, WARM_START_ATTR
+    from slimformer.studies import BASELINE_ATTR
+
+    assert origin({BASELINE_ATTR: "the packaged recipe's choices"}) == "the packaged recipe's choices"
+    assert origin({DEEPER_ATTR: 5}) == "the packaged recipe's choices at 5 layers"
+    assert origin({WARM_START_ATTR: True}) == "from an earlier study's Pareto front" and origin({}) == ""
 
 
 def test_the_search_space_has_layer_losses_transfer_data_and_depth_zero(tiny4, clinc_slice, tmp_path) -> None:

@@ -43,7 +43,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
     """Search the compression space for the most accurate model within `config`'s budget. Returns auto.json."""
     from slimformer.artifacts import check_output_dir
     from slimformer.auto.candidate import max_student_layers
-    from slimformer.auto.study import open_study
+    from slimformer.auto.study import DEEPER_ATTR, WARM_START_ATTR, open_study
     from slimformer.models import check_pytorch_checkpoint, resolve_model_path
     from slimformer.storage import printable_url
     from slimformer.studies import BASELINE_ATTR, requeue_abandoned
@@ -77,7 +77,7 @@ def auto(model: str, output: str | Path, config: AutoConfig, data: DataSpec, qui
         for params in deeper:  # screened like any shape: those that cannot fit the budget cost a screen
             study.enqueue_trial(params, user_attrs={DEEPER_ATTR: params["layers"]})
         for params in warm_start_params(work, teacher, name, config, [baseline, *deeper]):  # earlier fronts
-            study.enqueue_trial(params, user_attrs={"warm_start": True})
+            study.enqueue_trial(params, user_attrs={WARM_START_ATTR: True})
     say(f"study {name} in {printable_url(url)}; budget {config.budget_text}; {config.workers} worker(s)")
     progress = output / "auto.json"  # the trials table while the study runs; the summary replaces it at the end
     if config.workers == 1:
@@ -174,9 +174,6 @@ def recipe_params(config: AutoConfig, max_layers: int | None = None) -> dict[str
         "augment": distill.get("augment", ""),
     }
     return within_space(params, config, max_layers)
-
-
-DEEPER_ATTR = "deeper_recipe"  # user attribute of an enqueued trial of the recipe's choices at more layers
 
 
 def deeper_recipe_params(baseline: dict[str, Any], config: AutoConfig, max_layers: int) -> list[dict[str, Any]]:

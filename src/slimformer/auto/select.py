@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimformer.auto.config import AutoConfig
-from slimformer.auto.study import CONSTRAINTS, DROP_INTERVAL, SCREENED
+from slimformer.auto.study import CONSTRAINTS, DEEPER_ATTR, DROP_INTERVAL, SCREENED, WARM_START_ATTR
 from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR
 
 if TYPE_CHECKING:
@@ -186,6 +186,15 @@ def verdict(row: dict[str, Any] | None, teacher_row: dict[str, Any], config: Aut
     return outcome
 
 
+def origin(attrs: dict[str, Any]) -> str:
+    """Why an enqueued trial was tried ("" for one the sampler proposed)."""
+    if attrs.get(BASELINE_ATTR):
+        return str(attrs[BASELINE_ATTR])
+    if DEEPER_ATTR in attrs:
+        return f"the packaged recipe's choices at {attrs[DEEPER_ATTR]} layers"
+    return "from an earlier study's Pareto front" if attrs.get(WARM_START_ATTR) else ""
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Every trial as a table row: state, parameters, validation figures, screening outcome."""
     rows = []
@@ -212,7 +221,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
                 "note": attrs.get(SCREENED)
                 or attrs.get("error")
                 or attrs.get(PRUNED_ATTR)
-                or (f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else ""),
+                or (f"retry of trial {attrs['retry_of']}" if "retry_of" in attrs else "")
+                or origin(attrs),
                 "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
                 "worker": attrs.get("worker"),
             }

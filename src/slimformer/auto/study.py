@@ -44,6 +44,8 @@ SCREENED = "screened_out"
 SECONDS_ATTR = "seconds"  # user attribute: seconds spent screening, training and timing the trial
 DROP_INTERVAL = "drop_interval"  # paired bootstrap of the validation drop against the teacher (points)
 CONSTRAINTS = "constraints"
+DEEPER_ATTR = "deeper_recipe"  # user attribute of an enqueued trial of the recipe's choices at more layers
+WARM_START_ATTR = "warm_start"  # user attribute of a trial enqueued from an earlier study's Pareto front
 
 
 class SurplusTrial(Exception):
