@@ -417,8 +417,9 @@ def measure(
     rounds: int = MEASURE_ROUNDS,
 ) -> dict[str, Any]:
     """Batch-1 p50 (ms, tokenization included) at `threads` over `texts`, and weight files in MB. With a
-    `reference` (the teacher), the two take turns over `rounds` slices of `texts` (slimformer.timing), the
-    teacher at the candidate's thread count, so load hits both alike; the teacher's quiet thread scaling
+    `reference` (the teacher), the two take turns over `rounds` slices of `texts` (slimformer.timing; each turn
+    lasting at least the clock's `turn_s`, its queries repeated), the teacher at the candidate's thread count,
+    so load hits both alike; the teacher's quiet thread scaling
     (:class:`TeacherClock`) turns that into the speed-up over the teacher at its own thread count: returned as
     the median of the per-round ratios with a 90 % interval, with the teacher's p50 (`reference_p50_ms`), the
     scaling used, and the share of the CPU other processes took meanwhile (`others_cpu`).
