@@ -63,3 +63,16 @@ def test_opening_a_study_warns_of_nothing(tmp_path: Path) -> None:
         study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "quiet", seed=0)
     assert study.study_name == "quiet"
     assert [str(w.message) for w in caught if "optuna" in w.filename or "optuna" in str(w.message)] == []
+
+
+def test_a_progress_line_keeps_its_brackets(capfd) -> None:
+    """`search` and `auto` print each trial's parameters in brackets; rich would read "[layers=5, ...]" as a
+    markup tag and drop it, so the user never saw which shape a trial was."""
+    from slimformer.auto.run import say as auto_say
+    from slimformer.search_results import say as search_say
+
+    auto_say("trial 1: 94.81 % [layers=5, heads_fraction=0.0] · no trial meets the budget yet")
+    search_say("trial 2: [alpha=0.5, temperature=9] done")
+    err = capfd.readouterr().err
+    assert "auto trial 1: 94.81 % [layers=5, heads_fraction=0.0] · no trial" in " ".join(err.split())
+    assert "search trial 2: [alpha=0.5, temperature=9] done" in " ".join(err.split())

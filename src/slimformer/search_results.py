@@ -203,6 +203,6 @@ def distill_config_of(params: dict[str, Any], config: SearchConfig) -> Any:
 
 def say(message: str) -> None:
     """One line of the search's progress on stderr."""
-    from rich.console import Console
+    from slimformer.console import say as say_line
 
-    Console(stderr=True).print(f"[bold]search[/bold] {message}", highlight=False)
+    say_line("search", message)

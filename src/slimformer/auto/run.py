@@ -553,6 +553,7 @@ def _write_model(
 
 
 def say(message: str) -> None:
-    from rich.console import Console
+    """One line of the study's progress on stderr."""
+    from slimformer.console import say as say_line
 
-    Console(stderr=True).print(f"[bold]auto[/bold] {message}", highlight=False)
+    say_line("auto", message)
