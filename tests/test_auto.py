@@ -153,6 +153,16 @@ def test_shapes_over_budget_are_dropped_before_any_training(tiny4, clinc_slice_d
     assert "**No candidate met the budget" in (output / "report.md").read_text()
 
 
+def test_the_closest_trials_are_told_against_the_budget_in_words() -> None:
+    """Not "constraints [0.16431, 0.016]": the trial's speed-up, p50 or size and its drop, beside the budget's."""
+    from slimformer.auto.run import against_budget
+
+    attrs = {"speedup": 10.31, "p50_ms": 1.4321, "size_mb": 8.51, "accuracy_drop_points": 0.516}
+    assert against_budget(attrs, AutoConfig(min_speedup=12)) == "10.3x (≥ 12x), a drop of 0.52 points (≤ 0.5)"
+    assert against_budget(attrs, AutoConfig(max_latency_ms=1.0, max_accuracy_drop=1)).startswith("1.432 ms (≤ 1 ms)")
+    assert against_budget(attrs, AutoConfig(max_size_mb=5)).startswith("8.5 MB (≤ 5 MB), a drop of 0.52")
+
+
 def test_resume_keeps_finished_trials_and_reruns_an_abandoned_one(tiny4, clinc_slice_dir, tmp_path):
     import optuna
 

@@ -529,13 +529,22 @@ def _notes(selection: Any, config: AutoConfig, pick_row: dict[str, Any] | None =
     if pick_row is not None and pick_row.get(DROP_INTERVAL):
         notes.append(f"Test: {drop_text(pick_row[DROP_INTERVAL], config)}")
     if selection.pick is None and selection.closest:
-        closest = ", ".join(
-            f"trial {t.number} (constraints {t.user_attrs['constraints']})" for t in selection.closest[:3]
-        )
+        closest = "; ".join(f"trial {t.number}: {against_budget(t.user_attrs, config)}" for t in selection.closest[:3])
         notes.append(f"No candidate met the budget on validation. Closest trained: {closest}.")
     elif selection.pick is None:
         notes.append("No shape met the budget even untrained, so nothing was trained; the smallest are in the table.")
     return notes
+
+
+def against_budget(attrs: dict[str, Any], config: AutoConfig) -> str:
+    """A trained trial's figures beside the budget's, in words: "10.3x (≥ 12x), a drop of 0.52 points (≤ 0.5)"."""
+    if config.min_speedup is not None:
+        measured = f"{attrs['speedup']:.1f}x (≥ {config.min_speedup:g}x)"
+    elif config.max_latency_ms is not None:
+        measured = f"{attrs['p50_ms']:.3f} ms (≤ {config.max_latency_ms:g} ms)"
+    else:
+        measured = f"{attrs['size_mb']:.1f} MB (≤ {config.max_size_mb:g} MB)"
+    return f"{measured}, a drop of {attrs['accuracy_drop_points']:.2f} points (≤ {config.max_accuracy_drop:g})"
 
 
 def _write_model(
