@@ -175,12 +175,17 @@ class AutoConfig(DistillRanges, StageConfig):
         return teacher_p50_ms / self.min_speedup if self.min_speedup is not None else None
 
     @property
-    def budget_text(self) -> str:
-        """The budget in words, e.g. 'p50 <= 1 ms, accuracy drop <= 0.5 points'."""
+    def budget_limit(self) -> tuple[str, str]:
+        """The budget's figure (a trial attribute: p50_ms, speedup or size_mb) and its limit in words ('≤ 1 ms')."""
         if self.max_latency_ms is not None:
-            budget = f"p50 ≤ {self.max_latency_ms:g} ms"
-        elif self.min_speedup is not None:
-            budget = f"≥ {self.min_speedup:g}x lower p50 than the teacher"
-        else:
-            budget = f"size ≤ {self.max_size_mb:g} MB"
-        return f"{budget}, accuracy drop ≤ {self.max_accuracy_drop:g} points"
+            return "p50_ms", f"≤ {self.max_latency_ms:g} ms"
+        if self.min_speedup is not None:
+            return "speedup", f"≥ {self.min_speedup:g}x"
+        return "size_mb", f"≤ {self.max_size_mb:g} MB"
+
+    @property
+    def budget_text(self) -> str:
+        """The budget in words, e.g. 'p50 ≤ 1 ms, accuracy drop ≤ 0.5 points'."""
+        figure, limit = self.budget_limit
+        budget = {"p50_ms": f"p50 {limit}", "speedup": f"{limit} lower p50 than the teacher"}.get(figure)
+        return f"{budget or f'size {limit}'}, accuracy drop ≤ {self.max_accuracy_drop:g} points"

@@ -538,13 +538,11 @@ def _notes(selection: Any, config: AutoConfig, pick_row: dict[str, Any] | None =
 
 def against_budget(attrs: dict[str, Any], config: AutoConfig) -> str:
     """A trained trial's figures beside the budget's, in words: "10.3x (≥ 12x), a drop of 0.52 points (≤ 0.5)"."""
-    if config.min_speedup is not None:
-        measured = f"{attrs['speedup']:.1f}x (≥ {config.min_speedup:g}x)"
-    elif config.max_latency_ms is not None:
-        measured = f"{attrs['p50_ms']:.3f} ms (≤ {config.max_latency_ms:g} ms)"
-    else:
-        measured = f"{attrs['size_mb']:.1f} MB (≤ {config.max_size_mb:g} MB)"
-    return f"{measured}, a drop of {attrs['accuracy_drop_points']:.2f} points (≤ {config.max_accuracy_drop:g})"
+    figure, limit = config.budget_limit
+    measured = {"p50_ms": "{:.3f} ms", "speedup": "{:.1f}x", "size_mb": "{:.1f} MB"}[figure].format(attrs[figure])
+    return (
+        f"{measured} ({limit}), a drop of {attrs['accuracy_drop_points']:.2f} points (≤ {config.max_accuracy_drop:g})"
+    )
 
 
 def _write_model(
