@@ -677,8 +677,14 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_classifier_dir
     answers: list[tuple[int, float, int]] = []
     slow = {"texts": ["book a flight " * 700] * 64}
 
+    refused: list[dict] = []  # sent after the server stopped listening: refused, as they should be
+
     def send(body: dict) -> None:
-        response = httpx.post(f"{base}/predict", json=body, timeout=60)
+        try:
+            response = httpx.post(f"{base}/predict", json=body, timeout=60)
+        except httpx.ConnectError:
+            refused.append(body)
+            return
         answers.append((response.status_code, time.monotonic(), len(response.json()["predictions"])))
 
     try:
@@ -701,7 +707,10 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(tiny_classifier_dir
         _stop(server)
     output = server.stdout.read().decode()
     assert code == 0, output
-    assert sorted((status, count) for status, _, count in answers) == [(200, 1)] * 7 + [(200, 64)]
+    # every request the server took was answered, the slow one and at least the queued ones among them; a sender
+    # that had not connected by SIGTERM (on a loaded machine) found the port closed
+    assert sorted((status, count) for status, _, count in answers) == [(200, 1)] * (7 - len(refused)) + [(200, 64)]
+    assert len(answers) >= 1 + pending and slow not in refused
     assert sum(finished > signalled for _, finished, _ in answers) >= 3, "the queued requests were answered after it"
     assert "Traceback" not in output
 
