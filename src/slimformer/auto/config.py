@@ -187,5 +187,9 @@ class AutoConfig(DistillRanges, StageConfig):
     def budget_text(self) -> str:
         """The budget in words, e.g. 'p50 ≤ 1 ms, accuracy drop ≤ 0.5 points'."""
         figure, limit = self.budget_limit
-        budget = {"p50_ms": f"p50 {limit}", "speedup": f"{limit} lower p50 than the teacher"}.get(figure)
-        return f"{budget or f'size {limit}'}, accuracy drop ≤ {self.max_accuracy_drop:g} points"
+        budget = {
+            "p50_ms": f"p50 {limit}",
+            "speedup": f"{limit} lower p50 than the teacher",
+            "size_mb": f"size {limit}",
+        }
+        return f"{budget[figure]}, accuracy drop ≤ {self.max_accuracy_drop:g} points"

@@ -32,7 +32,7 @@ from slimformer.auto.candidate import (
     suggest_shape,
     suggest_training,
 )
-from slimformer.auto.config import TIMING_TURN_S, AutoConfig
+from slimformer.auto.config import AutoConfig
 from slimformer.errors import SlimformerError
 from slimformer.studies import BASELINE_ATTR, PRUNED_ATTR, fail_stale_trials
 from slimformer.timing import is_busy
@@ -179,9 +179,7 @@ class Reference:
     """The teacher, loaded once per worker: its validation accuracy, and the clock every candidate is timed
     against, turn about, on the same queries (so a speed-up is measured side by side)."""
 
-    def __init__(
-        self, teacher: Path, teacher_key: str, data: Any, work: Path | None = None, turn_s: float = TIMING_TURN_S
-    ) -> None:
+    def __init__(self, teacher: Path, teacher_key: str, data: Any, work: Path | None, turn_s: float) -> None:
         from slimformer.auto.candidate import SCALING_FILE, TeacherClock
         from slimformer.evaluation import correct_rows
 
