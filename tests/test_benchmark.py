@@ -41,7 +41,7 @@ def test_report_has_every_field(report):
     assert set(report) >= {"environment", "results", "data"}
     environment = report["environment"]
     assert environment["threads"] == 1
-    assert set(environment["isa"]) >= {"avx2", "avx512", "avx512_vnni"}
+    assert set(environment["isa"]) >= {"avx2", "avx512", "avx512_vnni", "avx512_bf16"}
     assert environment["versions"]["torch"]
     assert environment["cpu"]
     (result,) = report["results"]

@@ -18,6 +18,8 @@ ISA_FLAGS = {
     "avx512_vnni": "avx512_vnni",
     "avx_vnni": "avx_vnni",
     "amx": "amx_int8",
+    "avx512_bf16": "avx512_bf16",  # bf16 arithmetic: training runs under bf16 autocast (precision auto)
+    "amx_bf16": "amx_bf16",
 }
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot-product instructions
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bfloat16 arithmetic
