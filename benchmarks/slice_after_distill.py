@@ -17,16 +17,17 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from student_ablation import COLUMNS, RECIPE_STAGE, mean_sd
+from student_ablation import RECIPE as SOFT_TARGETS
+
 from slimformer.cpu import cpu_model
 from slimformer.data import load_data
 from slimformer.distill import DistillConfig, distill
 from slimformer.prune import PruneConfig, prune
 
-# the packaged recipe's distill stage (src/slimformer/recipes/default.yaml)
-RECIPE = {"alpha": 0.73, "temperature": 9.0, "epochs": 3.0, "learning_rate": 2.9e-4, "precision": "auto"}
-RECIPE.update(augment="mix", dropout=0.0)
-SLICE = {"method": "structured", "sparsity": 0.5, "epochs": 0, "importance": "gradient"}
-COLUMNS = ("accuracy", "in_scope_accuracy", "oos_recall")
+# the packaged recipe's distill stage (src/slimformer/recipes/default.yaml), but the layers it keeps
+RECIPE = {**SOFT_TARGETS, **{k: v for k, v in RECIPE_STAGE.items() if k != "first_kept_layer"}}
+SLICE = {"method": "structured", "sparsity": 0.5, "epochs": 0, "importance": "gradient"}  # the recipe's slice
 
 
 def cached(folder: Path, make: Any) -> dict[str, Any]:
@@ -60,11 +61,6 @@ def run_seed(seed: int, args: argparse.Namespace, data: Any) -> dict[str, dict[s
         lambda: distill(sliced, again, DistillConfig(**second, student_layers=3, seed=seed), data, teacher=teacher),
     )
     return rows
-
-
-def mean_sd(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
 def main() -> None:
