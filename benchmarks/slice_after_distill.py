@@ -17,10 +17,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from student_ablation import COLUMNS, RECIPE_STAGE, mean_sd
+from student_ablation import COLUMNS, RECIPE_STAGE, mean_sd, table_head
 from student_ablation import RECIPE as SOFT_TARGETS
 
-from slimformer.cpu import cpu_model
 from slimformer.data import load_data
 from slimformer.distill import DistillConfig, distill
 from slimformer.prune import PruneConfig, prune
@@ -74,14 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     data = load_data(args.data)
     per_seed = [run_seed(seed, args, data) for seed in args.seeds]
-    teacher_test = json.loads((args.teacher / "metrics.json").read_text()).get("test", {})
-    lines = [
-        f"CPU: {cpu_model()}; teacher {args.teacher.name}: "
-        + ", ".join(f"{c} {100 * teacher_test[c]:.2f}" for c in COLUMNS if c in teacher_test),
-        "",
-        "| stage | validation | test accuracy | in scope | OOS recall | train s | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head(args.teacher, "3-layer students, FFN sliced after distilling", "stage")
     for stage in per_seed[0]:
         runs = [rows[stage] for rows in per_seed]
         seconds = statistics.mean(r.get("train_seconds", 0.0) for r in runs)

@@ -103,6 +103,18 @@ def mean_sd(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
+def table_head(teacher: Path, students: str, first_column: str) -> list[str]:
+    """The markdown table's first lines: the CPU, the students, the teacher's test scores, the column names."""
+    teacher_test = json.loads((teacher / "metrics.json").read_text()).get("test", {})
+    return [
+        f"CPU: {cpu_model()}; {students}; teacher {teacher.name}: "
+        + ", ".join(f"{c} {100 * teacher_test[c]:.2f}" for c in COLUMNS if c in teacher_test),
+        "",
+        f"| {first_column} | validation | test accuracy | in scope | OOS recall | train s | seeds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True)
@@ -115,14 +127,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="added to the folder names: another --source (e.g. -unsliced)")
     args = parser.parse_args()
     data = load_data(args.data)
-    teacher_test = json.loads((args.teacher / "metrics.json").read_text()).get("test", {})
-    lines = [
-        f"CPU: {cpu_model()}; {args.layers}-layer students of {args.source.name}; teacher {args.teacher.name}: "
-        + ", ".join(f"{c} {100 * teacher_test[c]:.2f}" for c in COLUMNS if c in teacher_test),
-        "",
-        "| variant | validation | test accuracy | in scope | OOS recall | train s | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = table_head(args.teacher, f"{args.layers}-layer students of {args.source.name}", "variant")
     rows = []
     for name in args.variants:
         runs = [run_variant(name, seed, args, data) for seed in args.seeds]
