@@ -12,7 +12,6 @@ trains what is missing. Run from the repository root after `make demo`:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from student_ablation import COLUMNS, RECIPE_STAGE, mean_sd, table_head
 from student_ablation import RECIPE as SOFT_TARGETS
 
+from slimformer.artifacts import read_metrics
 from slimformer.data import load_data
 from slimformer.distill import DistillConfig, distill
 from slimformer.prune import PruneConfig, prune
@@ -29,35 +29,19 @@ RECIPE = {**SOFT_TARGETS, **{k: v for k, v in RECIPE_STAGE.items() if k != "firs
 SLICE = {"method": "structured", "sparsity": 0.5, "epochs": 0, "importance": "gradient"}  # the recipe's slice
 
 
-def cached(folder: Path, make: Any) -> dict[str, Any]:
-    """The stage's metrics: read from `folder` when it finished before, else run `make()`."""
-    if (folder / "metrics.json").is_file():
-        return json.loads((folder / "metrics.json").read_text())
-    return make()
-
-
 def run_seed(seed: int, args: argparse.Namespace, data: Any) -> dict[str, dict[str, Any]]:
+    """Each step's metrics for one seed; a step whose folder finished before is read, not run again."""
     work, teacher = args.work, args.teacher
-    wide = work / f"wide-seed{seed}"
-    rows = {
-        "distil the unsliced teacher": cached(
-            wide,
-            lambda: distill(
-                teacher,
-                wide,
-                DistillConfig(**RECIPE, student_layers=3, first_kept_layer=1, seed=seed),
-                data,
-                teacher=teacher,
-            ),
-        )
-    }
-    sliced = work / f"wide-sliced-seed{seed}"
-    rows["then slice the student"] = cached(sliced, lambda: prune(wide, sliced, PruneConfig(**SLICE, seed=seed), data))
+    wide, sliced = work / f"wide-seed{seed}", work / f"wide-sliced-seed{seed}"
     again = work / f"wide-sliced-again{args.second_epochs:g}-lr{args.second_lr:g}-seed{seed}"
-    second = {**RECIPE, "epochs": args.second_epochs, "learning_rate": args.second_lr}
-    rows[f"then distil again ({args.second_epochs:g} epochs at {args.second_lr:g})"] = cached(
-        again,
-        lambda: distill(sliced, again, DistillConfig(**second, student_layers=3, seed=seed), data, teacher=teacher),
+    first = DistillConfig(**RECIPE, student_layers=3, first_kept_layer=1, seed=seed)
+    second = DistillConfig(
+        **{**RECIPE, "epochs": args.second_epochs, "learning_rate": args.second_lr}, student_layers=3, seed=seed
+    )
+    rows = {"distil the unsliced teacher": read_metrics(wide) or distill(teacher, wide, first, data, teacher=teacher)}
+    rows["then slice the student"] = read_metrics(sliced) or prune(wide, sliced, PruneConfig(**SLICE, seed=seed), data)
+    rows[f"then distil again ({args.second_epochs:g} epochs at {args.second_lr:g})"] = read_metrics(again) or distill(
+        sliced, again, second, data, teacher=teacher
     )
     return rows
 

@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from slimformer.artifacts import read_metrics
 from slimformer.cpu import cpu_model
 from slimformer.data import load_data
 from slimformer.distill import DistillConfig, distill
@@ -92,10 +93,8 @@ COLUMNS = ("accuracy", "in_scope_accuracy", "oos_recall")
 
 def run_variant(name: str, seed: int, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     folder = args.work / f"L{args.layers}{args.label}-{name}-seed{seed}"
-    if (folder / "metrics.json").is_file():
-        return json.loads((folder / "metrics.json").read_text())
     options = {**RECIPE, **VARIANTS[name], "student_layers": args.layers, "seed": seed}
-    return distill(args.source, folder, DistillConfig(**options), data, teacher=args.teacher)
+    return read_metrics(folder) or distill(args.source, folder, DistillConfig(**options), data, teacher=args.teacher)
 
 
 def mean_sd(values: list[float]) -> str:
