@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,17 @@ def test_folder_without_validation_carves_it_from_train(tmp_path):
     splits = load_data(str(tmp_path))
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (45, 5, 10)
     assert splits.labels == ["0", "1"]
+
+
+def test_carved_validation_keeps_each_label_in_proportion(tmp_path):
+    # 90 rows of "common", 10 of "rare": a stratified 10 % holds 9 and 1, and "rare" keeps 9 training rows
+    rows = [{"text": f"t {i}", "label": "common" if i < 90 else "rare"} for i in range(100)]
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    _write_jsonl(tmp_path / "test.jsonl", rows[:2] + rows[-2:])
+    for seed in (0, 1, 2):
+        splits = load_data(str(tmp_path), seed=seed)
+        held = Counter(splits.labels[i] for i in column(splits.validation, "label"))
+        assert held == {"common": 9, "rare": 1}
 
 
 def test_parquet_folder(tmp_path):

@@ -72,6 +72,26 @@ def test_cli_reports_bad_recipe_in_one_line(tmp_path):
     assert result.returncode == 2 and "not valid YAML" in result.stderr
 
 
+def test_run_takes_the_data_columns_its_error_names(tmp_path):
+    # the missing-column error tells `run` users to pass --text-column / --label-column: both must exist
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"query {i},{'greet' if i % 2 else 'leave'}\n" for i in range(20))
+    for split in ("train", "test"):
+        (data / f"{split}.csv").write_text("utterance,intent\n" + rows)
+    (tmp_path / "r.yaml").write_text("stages:\n  - stage: report\n")
+    command = [sys.executable, "-m", "slimformer.cli", "run", str(tmp_path / "r.yaml"), "--data", str(data)]
+    command += ["--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "out")]
+    without = subprocess.run(command, capture_output=True, text=True)
+    assert without.returncode == 2
+    assert "no column 'text'" in without.stderr and "use --text-column / --label-column" in without.stderr
+    named = subprocess.run(
+        [*command, "--text-column", "utterance", "--label-column", "intent"], capture_output=True, text=True
+    )
+    assert named.returncode == 2 and named.stderr.strip().count("\n") == 0
+    assert "no column" not in named.stderr and "model folder not found" in named.stderr  # the data loaded: next check
+
+
 def test_run_reuses_finished_stages(tiny_base_dir, clinc_slice_dir, tmp_path, monkeypatch):
     import slimformer.finetune
 

@@ -17,7 +17,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -265,15 +265,26 @@ def _split_one_file(
             f"{path} has {len(full)} rows and label {label!r} only {fewest}: splitting one file into train/validation/"
             f"test needs at least {MIN_ROWS_PER_LABEL} rows per label; give a folder with train/validation/test files"
         )
-    strata = full.add_column("_stratum", [str(v) for v in column(full, label_column)]).class_encode_column("_stratum")
-    held_out = strata.train_test_split(
-        test_size=validation_fraction + test_fraction, stratify_by_column="_stratum", seed=seed
+    held_out = _stratified_split(full, label_column, validation_fraction + test_fraction, seed)
+    rest = _stratified_split(
+        held_out["test"], label_column, test_fraction / (validation_fraction + test_fraction), seed
     )
-    rest = held_out["test"].train_test_split(
-        test_size=test_fraction / (validation_fraction + test_fraction), stratify_by_column="_stratum", seed=seed
-    )
-    parts = {"train": held_out["train"], "validation": rest["train"], "test": rest["test"]}
-    return {name: part.remove_columns("_stratum") for name, part in parts.items()}
+    return {"train": held_out["train"], "validation": rest["train"], "test": rest["test"]}
+
+
+def _stratified_split(rows: datasets.Dataset, label_column: str, test_size: float, seed: int) -> dict[str, Any]:
+    """`rows` split in two ("train", "test"), each label in the same proportion in both, rows in file order. A
+    plain split where stratifying cannot work (the column missing, a label with one row, fewer held-out rows than
+    labels): the split's own checks then name what is wrong."""
+    from sklearn.model_selection import train_test_split
+
+    labels = [str(v) for v in column(rows, label_column)] if label_column in rows.column_names else []
+    held_out = int(np.ceil(test_size * len(rows)))
+    counts = Counter(labels)
+    if not counts or min(counts.values()) < 2 or len(counts) > min(held_out, len(rows) - held_out):
+        return rows.train_test_split(test_size=test_size, seed=seed)
+    kept, taken = train_test_split(np.arange(len(rows)), test_size=held_out, random_state=seed, stratify=labels)
+    return {"train": rows.select(np.sort(kept)), "test": rows.select(np.sort(taken))}
 
 
 def _find_split_file(folder: Path, split: str) -> Path | None:
@@ -301,7 +312,7 @@ def _read_local(
         if split not in raw:
             raise DataError(f"no {split} file in {path} (expected {split}.csv/.json/.jsonl/.parquet)")
     if "validation" not in raw:
-        parts = raw["train"].train_test_split(test_size=validation_fraction, seed=seed)
+        parts = _stratified_split(raw["train"], label_column, validation_fraction, seed)
         raw["train"], raw["validation"] = parts["train"], parts["test"]
     return raw
 

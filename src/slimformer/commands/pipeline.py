@@ -19,6 +19,12 @@ def run(
     model: Annotated[str | None, typer.Option("--model", help="Override the recipe's model.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Override the recipe's dataset.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Folder of the CLINC150 JSON files.")] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="Override the recipe's text column (local data).")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option("--label-column", help="Override the recipe's label column (local data).")
+    ] = None,
 ) -> None:
     """Run a recipe; finished stages are reused, a killed stage is redone. Writes report.md/.html and model/."""
     from slimformer.pipeline import load_recipe, run_recipe
@@ -30,6 +36,10 @@ def run(
         parsed.data = data
     if data_dir:
         parsed.data_dir = str(data_dir)
+    if text_column:
+        parsed.text_column = text_column
+    if label_column:
+        parsed.label_column = label_column
     summary = run_recipe(parsed, output, quick=quick)
     typer.echo(f"final model: {output / 'model'} (from {summary['final_model']})")
 
