@@ -10,6 +10,7 @@ import pytest
 
 from slimformer.data import column, load_data
 from slimformer.errors import DataError
+from slimformer.metrics import classification_metrics
 from tests.conftest import clinc_dir
 
 
@@ -93,6 +94,22 @@ def test_carved_validation_keeps_each_label_in_proportion(tmp_path):
         splits = load_data(str(tmp_path), seed=seed)
         held = Counter(splits.labels[i] for i in column(splits.validation, "label"))
         assert held == {"common": 9, "rare": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "found"), [("out_of_scope", True), ("Out-Of-Scope", True), ("OOS", True), ("scope", False)]
+)
+def test_out_of_scope_label_found_by_its_usual_names(tmp_path, name, found):
+    rows = [{"text": f"t {i}", "label": ["greet", name][i % 2]} for i in range(20)]
+    for split in ("train", "validation", "test"):
+        _write_jsonl(tmp_path / f"{split}.jsonl", rows)
+    splits = load_data(str(tmp_path))
+    metrics = classification_metrics([0, 1, 1, 0], [0, 1, 0, 1], splits.oos_label_id)
+    if found:
+        assert splits.labels[splits.oos_label_id] == name
+        assert (metrics["in_scope_accuracy"], metrics["oos_recall"]) == (0.5, 0.5)
+    else:
+        assert splits.oos_label_id is None and "oos_recall" not in metrics
 
 
 def test_parquet_folder(tmp_path):

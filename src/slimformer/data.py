@@ -33,7 +33,7 @@ CLINC_CONFIGS = {
     "imbalanced": "data_imbalanced.json",
 }
 DATA_DIR_ENV = "SLIMFORMER_DATA_DIR"
-OOS_LABEL = "oos"
+OOS_LABELS = ("oos", "out_of_scope", "out-of-scope", "out of scope", "outofscope")  # its usual names, any case
 UNKNOWN_LABEL = -1  # a predicted label the dataset does not have (see label_positions)
 SPLITS = ("train", "validation", "test")
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -56,8 +56,10 @@ class DataSplits:
 
     @property
     def oos_label_id(self) -> int | None:
-        """Index of the out-of-scope label, when the label set has one."""
-        return self.labels.index(OOS_LABEL) if OOS_LABEL in self.labels else None
+        """Index of the out-of-scope label (`OOS_LABELS`, in any case), when the label set has one: the metrics
+        then split accuracy into in-scope accuracy and out-of-scope recall."""
+        names = [label.strip().lower() for label in self.labels]
+        return next((index for index, name in enumerate(names) if name in OOS_LABELS), None)
 
     def split(self, name: str) -> datasets.Dataset:
         if name not in SPLITS:
